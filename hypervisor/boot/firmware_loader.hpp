@@ -1,0 +1,52 @@
+// Starts the test firmware the way KVM-NOTES.md says works on both PVM and hardware KVM: the
+// hypervisor builds the page tables, GDT and TSS (with an I/O permission bitmap for the
+// firmware's ports) in guest memory and starts every vCPU directly in 64-bit mode at CPL3.
+#pragma once
+
+#include <linux/kvm.h>
+#include <lparvisor/abi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvm/kvm.hpp"
+#include "storage/guest_memory.hpp"
+
+namespace lparvisor::boot {
+
+struct FirmwareParams {
+    std::string lpar_name;
+    unsigned vcpus = 1;
+    std::uint64_t tsc_khz = 0;
+    std::uint64_t rewrite_pages_per_sec = 0;
+    std::uint64_t working_set_bytes = 0;
+    std::uint64_t round_limit = 0;  // 0: run forever; otherwise stop via debug-exit after N rounds
+    bool storage_keys = true;
+};
+
+// The smallest LPAR the firmware can run in: system area and image below 2 MiB, one 2 MiB page
+// of pattern area above.
+inline constexpr std::uint64_t kMinFirmwareStorage = 4ull * 1024 * 1024;
+
+struct LoadedImage {
+    std::uint64_t entry = 0;
+    std::uint64_t lowest = 0, highest = 0;  // guest-physical extent of the PT_LOAD segments
+};
+
+// Reads an ELF64 x86-64 executable and copies its PT_LOAD segments into guest memory. Every
+// segment must lie in [LPV_IMAGE_GPA, LPV_IMAGE_END); throws Error naming the file and problem.
+LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory);
+LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const std::string& what,
+                                    const GuestMemory& memory);
+
+// Writes the GDT, TSS + I/O bitmap, identity page tables (2 MiB pages, user) and boot info.
+void build_system_area(const GuestMemory& memory, const FirmwareParams& params);
+
+// The vCPU's registers for entry at CPL3 in long mode (vCPU `index` gets its own stack).
+void set_cpl3_entry_state(kvm::Vcpu& vcpu, std::uint64_t entry, unsigned index);
+
+// The ports a CPL3 guest may use (opened in the TSS I/O bitmap).
+std::vector<std::uint16_t> firmware_ports();
+
+}  // namespace lparvisor::boot

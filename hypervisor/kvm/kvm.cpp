@@ -1,0 +1,242 @@
+#include "kvm/kvm.hpp"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "util/error.hpp"
+
+namespace lparvisor::kvm {
+
+namespace {
+
+bool path_exists(const char* path) {
+    struct stat st {};
+    return ::stat(path, &st) == 0;
+}
+
+}  // namespace
+
+Flavour detect_flavour() {
+    if (path_exists("/sys/module/kvm_intel") || path_exists("/sys/module/kvm_amd"))
+        return Flavour::Hardware;
+    if (path_exists("/sys/module/kvm_pvm")) return Flavour::Pvm;
+    return Flavour::Unknown;
+}
+
+const char* to_string(Flavour flavour) {
+    switch (flavour) {
+        case Flavour::Hardware: return "hardware KVM";
+        case Flavour::Pvm: return "PVM (guest kernel code is emulated)";
+        case Flavour::Unknown: break;
+    }
+    return "unknown KVM flavour";
+}
+
+std::optional<std::string> unavailable_reason() {
+    int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        int saved = errno;
+        std::string reason = std::string("/dev/kvm: ") + std::strerror(saved);
+        if (saved == ENOENT && path_exists("/sys/module/kvm_pvm"))
+            reason += " (kvm_pvm is loaded but did not bind: this host is itself a PVM guest)";
+        return reason;
+    }
+    int version = ::ioctl(fd, KVM_GET_API_VERSION, 0);
+    ::close(fd);
+    if (version != KVM_API_VERSION)
+        return "/dev/kvm: API version " + std::to_string(version) + ", expected " +
+               std::to_string(KVM_API_VERSION);
+    return std::nullopt;
+}
+
+System::System() {
+    fd_.reset(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (!fd_.valid()) throw_errno("open /dev/kvm");
+    int version = ::ioctl(fd_.get(), KVM_GET_API_VERSION, 0);
+    if (version != KVM_API_VERSION)
+        throw Error(ErrorKind::System, "/dev/kvm: unsupported API version " +
+                                           std::to_string(version));
+    int size = ::ioctl(fd_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (size < static_cast<int>(sizeof(kvm_run))) throw_errno("KVM_GET_VCPU_MMAP_SIZE");
+    vcpu_mmap_size_ = static_cast<std::size_t>(size);
+}
+
+int System::check_extension(long capability) const {
+    int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, capability);
+    return r < 0 ? 0 : r;
+}
+
+std::vector<kvm_cpuid_entry2> System::supported_cpuid() const {
+    // kvm_cpuid2 ends in a flexible array: allocate header + entries as one block.
+    for (std::uint32_t capacity = 128; capacity <= 4096; capacity *= 2) {
+        std::vector<std::uint8_t> block(sizeof(kvm_cpuid2) + capacity * sizeof(kvm_cpuid_entry2));
+        // SAFETY: block is sized for the header plus `capacity` entries, as the ioctl expects.
+        auto* cpuid = reinterpret_cast<kvm_cpuid2*>(block.data());
+        cpuid->nent = capacity;
+        if (::ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, cpuid) == 0)
+            return {cpuid->entries, cpuid->entries + cpuid->nent};
+        if (errno != E2BIG) throw_errno("KVM_GET_SUPPORTED_CPUID");
+    }
+    throw Error(ErrorKind::System, "KVM_GET_SUPPORTED_CPUID: more than 4096 entries");
+}
+
+std::string describe_exit_reason(std::uint32_t reason) {
+    switch (reason) {
+        case KVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN";
+        case KVM_EXIT_EXCEPTION: return "KVM_EXIT_EXCEPTION";
+        case KVM_EXIT_IO: return "KVM_EXIT_IO";
+        case KVM_EXIT_HLT: return "KVM_EXIT_HLT";
+        case KVM_EXIT_MMIO: return "KVM_EXIT_MMIO";
+        case KVM_EXIT_SHUTDOWN: return "KVM_EXIT_SHUTDOWN";
+        case KVM_EXIT_FAIL_ENTRY: return "KVM_EXIT_FAIL_ENTRY";
+        case KVM_EXIT_INTR: return "KVM_EXIT_INTR";
+        case KVM_EXIT_INTERNAL_ERROR: return "KVM_EXIT_INTERNAL_ERROR";
+        case KVM_EXIT_SYSTEM_EVENT: return "KVM_EXIT_SYSTEM_EVENT";
+        default: return "exit reason " + std::to_string(reason);
+    }
+}
+
+Vcpu::Vcpu(Fd fd, Mapping run, unsigned index)
+    : fd_(std::move(fd)), run_mapping_(std::move(run)), index_(index) {
+    // SAFETY: the mapping is KVM_GET_VCPU_MMAP_SIZE bytes, at least sizeof(kvm_run).
+    run_ = reinterpret_cast<kvm_run*>(run_mapping_.data());
+}
+
+void Vcpu::set_immediate_exit(bool on) noexcept {
+    __atomic_store_n(&run_->immediate_exit, on ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+Vcpu::RunResult Vcpu::run() {
+    if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) {
+        int saved = errno;
+        if (saved == EINTR || saved == EAGAIN) return {InterruptedExit{}, 0};
+        return {OtherExit{run_->exit_reason}, saved};
+    }
+    auto* base = reinterpret_cast<std::uint8_t*>(run_);
+    switch (run_->exit_reason) {
+        case KVM_EXIT_IO: {
+            std::size_t bytes = std::size_t{run_->io.size} * run_->io.count;
+            std::size_t offset = run_->io.data_offset;
+            if (offset + bytes > run_mapping_.size() || bytes == 0)
+                return {OtherExit{run_->exit_reason}, 0};
+            // SAFETY: [data_offset, +bytes) checked against the kvm_run mapping above.
+            return {IoExit{run_->io.port, run_->io.direction == KVM_EXIT_IO_OUT,
+                           std::span<std::uint8_t>(base + offset, bytes), run_->io.size,
+                           run_->io.count},
+                    0};
+        }
+        case KVM_EXIT_MMIO:
+            return {MmioExit{run_->mmio.phys_addr, run_->mmio.is_write != 0,
+                             std::span<std::uint8_t>(run_->mmio.data,
+                                                     std::min<std::size_t>(run_->mmio.len, 8))},
+                    0};
+        case KVM_EXIT_HLT: return {HltExit{}, 0};
+        case KVM_EXIT_SHUTDOWN: return {ShutdownExit{}, 0};
+        case KVM_EXIT_INTR: return {InterruptedExit{}, 0};
+        case KVM_EXIT_FAIL_ENTRY:
+            return {FailEntryExit{run_->fail_entry.hardware_entry_failure_reason}, 0};
+        case KVM_EXIT_SYSTEM_EVENT: return {SystemEventExit{run_->system_event.type}, 0};
+        case KVM_EXIT_INTERNAL_ERROR: {
+            InternalErrorExit error{run_->internal.suberror, {}};
+#ifdef KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+            if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION &&
+                (run_->emulation_failure.flags &
+                 KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) {
+                std::size_t n = std::min<std::size_t>(run_->emulation_failure.insn_size,
+                                                      sizeof(run_->emulation_failure.insn_bytes));
+                error.instruction_bytes.assign(run_->emulation_failure.insn_bytes,
+                                               run_->emulation_failure.insn_bytes + n);
+            }
+#endif
+            return {std::move(error), 0};
+        }
+        default: return {OtherExit{run_->exit_reason}, 0};
+    }
+}
+
+kvm_regs Vcpu::get_regs() const {
+    kvm_regs regs{};
+    if (::ioctl(fd_.get(), KVM_GET_REGS, &regs) < 0) throw_errno("KVM_GET_REGS");
+    return regs;
+}
+
+void Vcpu::set_regs(const kvm_regs& regs) {
+    if (::ioctl(fd_.get(), KVM_SET_REGS, &regs) < 0) throw_errno("KVM_SET_REGS");
+}
+
+kvm_sregs Vcpu::get_sregs() const {
+    kvm_sregs sregs{};
+    if (::ioctl(fd_.get(), KVM_GET_SREGS, &sregs) < 0) throw_errno("KVM_GET_SREGS");
+    return sregs;
+}
+
+void Vcpu::set_sregs(const kvm_sregs& sregs) {
+    if (::ioctl(fd_.get(), KVM_SET_SREGS, &sregs) < 0) throw_errno("KVM_SET_SREGS");
+}
+
+void Vcpu::set_cpuid(const std::vector<kvm_cpuid_entry2>& entries) {
+    std::vector<std::uint8_t> block(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
+    // SAFETY: block holds the header plus entries.size() entries.
+    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(block.data());
+    cpuid->nent = static_cast<std::uint32_t>(entries.size());
+    std::memcpy(cpuid->entries, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
+    if (::ioctl(fd_.get(), KVM_SET_CPUID2, cpuid) < 0) throw_errno("KVM_SET_CPUID2");
+}
+
+void Vcpu::set_mp_state(std::uint32_t state) {
+    kvm_mp_state mp{state};
+    if (::ioctl(fd_.get(), KVM_SET_MP_STATE, &mp) < 0) throw_errno("KVM_SET_MP_STATE");
+}
+
+std::uint64_t Vcpu::tsc_khz() const {
+    int khz = ::ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
+    return khz > 0 ? static_cast<std::uint64_t>(khz) : 0;
+}
+
+std::optional<std::uint64_t> Vcpu::translate(std::uint64_t guest_virtual) const {
+    kvm_translation translation{};
+    translation.linear_address = guest_virtual;
+    if (::ioctl(fd_.get(), KVM_TRANSLATE, &translation) < 0 || !translation.valid)
+        return std::nullopt;
+    return translation.physical_address;
+}
+
+Vm::Vm(const System& system) : system_(system) {
+    // Retry on EINTR: KVM_CREATE_VM can be interrupted while the kernel sets up the VM.
+    int fd;
+    do {
+        fd = ::ioctl(system.fd(), KVM_CREATE_VM, 0);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) throw_errno("KVM_CREATE_VM");
+    fd_.reset(fd);
+}
+
+void Vm::set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std::uint64_t size,
+                           void* host_address, std::uint32_t flags) {
+    kvm_userspace_memory_region region{};
+    region.slot = slot;
+    region.flags = flags;
+    region.guest_phys_addr = guest_address;
+    region.memory_size = size;
+    region.userspace_addr = reinterpret_cast<std::uint64_t>(host_address);
+    if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &region) < 0)
+        throw_errno("KVM_SET_USER_MEMORY_REGION slot " + std::to_string(slot));
+}
+
+std::unique_ptr<Vcpu> Vm::create_vcpu(unsigned index) {
+    Fd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(index)));
+    if (!fd.valid()) throw_errno("KVM_CREATE_VCPU " + std::to_string(index));
+    void* run = ::mmap(nullptr, system_.vcpu_mmap_size(), PROT_READ | PROT_WRITE, MAP_SHARED,
+                       fd.get(), 0);
+    if (run == MAP_FAILED) throw_errno("mmap kvm_run of vCPU " + std::to_string(index));
+    return std::make_unique<Vcpu>(std::move(fd), Mapping(run, system_.vcpu_mmap_size()), index);
+}
+
+}  // namespace lparvisor::kvm

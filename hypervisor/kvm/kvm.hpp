@@ -1,0 +1,124 @@
+// A thin RAII layer over the KVM ioctls: /dev/kvm, one VM, its vCPUs, and a typed view of
+// KVM_RUN's exits. Set-up calls throw lparvisor::Error; the run path returns values.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "util/fd.hpp"
+#include "util/mapping.hpp"
+
+namespace lparvisor::kvm {
+
+// Which KVM this host has. PVM runs guest CPL3 natively and emulates CPL0 (KVM-NOTES.md).
+enum class Flavour { Hardware, Pvm, Unknown };
+Flavour detect_flavour();
+const char* to_string(Flavour flavour);
+
+// Why /dev/kvm cannot be used here, or nullopt when it can. Tests print this when they skip.
+std::optional<std::string> unavailable_reason();
+
+class System {
+public:
+    System();  // opens /dev/kvm, checks the API version
+    int fd() const noexcept { return fd_.get(); }
+    int check_extension(long capability) const;
+    std::size_t vcpu_mmap_size() const noexcept { return vcpu_mmap_size_; }
+    // KVM_GET_SUPPORTED_CPUID: what a guest may be told.
+    std::vector<kvm_cpuid_entry2> supported_cpuid() const;
+
+private:
+    Fd fd_;
+    std::size_t vcpu_mmap_size_ = 0;
+};
+
+// --- KVM_RUN exits, one struct per reason the hypervisor serves ---
+struct IoExit {
+    std::uint16_t port;
+    bool is_write;
+    std::span<std::uint8_t> data;  // inside kvm_run: size * count bytes
+    std::uint8_t size;
+    std::uint32_t count;
+};
+struct MmioExit {
+    std::uint64_t address;
+    bool is_write;
+    std::span<std::uint8_t> data;  // inside kvm_run
+};
+struct HltExit {};
+struct ShutdownExit {};  // triple fault
+struct InternalErrorExit {
+    std::uint32_t suberror;
+    std::vector<std::uint8_t> instruction_bytes;  // when KVM reports them
+};
+struct FailEntryExit {
+    std::uint64_t hardware_reason;
+};
+struct InterruptedExit {};  // a signal or immediate_exit took KVM_RUN out: not an error
+struct SystemEventExit {
+    std::uint32_t type;
+};
+struct OtherExit {
+    std::uint32_t reason;
+};
+using Exit = std::variant<IoExit, MmioExit, HltExit, ShutdownExit, InternalErrorExit,
+                          FailEntryExit, InterruptedExit, SystemEventExit, OtherExit>;
+std::string describe_exit_reason(std::uint32_t reason);
+
+class Vcpu {
+public:
+    Vcpu(Fd fd, Mapping run, unsigned index);
+    unsigned index() const noexcept { return index_; }
+    int fd() const noexcept { return fd_.get(); }
+
+    // One KVM_RUN. An EINTR (signal / immediate_exit) is InterruptedExit; other errno values
+    // come back as errno in the optional error.
+    struct RunResult {
+        Exit exit;
+        int error = 0;  // errno of a failed KVM_RUN other than EINTR/EAGAIN
+    };
+    [[nodiscard]] RunResult run();
+
+    // immediate_exit lives in the shared kvm_run page: another thread may set it to kick us.
+    void set_immediate_exit(bool on) noexcept;
+
+    kvm_regs get_regs() const;
+    void set_regs(const kvm_regs& regs);
+    kvm_sregs get_sregs() const;
+    void set_sregs(const kvm_sregs& sregs);
+    void set_cpuid(const std::vector<kvm_cpuid_entry2>& entries);
+    void set_mp_state(std::uint32_t state);
+    std::uint64_t tsc_khz() const;  // 0 if KVM cannot tell
+    // Guest-virtual to guest-physical through the vCPU's current page tables (KVM_TRANSLATE).
+    std::optional<std::uint64_t> translate(std::uint64_t guest_virtual) const;
+
+private:
+    Fd fd_;
+    Mapping run_mapping_;
+    kvm_run* run_;
+    unsigned index_;
+};
+
+class Vm {
+public:
+    explicit Vm(const System& system);
+    int fd() const noexcept { return fd_.get(); }
+
+    // Registers guest RAM [guest_address, +size) backed by host memory at host_address.
+    void set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std::uint64_t size,
+                           void* host_address, std::uint32_t flags = 0);
+    std::unique_ptr<Vcpu> create_vcpu(unsigned index);
+
+private:
+    const System& system_;
+    Fd fd_;
+};
+
+}  // namespace lparvisor::kvm

@@ -1,0 +1,130 @@
+#include "lpar/config.hpp"
+
+#include <fstream>
+#include <regex>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "storage/address.hpp"
+#include "storage/storage_map.hpp"
+#include "util/error.hpp"
+
+namespace lparvisor {
+
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void refuse(const std::string& key, const std::string& why) {
+    throw Error(ErrorKind::InvalidArgument, "configuration: " + key + ": " + why);
+}
+
+void check_keys(const json& object, const std::string& where, const std::set<std::string>& known) {
+    if (!object.is_object()) refuse(where.empty() ? "top level" : where, "expected an object");
+    for (const auto& [key, value] : object.items()) {
+        if (!known.contains(key)) {
+            std::string list;
+            for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+            refuse(where.empty() ? key : where + "." + key, "unknown key (known: " + list + ")");
+        }
+    }
+}
+
+std::uint64_t unsigned_value(const json& object, const std::string& key, const std::string& where,
+                             std::uint64_t min, std::uint64_t max) {
+    const json& v = object.at(key);
+    std::string name = where.empty() ? key : where + "." + key;
+    if (!v.is_number_integer() || (v.is_number_integer() && !v.is_number_unsigned() && v.get<std::int64_t>() < 0))
+        refuse(name, "expected a non-negative integer");
+    auto n = v.get<std::uint64_t>();
+    if (n < min || n > max) refuse(name, fmt::format("{} is out of range {}..{}", n, min, max));
+    return n;
+}
+
+std::string string_value(const json& object, const std::string& key, const std::string& where) {
+    const json& v = object.at(key);
+    if (!v.is_string()) refuse(where + "." + key, "expected a string");
+    return v.get<std::string>();
+}
+
+}  // namespace
+
+SystemConfig fig3a_config() {
+    return {509, {{"LPAR1", 0, 128, 1, {}, 0, 0}, {"LPAR2", 128, 256, 1, {}, 0, 0}}};
+}
+
+SystemConfig parse_config(const json& document) {
+    check_keys(document, "", {"main_storage_mib", "lpars"});
+    if (!document.contains("main_storage_mib")) refuse("main_storage_mib", "missing");
+    SystemConfig config;
+    config.main_storage_mib = unsigned_value(document, "main_storage_mib", "", 4, 1024 * 1024);
+    if (document.contains("lpars")) {
+        if (!document["lpars"].is_array()) refuse("lpars", "expected an array");
+        static const std::regex name_pattern("[A-Za-z0-9_.-]{1,31}");
+        for (std::size_t i = 0; i < document["lpars"].size(); ++i) {
+            const json& entry = document["lpars"][i];
+            std::string where = fmt::format("lpars[{}]", i);
+            check_keys(entry, where,
+                       {"name", "origin_mib", "size_mib", "vcpus", "firmware",
+                        "rewrite_pages_per_sec", "working_set_mib"});
+            for (const char* required : {"name", "origin_mib", "size_mib"})
+                if (!entry.contains(required)) refuse(where + "." + required, "missing");
+            LparConfig lpar;
+            lpar.name = string_value(entry, "name", where);
+            if (!std::regex_match(lpar.name, name_pattern))
+                refuse(where + ".name", "'" + lpar.name +
+                                            "' must be 1-31 letters, digits, '_', '.' or '-'");
+            lpar.origin_mib = unsigned_value(entry, "origin_mib", where, 0, config.main_storage_mib);
+            lpar.size_mib = unsigned_value(entry, "size_mib", where, 4, config.main_storage_mib);
+            if (entry.contains("vcpus"))
+                lpar.vcpus = static_cast<unsigned>(unsigned_value(entry, "vcpus", where, 1, 8));
+            if (entry.contains("firmware")) lpar.firmware = string_value(entry, "firmware", where);
+            if (entry.contains("rewrite_pages_per_sec"))
+                lpar.rewrite_pages_per_sec =
+                    unsigned_value(entry, "rewrite_pages_per_sec", where, 0, 100'000'000);
+            if (entry.contains("working_set_mib"))
+                lpar.working_set_mib =
+                    unsigned_value(entry, "working_set_mib", where, 0, lpar.size_mib);
+            config.lpars.push_back(std::move(lpar));
+        }
+    }
+    // Placement: the storage map's own checks (alignment, bounds, overlap, duplicate names).
+    StorageMap map(config.main_storage_mib * kMiB);
+    for (const auto& lpar : config.lpars) {
+        try {
+            map.add(lpar.name, {{lpar.origin_mib * kMiB}, lpar.size_mib * kMiB});
+        } catch (const Error& e) {
+            throw Error(ErrorKind::InvalidArgument, std::string("configuration: ") + e.what());
+        }
+    }
+    return config;
+}
+
+SystemConfig load_config_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw Error(ErrorKind::InvalidArgument, "configuration " + path + ": cannot be opened");
+    json document;
+    try {
+        document = json::parse(in);
+    } catch (const json::exception& e) {
+        throw Error(ErrorKind::InvalidArgument, "configuration " + path + ": " + e.what());
+    }
+    return parse_config(document);
+}
+
+json to_json(const SystemConfig& config) {
+    json lpars = json::array();
+    for (const auto& l : config.lpars) {
+        json entry = {{"name", l.name},   {"origin_mib", l.origin_mib}, {"size_mib", l.size_mib},
+                      {"vcpus", l.vcpus}};
+        if (!l.firmware.empty()) entry["firmware"] = l.firmware;
+        if (l.rewrite_pages_per_sec) entry["rewrite_pages_per_sec"] = l.rewrite_pages_per_sec;
+        if (l.working_set_mib) entry["working_set_mib"] = l.working_set_mib;
+        lpars.push_back(entry);
+    }
+    return {{"main_storage_mib", config.main_storage_mib}, {"lpars", lpars}};
+}
+
+}  // namespace lparvisor

@@ -1,0 +1,36 @@
+// The daemon's configuration: main storage and the LPARs to activate at start. Parsed from JSON
+// with every unknown key and bad value refused by name; the default is the patent's Fig. 3A.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace lparvisor {
+
+struct LparConfig {
+    std::string name;
+    std::uint64_t origin_mib = 0;
+    std::uint64_t size_mib = 0;
+    unsigned vcpus = 1;
+    std::string firmware;  // empty: the built test firmware
+    std::uint64_t rewrite_pages_per_sec = 0;
+    std::uint64_t working_set_mib = 0;
+};
+
+struct SystemConfig {
+    std::uint64_t main_storage_mib = 0;
+    std::vector<LparConfig> lpars;
+};
+
+// Fig. 3A: 509 MiB of main storage, LPAR1 at 0 with 128 MiB, LPAR2 at 128 with 256 MiB.
+SystemConfig fig3a_config();
+
+// Throws Error(InvalidArgument) naming the key ("lpars[1].size_mib: expected ...").
+SystemConfig parse_config(const nlohmann::json& document);
+SystemConfig load_config_file(const std::string& path);
+nlohmann::json to_json(const SystemConfig& config);
+
+}  // namespace lparvisor

@@ -1,0 +1,246 @@
+#include "lpar/lpar.hpp"
+
+#include <lparvisor/abi.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "boot/firmware_loader.hpp"
+#include "devices/debug_exit.hpp"
+#include "devices/storage_key_port.hpp"
+#include "devices/uart8250.hpp"
+#include "util/error.hpp"
+
+namespace lparvisor {
+
+namespace {
+
+constexpr std::size_t kConsoleCapacity = 1024 * 1024;
+
+// The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
+// that the ioctl returns EINTR (installed without SA_RESTART).
+int kick_signal() { return SIGRTMIN; }
+
+void install_kick_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction action {};
+        action.sa_handler = [](int) {};
+        sigemptyset(&action.sa_mask);
+        action.sa_flags = 0;
+        if (::sigaction(kick_signal(), &action, nullptr) != 0)
+            throw_errno("sigaction for the vCPU kick signal");
+    });
+}
+
+std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::vector<kvm_cpuid_entry2> entries,
+                                             unsigned index) {
+    for (auto& e : entries) {
+        if (e.function == 1) e.ebx = (e.ebx & 0x00ffffff) | (index << 24);  // initial APIC ID
+        if (e.function == 0xb || e.function == 0x1f) e.edx = index;          // x2APIC ID
+    }
+    return entries;
+}
+
+}  // namespace
+
+Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec)
+    : spec_(spec),
+      window_(arena, spec.storage),
+      console_(std::make_shared<ConsoleLog>(spec.name, kConsoleCapacity, spec.console_file)),
+      vm_(system) {
+    install_kick_handler();
+    vm_.set_memory_region(0, 0, spec.storage.size, window_.host_base());
+
+    bus_.add(LPV_PORT_COM1, Uart8250::kPortCount, std::make_shared<Uart8250>(console_));
+    bus_.add(LPV_PORT_DEBUG_EXIT, 1, std::make_shared<DebugExit>([this](int code) {
+                 stop(fmt::format("guest exit {}", code));
+             }));
+    bus_.add(LPV_PORT_STORAGE_KEY, StorageKeyPort::kPortCount,
+             std::make_shared<StorageKeyPort>(window_.memory(), keys,
+                                              [this] { return window_.origin(); }));
+
+    auto image = boot::load_firmware_elf(spec.firmware, window_.memory());
+    auto cpuid = system.supported_cpuid();
+    std::uint64_t tsc_khz = 0;
+    for (unsigned i = 0; i < spec.vcpus; ++i) {
+        auto vcpu = vm_.create_vcpu(i);
+        vcpu->set_cpuid(cpuid_for_vcpu(cpuid, i));
+        boot::set_cpl3_entry_state(*vcpu, image.entry, i);
+        if (i == 0) tsc_khz = vcpu->tsc_khz();
+        vcpus_.push_back(std::move(vcpu));
+    }
+    boot::FirmwareParams params;
+    params.lpar_name = spec.name;
+    params.vcpus = spec.vcpus;
+    params.tsc_khz = tsc_khz;
+    params.rewrite_pages_per_sec = spec.rewrite_pages_per_sec;
+    params.working_set_bytes = spec.working_set_bytes;
+    boot::build_system_area(window_.memory(), params);
+    spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec.name,
+                 spec.vcpus, format_mib(spec.storage.size), format_mib(spec.storage.start.value),
+                 spec.firmware, image.entry);
+}
+
+Lpar::~Lpar() {
+    {
+        std::lock_guard lock(mutex_);
+        exit_requested_ = true;
+    }
+    changed_.notify_all();
+    kick_all();
+    for (auto& t : threads_) t.join();
+}
+
+void Lpar::start() {
+    std::lock_guard lock(mutex_);
+    if (!threads_.empty()) return;
+    for (unsigned i = 0; i < vcpus_.size(); ++i) threads_.emplace_back([this, i] { vcpu_loop(i); });
+}
+
+void Lpar::kick_all() {
+    // Called with or without mutex_ held: immediate_exit catches a thread about to enter
+    // KVM_RUN, the signal one already inside it.
+    for (std::size_t i = 0; i < vcpus_.size(); ++i) {
+        vcpus_[i]->set_immediate_exit(true);
+        if (i < threads_.size()) ::pthread_kill(threads_[i].native_handle(), kick_signal());
+    }
+}
+
+void Lpar::pause() {
+    std::unique_lock lock(mutex_);
+    pause_requested_ = true;
+    kick_all();
+    // Threads not started yet count as parked.
+    changed_.wait(lock, [&] { return threads_.empty() || parked_ == threads_.size(); });
+}
+
+void Lpar::resume() {
+    {
+        std::lock_guard lock(mutex_);
+        pause_requested_ = false;
+    }
+    changed_.notify_all();
+}
+
+LparState Lpar::state() const {
+    std::lock_guard lock(mutex_);
+    return state_;
+}
+
+std::string Lpar::stop_reason() const {
+    std::lock_guard lock(mutex_);
+    return stop_reason_;
+}
+
+void Lpar::stop(const std::string& reason) {
+    {
+        std::lock_guard lock(mutex_);
+        if (state_ == LparState::Stopped) return;
+        state_ = LparState::Stopped;
+        stop_reason_ = reason;
+        kick_all();
+    }
+    changed_.notify_all();
+    spdlog::warn("{}: stopped: {}", spec_.name, reason);
+}
+
+void Lpar::vcpu_loop(unsigned index) {
+    kvm::Vcpu& vcpu = *vcpus_[index];
+    for (;;) {
+        {
+            std::unique_lock lock(mutex_);
+            auto may_run = [&] {
+                return exit_requested_ || (!pause_requested_ && state_ == LparState::Running);
+            };
+            if (!may_run()) {
+                ++parked_;
+                changed_.notify_all();
+                changed_.wait(lock, may_run);
+                --parked_;
+            }
+            if (exit_requested_) return;
+            vcpu.set_immediate_exit(false);
+        }
+        handle_exit(vcpu, vcpu.run());
+    }
+}
+
+std::string Lpar::describe_fault(kvm::Vcpu& vcpu, const std::string& what) {
+    try {
+        auto regs = vcpu.get_regs();
+        return fmt::format("{} (vCPU {}, rip={:#x}, rsp={:#x})", what, vcpu.index(), regs.rip,
+                           regs.rsp);
+    } catch (const Error&) {
+        return fmt::format("{} (vCPU {})", what, vcpu.index());
+    }
+}
+
+void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
+    std::visit(
+        [&](const auto& exit) {
+            using T = std::decay_t<decltype(exit)>;
+            if constexpr (std::is_same_v<T, kvm::IoExit>) {
+                for (std::uint32_t i = 0; i < exit.count; ++i) {
+                    auto part = exit.data.subspan(std::size_t{i} * exit.size, exit.size);
+                    bool served = exit.is_write ? bus_.write(exit.port, part)
+                                                : bus_.read(exit.port, part);
+                    if (!served) {
+                        stop(describe_fault(vcpu, fmt::format("unhandled I/O port {:#x} ({} of {} "
+                                                              "byte(s))",
+                                                              exit.port,
+                                                              exit.is_write ? "write" : "read",
+                                                              exit.size)));
+                        return;
+                    }
+                }
+            } else if constexpr (std::is_same_v<T, kvm::MmioExit>) {
+                stop(describe_fault(vcpu, fmt::format("MMIO {} at guest-physical {:#x} with no "
+                                                      "device there",
+                                                      exit.is_write ? "write" : "read",
+                                                      exit.address)));
+            } else if constexpr (std::is_same_v<T, kvm::HltExit>) {
+                stop(describe_fault(vcpu, "halted"));
+            } else if constexpr (std::is_same_v<T, kvm::ShutdownExit>) {
+                stop(describe_fault(vcpu, "triple fault"));
+            } else if constexpr (std::is_same_v<T, kvm::InternalErrorExit>) {
+                auto bytes = exit.instruction_bytes;
+                if (bytes.empty()) {
+                    // KVM gave no bytes: fetch them through the guest's page tables.
+                    try {
+                        auto regs = vcpu.get_regs();
+                        if (auto gpa = vcpu.translate(regs.rip)) {
+                            bytes.resize(15);
+                            if (!window_.memory().read(GuestPhysAddr{*gpa}, bytes)) bytes.clear();
+                        }
+                    } catch (const Error&) {
+                    }
+                }
+                std::string hex;
+                for (auto b : bytes) hex += fmt::format("{}{:02x}", hex.empty() ? "" : " ", b);
+                stop(describe_fault(
+                    vcpu, fmt::format("KVM internal error {}{} instruction bytes [{}]",
+                                      exit.suberror,
+                                      exit.suberror == KVM_INTERNAL_ERROR_EMULATION
+                                          ? " (emulation failure)"
+                                          : "",
+                                      hex.empty() ? "unavailable" : hex)));
+            } else if constexpr (std::is_same_v<T, kvm::FailEntryExit>) {
+                stop(describe_fault(vcpu, fmt::format("VM entry failed, hardware reason {:#x}",
+                                                      exit.hardware_reason)));
+            } else if constexpr (std::is_same_v<T, kvm::SystemEventExit>) {
+                stop(fmt::format("guest system event {} (power-off or reset)", exit.type));
+            } else if constexpr (std::is_same_v<T, kvm::OtherExit>) {
+                stop(describe_fault(
+                    vcpu, result.error != 0
+                              ? fmt::format("KVM_RUN failed: {}", std::strerror(result.error))
+                              : fmt::format("unhandled {}", kvm::describe_exit_reason(exit.reason))));
+            }
+            // InterruptedExit: a kick; the loop parks if asked to.
+        },
+        result.exit);
+}
+
+}  // namespace lparvisor

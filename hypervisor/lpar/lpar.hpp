@@ -1,0 +1,92 @@
+// One LPAR: its own KVM VM, one thread per vCPU (the patent's logical instruction processors),
+// its devices, and a guest window onto its range of main storage.
+//
+// The vCPU threads are small state machines (running / parked / exiting) driven by the LIP
+// controlling section below: pause() sets the request, sets kvm_run.immediate_exit and signals
+// each thread so that KVM_RUN returns, then waits until all are parked; resume() releases them.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "devices/console_log.hpp"
+#include "devices/device.hpp"
+#include "kvm/kvm.hpp"
+#include "storage/arena.hpp"
+#include "storage/guest_memory.hpp"
+#include "storage/storage_keys.hpp"
+
+namespace lparvisor {
+
+struct LparSpec {
+    std::string name;
+    ArenaRange storage;
+    unsigned vcpus = 1;
+    std::string firmware;       // ELF path of the test firmware
+    std::string console_file;   // mirror of the serial output, empty for none
+    std::uint64_t rewrite_pages_per_sec = 0;
+    std::uint64_t working_set_bytes = 0;
+};
+
+enum class LparState { Running, Stopped };
+
+class Lpar {
+public:
+    // Builds the VM, maps the window, loads the firmware; vCPUs do not run until start().
+    Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec);
+    ~Lpar();
+    Lpar(const Lpar&) = delete;
+    Lpar& operator=(const Lpar&) = delete;
+
+    const std::string& name() const noexcept { return spec_.name; }
+    unsigned vcpu_count() const noexcept { return static_cast<unsigned>(vcpus_.size()); }
+    const LparSpec& spec() const noexcept { return spec_; }
+
+    void start();  // IPL: start the vCPU threads
+
+    // --- LIP controlling section (MVSTOR steps 201 and 210) ---
+    // Stops every vCPU and waits until all are parked outside KVM_RUN.
+    void pause();
+    void resume();
+
+    LparState state() const;
+    std::string stop_reason() const;
+    // A vCPU exit the hypervisor cannot serve, or the guest's own exit: the LPAR stops, the
+    // daemon and the other LPARs run on.
+    void stop(const std::string& reason);
+
+    GuestWindow& window() noexcept { return window_; }
+    GuestMemory memory() const noexcept { return window_.memory(); }
+    ConsoleLog& console() noexcept { return *console_; }
+    std::vector<std::shared_ptr<PortDevice>> devices() const { return bus_.devices(); }
+
+private:
+    void vcpu_loop(unsigned index);
+    void handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result);
+    std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);
+    void kick_all();
+
+    LparSpec spec_;
+    GuestWindow window_;
+    std::shared_ptr<ConsoleLog> console_;
+    kvm::Vm vm_;
+    std::vector<std::unique_ptr<kvm::Vcpu>> vcpus_;
+    IoBus bus_;
+
+    mutable std::mutex mutex_;
+    std::condition_variable changed_;
+    bool pause_requested_ = false;
+    bool exit_requested_ = false;
+    unsigned parked_ = 0;
+    LparState state_ = LparState::Running;
+    std::string stop_reason_;
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace lparvisor

@@ -1,0 +1,43 @@
+#include "storage/guest_memory.hpp"
+
+#include <sys/mman.h>
+
+#include "util/error.hpp"
+
+namespace lparvisor {
+
+GuestWindow::GuestWindow(const Arena& arena, ArenaRange range) : arena_(arena), origin_(range.start) {
+    arena.bytes(range);  // bounds check: throws for a range outside main storage
+    // Reserve the address range first, aligned to 2 MiB so that huge pages (hugetlb or THP) and
+    // KVM's large mappings line up, then map the arena into it.
+    std::uint64_t reserve = range.size + kOriginAlignment;
+    void* raw = ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+    if (raw == MAP_FAILED) throw_errno("reserve guest window of " + format_mib(range.size));
+    auto start = reinterpret_cast<std::uintptr_t>(raw);
+    auto aligned = (start + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
+    if (aligned > start) ::munmap(raw, aligned - start);
+    std::uint64_t tail = (start + reserve) - (aligned + range.size);
+    if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + range.size), tail);
+    mapping_ = Mapping(reinterpret_cast<void*>(aligned), range.size);
+    remap_part(0, range.size, range.start);
+}
+
+void GuestWindow::remap(ArenaOffset new_origin) {
+    remap_part(0, size(), new_origin);
+    origin_ = new_origin;
+}
+
+void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
+                             ArenaOffset arena_offset) {
+    if (guest_offset > size() || length > size() - guest_offset)
+        throw Error(ErrorKind::InvalidArgument, "guest window: part outside the window");
+    arena_.bytes({arena_offset, length});  // bounds check against main storage
+    void* at = mapping_.data() + guest_offset;
+    void* got = ::mmap(at, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, arena_.fd(),
+                       static_cast<off_t>(arena_offset.value));
+    if (got == MAP_FAILED)
+        throw_errno("guest window: map arena " + format_range_mib(arena_offset.value, length));
+}
+
+}  // namespace lparvisor

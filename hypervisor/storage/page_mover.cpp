@@ -1,0 +1,77 @@
+#include "storage/page_mover.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "util/error.hpp"
+
+namespace lparvisor {
+
+namespace {
+
+// Pages are moved in batches of this size: each batch is one memmove (which is itself
+// overlap-safe), walked in the overlap-safe order, so the result is the patent's page-by-page
+// transfer at memmove speed.
+constexpr std::uint64_t kBatchBytes = 512 * kPageSize;
+
+void move_batch(Arena& arena, StorageKeys& keys, std::uint64_t src, std::uint64_t dst,
+                std::uint64_t bytes) {
+    ArenaRange src_range{{src}, bytes};
+    ArenaRange dst_range{{dst}, bytes};
+    auto src_keys = keys.frames(src_range);  // step 205: read the keys of the source pages
+    auto dst_keys = keys.frames(dst_range);
+    auto src_bytes = arena.bytes(src_range);
+    auto dst_bytes = arena.bytes(dst_range);
+    std::memmove(dst_bytes.data(), src_bytes.data(), bytes);            // step 206: the pages
+    std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());    // step 207: their keys
+}
+
+}  // namespace
+
+std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
+                         const CopyProgress& progress) {
+    if (from.start.value % kPageSize != 0 || from.size % kPageSize != 0 ||
+        to.value % kPageSize != 0)
+        throw Error(ErrorKind::InvalidArgument, "move_pages: ranges must be 4 KiB aligned");
+    // Validate both ends up front so that a bad request changes nothing.
+    arena.bytes(from);
+    arena.bytes({to, from.size});
+    keys.frames(from);
+    keys.frames({to, from.size});
+    if (to == from.start || from.size == 0) return 0;
+
+    const bool moving_up = to.value > from.start.value;
+    std::uint64_t copied = 0;
+    // Step 204: start at the top when moving up (the patent's 384 -> 448 MiB example), at the
+    // bottom when moving down; step 208 steps one batch at a time until step 209.
+    while (copied < from.size) {
+        std::uint64_t batch = std::min(kBatchBytes, from.size - copied);
+        std::uint64_t offset = moving_up ? from.size - copied - batch : copied;
+        move_batch(arena, keys, from.start.value + offset, to.value + offset, batch);
+        copied += batch;
+        if (progress) progress(copied, from.size);
+    }
+    return copied;
+}
+
+ArenaRange vacated_range(ArenaRange from, ArenaOffset to) {
+    ArenaRange target{to, from.size};
+    if (!from.overlaps(target)) return from;
+    if (to.value > from.start.value) return {from.start, to.value - from.start.value};
+    return {{target.end()}, from.end() - target.end()};
+}
+
+ArenaRange newly_occupied_range(ArenaRange from, ArenaOffset to) {
+    ArenaRange target{to, from.size};
+    if (!from.overlaps(target)) return target;
+    if (to.value > from.start.value) return {{from.end()}, target.end() - from.end()};
+    return {to, from.start.value - to.value};
+}
+
+void scrub(Arena& arena, StorageKeys& keys, ArenaRange range) {
+    if (range.size == 0) return;
+    arena.punch(range);
+    keys.clear(range);
+}
+
+}  // namespace lparvisor

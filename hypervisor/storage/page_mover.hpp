@@ -1,0 +1,33 @@
+// The patent's steps 204-209: transfer an LPAR's storage page by page, each page with its
+// storage key, in the order that never overwrites a page not yet copied (top down when moving
+// up, bottom up when moving down). Works inside one arena; the caller has stopped the LPAR.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "storage/address.hpp"
+#include "storage/arena.hpp"
+#include "storage/storage_keys.hpp"
+
+namespace lparvisor {
+
+// Called after each batch: bytes copied so far of the total.
+using CopyProgress = std::function<void(std::uint64_t copied, std::uint64_t total)>;
+
+// Moves `from` (4 KiB aligned) to start at `to`; both ranges inside the arena. Returns bytes copied.
+std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
+                         const CopyProgress& progress = {});
+
+// The part of `from` that the LPAR no longer occupies once it starts at `to` (one range, since
+// both have the same size); empty when nothing is vacated.
+ArenaRange vacated_range(ArenaRange from, ArenaOffset to);
+
+// The part of the target that the LPAR does not occupy yet (what must be populated first).
+ArenaRange newly_occupied_range(ArenaRange from, ArenaOffset to);
+
+// Step 6 of MVSTOR: zero the vacated storage (punch: it reads back as zeros and frees the
+// memory) and reset its keys, so no later owner sees this LPAR's data.
+void scrub(Arena& arena, StorageKeys& keys, ArenaRange range);
+
+}  // namespace lparvisor
