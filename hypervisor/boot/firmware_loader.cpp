@@ -156,6 +156,7 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     info.rewrite_pages_per_sec = params.rewrite_pages_per_sec;
     info.working_set_bytes = params.working_set_bytes;
     info.flags = params.storage_keys ? LPV_BOOT_FLAG_STORAGE_KEYS : 0;
+    info.round_limit = params.round_limit;
     std::snprintf(info.name, sizeof info.name, "%s", params.lpar_name.c_str());
     write_or_throw(memory, LPV_BOOT_INFO_GPA, &info, sizeof info, "boot info");
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace lparvisor {
 
@@ -42,12 +43,13 @@ lpv_skey_status StorageKeyPort::execute(const lpv_skey_request& request) {
             std::fill(keys.begin(), keys.end(), static_cast<std::uint8_t>(request.key));
             return LPV_SKEY_OK;
         case LPV_SKEY_SET_EACH: {
-            auto buffer = memory_.slice(GuestPhysAddr{request.buffer_gpa}, request.page_count);
-            if (!buffer) return LPV_SKEY_BAD_BUFFER;
-            if (std::any_of(buffer->begin(), buffer->end(),
+            // Copy first: another vCPU may change the buffer while it is checked.
+            std::vector<std::uint8_t> wanted(request.page_count);
+            if (!memory_.read(GuestPhysAddr{request.buffer_gpa}, wanted)) return LPV_SKEY_BAD_BUFFER;
+            if (std::any_of(wanted.begin(), wanted.end(),
                             [](std::uint8_t k) { return (k & ~LPV_KEY_VALID_MASK) != 0; }))
                 return LPV_SKEY_BAD_KEY;
-            std::copy(buffer->begin(), buffer->end(), keys.begin());
+            std::copy(wanted.begin(), wanted.end(), keys.begin());
             return LPV_SKEY_OK;
         }
         case LPV_SKEY_GET_EACH: {

@@ -52,7 +52,7 @@ std::string string_value(const json& object, const std::string& key, const std::
 }  // namespace
 
 SystemConfig fig3a_config() {
-    return {509, {{"LPAR1", 0, 128, 1, {}, 0, 0}, {"LPAR2", 128, 256, 1, {}, 0, 0}}};
+    return {509, {{"LPAR1", 0, 128, 1, {}, 0, 0, 0}, {"LPAR2", 128, 256, 1, {}, 0, 0, 0}}};
 }
 
 SystemConfig parse_config(const json& document) {
@@ -68,7 +68,7 @@ SystemConfig parse_config(const json& document) {
             std::string where = fmt::format("lpars[{}]", i);
             check_keys(entry, where,
                        {"name", "origin_mib", "size_mib", "vcpus", "firmware",
-                        "rewrite_pages_per_sec", "working_set_mib"});
+                        "rewrite_pages_per_sec", "working_set_mib", "round_limit"});
             for (const char* required : {"name", "origin_mib", "size_mib"})
                 if (!entry.contains(required)) refuse(where + "." + required, "missing");
             LparConfig lpar;
@@ -87,6 +87,8 @@ SystemConfig parse_config(const json& document) {
             if (entry.contains("working_set_mib"))
                 lpar.working_set_mib =
                     unsigned_value(entry, "working_set_mib", where, 0, lpar.size_mib);
+            if (entry.contains("round_limit"))
+                lpar.round_limit = unsigned_value(entry, "round_limit", where, 0, 1'000'000'000);
             config.lpars.push_back(std::move(lpar));
         }
     }
@@ -122,6 +124,7 @@ json to_json(const SystemConfig& config) {
         if (!l.firmware.empty()) entry["firmware"] = l.firmware;
         if (l.rewrite_pages_per_sec) entry["rewrite_pages_per_sec"] = l.rewrite_pages_per_sec;
         if (l.working_set_mib) entry["working_set_mib"] = l.working_set_mib;
+        if (l.round_limit) entry["round_limit"] = l.round_limit;
         lpars.push_back(entry);
     }
     return {{"main_storage_mib", config.main_storage_mib}, {"lpars", lpars}};

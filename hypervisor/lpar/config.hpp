@@ -18,6 +18,7 @@ struct LparConfig {
     std::string firmware;  // empty: the built test firmware
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_mib = 0;
+    std::uint64_t round_limit = 0;
 };
 
 struct SystemConfig {

@@ -25,6 +25,7 @@ Hypervisor::Hypervisor(const SystemConfig& config, const HypervisorOptions& opti
         if (!options.console_dir.empty()) spec.console_file = options.console_dir + "/" + c.name + ".log";
         spec.rewrite_pages_per_sec = c.rewrite_pages_per_sec;
         spec.working_set_bytes = c.working_set_mib * kMiB;
+        spec.round_limit = c.round_limit;
         lpars_.push_back(std::make_unique<Lpar>(kvm_, arena_, keys_, spec));
     }
     for (auto& l : lpars_) l->start();

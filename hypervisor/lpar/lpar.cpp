@@ -78,6 +78,7 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
     params.tsc_khz = tsc_khz;
     params.rewrite_pages_per_sec = spec.rewrite_pages_per_sec;
     params.working_set_bytes = spec.working_set_bytes;
+    params.round_limit = spec.round_limit;
     boot::build_system_area(window_.memory(), params);
     spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec.name,
                  spec.vcpus, format_mib(spec.storage.size), format_mib(spec.storage.start.value),

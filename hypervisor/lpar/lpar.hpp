@@ -32,6 +32,7 @@ struct LparSpec {
     std::string console_file;   // mirror of the serial output, empty for none
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_bytes = 0;
+    std::uint64_t round_limit = 0;  // firmware ends with debug-exit after N rounds (0: never)
 };
 
 enum class LparState { Running, Stopped };

@@ -1,0 +1,128 @@
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "storage/arena.hpp"
+#include "storage/page_mover.hpp"
+#include "util/error.hpp"
+
+using namespace lparvisor;
+
+namespace {
+
+constexpr std::uint64_t MiB = kMiB;
+
+// Each 8-byte word holds its own original offset: a word found anywhere else after a move tells
+// exactly where it came from.
+void fill_with_addresses(Arena& arena, ArenaRange range) {
+    auto bytes = arena.bytes(range);
+    for (std::uint64_t i = 0; i < range.size; i += 8) {
+        std::uint64_t word = range.start.value + i + 1;
+        std::memcpy(bytes.data() + i, &word, 8);
+    }
+}
+
+std::uint64_t word_at(const Arena& arena, std::uint64_t offset) {
+    std::uint64_t word;
+    std::memcpy(&word, arena.bytes({{offset}, 8}).data(), 8);
+    return word;
+}
+
+void set_keys(StorageKeys& keys, ArenaRange range) {
+    auto k = keys.frames(range);
+    for (std::size_t i = 0; i < k.size(); ++i)
+        k[i] = static_cast<std::uint8_t>(((range.start.value / kPageSize + i) * 0x12) & 0xfe);
+}
+
+void check_moved(const Arena& arena, const StorageKeys& keys, ArenaRange from, ArenaOffset to) {
+    for (std::uint64_t i = 0; i < from.size; i += 8) {
+        std::uint64_t expected = from.start.value + i + 1;
+        std::uint64_t got = word_at(arena, to.value + i);
+        if (got != expected) FAIL("word " << i << " after the move: " << got << " expected " << expected);
+    }
+    auto k = keys.frames({to, from.size});
+    for (std::size_t i = 0; i < k.size(); ++i) {
+        auto expected = static_cast<std::uint8_t>(((from.start.value / kPageSize + i) * 0x12) & 0xfe);
+        if (k[i] != expected) FAIL("key of page " << i << " is " << int(k[i]) << ", expected " << int(expected));
+    }
+}
+
+void move_and_check(std::uint64_t from_mib, std::uint64_t size_mib, std::uint64_t to_mib) {
+    Arena arena(64 * MiB, HugePagePolicy::Off);
+    StorageKeys keys(arena.size());
+    ArenaRange from{{from_mib * MiB}, size_mib * MiB};
+    ArenaOffset to{to_mib * MiB};
+    fill_with_addresses(arena, from);
+    set_keys(keys, from);
+    auto copied = move_pages(arena, keys, from, to);
+    CHECK(copied == from.size);
+    check_moved(arena, keys, from, to);
+
+    auto vacated = vacated_range(from, to);
+    scrub(arena, keys, vacated);
+    auto bytes = arena.bytes(vacated);
+    CHECK(std::all_of(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b == 0; }));
+    auto k = keys.frames(vacated);
+    CHECK(std::all_of(k.begin(), k.end(), [](std::uint8_t b) { return b == 0; }));
+    // The scrub must not touch the moved data.
+    check_moved(arena, keys, from, to);
+}
+
+}  // namespace
+
+TEST_CASE("moving up with overlap copies top-down and keeps every page and key", "[page_mover]") {
+    move_and_check(8, 16, 12);  // overlap of 12 MiB, delta 4 MiB
+    move_and_check(8, 16, 10);  // delta smaller than one batch (2 MiB)
+}
+
+TEST_CASE("moving down with overlap copies bottom-up", "[page_mover]") {
+    move_and_check(12, 16, 8);
+    move_and_check(12, 16, 10);
+}
+
+TEST_CASE("disjoint moves in both directions", "[page_mover]") {
+    move_and_check(0, 16, 32);
+    move_and_check(40, 16, 2);
+}
+
+TEST_CASE("vacated and newly occupied ranges", "[page_mover]") {
+    ArenaRange from{{128 * MiB}, 256 * MiB};
+    auto up = vacated_range(from, ArenaOffset{192 * MiB});
+    CHECK(up.start.value == 128 * MiB);
+    CHECK(up.size == 64 * MiB);
+    auto grown = newly_occupied_range(from, ArenaOffset{192 * MiB});
+    CHECK(grown.start.value == 384 * MiB);
+    CHECK(grown.size == 64 * MiB);
+    auto down = vacated_range(from, ArenaOffset{100 * MiB});
+    CHECK(down.start.value == 356 * MiB);
+    CHECK(down.size == 28 * MiB);
+    auto disjoint = vacated_range(from, ArenaOffset{400 * MiB});
+    CHECK(disjoint.start.value == 128 * MiB);
+    CHECK(disjoint.size == 256 * MiB);
+}
+
+TEST_CASE("a move outside the arena is refused before anything is copied", "[page_mover]") {
+    Arena arena(16 * MiB, HugePagePolicy::Off);
+    StorageKeys keys(arena.size());
+    ArenaRange from{{0}, 8 * MiB};
+    fill_with_addresses(arena, from);
+    CHECK_THROWS_AS(move_pages(arena, keys, from, ArenaOffset{10 * MiB}), Error);
+    CHECK(word_at(arena, 0) == 1);
+    CHECK(word_at(arena, 8 * MiB - 8) == 8 * MiB - 8 + 1);
+    CHECK_THROWS_AS(move_pages(arena, keys, {{0}, 4097}, ArenaOffset{8 * MiB}), Error);
+}
+
+TEST_CASE("punched storage reads back as zeros and frees its pages", "[arena]") {
+    Arena arena(8 * MiB, HugePagePolicy::Off);
+    ArenaRange range{{2 * MiB}, 2 * MiB};
+    arena.populate(range);
+    CHECK(arena.is_populated(range.start));
+    std::memset(arena.bytes(range).data(), 0xab, range.size);
+    arena.punch(range);
+    CHECK_FALSE(arena.is_populated(range.start));
+    auto bytes = arena.bytes(range);
+    CHECK(std::all_of(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b == 0; }));
+}

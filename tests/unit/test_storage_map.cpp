@@ -1,0 +1,97 @@
+#include <catch2/catch.hpp>
+
+#include "storage/storage_map.hpp"
+#include "util/error.hpp"
+
+using namespace lparvisor;
+
+namespace {
+
+constexpr std::uint64_t MiB = kMiB;
+
+StorageMap fig3a() {
+    StorageMap map(509 * MiB);
+    map.add("LPAR1", {{0}, 128 * MiB});
+    map.add("LPAR2", {{128 * MiB}, 256 * MiB});
+    return map;
+}
+
+// Every refused request must leave the map exactly as it was.
+void require_refused(StorageMap& map, const std::string& lpar, std::uint64_t origin_mib,
+                     ErrorKind kind, const std::string& message_part) {
+    auto before = map.rows();
+    try {
+        map.move(lpar, ArenaOffset{origin_mib * MiB});
+        FAIL("move of " << lpar << " to " << origin_mib << " MiB was accepted");
+    } catch (const Error& e) {
+        INFO(e.what());
+        CHECK(e.kind() == kind);
+        CHECK_THAT(e.what(), Catch::Contains(message_part));
+    }
+    auto after = map.rows();
+    REQUIRE(after.size() == before.size());
+    for (std::size_t i = 0; i < after.size(); ++i) {
+        CHECK(after[i].lpar == before[i].lpar);
+        CHECK(after[i].origin == before[i].origin);
+        CHECK(after[i].size == before[i].size);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("Fig. 3A table: origins, sizes, gaps and free storage", "[storage_map]") {
+    auto map = fig3a();
+    auto rows = map.rows();
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[0].lpar == "LPAR1");
+    CHECK(rows[0].origin == 0);
+    CHECK(rows[0].size == 128 * MiB);
+    CHECK(rows[0].gap == 0);
+    CHECK(rows[1].lpar == "LPAR2");
+    CHECK(rows[1].origin == 128 * MiB);
+    CHECK(rows[1].gap == 125 * MiB);
+    CHECK(map.free_bytes() == 125 * MiB);
+}
+
+TEST_CASE("MVSTOR LPAR2 192 gives Fig. 4A", "[storage_map]") {
+    auto map = fig3a();
+    map.move("LPAR2", ArenaOffset{192 * MiB});
+    auto rows = map.rows();
+    CHECK(rows[0].gap == 64 * MiB);
+    CHECK(rows[1].origin == 192 * MiB);
+    CHECK(rows[1].gap == 61 * MiB);
+    CHECK(map.free_bytes() == 125 * MiB);
+}
+
+TEST_CASE("moves down and overlapping its own old range are allowed", "[storage_map]") {
+    auto map = fig3a();
+    map.move("LPAR2", ArenaOffset{250 * MiB});
+    map.move("LPAR2", ArenaOffset{130 * MiB});
+    CHECK(map.find("LPAR2").range.start.value == 130 * MiB);
+    map.move("LPAR1", ArenaOffset{2 * MiB});  // overlaps its own range only
+    CHECK(map.rows()[0].origin == 2 * MiB);
+}
+
+TEST_CASE("refused requests name the problem and change nothing", "[storage_map]") {
+    auto map = fig3a();
+    SECTION("unknown LPAR") { require_refused(map, "LPAR9", 0, ErrorKind::NotFound, "unknown LPAR 'LPAR9' (defined: LPAR1, LPAR2)"); }
+    SECTION("outside main storage") { require_refused(map, "LPAR2", 300, ErrorKind::Refused, "LPAR2: target 300-556 MiB ends beyond main storage (509 MiB)"); }
+    SECTION("origin past the end") { require_refused(map, "LPAR1", 510, ErrorKind::Refused, "beyond main storage"); }
+    SECTION("misaligned") { require_refused(map, "LPAR2", 193, ErrorKind::InvalidArgument, "origin 193 MiB is not a multiple of 2 MiB"); }
+    SECTION("overlapping another LPAR") { require_refused(map, "LPAR2", 100, ErrorKind::Refused, "LPAR2: target 100-356 MiB overlaps LPAR1 at 0-128 MiB"); }
+    SECTION("overlap from below") { require_refused(map, "LPAR1", 200, ErrorKind::Refused, "overlaps LPAR2 at 128-384 MiB"); }
+    SECTION("same origin") { require_refused(map, "LPAR2", 128, ErrorKind::InvalidArgument, "already at origin 128 MiB"); }
+}
+
+TEST_CASE("adding areas: size 0, misaligned size, overlap and duplicates are refused", "[storage_map]") {
+    auto map = fig3a();
+    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 0}), Catch::Contains("LPAR3: size must be > 0"));
+    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 3 * MiB}), Catch::Contains("size 3 MiB is not a multiple of 2 MiB"));
+    CHECK_THROWS_WITH(map.add("LPAR3", {{380 * MiB}, 16 * MiB}), Catch::Contains("overlaps LPAR2"));
+    CHECK_THROWS_WITH(map.add("LPAR2", {{400 * MiB}, 16 * MiB}), Catch::Contains("already exists"));
+    CHECK(map.rows().size() == 2);
+    map.add("LPAR3", {{400 * MiB}, 108 * MiB});
+    CHECK(map.rows()[1].gap == 16 * MiB);
+    CHECK(map.rows()[2].gap == 1 * MiB);
+    CHECK(map.free_bytes() == 17 * MiB);
+}
