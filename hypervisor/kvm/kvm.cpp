@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -15,6 +16,25 @@
 namespace lparvisor::kvm {
 
 namespace {
+
+// linux-libc-dev 6.1 declares kvm_cpuid2's entries with __DECLARE_FLEX_ARRAY, which in C++
+// wraps an empty struct (size 1): sizeof(kvm_cpuid2) becomes 12, the entries move to offset 12
+// and the ioctl numbers encode the wrong size (KVM then answers EINVAL). Use the C layout.
+struct CpuidHeader {
+    std::uint32_t nent;
+    std::uint32_t padding;
+};
+static_assert(sizeof(CpuidHeader) == 8);
+constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
+constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
+
+// Header + entries in one block, as the two CPUID ioctls take them.
+std::vector<std::uint8_t> cpuid_block(std::uint32_t entries) {
+    std::vector<std::uint8_t> block(sizeof(CpuidHeader) + entries * sizeof(kvm_cpuid_entry2), 0);
+    CpuidHeader header{entries, 0};
+    std::memcpy(block.data(), &header, sizeof header);
+    return block;
+}
 
 bool path_exists(const char* path) {
     struct stat st {};
@@ -74,14 +94,16 @@ int System::check_extension(long capability) const {
 }
 
 std::vector<kvm_cpuid_entry2> System::supported_cpuid() const {
-    // kvm_cpuid2 ends in a flexible array: allocate header + entries as one block.
     for (std::uint32_t capacity = 128; capacity <= 4096; capacity *= 2) {
-        std::vector<std::uint8_t> block(sizeof(kvm_cpuid2) + capacity * sizeof(kvm_cpuid_entry2));
-        // SAFETY: block is sized for the header plus `capacity` entries, as the ioctl expects.
-        auto* cpuid = reinterpret_cast<kvm_cpuid2*>(block.data());
-        cpuid->nent = capacity;
-        if (::ioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, cpuid) == 0)
-            return {cpuid->entries, cpuid->entries + cpuid->nent};
+        auto block = cpuid_block(capacity);
+        if (::ioctl(fd_.get(), kGetSupportedCpuid, block.data()) == 0) {
+            CpuidHeader header;
+            std::memcpy(&header, block.data(), sizeof header);
+            std::vector<kvm_cpuid_entry2> entries(std::min(header.nent, capacity));
+            std::memcpy(entries.data(), block.data() + sizeof header,
+                        entries.size() * sizeof(kvm_cpuid_entry2));
+            return entries;
+        }
         if (errno != E2BIG) throw_errno("KVM_GET_SUPPORTED_CPUID");
     }
     throw Error(ErrorKind::System, "KVM_GET_SUPPORTED_CPUID: more than 4096 entries");
@@ -182,12 +204,10 @@ void Vcpu::set_sregs(const kvm_sregs& sregs) {
 }
 
 void Vcpu::set_cpuid(const std::vector<kvm_cpuid_entry2>& entries) {
-    std::vector<std::uint8_t> block(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
-    // SAFETY: block holds the header plus entries.size() entries.
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(block.data());
-    cpuid->nent = static_cast<std::uint32_t>(entries.size());
-    std::memcpy(cpuid->entries, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
-    if (::ioctl(fd_.get(), KVM_SET_CPUID2, cpuid) < 0) throw_errno("KVM_SET_CPUID2");
+    auto block = cpuid_block(static_cast<std::uint32_t>(entries.size()));
+    std::memcpy(block.data() + sizeof(CpuidHeader), entries.data(),
+                entries.size() * sizeof(kvm_cpuid_entry2));
+    if (::ioctl(fd_.get(), kSetCpuid2, block.data()) < 0) throw_errno("KVM_SET_CPUID2");
 }
 
 void Vcpu::set_mp_state(std::uint32_t state) {

@@ -35,7 +35,7 @@ struct TempDir {
 HypervisorOptions options_with_consoles(const TempDir& dir) {
     HypervisorOptions options;
     options.huge_pages = HugePagePolicy::Auto;
-    options.default_firmware = LPARVISOR_TEST_FIRMWARE;
+    options.default_firmware = test::firmware_path();
     options.console_dir = dir.path.string();
     return options;
 }

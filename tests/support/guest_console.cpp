@@ -1,11 +1,17 @@
 #include "support/guest_console.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <regex>
 #include <sstream>
 #include <thread>
 
 namespace lparvisor::test {
+
+std::string firmware_path() {
+    const char* env = std::getenv("LPARVISOR_FIRMWARE");
+    return env != nullptr ? env : LPARVISOR_TEST_FIRMWARE;
+}
 
 unsigned long FirmwareProgress::min_round(unsigned vcpus) const {
     unsigned long lowest = ~0ul;

@@ -15,6 +15,10 @@ struct FirmwareProgress {
     unsigned long min_round(unsigned vcpus) const;  // lowest of the vCPUs' highest rounds
 };
 
+// The test firmware: $LPARVISOR_FIRMWARE when set (e.g. inside the nested-KVM harness), else
+// the one this build made.
+std::string firmware_path();
+
 FirmwareProgress parse_firmware_console(const std::string& text);
 
 // Polls `read_console` until every one of `vcpus` vCPUs has verified at least `round`, or a FAIL
