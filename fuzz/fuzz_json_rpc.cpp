@@ -1,0 +1,84 @@
+// libFuzzer target for the control protocol's JSON-RPC core: any bytes a client can send as one
+// request line. Invariants checked beyond "no crash, no sanitizer report": every answer is exactly
+// one line of valid JSON-RPC 2.0, and a notification is never answered.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "control/json_rpc.hpp"
+#include "util/error.hpp"
+
+namespace {
+
+using namespace lparvisor;
+using namespace lparvisor::control;
+
+// Answers every method; the first input byte picks whether it throws, so the error paths run too.
+class FuzzApi : public Api {
+  public:
+    explicit FuzzApi(std::uint8_t mode) : mode_(mode) {}
+
+    SystemStatus list() override {
+        maybe_throw();
+        SystemStatus status;
+        status.main_storage_mib = 509;
+        status.free_mib = 125;
+        status.lpars = {{"LPAR1", 0, 128, 0, "running", "", 1},
+                        {"LPAR2", 128, 256, 125, "stopped", "guest exit 0", 2}};
+        return status;
+    }
+    MvstorResult mvstor(const MvstorRequest& request) override {
+        maybe_throw();
+        MvstorResult result;
+        result.lpar = request.lpar;
+        result.new_origin_mib = request.origin_mib;
+        result.phases = {{"copy", 1}};
+        return result;
+    }
+    std::string console(const std::string& lpar, std::size_t max_bytes) override {
+        maybe_throw();
+        std::string text = lpar + "\xff\xc0\x80 console";  // invalid UTF-8 on purpose
+        text.resize(std::min(text.size(), max_bytes));
+        return text;
+    }
+
+  private:
+    void maybe_throw() const {
+        switch (mode_ % 4) {
+            case 1:
+                throw Error(ErrorKind::Busy, "busy \xff");
+            case 2:
+                throw std::runtime_error("internal");
+            default:
+                break;
+        }
+    }
+    std::uint8_t mode_;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    if (size == 0) return 0;
+    FuzzApi api(data[0]);
+    // SAFETY: libFuzzer hands us `size` readable bytes; char aliasing of uint8_t is allowed.
+    const std::string_view line(reinterpret_cast<const char*>(data + 1), size - 1);
+
+    const ParseOutcome outcome = parse_request(line);
+    const bool notification = std::holds_alternative<ParsedCall>(outcome) &&
+                              std::get<ParsedCall>(outcome).is_notification;
+    const std::string response = handle_line(api, line);
+    if (notification && !response.empty()) std::abort();
+    if (response.empty()) return 0;
+    if (response.find('\n') != std::string::npos) std::abort();
+    const auto parsed = nlohmann::json::parse(response, nullptr, false);
+    if (parsed.is_discarded() || !parsed.is_object() || parsed.value("jsonrpc", "") != "2.0" ||
+        !parsed.contains("id") || (parsed.contains("result") == parsed.contains("error"))) {
+        std::abort();
+    }
+    return 0;
+}

@@ -1,0 +1,123 @@
+// The JSON-RPC 2.0 core of the control socket: pure, synchronous and transport-free, so that the
+// socket server, the tests and the fuzzer all drive the same code.
+//
+// A request line goes through three steps, which the server runs on different threads:
+//   parse_request()   text -> a typed Call (method + validated params), or a ready error response
+//   execute()         Call -> Api -> response text (or nothing, for a notification)
+// handle_line() chains them for callers that do not care where each step runs.
+//
+// Adding a method: add its params struct to Call, a parser and an executor in json_rpc.cpp, and
+// one row in the method table there. docs/control-protocol.md is the wire contract.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include <nlohmann/json.hpp>
+
+#include "control/api.hpp"
+#include "util/error.hpp"
+
+namespace lparvisor::control {
+
+// Limits that are part of the protocol (see docs/control-protocol.md).
+inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;  // one request line, without '\n'
+inline constexpr std::size_t kMaxNestingDepth = 32;         // arrays/objects inside a request
+inline constexpr std::size_t kDefaultConsoleBytes = 4096;
+inline constexpr std::size_t kMaxConsoleBytes = 1024 * 1024;
+inline constexpr std::uint64_t kDefaultDrainTimeoutMs = 10000;
+inline constexpr std::uint64_t kMaxDrainTimeoutMs = 600000;
+// origin_mib is turned into a byte offset by the hypervisor: it must fit in 64 bits as bytes.
+inline constexpr std::uint64_t kMaxOriginMib = (std::uint64_t{1} << 44) - 1;
+
+// JSON-RPC error codes: the standard ones, then one per lparvisor::ErrorKind.
+enum class RpcErrorCode : int {
+    ParseError = -32700,
+    InvalidRequest = -32600,
+    MethodNotFound = -32601,
+    InvalidParams = -32602,
+    InternalError = -32603,
+    NotFound = -32001,
+    InvalidArgument = -32002,
+    Refused = -32003,
+    Busy = -32004,
+    System = -32005,
+};
+
+[[nodiscard]] RpcErrorCode rpc_code_for(ErrorKind kind) noexcept;
+[[nodiscard]] std::string_view rpc_code_name(RpcErrorCode code) noexcept;  // "NotFound", ...
+
+// Typed params of each method, after validation.
+struct ListCall {};
+struct PingCall {};
+struct MvstorCall {
+    MvstorRequest request;
+};
+struct ConsoleCall {
+    std::string lpar;
+    std::size_t max_bytes = kDefaultConsoleBytes;
+};
+using Call = std::variant<ListCall, PingCall, MvstorCall, ConsoleCall>;
+
+// Where the server should run a call. Anything that enters the Api leaves the I/O thread, so that
+// a hypervisor lock held during a relocation can never stall the socket.
+enum class Execution {
+    Inline,      // cheap and Api-free (system.ping): answer on the I/O thread
+    Query,       // short Api call (lpar.list, lpar.console): the query worker pool
+    LongRunning  // blocks for seconds (storage.mvstor): the long-operation worker pool
+};
+
+// A request that passed validation.
+struct ParsedCall {
+    nlohmann::json id;  // echoed verbatim; null when the request is a notification
+    bool is_notification = false;
+    std::string method;
+    Call call;
+    Execution execution = Execution::Inline;
+};
+
+// A request that failed before reaching the Api. `response` is the complete response line
+// (without '\n'), or empty for a notification, which gets no answer even when it is wrong.
+struct RejectedRequest {
+    std::string response;
+};
+
+using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
+
+// Validates one request line (without its '\n'). Does not throw: even an internal failure
+// becomes an error response.
+[[nodiscard]] ParseOutcome parse_request(std::string_view line);
+
+// Runs the call against the Api and returns the response line (without '\n'), or an empty string
+// for a notification. Errors thrown by the Api become JSON-RPC errors (lparvisor::Error by its
+// kind, anything else -32603); does not throw.
+[[nodiscard]] std::string execute(Api& api, const ParsedCall& parsed);
+
+// parse_request + execute. Returns the response line, or empty when none is due.
+[[nodiscard]] std::string handle_line(Api& api, std::string_view line);
+
+// A complete error response line for a failure that has no request to answer (line too long,
+// too many clients, peer not allowed): id null.
+[[nodiscard]] std::string error_response(RpcErrorCode code, std::string_view message,
+                                         const nlohmann::json& data = nlohmann::json::object());
+
+// Serializers of the Api's results, public so that other front ends reuse the exact shape.
+[[nodiscard]] nlohmann::json to_json(const SystemStatus& status);
+[[nodiscard]] nlohmann::json to_json(const MvstorResult& result);
+
+// Replaces every byte sequence that is not valid UTF-8 (including overlong forms, surrogates and
+// code points above U+10FFFF) with U+FFFD, so that guest console output can always be sent.
+[[nodiscard]] std::string sanitize_utf8(std::string_view bytes);
+
+// Whether the text nests arrays/objects deeper than `max_depth` (strings are skipped correctly).
+// Checked before parsing, so that hostile input never reaches the parser's recursion.
+[[nodiscard]] bool nests_deeper_than(std::string_view text, std::size_t max_depth) noexcept;
+
+// The daemon's version string, reported by system.ping.
+[[nodiscard]] std::string_view daemon_version() noexcept;
+
+}  // namespace lparvisor::control

@@ -1,0 +1,540 @@
+#include "control/server.hpp"
+
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include "util/error.hpp"
+#include "util/fd.hpp"
+
+namespace lparvisor::control {
+
+namespace asio = boost::asio;
+using Protocol = asio::local::stream_protocol;
+using boost::system::error_code;
+
+namespace {
+
+constexpr mode_t kSocketMode = 0600;
+constexpr std::size_t kLoggedRequestBytes = 256;
+
+// A few threads that run Api calls off the io_context. Unlike asio::thread_pool, shutdown() drops
+// the queued tasks on the caller's thread, so that no task (and the connection it holds) outlives
+// the pool.
+class WorkerPool {
+  public:
+    WorkerPool(std::size_t threads, std::string name) : name_(std::move(name)) {
+        if (threads == 0) threads = 1;
+        for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+    }
+    ~WorkerPool() { shutdown(); }
+    WorkerPool(const WorkerPool&) = delete;
+    WorkerPool& operator=(const WorkerPool&) = delete;
+
+    // False once the pool is shut down: the task is not run.
+    [[nodiscard]] bool submit(std::function<void()> task) {
+        {
+            std::lock_guard lock(mutex_);
+            if (stopping_) return false;
+            queue_.push_back(std::move(task));
+        }
+        wake_.notify_one();
+        return true;
+    }
+
+    // Waits for the running tasks to return; queued tasks are dropped without running.
+    void shutdown() {
+        std::deque<std::function<void()>> dropped;
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+            dropped.swap(queue_);
+        }
+        wake_.notify_all();
+        for (auto& thread : threads_) {
+            if (thread.joinable() && thread.get_id() != std::this_thread::get_id()) thread.join();
+        }
+        if (!dropped.empty()) {
+            spdlog::warn("control: {} queued request(s) dropped at shutdown", dropped.size());
+        }
+    }
+
+  private:
+    void run() {
+        pthread_setname_np(pthread_self(), name_.substr(0, 15).c_str());
+        for (;;) {
+            std::function<void()> task;
+            {
+                std::unique_lock lock(mutex_);
+                wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+                if (stopping_) return;
+                task = std::move(queue_.front());
+                queue_.pop_front();
+            }
+            try {
+                task();
+            } catch (const std::exception& error) {
+                spdlog::error("control: worker {}: {}", name_, error.what());
+            }
+        }
+    }
+
+    std::string name_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::deque<std::function<void()>> queue_;
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
+struct PeerCredentials {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+};
+
+bool peer_credentials(int fd, PeerCredentials& peer) {
+    ucred credentials{};
+    socklen_t length = sizeof(credentials);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return false;
+    peer = {credentials.pid, credentials.uid, credentials.gid};
+    return true;
+}
+
+std::string excerpt(std::string_view line) {
+    if (line.size() <= kLoggedRequestBytes) return std::string(line);
+    return fmt::format("{}... ({} bytes)", line.substr(0, kLoggedRequestBytes), line.size());
+}
+
+bool is_blank(std::string_view line) {
+    return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
+sockaddr_un socket_address(const std::filesystem::path& path) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path.native().size() >= sizeof(address.sun_path)) {
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("control socket path {} is too long ({} bytes, at most {})",
+                                path.native(), path.native().size(), sizeof(address.sun_path) - 1));
+    }
+    path.native().copy(address.sun_path, path.native().size());
+    return address;
+}
+
+// Decides what to do with whatever is at `path` before binding: nothing there is fine, a socket
+// that nobody answers on is stale and removed, anything else stops the start.
+void clear_stale_socket(const std::filesystem::path& path) {
+    struct stat status {};
+    if (::lstat(path.c_str(), &status) != 0) {
+        if (errno == ENOENT) return;
+        throw_errno(fmt::format("control socket {}: lstat", path.native()));
+    }
+    if (!S_ISSOCK(status.st_mode)) {
+        throw Error(ErrorKind::Refused,
+                    fmt::format("control socket {} exists and is not a socket: not replacing it",
+                                path.native()));
+    }
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!probe.valid()) throw_errno("control socket probe: socket");
+    const sockaddr_un address = socket_address(path);
+    // SAFETY: sockaddr_un is the sockaddr that AF_UNIX expects; the size is the struct's own.
+    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0 ||
+        errno == EAGAIN || errno == EINPROGRESS) {  // EAGAIN: alive, its backlog is just full
+        throw Error(
+            ErrorKind::Busy,
+            fmt::format("another daemon is already serving the control socket {}", path.native()));
+    }
+    if (errno != ECONNREFUSED) {
+        throw_errno(fmt::format("control socket {}: cannot tell whether it is in use (connect)",
+                                path.native()));
+    }
+    spdlog::info("control: removing stale socket {}", path.native());
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        throw_errno(fmt::format("control socket {}: unlink stale socket", path.native()));
+    }
+}
+
+}  // namespace
+
+class Connection;
+
+struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Shared> {
+    Shared(asio::io_context& io_context, std::filesystem::path socket_path, Api& api_ref,
+           ServerLimits server_limits)
+        : io(io_context),
+          path(std::move(socket_path)),
+          api(api_ref),
+          limits(server_limits),
+          acceptor(asio::make_strand(io_context)),
+          retry_timer(acceptor.get_executor()),
+          query_pool(limits.query_threads, "ctl-query"),
+          long_pool(limits.long_threads, "ctl-long") {}
+
+    void listen();
+    void accept_next();
+    void on_accepted(Protocol::socket socket);
+    void unregister(std::uint64_t id, bool counted);
+    void stop();
+
+    asio::io_context& io;
+    const std::filesystem::path path;
+    Api& api;
+    const ServerLimits limits;
+    Protocol::acceptor acceptor;  // used on its own strand only
+    asio::steady_timer retry_timer;
+    WorkerPool query_pool;
+    WorkerPool long_pool;
+    std::atomic<bool> stopping{false};
+
+    mutable std::mutex mutex;  // guards the members below
+    std::unordered_map<std::uint64_t, std::weak_ptr<Connection>> connections;
+    std::uint64_t next_id = 1;
+    std::size_t counted_clients = 0;
+    dev_t socket_device = 0;  // identity of the socket file this server bound, so that stop()
+    ino_t socket_inode = 0;   // never removes a successor's socket
+    bool socket_bound = false;
+
+    std::mutex stop_mutex;  // serializes stop() callers; the second waits for the first
+    bool stopped = false;
+};
+
+// One client: reads a line, answers it, reads the next. Everything runs on the socket's strand.
+class Connection : public std::enable_shared_from_this<Connection> {
+  public:
+    Connection(std::shared_ptr<ControlServer::Shared> shared, Protocol::socket socket,
+               std::uint64_t id, bool counted)
+        : shared_(std::move(shared)),
+          socket_(std::move(socket)),
+          strand_(socket_.get_executor()),
+          id_(id),
+          counted_(counted) {}
+
+    void start() {
+        asio::dispatch(strand_, [self = shared_from_this()] { self->read_next(); });
+    }
+
+    // Answers with one error line and closes: used for clients that are not admitted.
+    void refuse(std::string response) {
+        asio::dispatch(strand_, [self = shared_from_this(), response = std::move(response)] {
+            self->send(response, true);
+        });
+    }
+
+    void close_from_server() {
+        asio::post(strand_, [self = shared_from_this()] { self->close("server stopping"); });
+    }
+
+  private:
+    void read_next() {
+        if (closed_) return;
+        if (input_ended_) return close("client finished");
+        asio::async_read_until(
+            socket_, asio::dynamic_buffer(buffer_, shared_->limits.max_line_bytes + 1), '\n',
+            [self = shared_from_this()](error_code error, std::size_t length) {
+                self->on_read(error, length);
+            });
+    }
+
+    void on_read(error_code error, std::size_t length) {
+        if (closed_) return;
+        if (error == asio::error::not_found) {  // max_line_bytes + 1 bytes and still no '\n'
+            spdlog::warn("control: client {}: request larger than {} bytes, closing", id_,
+                         shared_->limits.max_line_bytes);
+            return send(error_response(RpcErrorCode::InvalidRequest,
+                                       fmt::format("request larger than {} bytes",
+                                                   shared_->limits.max_line_bytes),
+                                       {{"limit", shared_->limits.max_line_bytes}}),
+                        true);
+        }
+        if (error == asio::error::eof && !is_blank(buffer_)) {
+            // The client half-closed after a last request without '\n': answer it, then close.
+            input_ended_ = true;
+            std::string line = std::exchange(buffer_, {});
+            return handle(std::move(line));
+        }
+        if (error == asio::error::eof) return close("client closed");
+        if (error) return close(error.message());
+        std::string line = buffer_.substr(0, length - 1);
+        buffer_.erase(0, length);
+        handle(std::move(line));
+    }
+
+    void handle(std::string line) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (is_blank(line)) return read_next();
+        spdlog::debug("control: client {} request: {}", id_, excerpt(line));
+
+        ParseOutcome outcome = parse_request(line);
+        if (auto* rejected = std::get_if<RejectedRequest>(&outcome)) {
+            return send(std::move(rejected->response), false);
+        }
+        auto& parsed = std::get<ParsedCall>(outcome);
+        if (parsed.execution == Execution::Inline)
+            return send(execute(shared_->api, parsed), false);
+
+        WorkerPool& pool =
+            parsed.execution == Execution::LongRunning ? shared_->long_pool : shared_->query_pool;
+        const bool submitted = pool.submit([self = shared_from_this(), parsed = std::move(parsed)] {
+            std::string response = execute(self->shared_->api, parsed);
+            asio::post(self->strand_,
+                       [self, response = std::move(response)] { self->send(response, false); });
+        });
+        if (!submitted) close("server stopping");
+    }
+
+    // Writes one response line (none for a notification), then reads the next request or closes.
+    void send(std::string response, bool close_after) {
+        if (closed_) return;
+        if (response.empty()) return close_after ? close("refused") : read_next();
+        if (response.size() > kLoggedRequestBytes) {
+            spdlog::debug("control: client {} response: {} bytes", id_, response.size());
+        } else {
+            spdlog::debug("control: client {} response: {}", id_, response);
+        }
+        outgoing_ = std::move(response);
+        outgoing_.push_back('\n');
+        asio::async_write(socket_, asio::buffer(outgoing_),
+                          [self = shared_from_this(), close_after](error_code error, std::size_t) {
+                              if (error) return self->close(error.message());
+                              if (close_after) return self->close("refused");
+                              self->read_next();
+                          });
+    }
+
+    void close(std::string_view reason) {
+        if (closed_) return;
+        closed_ = true;
+        error_code ignored;
+        socket_.shutdown(Protocol::socket::shutdown_both, ignored);
+        socket_.close(ignored);
+        shared_->unregister(id_, counted_);
+        spdlog::info("control: client {} closed ({})", id_, reason);
+    }
+
+    std::shared_ptr<ControlServer::Shared> shared_;
+    Protocol::socket socket_;
+    const asio::any_io_executor strand_;
+    const std::uint64_t id_;
+    const bool counted_;  // against max_clients; refused clients are not
+    std::string buffer_;
+    std::string outgoing_;
+    bool input_ended_ = false;
+    bool closed_ = false;
+};
+
+void ControlServer::Shared::listen() {
+    const sockaddr_un address = socket_address(path);  // checks the length first
+    if (path.has_parent_path()) {
+        std::error_code error;
+        std::filesystem::create_directories(path.parent_path(), error);
+        if (error) {
+            throw Error(ErrorKind::System,
+                        fmt::format("control socket directory {}: {}", path.parent_path().native(),
+                                    error.message()));
+        }
+    }
+    clear_stale_socket(path);
+
+    error_code error;
+    if (acceptor.open(Protocol(), error)) {
+        throw Error(ErrorKind::System, fmt::format("control socket: socket: {}", error.message()));
+    }
+    const int fd = acceptor.native_handle();
+    // Linux gives the bound file the socket inode's mode: narrowing it first means the file is
+    // never wider than 0600. The chmod below, before listen(), is what guarantees it everywhere
+    // else: until listen() nobody can connect, whatever the file's mode.
+    (void)::fchmod(fd, kSocketMode);
+    // SAFETY: sockaddr_un is the sockaddr that AF_UNIX expects; the size is the struct's own.
+    if (::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+        const int saved = errno;
+        if (saved == EADDRINUSE) {
+            throw Error(
+                ErrorKind::Busy,
+                fmt::format("control socket {}: another daemon bound it just now", path.native()));
+        }
+        throw_errno(fmt::format("control socket {}: bind", path.native()), saved);
+    }
+    struct stat status {};
+    if (::chmod(path.c_str(), kSocketMode) != 0 || ::lstat(path.c_str(), &status) != 0) {
+        const int saved = errno;
+        ::unlink(path.c_str());
+        throw_errno(fmt::format("control socket {}: chmod 0600", path.native()), saved);
+    }
+    {
+        std::lock_guard lock(mutex);
+        socket_device = status.st_dev;
+        socket_inode = status.st_ino;
+        socket_bound = true;
+    }
+    const int backlog = static_cast<int>(std::max<std::size_t>(16, limits.max_clients));
+    if (acceptor.listen(backlog, error)) {
+        ::unlink(path.c_str());
+        throw Error(ErrorKind::System,
+                    fmt::format("control socket {}: listen: {}", path.native(), error.message()));
+    }
+    spdlog::info("control: serving {} (mode 0600, at most {} clients)", path.native(),
+                 limits.max_clients);
+    asio::post(acceptor.get_executor(), [self = shared_from_this()] { self->accept_next(); });
+}
+
+void ControlServer::Shared::accept_next() {
+    if (stopping) return;
+    acceptor.async_accept(asio::make_strand(io), [self = shared_from_this()](
+                                                     error_code error, Protocol::socket socket) {
+        if (self->stopping || error == asio::error::operation_aborted) return;
+        if (error == asio::error::no_descriptors || error == asio::error::no_buffer_space ||
+            error == asio::error::no_memory) {
+            // Out of fds or memory: accepting again at once would spin. Back off a little.
+            spdlog::warn("control: accept: {} (retrying in 100 ms)", error.message());
+            self->retry_timer.expires_after(std::chrono::milliseconds(100));
+            self->retry_timer.async_wait([self](error_code) { self->accept_next(); });
+            return;
+        }
+        if (error) {
+            spdlog::warn("control: accept: {}", error.message());
+        } else {
+            self->on_accepted(std::move(socket));
+        }
+        self->accept_next();
+    });
+}
+
+void ControlServer::Shared::on_accepted(Protocol::socket socket) {
+    PeerCredentials peer;
+    const bool known_peer = peer_credentials(socket.native_handle(), peer);
+    const bool allowed = known_peer && (peer.uid == 0 || peer.uid == ::geteuid());
+
+    std::shared_ptr<Connection> connection;
+    std::string refusal;
+    std::uint64_t id = 0;
+    {
+        std::lock_guard lock(mutex);
+        id = next_id++;
+        if (!allowed) {
+            refusal = error_response(
+                RpcErrorCode::Refused,
+                known_peer ? fmt::format("permission denied: uid {} may not use the control socket "
+                                         "(only root and uid {})",
+                                         peer.uid, ::geteuid())
+                           : std::string("permission denied: peer credentials unavailable"));
+        } else if (counted_clients >= limits.max_clients) {
+            refusal =
+                error_response(RpcErrorCode::Busy,
+                               fmt::format("too many clients (at most {})", limits.max_clients),
+                               {{"limit", limits.max_clients}});
+        }
+        const bool counted = refusal.empty();
+        connection =
+            std::make_shared<Connection>(shared_from_this(), std::move(socket), id, counted);
+        connections.emplace(id, connection);
+        if (counted) ++counted_clients;
+    }
+    if (!refusal.empty()) {
+        spdlog::warn("control: client {} (pid {}, uid {}) refused: {}", id, peer.pid, peer.uid,
+                     allowed ? "too many clients" : "permission denied");
+        connection->refuse(std::move(refusal));
+        return;
+    }
+    spdlog::info("control: client {} connected (pid {}, uid {})", id, peer.pid, peer.uid);
+    connection->start();
+}
+
+void ControlServer::Shared::unregister(std::uint64_t id, bool counted) {
+    std::lock_guard lock(mutex);
+    connections.erase(id);
+    if (counted) --counted_clients;
+}
+
+void ControlServer::Shared::stop() {
+    std::lock_guard stop_lock(stop_mutex);
+    if (stopped) return;
+    stopped = true;
+    stopping = true;
+
+    // The file goes first, so that new clients fail at once instead of queueing on a dying socket.
+    std::vector<std::shared_ptr<Connection>> open;
+    {
+        std::lock_guard lock(mutex);
+        struct stat status {};
+        if (socket_bound && ::lstat(path.c_str(), &status) == 0 && status.st_dev == socket_device &&
+            status.st_ino == socket_inode) {
+            ::unlink(path.c_str());
+        }
+        socket_bound = false;
+        for (auto& [id, weak] : connections) {
+            if (auto connection = weak.lock()) open.push_back(std::move(connection));
+        }
+    }
+    asio::post(acceptor.get_executor(), [self = shared_from_this()] {
+        error_code ignored;
+        self->acceptor.close(ignored);
+        self->retry_timer.cancel();
+    });
+    for (auto& connection : open) connection->close_from_server();
+    open.clear();
+
+    // A relocation cannot be abandoned half-way: wait for the running ones.
+    query_pool.shutdown();
+    long_pool.shutdown();
+    spdlog::info("control: stopped serving {}", path.native());
+}
+
+ControlServer::ControlServer(asio::io_context& io, std::filesystem::path socket_path, Api& api,
+                             ServerLimits limits)
+    : shared_(std::make_shared<Shared>(io, std::move(socket_path), api, limits)) {
+    try {
+        shared_->listen();
+    } catch (...) {
+        shared_->stopping = true;
+        shared_->query_pool.shutdown();
+        shared_->long_pool.shutdown();
+        throw;
+    }
+}
+
+ControlServer::~ControlServer() {
+    stop();
+}
+
+void ControlServer::stop() {
+    shared_->stop();
+}
+
+const std::filesystem::path& ControlServer::socket_path() const noexcept {
+    return shared_->path;
+}
+
+std::size_t ControlServer::client_count() const noexcept {
+    std::lock_guard lock(shared_->mutex);
+    return shared_->counted_clients;
+}
+
+}  // namespace lparvisor::control

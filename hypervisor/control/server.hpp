@@ -1,0 +1,74 @@
+// The control socket: newline-delimited JSON-RPC 2.0 over a Unix stream socket (mode 0600), served
+// with Boost.Asio. The protocol core is json_rpc.hpp; the wire contract docs/control-protocol.md.
+//
+// Threading: the io_context may be run by one thread or several; every connection has its own
+// strand, and requests of one connection are answered one at a time, in order. No Api call runs on
+// an io_context thread: queries (lpar.list, lpar.console) run on a small query pool and
+// storage.mvstor on a separate pool, so that neither a relocation nor a query stuck behind it can
+// stall the socket, and a relocation can never starve lpar.list.
+//
+// Usage in the daemon:
+//     boost::asio::io_context io;
+//     ControlServer server(io, "/run/lparvisor/control.sock", hypervisor);  // throws Error
+//     boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+//     signals.async_wait([&](auto, int) { server.stop(); });
+//     io.run();  // returns once stop() has closed the acceptor and every connection
+//     // ~ControlServer, then ~io_context
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <filesystem>
+#include <memory>
+#include <string_view>
+
+#include <boost/asio/io_context.hpp>
+
+#include "control/api.hpp"
+#include "control/json_rpc.hpp"
+
+namespace lparvisor::control {
+
+inline constexpr std::string_view kDefaultSocketPath = "/run/lparvisor/control.sock";
+
+struct ServerLimits {
+    std::size_t max_line_bytes = kMaxRequestBytes;  // longer lines: error, then close (the core
+                                                    // refuses above kMaxRequestBytes anyway)
+    std::size_t max_clients = 64;                   // further connections: error, then close
+    std::size_t query_threads = 2;                  // workers for lpar.list / lpar.console
+    std::size_t long_threads = 2;                   // workers for storage.mvstor
+};
+
+class ControlServer {
+  public:
+    // Creates, binds (mode 0600) and listens on `socket_path`, and starts accepting on `io`.
+    // Throws Error(Busy) when another daemon answers on the path, Error(Refused) when the path
+    // exists but is not a socket, Error(InvalidArgument) for a path too long for sockaddr_un, and
+    // Error(System) when a host call fails. A stale socket file (nobody listening) is replaced.
+    // `api` must outlive the server.
+    ControlServer(boost::asio::io_context& io, std::filesystem::path socket_path, Api& api,
+                  ServerLimits limits = {});
+    ~ControlServer();  // stop()
+
+    ControlServer(const ControlServer&) = delete;
+    ControlServer& operator=(const ControlServer&) = delete;
+
+    // Stops accepting, removes the socket file (only if it is still the one this server bound),
+    // closes every connection, and waits for the Api calls already running on the workers to
+    // return (calls still queued are dropped unanswered). Idempotent; callable from any thread,
+    // including an io_context thread. Once it returns, the io_context runs out of server work and
+    // io.run() returns (if nothing else keeps it busy).
+    void stop();
+
+    [[nodiscard]] const std::filesystem::path& socket_path() const noexcept;
+    // Connections currently counted against max_clients.
+    [[nodiscard]] std::size_t client_count() const noexcept;
+
+    struct Shared;  // state shared with the connections (they may outlive a stop() in flight)
+
+  private:
+    std::shared_ptr<Shared> shared_;
+};
+
+}  // namespace lparvisor::control

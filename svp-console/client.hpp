@@ -1,0 +1,52 @@
+// One JSON-RPC call to the lparvisor control socket, with a deadline.
+#pragma once
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace lparvisor::svp {
+
+// svp's exit codes (docs/control-protocol.md, "svp").
+enum ExitCode : int {
+    kExitOk = 0,
+    kExitRefused = 1,   // the daemon answered with a JSON-RPC error
+    kExitUsage = 2,     // bad command line (CLI11)
+    kExitNoDaemon = 3,  // cannot connect to the socket
+    kExitProtocol = 4,  // no answer in time, or an answer that is not JSON-RPC
+};
+
+// A failure that ends svp with `exit_code`; what() is the message for stderr.
+class Failure : public std::runtime_error {
+  public:
+    Failure(int exit_code, const std::string& message)
+        : std::runtime_error(message), exit_code_(exit_code) {}
+    [[nodiscard]] int exit_code() const noexcept { return exit_code_; }
+
+  private:
+    int exit_code_;
+};
+
+struct Reply {
+    nlohmann::json response;  // the whole response object
+    bool ok = false;          // true: response["result"]; false: response["error"]
+    [[nodiscard]] const nlohmann::json& result() const { return response.at("result"); }
+    [[nodiscard]] const nlohmann::json& error() const { return response.at("error"); }
+};
+
+// Where svp looks for the daemon: $LPARVISOR_SOCKET, else /run/lparvisor/control.sock.
+[[nodiscard]] std::string default_socket_path();
+
+// Sends one request and waits for its response until `timeout` has passed in total.
+// Throws Failure(kExitNoDaemon) when it cannot connect, Failure(kExitProtocol) on a timeout, a
+// closed connection or a malformed response. A JSON-RPC error is a Reply with ok == false.
+[[nodiscard]] Reply call(const std::string& socket_path, std::string_view method,
+                         const nlohmann::json& params, std::chrono::milliseconds timeout);
+
+// "NotFound" for -32001 etc.; "error" for codes svp does not know.
+[[nodiscard]] std::string_view error_code_name(int code) noexcept;
+
+}  // namespace lparvisor::svp

@@ -1,0 +1,113 @@
+#include "table.hpp"
+
+#include <algorithm>
+#include <array>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace lparvisor::svp {
+
+namespace {
+
+constexpr std::string_view kColumnGap = "   ";
+
+struct Column {
+    std::string_view title;
+    std::string_view unit;  // the second header line
+    bool right_aligned;
+};
+
+// Fig. 3A's columns. Widths grow with the data; the headings fix the minimum.
+constexpr std::array<Column, 5> kColumns{{
+    {"LPAR NAME", "", false},
+    {"MS AREA ORIGIN", "(MiB)", true},
+    {"MS AREA SIZE", "(MiB)", true},
+    {"MS GAP", "(MiB)", true},
+    {"STATE", "", false},
+}};
+
+std::string state_text(const nlohmann::json& lpar) {
+    std::string state = lpar.at("state").get<std::string>();
+    const std::string reason = lpar.value("reason", "");
+    if (!reason.empty()) state += fmt::format(" ({})", reason);
+    return state;
+}
+
+void append_row(std::string& out, const std::array<std::string, kColumns.size()>& cells,
+                const std::array<std::size_t, kColumns.size()>& widths, bool data_row) {
+    std::string line;
+    for (std::size_t i = 0; i < cells.size(); ++i) {
+        if (i > 0) line += kColumnGap;
+        const bool right = data_row && kColumns[i].right_aligned;
+        line += right ? fmt::format("{:>{}}", cells[i], widths[i])
+                      : fmt::format("{:<{}}", cells[i], widths[i]);
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    out += line;
+    out += '\n';
+}
+
+}  // namespace
+
+std::string format_lpar_table(const nlohmann::json& list_result) {
+    std::vector<std::array<std::string, kColumns.size()>> rows;
+    for (const auto& lpar : list_result.at("lpars")) {
+        rows.push_back({lpar.at("name").get<std::string>(),
+                        std::to_string(lpar.at("origin_mib").get<std::uint64_t>()),
+                        std::to_string(lpar.at("size_mib").get<std::uint64_t>()),
+                        std::to_string(lpar.at("gap_mib").get<std::uint64_t>()), state_text(lpar)});
+    }
+    std::array<std::size_t, kColumns.size()> widths{};
+    for (std::size_t i = 0; i < kColumns.size(); ++i) {
+        widths[i] = std::max(kColumns[i].title.size(), kColumns[i].unit.size());
+        for (const auto& row : rows) widths[i] = std::max(widths[i], row[i].size());
+    }
+    std::string out;
+    std::array<std::string, kColumns.size()> titles, units;
+    for (std::size_t i = 0; i < kColumns.size(); ++i) {
+        titles[i] = kColumns[i].title;
+        units[i] = kColumns[i].unit;
+    }
+    append_row(out, titles, widths, false);
+    append_row(out, units, widths, false);
+    for (const auto& row : rows) append_row(out, row, widths, true);
+    out += fmt::format("\nAVAILABLE PHYSICAL MAIN STORAGE AREA: {} MiB (free {} MiB)\n",
+                       list_result.at("main_storage_mib").get<std::uint64_t>(),
+                       list_result.at("free_mib").get<std::uint64_t>());
+    return out;
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+    constexpr std::uint64_t kMiB = 1024 * 1024;
+    if (bytes % kMiB == 0) return fmt::format("{} MiB", bytes / kMiB);
+    if (bytes < kMiB) return fmt::format("{} bytes", bytes);
+    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / kMiB);
+}
+
+std::string format_ms(std::uint64_t microseconds) {
+    return fmt::format("{:.1f} ms", static_cast<double>(microseconds) / 1000.0);
+}
+
+std::string format_mvstor(const nlohmann::json& mvstor_result) {
+    std::string out =
+        fmt::format("MVSTOR {}: {} -> {} MiB, {} copied, pause {}, total {}\n",
+                    mvstor_result.at("lpar").get<std::string>(),
+                    mvstor_result.at("old_origin_mib").get<std::uint64_t>(),
+                    mvstor_result.at("new_origin_mib").get<std::uint64_t>(),
+                    format_bytes(mvstor_result.at("bytes_copied").get<std::uint64_t>()),
+                    format_ms(mvstor_result.at("pause_us").get<std::uint64_t>()),
+                    format_ms(mvstor_result.at("total_us").get<std::uint64_t>()));
+    std::size_t name_width = 5;
+    for (const auto& phase : mvstor_result.at("phases")) {
+        name_width = std::max(name_width, phase.at("phase").get<std::string>().size());
+    }
+    for (const auto& phase : mvstor_result.at("phases")) {
+        out += fmt::format("  {:<{}}  {:>12}\n", phase.at("phase").get<std::string>(), name_width,
+                           format_ms(phase.at("us").get<std::uint64_t>()));
+    }
+    return out;
+}
+
+}  // namespace lparvisor::svp

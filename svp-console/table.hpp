@@ -1,0 +1,23 @@
+// svp's human-readable output: the patent's Fig. 3A table and the MVSTOR report.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace lparvisor::svp {
+
+// The lpar.list result as the Fig. 3A table, ending in the AVAILABLE ... line and a newline.
+// Throws nlohmann::json::exception when the result lacks a field.
+[[nodiscard]] std::string format_lpar_table(const nlohmann::json& list_result);
+
+// The storage.mvstor result: one summary line, then one line per phase.
+[[nodiscard]] std::string format_mvstor(const nlohmann::json& mvstor_result);
+
+// "256 MiB", "1.5 MiB", "4096 bytes".
+[[nodiscard]] std::string format_bytes(std::uint64_t bytes);
+
+// Microseconds as milliseconds with one decimal: "31.2 ms".
+[[nodiscard]] std::string format_ms(std::uint64_t microseconds);
+
+}  // namespace lparvisor::svp

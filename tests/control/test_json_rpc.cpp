@@ -1,0 +1,403 @@
+// The JSON-RPC core against the test-double Api: every error path, ids, notifications, params.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "control/json_rpc.hpp"
+#include "fake_api.hpp"
+
+using nlohmann::json;
+using namespace lparvisor;
+using namespace lparvisor::control;
+
+namespace {
+
+json call(test::FakeApi& api, std::string_view line) {
+    const std::string response = handle_line(api, line);
+    REQUIRE(!response.empty());
+    REQUIRE(response.find('\n') == std::string::npos);  // one response, one line
+    return json::parse(response);
+}
+
+// The error object of a response, after checking the envelope.
+json error_of(const json& response) {
+    REQUIRE(response.at("jsonrpc") == "2.0");
+    REQUIRE(response.contains("error"));
+    REQUIRE(!response.contains("result"));
+    return response.at("error");
+}
+
+int code_of(test::FakeApi& api, std::string_view line) {
+    return error_of(call(api, line)).at("code").get<int>();
+}
+
+std::string message_of(test::FakeApi& api, std::string_view line) {
+    return error_of(call(api, line)).at("message").get<std::string>();
+}
+
+std::string mvstor_with(std::string_view params) {
+    return std::string(R"({"jsonrpc":"2.0","id":7,"method":"storage.mvstor","params":)") +
+           std::string(params) + "}";
+}
+
+}  // namespace
+
+TEST_CASE("lpar.list returns the status in the documented shape", "[json_rpc]") {
+    test::FakeApi api;
+    api.status.lpars[1].state = "stopped";
+    api.status.lpars[1].reason = "guest exit 0";
+    const json response = call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})");
+    CHECK(response.at("id") == 1);
+    const json& result = response.at("result");
+    CHECK(result.at("main_storage_mib") == 509);
+    CHECK(result.at("free_mib") == 125);
+    REQUIRE(result.at("lpars").size() == 2);
+    CHECK(result.at("lpars")[1] == json{{"name", "LPAR2"},
+                                        {"origin_mib", 128},
+                                        {"size_mib", 256},
+                                        {"gap_mib", 125},
+                                        {"state", "stopped"},
+                                        {"reason", "guest exit 0"},
+                                        {"vcpus", 2}});
+    CHECK(api.list_calls == 1);
+}
+
+TEST_CASE("params may be omitted or empty for lpar.list, but not unknown", "[json_rpc]") {
+    test::FakeApi api;
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list","params":{}})")
+              .contains("result"));
+    const json error =
+        error_of(call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list","params":{"x":1}})"));
+    CHECK(error.at("code") == -32602);
+    CHECK(error.at("message") == "x: unknown parameter");
+    CHECK(error.at("data").at("param") == "x");
+    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list","params":[]})") == -32602);
+    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list","params":null})") == -32602);
+}
+
+TEST_CASE("storage.mvstor passes typed params and serializes the result", "[json_rpc]") {
+    test::FakeApi api;
+    const json response = call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192})"));
+    REQUIRE(api.mvstor_requests.size() == 1);
+    CHECK(api.mvstor_requests[0].lpar == "LPAR2");
+    CHECK(api.mvstor_requests[0].origin_mib == 192);
+    CHECK(api.mvstor_requests[0].drain_timeout == std::chrono::milliseconds(10000));
+    const json& result = response.at("result");
+    CHECK(result.at("lpar") == "LPAR2");
+    CHECK(result.at("old_origin_mib") == 128);
+    CHECK(result.at("new_origin_mib") == 192);
+    CHECK(result.at("bytes_copied") == 256ull << 20);
+    CHECK(result.at("pause_us") == 31200);
+    CHECK(result.at("total_us") == 58000);
+    REQUIRE(result.at("phases").size() == 7);
+    CHECK(result.at("phases")[0] == json{{"phase", "stop_vcpus"}, {"us", 120}});
+
+    (void)call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":0,"timeout_ms":600000})"));
+    CHECK(api.mvstor_requests.back().drain_timeout == std::chrono::milliseconds(600000));
+}
+
+TEST_CASE("parse_request classifies where each method runs", "[json_rpc]") {
+    auto execution_of = [](std::string_view line) {
+        ParseOutcome outcome = parse_request(line);
+        REQUIRE(std::holds_alternative<ParsedCall>(outcome));
+        return std::get<ParsedCall>(outcome).execution;
+    };
+    CHECK(execution_of(R"({"jsonrpc":"2.0","id":1,"method":"system.ping"})") == Execution::Inline);
+    CHECK(execution_of(R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})") == Execution::Query);
+    CHECK(
+        execution_of(R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":"A"}})") ==
+        Execution::Query);
+    CHECK(execution_of(mvstor_with(R"({"lpar":"A","origin_mib":2})")) == Execution::LongRunning);
+
+    ParseOutcome outcome =
+        parse_request(mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"timeout_ms":5})"));
+    const auto& parsed = std::get<ParsedCall>(outcome);
+    CHECK(parsed.method == "storage.mvstor");
+    CHECK(parsed.id == 7);
+    CHECK_FALSE(parsed.is_notification);
+    const auto& mvstor = std::get<MvstorCall>(parsed.call);
+    CHECK(mvstor.request.origin_mib == 192);
+    CHECK(mvstor.request.drain_timeout == std::chrono::milliseconds(5));
+}
+
+TEST_CASE("invalid params name the parameter and what was expected", "[json_rpc]") {
+    test::FakeApi api;
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":-1})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":1.5})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192.0})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":1e3})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":"192"})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":true})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":null})")) ==
+          "origin_mib: expected a non-negative integer");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2"})")) ==
+          "origin_mib: missing (expected a non-negative integer)");
+    CHECK(message_of(api, mvstor_with(R"({"origin_mib":192})")) ==
+          "lpar: missing (expected a string)");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":2,"origin_mib":192})")) ==
+          "lpar: expected a string");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"","origin_mib":192})")) ==
+          "lpar: expected a non-empty string");
+    CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","orgin_mib":192})")) ==
+          "orgin_mib: unknown parameter");
+    CHECK(message_of(api, mvstor_with(R"("LPAR2")")) ==
+          "params: expected an object (parameters by name)");
+
+    SECTION("numbers too large for 64 bits, or for the protocol's range") {
+        CHECK(
+            message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":18446744073709551615})")) ==
+            "origin_mib: expected an integer from 0 to 17592186044415");
+        CHECK(
+            message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":18446744073709551616})")) ==
+            "origin_mib: expected an integer from 0 to 17592186044415");
+        CHECK(message_of(api,
+                         mvstor_with(
+                             R"({"lpar":"LPAR2","origin_mib":1000000000000000000000000000000})")) ==
+              "origin_mib: expected an integer from 0 to 17592186044415");
+        CHECK(
+            message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":-9223372036854775809})")) ==
+            "origin_mib: expected a non-negative integer");
+    }
+    SECTION("timeout_ms is bounded") {
+        CHECK(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":1,"timeout_ms":0})")) ==
+              "timeout_ms: expected an integer from 1 to 600000");
+        CHECK(message_of(api,
+                         mvstor_with(R"({"lpar":"LPAR2","origin_mib":1,"timeout_ms":600001})")) ==
+              "timeout_ms: expected an integer from 1 to 600000");
+    }
+    SECTION("the error data names the parameter") {
+        const json error = error_of(call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":-1})")));
+        CHECK(error.at("code") == -32602);
+        CHECK(error.at("data").at("param") == "origin_mib");
+    }
+    CHECK(api.mvstor_requests.empty());
+}
+
+TEST_CASE("lpar.console: bytes, limits and invalid UTF-8", "[json_rpc]") {
+    test::FakeApi api;
+    SECTION("default and explicit byte counts") {
+        (void)call(api,
+                   R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":"LPAR1"}})");
+        (void)call(
+            api,
+            R"({"jsonrpc":"2.0","id":2,"method":"lpar.console","params":{"lpar":"LPAR1","bytes":1048576}})");
+        REQUIRE(api.console_requests.size() == 2);
+        CHECK(api.console_requests[0] == std::pair<std::string, std::size_t>{"LPAR1", 4096});
+        CHECK(api.console_requests[1].second == 1048576);
+        CHECK(
+            message_of(
+                api,
+                R"({"jsonrpc":"2.0","id":3,"method":"lpar.console","params":{"lpar":"LPAR1","bytes":1048577}})") ==
+            "bytes: expected an integer from 0 to 1048576");
+    }
+    SECTION("an Api that returns too much is cut to the most recent bytes") {
+        api.console_text = "0123456789";
+        const json response = call(
+            api,
+            R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":"LPAR1","bytes":4}})");
+        CHECK(response.at("result").at("text") == "6789");
+        CHECK(response.at("result").at("lpar") == "LPAR1");
+    }
+    SECTION("invalid UTF-8 becomes U+FFFD; control bytes survive escaped") {
+        api.console_text = std::string("ok \xff\xfe end\n\x01\x00 \xc3\xa9", 16);
+        const std::string line = handle_line(
+            api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":"LPAR1"}})");
+        CHECK(line.find('\n') == std::string::npos);
+        const json response = json::parse(line);
+        CHECK(response.at("result").at("text") ==
+              std::string("ok \xEF\xBF\xBD\xEF\xBF\xBD end\n\x01\x00 \xc3\xa9", 20));
+    }
+}
+
+TEST_CASE("sanitize_utf8 follows the Unicode replacement practice", "[json_rpc][utf8]") {
+    CHECK(sanitize_utf8("plain ascii") == "plain ascii");
+    CHECK(sanitize_utf8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80") ==
+          "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
+    const std::string fffd = "\xEF\xBF\xBD";
+    CHECK(sanitize_utf8("\x80") == fffd);                        // lone continuation byte
+    CHECK(sanitize_utf8("\xc0\xaf") == fffd + fffd);             // overlong '/'
+    CHECK(sanitize_utf8("\xe0\x80\xaf") == fffd + fffd + fffd);  // overlong, 3 bytes
+    CHECK(sanitize_utf8("\xed\xa0\x80") == fffd + fffd + fffd);  // UTF-16 surrogate
+    CHECK(sanitize_utf8("\xf4\x90\x80\x80") == fffd + fffd + fffd + fffd);  // > U+10FFFF
+    CHECK(sanitize_utf8("\xe2\x82") == fffd);                               // truncated at the end
+    CHECK(sanitize_utf8("\xe2\x82x") == fffd + "x");  // truncated in the middle
+    CHECK(sanitize_utf8("\xf0\x9f\x98") == fffd);
+    CHECK(sanitize_utf8("\xff") == fffd);
+    CHECK(sanitize_utf8(std::string_view("a\0b", 3)) == std::string("a\0b", 3));
+    // Whatever the input, the output dumps without throwing.
+    std::string every_byte;
+    for (int byte = 0; byte < 256; ++byte) every_byte.push_back(static_cast<char>(byte));
+    CHECK_NOTHROW(json(sanitize_utf8(every_byte)).dump());
+}
+
+TEST_CASE("system.ping answers with the version", "[json_rpc]") {
+    test::FakeApi api;
+    const json response = call(api, R"({"jsonrpc":"2.0","id":"p","method":"system.ping"})");
+    CHECK(response.at("id") == "p");
+    CHECK(response.at("result").at("version") == std::string(daemon_version()));
+    CHECK(!daemon_version().empty());
+}
+
+TEST_CASE("ids are echoed verbatim", "[json_rpc]") {
+    test::FakeApi api;
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":42,"method":"system.ping"})").at("id") == 42);
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":-3,"method":"system.ping"})").at("id") == -3);
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":"abc-1","method":"system.ping"})").at("id") ==
+          "abc-1");
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":null,"method":"system.ping"})").at("id").is_null());
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":18446744073709551615,"method":"system.ping"})")
+              .at("id") == 18446744073709551615ull);
+    // On errors too.
+    CHECK(call(api, R"({"jsonrpc":"2.0","id":"e","method":"nope"})").at("id") == "e");
+    CHECK(call(api, mvstor_with(R"({"lpar":1})")).at("id") == 7);
+}
+
+TEST_CASE("malformed requests get the standard codes", "[json_rpc]") {
+    test::FakeApi api;
+    SECTION("-32700 parse error") {
+        const json response = call(api, R"({"jsonrpc":"2.0","id":1,"method":)");
+        CHECK(response.at("id").is_null());
+        CHECK(error_of(response).at("code") == -32700);
+        CHECK(error_of(response).at("data").contains("detail"));
+        CHECK(code_of(api, "") == -32700);
+        CHECK(code_of(api, "not json") == -32700);
+        CHECK(code_of(api, "{} trailing") == -32700);
+        CHECK(code_of(api, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\"}") == -32700);
+        // Found by the fuzzer: nlohmann reports a number overflow as out_of_range, not parse_error.
+        CHECK(code_of(api, R"({"jsonrpc":"2.0","id":1e3082,"method":"system.ping"})") == -32700);
+        CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":-1e400})")) == -32700);
+    }
+    SECTION("-32600 invalid request") {
+        CHECK(message_of(api, "[]") == "batch requests are not supported");
+        CHECK(message_of(api, R"([{"jsonrpc":"2.0","id":1,"method":"system.ping"}])") ==
+              "batch requests are not supported");
+        CHECK(message_of(api, "42") == "request must be a JSON object");
+        CHECK(message_of(api, "\"text\"") == "request must be a JSON object");
+        CHECK(message_of(api, "null") == "request must be a JSON object");
+        CHECK(message_of(api, R"({"id":1,"method":"system.ping"})") == "jsonrpc: expected \"2.0\"");
+        CHECK(message_of(api, R"({"jsonrpc":"1.0","id":1,"method":"system.ping"})") ==
+              "jsonrpc: expected \"2.0\"");
+        CHECK(message_of(api, R"({"jsonrpc":2.0,"id":1,"method":"system.ping"})") ==
+              "jsonrpc: expected \"2.0\"");
+        CHECK(message_of(api, R"({"jsonrpc":"2.0","id":1})") == "method: expected a string");
+        CHECK(message_of(api, R"({"jsonrpc":"2.0","id":1,"method":5})") ==
+              "method: expected a string");
+        CHECK(message_of(api, R"({"jsonrpc":"2.0","id":1,"method":"system.ping","extra":1})") ==
+              "extra: unknown member");
+        for (const char* bad_id : {"{}", "[]", "true"}) {
+            const json response =
+                call(api, std::string(R"({"jsonrpc":"2.0","method":"system.ping","id":)") + bad_id +
+                              "}");
+            CHECK(response.at("id").is_null());
+            CHECK(error_of(response).at("code") == -32600);
+            CHECK(error_of(response).at("message") == "id: expected a string, a number or null");
+        }
+        // An invalid request without an id still gets an answer (id null), as JSON-RPC says.
+        CHECK(code_of(api, R"({"jsonrpc":"2.0","method":1})") == -32600);
+    }
+    SECTION("-32601 method not found names the method") {
+        const json error =
+            error_of(call(api, R"({"jsonrpc":"2.0","id":1,"method":"storage.expand"})"));
+        CHECK(error.at("code") == -32601);
+        CHECK(error.at("message") == "method not found: storage.expand");
+        CHECK(error.at("data").at("method") == "storage.expand");
+    }
+    SECTION("an oversize line") {
+        const std::string line = std::string(kMaxRequestBytes + 1, ' ');
+        CHECK(message_of(api, line) == "request larger than 65536 bytes");
+    }
+}
+
+TEST_CASE("deep nesting is refused before it reaches the parser", "[json_rpc]") {
+    test::FakeApi api;
+    CHECK(code_of(api, std::string(65000, '[')) == -32700);
+    CHECK(code_of(api, std::string(60000, '{')) == -32700);
+    CHECK(code_of(api, std::string(100000, '[')) == -32600);  // over the line limit even sooner
+    CHECK(message_of(api, std::string(33, '[') + std::string(33, ']')) ==
+          "request nests deeper than 32 levels");
+    // Brackets inside strings do not count, escaped quotes do not end a string.
+    const std::string name = std::string(100, '[') + "\\\"" + std::string(100, '{');
+    CHECK(!nests_deeper_than(R"({"a":")" + name + R"("})", 2));
+    CHECK(nests_deeper_than("[[[", 2));
+    CHECK(!nests_deeper_than("[[]]", 2));
+    const json response =
+        call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":")" + name +
+                      R"("}})");
+    CHECK(response.contains("result"));
+    // Nesting at the limit parses (and is then refused for its content).
+    std::string params = "{\"lpar\":" + std::string(29, '[') + std::string(29, ']') + "}";
+    CHECK(message_of(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":)" + params +
+                              "}") == "lpar: expected a string");
+}
+
+TEST_CASE("notifications get no response, whatever happens", "[json_rpc]") {
+    test::FakeApi api;
+    CHECK(handle_line(api, R"({"jsonrpc":"2.0","method":"lpar.list"})").empty());
+    CHECK(api.list_calls == 1);  // but they do run
+    CHECK(handle_line(api, R"({"jsonrpc":"2.0","method":"nope"})").empty());
+    CHECK(handle_line(api, R"({"jsonrpc":"2.0","method":"storage.mvstor","params":{"lpar":-1}})")
+              .empty());
+    api.throw_next(ErrorKind::NotFound, "LPAR9: no such LPAR");
+    CHECK(handle_line(api, R"({"jsonrpc":"2.0","method":"lpar.list"})").empty());
+    ParseOutcome outcome = parse_request(R"({"jsonrpc":"2.0","method":"system.ping"})");
+    CHECK(std::get<ParsedCall>(outcome).is_notification);
+}
+
+TEST_CASE("Error kinds map to application codes with the Error's message", "[json_rpc]") {
+    struct Case {
+        ErrorKind kind;
+        int code;
+        const char* name;
+    };
+    for (const Case& expected :
+         {Case{ErrorKind::NotFound, -32001, "NotFound"},
+          Case{ErrorKind::InvalidArgument, -32002, "InvalidArgument"},
+          Case{ErrorKind::Refused, -32003, "Refused"}, Case{ErrorKind::Busy, -32004, "Busy"},
+          Case{ErrorKind::System, -32005, "System"}}) {
+        test::FakeApi api;
+        api.throw_next(expected.kind, "LPAR2: target 400-656 MiB overlaps LPAR3");
+        const json response = call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":400})"));
+        CHECK(response.at("id") == 7);
+        const json error = error_of(response);
+        CHECK(error.at("code") == expected.code);
+        CHECK(error.at("message") == "LPAR2: target 400-656 MiB overlaps LPAR3");
+        CHECK(error.at("data").at("kind") == expected.name);
+        CHECK(rpc_code_name(static_cast<RpcErrorCode>(expected.code)) == expected.name);
+    }
+}
+
+TEST_CASE("other exceptions from the Api become internal errors", "[json_rpc]") {
+    struct ThrowingApi : test::FakeApi {
+        SystemStatus list() override { throw std::logic_error("bug"); }
+        std::string console(const std::string&, std::size_t) override { throw 42; }
+    } api;
+    const json error = error_of(call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})"));
+    CHECK(error.at("code") == -32603);
+    CHECK(error.at("message") == "internal error: bug");
+    CHECK(
+        code_of(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":"A"}})") ==
+        -32603);
+}
+
+TEST_CASE("invalid UTF-8 in an Api error message does not break the response", "[json_rpc]") {
+    test::FakeApi api;
+    api.throw_next(ErrorKind::NotFound, "LPAR\xff: no such LPAR");
+    const json error = error_of(call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})"));
+    CHECK(error.at("message") == "LPAR\xEF\xBF\xBD: no such LPAR");
+}
+
+TEST_CASE("error_response has id null and the given data", "[json_rpc]") {
+    const json response =
+        json::parse(error_response(RpcErrorCode::Busy, "too many clients", {{"limit", 64}}));
+    CHECK(response.at("id").is_null());
+    CHECK(response.at("error").at("code") == -32004);
+    CHECK(response.at("error").at("data").at("limit") == 64);
+}
