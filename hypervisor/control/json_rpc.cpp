@@ -5,6 +5,7 @@
 #include <cmath>
 #include <exception>
 #include <initializer_list>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <type_traits>
@@ -95,6 +96,24 @@ class Params {
         return value == nullptr ? fallback : to_integer(key, *value, min, max);
     }
 
+    [[nodiscard]] std::optional<std::uint64_t> maybe_integer(std::string_view key,
+                                                             std::uint64_t min,
+                                                             std::uint64_t max) const {
+        const json* value = find(key);
+        if (value == nullptr) return std::nullopt;
+        return to_integer(key, *value, min, max);
+    }
+
+    [[nodiscard]] std::string optional_string(std::string_view key, std::size_t max_bytes) const {
+        const json* value = find(key);
+        if (value == nullptr) return {};
+        if (!value->is_string()) fail_param(key, "expected a string");
+        auto text = value->get<std::string>();
+        if (text.size() > max_bytes)
+            fail_param(key, fmt::format("longer than {} bytes", max_bytes));
+        return text;
+    }
+
   private:
     const json* find(std::string_view key) const {
         auto it = params_.find(key);
@@ -163,6 +182,50 @@ Call parse_console(const json& params) {
     return call;
 }
 
+Call parse_define(const json& params) {
+    Params checked(params, {"name", "size_mib", "origin_mib", "vcpus", "firmware",
+                            "rewrite_pages_per_sec", "working_set_mib", "round_limit"});
+    LparDefinition definition;
+    definition.name = checked.required_name("name");
+    definition.size_mib = checked.required_integer("size_mib", 1, kMaxSizeMib);
+    definition.origin_mib = checked.maybe_integer("origin_mib", 0, kMaxOriginMib);
+    definition.vcpus = static_cast<unsigned>(checked.optional_integer("vcpus", 1, kMaxVcpus, 1));
+    definition.firmware = checked.optional_string("firmware", kMaxFirmwarePathBytes);
+    constexpr auto kAny = std::numeric_limits<std::uint64_t>::max();
+    definition.rewrite_pages_per_sec =
+        checked.optional_integer("rewrite_pages_per_sec", 0, kAny, 0);
+    definition.working_set_mib = checked.optional_integer("working_set_mib", 0, kMaxSizeMib, 0);
+    definition.round_limit = checked.optional_integer("round_limit", 0, kAny, 0);
+    return DefineCall{std::move(definition)};
+}
+
+template <Lifecycle operation>
+Call parse_lifecycle(const json& params) {
+    Params checked(params, {"lpar"});
+    return LifecycleCall{operation, checked.required_name("lpar")};
+}
+
+Call parse_remove(const json& params) {
+    Params checked(params, {"lpar"});
+    return RemoveCall{checked.required_name("lpar")};
+}
+
+Call parse_config(const json& params) {
+    Params checked(params, {});
+    return ConfigCall{};
+}
+
+Call parse_cancel(const json& params) {
+    Params checked(params, {"lpar"});
+    return CancelCall{checked.required_name("lpar")};
+}
+
+template <bool subscribe>
+Call parse_subscription(const json& params) {
+    Params checked(params, {});
+    return SubscribeCall{subscribe};
+}
+
 struct MethodEntry {
     std::string_view name;
     Execution execution;
@@ -170,12 +233,52 @@ struct MethodEntry {
 };
 
 // The method table: the one place that says which methods exist and where they run.
+// activate (IPL: loads firmware, starts vCPUs), reset (clears storage) and deactivate (scrubs
+// storage) take as long as the LPAR is large: the long pool, never timed out. stop and start only
+// pause or resume vCPUs: the query pool, so that they are served while relocations fill the long
+// pool, and the query timeout catches a hung one. storage.cancel must overtake the mvstor it
+// cancels, which holds a long worker: the query pool too.
 constexpr std::array kMethods{
     MethodEntry{"lpar.list", Execution::Query, parse_no_params},
     MethodEntry{"storage.mvstor", Execution::LongRunning, parse_mvstor},
     MethodEntry{"lpar.console", Execution::Query, parse_console},
     MethodEntry{"system.ping", Execution::Inline, parse_ping},
+    MethodEntry{"lpar.define", Execution::Query, parse_define},
+    MethodEntry{"lpar.activate", Execution::LongRunning, parse_lifecycle<Lifecycle::Activate>},
+    MethodEntry{"lpar.stop", Execution::Query, parse_lifecycle<Lifecycle::Stop>},
+    MethodEntry{"lpar.start", Execution::Query, parse_lifecycle<Lifecycle::Start>},
+    MethodEntry{"lpar.reset", Execution::LongRunning, parse_lifecycle<Lifecycle::Reset>},
+    MethodEntry{"lpar.deactivate", Execution::LongRunning, parse_lifecycle<Lifecycle::Deactivate>},
+    MethodEntry{"lpar.remove", Execution::Query, parse_remove},
+    MethodEntry{"system.config", Execution::Query, parse_config},
+    MethodEntry{"storage.cancel", Execution::Query, parse_cancel},
+    MethodEntry{"events.subscribe", Execution::Session, parse_subscription<true>},
+    MethodEntry{"events.unsubscribe", Execution::Session, parse_subscription<false>},
 };
+
+LparStatus run_lifecycle(Api& api, const LifecycleCall& call) {
+    switch (call.operation) {
+        case Lifecycle::Activate:
+            return api.activate(call.lpar);
+        case Lifecycle::Stop:
+            return api.stop(call.lpar);
+        case Lifecycle::Start:
+            return api.start(call.lpar);
+        case Lifecycle::Reset:
+            return api.reset(call.lpar);
+        case Lifecycle::Deactivate:
+            return api.deactivate(call.lpar);
+    }
+    throw std::logic_error("unknown lifecycle operation");
+}
+
+json parse_config_text(const std::string& text) {
+    json config = json::parse(text, nullptr, false);
+    if (config.is_discarded() || !config.is_object()) {
+        throw std::runtime_error("the hypervisor's configuration is not a JSON object");
+    }
+    return config;
+}
 
 const MethodEntry* find_method(std::string_view name) {
     for (const auto& entry : kMethods) {
@@ -333,6 +436,20 @@ std::string execute(Api& api, const ParsedCall& parsed) {
                     return json{{"version", daemon_version()}};
                 } else if constexpr (std::is_same_v<T, MvstorCall>) {
                     return to_json(api.mvstor(call.request));
+                } else if constexpr (std::is_same_v<T, DefineCall>) {
+                    return to_json(api.define(call.definition));
+                } else if constexpr (std::is_same_v<T, LifecycleCall>) {
+                    return to_json(run_lifecycle(api, call));
+                } else if constexpr (std::is_same_v<T, RemoveCall>) {
+                    api.remove(call.lpar);
+                    return json{{"removed", call.lpar}};
+                } else if constexpr (std::is_same_v<T, ConfigCall>) {
+                    return parse_config_text(api.system_config());
+                } else if constexpr (std::is_same_v<T, CancelCall>) {
+                    api.cancel_mvstor(call.lpar);
+                    return json{{"cancelled", call.lpar}};
+                } else if constexpr (std::is_same_v<T, SubscribeCall>) {
+                    return json{{"subscribed", call.subscribe}};
                 } else if constexpr (std::is_same_v<T, ConsoleCall>) {
                     std::string text = api.console(call.lpar, call.max_bytes);
                     // The contract is "the most recent max_bytes": hold the Api to it.
@@ -370,17 +487,16 @@ std::string handle_line(Api& api, std::string_view line) {
     return execute(api, std::get<ParsedCall>(outcome));
 }
 
+json to_json(const LparStatus& lpar) {
+    return json{{"name", lpar.name},         {"origin_mib", lpar.origin_mib},
+                {"size_mib", lpar.size_mib}, {"gap_mib", lpar.gap_mib},
+                {"state", lpar.state},       {"has_storage", lpar.has_storage},
+                {"reason", lpar.reason},     {"vcpus", lpar.vcpus}};
+}
+
 json to_json(const SystemStatus& status) {
     json lpars = json::array();
-    for (const auto& lpar : status.lpars) {
-        lpars.push_back(json{{"name", lpar.name},
-                             {"origin_mib", lpar.origin_mib},
-                             {"size_mib", lpar.size_mib},
-                             {"gap_mib", lpar.gap_mib},
-                             {"state", lpar.state},
-                             {"reason", lpar.reason},
-                             {"vcpus", lpar.vcpus}});
-    }
+    for (const auto& lpar : status.lpars) lpars.push_back(to_json(lpar));
     return json{{"main_storage_mib", status.main_storage_mib},
                 {"free_mib", status.free_mib},
                 {"lpars", std::move(lpars)}};
@@ -398,6 +514,27 @@ json to_json(const MvstorResult& result) {
                 {"pause_us", result.pause_us},
                 {"total_us", result.total_us},
                 {"phases", std::move(phases)}};
+}
+
+std::string event_notification(const Event& event) {
+    json params{{"event", event.type}, {"lpar", event.lpar}};
+    json data = json::parse(event.data_json, nullptr, false);
+    if (data.is_object()) {
+        for (auto& [key, value] : data.items()) {
+            if (!params.contains(key)) params[key] = std::move(value);
+        }
+    } else if (!data.is_discarded()) {
+        params["data"] = std::move(data);
+    } else {
+        params["data"] = sanitize_utf8(event.data_json);  // keep what the hypervisor said
+    }
+    return dump_line(json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", std::move(params)}});
+}
+
+std::string events_dropped_notification(std::uint64_t count) {
+    return dump_line(json{{"jsonrpc", "2.0"},
+                          {"method", "event"},
+                          {"params", {{"event", "events.dropped"}, {"count", count}}}});
 }
 
 std::string sanitize_utf8(std::string_view bytes) {

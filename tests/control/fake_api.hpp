@@ -1,10 +1,16 @@
 // A test double for control::Api: records the calls, returns canned results (the patent's Fig. 3A
-// by default), throws an Error when told to, and can hold storage.mvstor for a while so that
-// tests can show the socket keeps answering during a relocation.
+// by default), throws an Error when told to, and can hold storage.mvstor for a while (or until it
+// is cancelled or released) so that tests can show the socket keeps answering during a
+// relocation. The lifecycle methods keep simple in-memory states (defined / running / stopped) in
+// `status`; emit() sends an Event to every subscriber, and mvstor emits its events when asked.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -21,8 +27,8 @@ inline SystemStatus fig3a_status() {
     status.main_storage_mib = 509;
     status.free_mib = 125;
     status.lpars = {
-        {"LPAR1", 0, 128, 0, "running", "", 1},
-        {"LPAR2", 128, 256, 125, "running", "", 2},
+        {"LPAR1", 0, 128, 0, "running", true, "", 1},
+        {"LPAR2", 128, 256, 125, "running", true, "", 2},
     };
     return status;
 }
@@ -43,6 +49,12 @@ inline MvstorResult lpar2_moved_to_192() {
 class FakeApi : public Api {
   public:
     SystemStatus list() override {
+        std::chrono::milliseconds delay{0};
+        {
+            std::lock_guard lock(mutex_);
+            delay = query_delay;
+        }
+        if (delay.count() > 0) std::this_thread::sleep_for(delay);
         std::lock_guard lock(mutex_);
         ++list_calls;
         maybe_throw();
@@ -51,21 +63,167 @@ class FakeApi : public Api {
 
     MvstorResult mvstor(const MvstorRequest& request) override {
         std::chrono::milliseconds hold{0};
+        bool emit_events = false;
+        MvstorResult result;
         {
             std::lock_guard lock(mutex_);
             mvstor_requests.push_back(request);
             ++mvstor_running;
             maybe_throw_and_count_down();
             hold = mvstor_hold;
+            emit_events = mvstor_emits_events;
+            result = mvstor_result;
+            result.lpar = request.lpar;
+            mvstor_lpars_.push_back(request.lpar);
         }
         changed_.notify_all();
         if (hold.count() > 0) std::this_thread::sleep_for(hold);
-        std::lock_guard lock(mutex_);
-        --mvstor_running;
+        bool cancelled = false;
+        {
+            std::unique_lock lock(mutex_);
+            changed_.wait(lock,
+                          [&] { return !mvstor_gate_closed || cancel_requested(request.lpar); });
+            cancelled = cancel_requested(request.lpar);
+            cancelled_.erase(request.lpar);
+            mvstor_lpars_.erase(
+                std::find(mvstor_lpars_.begin(), mvstor_lpars_.end(), request.lpar));
+            --mvstor_running;
+        }
         changed_.notify_all();
-        MvstorResult result = mvstor_result;
-        result.lpar = request.lpar;
+        if (cancelled) {
+            if (emit_events) emit({"mvstor.failed", request.lpar, R"({"message":"cancelled"})"});
+            throw Error(ErrorKind::Busy, request.lpar + ": MVSTOR cancelled");
+        }
+        if (emit_events) emit_mvstor_events(result);
         return result;
+    }
+
+    LparStatus define(const LparDefinition& definition) override {
+        std::lock_guard lock(mutex_);
+        defined.push_back(definition);
+        maybe_throw();
+        if (find(definition.name) != nullptr) {
+            throw Error(ErrorKind::Refused, definition.name + ": already defined");
+        }
+        LparStatus lpar;
+        lpar.name = definition.name;
+        lpar.origin_mib = definition.origin_mib.value_or(0);
+        lpar.size_mib = definition.size_mib;
+        lpar.state = "defined";
+        lpar.has_storage = false;
+        lpar.vcpus = definition.vcpus;
+        status.lpars.push_back(lpar);
+        recompute();
+        return *find(definition.name);
+    }
+
+    LparStatus activate(const std::string& name) override {
+        return transition(name, "activate", {"defined"}, [this](LparStatus& lpar) {
+            if (!place(lpar)) {
+                throw Error(ErrorKind::Refused,
+                            lpar.name + ": no room for " + std::to_string(lpar.size_mib) + " MiB");
+            }
+            lpar.has_storage = true;
+            lpar.state = "running";
+        });
+    }
+    LparStatus stop(const std::string& name) override {
+        return transition(name, "stop", {"running"}, [](LparStatus& lpar) {
+            lpar.state = "stopped";
+            lpar.reason = "operator stop";
+        });
+    }
+    LparStatus start(const std::string& name) override {
+        return transition(name, "start", {"stopped"}, [](LparStatus& lpar) {
+            lpar.state = "running";
+            lpar.reason.clear();
+        });
+    }
+    LparStatus reset(const std::string& name) override {
+        return transition(name, "reset", {"running", "stopped"}, [](LparStatus& lpar) {
+            lpar.state = "running";
+            lpar.reason.clear();
+        });
+    }
+    LparStatus deactivate(const std::string& name) override {
+        return transition(name, "deactivate", {"running", "stopped"}, [](LparStatus& lpar) {
+            lpar.state = "defined";
+            lpar.reason.clear();
+            lpar.has_storage = false;
+        });
+    }
+    void remove(const std::string& name) override {
+        std::lock_guard lock(mutex_);
+        lifecycle_calls.push_back("remove " + name);
+        maybe_throw();
+        LparStatus* lpar = find(name);
+        if (lpar == nullptr) throw Error(ErrorKind::NotFound, name + ": no such LPAR");
+        if (lpar->state != "defined") {
+            throw Error(ErrorKind::Refused, name + ": is " + lpar->state + ", deactivate it first");
+        }
+        status.lpars.erase(status.lpars.begin() + (lpar - status.lpars.data()));
+        recompute();
+    }
+
+    std::string system_config() override {
+        std::lock_guard lock(mutex_);
+        maybe_throw();
+        return config_json;
+    }
+
+    void cancel_mvstor(const std::string& name) override {
+        {
+            std::lock_guard lock(mutex_);
+            cancel_calls.push_back(name);
+            maybe_throw();
+            if (std::find(mvstor_lpars_.begin(), mvstor_lpars_.end(), name) ==
+                mvstor_lpars_.end()) {
+                throw Error(ErrorKind::NotFound, name + ": no MVSTOR is running");
+            }
+            cancelled_[name] = true;
+        }
+        changed_.notify_all();
+    }
+
+    std::unique_ptr<Subscription> subscribe(EventSink sink) override {
+        std::lock_guard lock(subscribers_->mutex);
+        const std::uint64_t id = subscribers_->next_id++;
+        subscribers_->sinks.emplace(id, std::move(sink));
+        return std::make_unique<FakeSubscription>(subscribers_, id);
+    }
+
+    // Calls every subscriber's sink on this thread, like a hypervisor thread would.
+    void emit(const Event& event) {
+        std::lock_guard lock(subscribers_->mutex);
+        for (auto& [id, sink] : subscribers_->sinks) sink(event);
+    }
+
+    std::size_t subscriber_count() {
+        std::lock_guard lock(subscribers_->mutex);
+        return subscribers_->sinks.size();
+    }
+
+    bool wait_for_subscribers(std::size_t count, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (std::chrono::steady_clock::now() < deadline) {
+            if (subscriber_count() >= count) return true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        return subscriber_count() >= count;
+    }
+
+    // Lets held mvstors (mvstor_gate_closed) finish.
+    void release_mvstor() {
+        {
+            std::lock_guard lock(mutex_);
+            mvstor_gate_closed = false;
+        }
+        changed_.notify_all();
+    }
+
+    void close_mvstor_gate() {
+        std::lock_guard lock(mutex_);
+        mvstor_gate_closed = true;
     }
 
     std::string console(const std::string& lpar, std::size_t max_bytes) override {
@@ -73,6 +231,11 @@ class FakeApi : public Api {
         console_requests.emplace_back(lpar, max_bytes);
         maybe_throw();
         return console_text;
+    }
+
+    void set_console_text(std::string text) {
+        std::lock_guard lock(mutex_);
+        console_text = std::move(text);
     }
 
     // Blocks until an mvstor is inside the Api (or the timeout passes).
@@ -100,13 +263,158 @@ class FakeApi : public Api {
     MvstorResult mvstor_result = lpar2_moved_to_192();
     std::string console_text = "LPAR2 console\n";
     std::chrono::milliseconds mvstor_hold{0};
+    bool mvstor_emits_events = false;  // phase, progress and done events, like the hypervisor
+    std::string config_json =
+        R"({"main_storage_mib":509,"lpars":[{"name":"LPAR1","origin_mib":0,"size_mib":128,"vcpus":1},)"
+        R"({"name":"LPAR2","origin_mib":128,"size_mib":256,"vcpus":2}]})";
+    // How long a query (list, console, stop ...) takes: for the query timeout.
+    std::chrono::milliseconds query_delay{0};
 
     // Recorded calls.
     int list_calls = 0;
     std::vector<MvstorRequest> mvstor_requests;
     std::vector<std::pair<std::string, std::size_t>> console_requests;
+    std::vector<LparDefinition> defined;
+    std::vector<std::string> lifecycle_calls;  // "activate LPAR3", ...
+    std::vector<std::string> cancel_calls;
 
   private:
+    struct Subscribers {
+        std::mutex mutex;  // held while sinks run, so that no sink runs after unsubscribing
+        std::map<std::uint64_t, EventSink> sinks;
+        std::uint64_t next_id = 1;
+    };
+    class FakeSubscription : public Subscription {
+      public:
+        FakeSubscription(std::shared_ptr<Subscribers> subscribers, std::uint64_t id)
+            : subscribers_(std::move(subscribers)), id_(id) {}
+        ~FakeSubscription() override {
+            std::lock_guard lock(subscribers_->mutex);
+            subscribers_->sinks.erase(id_);
+        }
+
+      private:
+        std::shared_ptr<Subscribers> subscribers_;
+        std::uint64_t id_;
+    };
+
+    bool cancel_requested(const std::string& lpar) const {
+        auto it = cancelled_.find(lpar);
+        return it != cancelled_.end() && it->second;
+    }
+
+    void emit_mvstor_events(const MvstorResult& result) {
+        for (const auto& phase : result.phases) {
+            if (phase.phase == "copy") {
+                const std::uint64_t total = result.bytes_copied;
+                for (std::uint64_t quarter = 1; quarter <= 4; ++quarter) {
+                    emit({"mvstor.progress", result.lpar,
+                          R"({"copied":)" + std::to_string(total * quarter / 4) + R"(,"total":)" +
+                              std::to_string(total) + "}"});
+                }
+            }
+            emit({"mvstor.phase", result.lpar,
+                  R"({"phase":")" + phase.phase + R"(","us":)" +
+                      std::to_string(phase.microseconds) + "}"});
+        }
+        emit({"mvstor.done", result.lpar,
+              R"({"old_origin_mib":)" + std::to_string(result.old_origin_mib) +
+                  R"(,"new_origin_mib":)" + std::to_string(result.new_origin_mib) + "}"});
+    }
+
+    LparStatus* find(const std::string& name) {
+        for (auto& lpar : status.lpars) {
+            if (lpar.name == name) return &lpar;
+        }
+        return nullptr;
+    }
+
+    template <typename Change>
+    LparStatus transition(const std::string& name, const std::string& operation,
+                          std::initializer_list<std::string_view> from, Change change) {
+        std::chrono::milliseconds delay{0};
+        {
+            std::lock_guard lock(mutex_);
+            delay = query_delay;
+        }
+        if (delay.count() > 0) std::this_thread::sleep_for(delay);
+        LparStatus row;
+        {
+            std::lock_guard lock(mutex_);
+            lifecycle_calls.push_back(operation + " " + name);
+            maybe_throw();
+            LparStatus* lpar = find(name);
+            if (lpar == nullptr) throw Error(ErrorKind::NotFound, name + ": no such LPAR");
+            if (std::find(from.begin(), from.end(), lpar->state) == from.end()) {
+                throw Error(ErrorKind::Refused,
+                            name + ": cannot " + operation + " an LPAR that is " + lpar->state);
+            }
+            change(*lpar);
+            recompute();
+            row = *find(name);
+        }
+        emit({"lpar.state", row.name,
+              R"({"state":")" + row.state + R"(","reason":")" + row.reason + R"("})"});
+        return row;
+    }
+
+    // First fit (or the defined origin) among the LPARs that have storage.
+    bool place(LparStatus& lpar) {
+        auto fits = [&](std::uint64_t origin) {
+            if (origin + lpar.size_mib > status.main_storage_mib) return false;
+            for (const auto& other : status.lpars) {
+                if (&other == &lpar || !other.has_storage) continue;
+                if (origin < other.origin_mib + other.size_mib &&
+                    other.origin_mib < origin + lpar.size_mib) {
+                    return false;
+                }
+            }
+            return true;
+        };
+        for (const auto& definition : defined) {
+            if (definition.name == lpar.name && definition.origin_mib) {
+                lpar.origin_mib = *definition.origin_mib;
+                return fits(lpar.origin_mib);
+            }
+        }
+        std::vector<std::uint64_t> candidates{0};
+        for (const auto& other : status.lpars) {
+            if (&other != &lpar && other.has_storage)
+                candidates.push_back(other.origin_mib + other.size_mib);
+        }
+        std::sort(candidates.begin(), candidates.end());
+        for (auto origin : candidates) {
+            if (fits(origin)) {
+                lpar.origin_mib = origin;
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // Gaps, free storage and the order by origin, as the hypervisor reports them.
+    void recompute() {
+        std::stable_sort(status.lpars.begin(), status.lpars.end(),
+                         [](const LparStatus& a, const LparStatus& b) {
+                             if (a.has_storage != b.has_storage) return a.has_storage;
+                             return a.origin_mib < b.origin_mib;
+                         });
+        std::uint64_t used = 0;
+        for (std::size_t i = 0; i < status.lpars.size(); ++i) {
+            auto& lpar = status.lpars[i];
+            if (!lpar.has_storage) {
+                lpar.gap_mib = 0;
+                continue;
+            }
+            used += lpar.size_mib;
+            std::uint64_t next = status.main_storage_mib;
+            if (i + 1 < status.lpars.size() && status.lpars[i + 1].has_storage)
+                next = status.lpars[i + 1].origin_mib;
+            lpar.gap_mib = next - (lpar.origin_mib + lpar.size_mib);
+        }
+        status.free_mib = status.main_storage_mib - used;
+    }
+
     void maybe_throw() {
         if (error_) {
             Error error = *error_;
@@ -125,6 +433,12 @@ class FakeApi : public Api {
     std::condition_variable changed_;
     int mvstor_running = 0;
     std::optional<Error> error_;
+    std::vector<std::string> mvstor_lpars_;  // whose mvstor is inside the Api
+    std::map<std::string, bool> cancelled_;  // storage.cancel asked for it
+    std::shared_ptr<Subscribers> subscribers_ = std::make_shared<Subscribers>();
+
+  public:
+    bool mvstor_gate_closed = false;  // held mvstors wait for release_mvstor() or a cancel
 };
 
 }  // namespace lparvisor::control::test

@@ -59,6 +59,7 @@ TEST_CASE("lpar.list returns the status in the documented shape", "[json_rpc]") 
                                         {"size_mib", 256},
                                         {"gap_mib", 125},
                                         {"state", "stopped"},
+                                        {"has_storage", true},
                                         {"reason", "guest exit 0"},
                                         {"vcpus", 2}});
     CHECK(api.list_calls == 1);
@@ -400,4 +401,154 @@ TEST_CASE("error_response has id null and the given data", "[json_rpc]") {
     CHECK(response.at("id").is_null());
     CHECK(response.at("error").at("code") == -32004);
     CHECK(response.at("error").at("data").at("limit") == 64);
+}
+
+namespace {
+
+std::string request_for(std::string_view method, std::string_view params) {
+    return std::string(R"({"jsonrpc":"2.0","id":9,"method":")") + std::string(method) +
+           R"(","params":)" + std::string(params) + "}";
+}
+
+}  // namespace
+
+TEST_CASE("lpar.define validates every parameter and returns the row", "[json_rpc]") {
+    test::FakeApi api;
+    const json row =
+        call(api, request_for("lpar.define", R"({"name":"LPAR3","size_mib":64,"vcpus":2,)"
+                                             R"("firmware":"/fw.elf","rewrite_pages_per_sec":10,)"
+                                             R"("working_set_mib":8,"round_limit":3})"))
+            .at("result");
+    CHECK(row == json{{"name", "LPAR3"},
+                      {"origin_mib", 0},
+                      {"size_mib", 64},
+                      {"gap_mib", 0},
+                      {"state", "defined"},
+                      {"has_storage", false},
+                      {"reason", ""},
+                      {"vcpus", 2}});
+    REQUIRE(api.defined.size() == 1);
+    const LparDefinition& definition = api.defined[0];
+    CHECK(!definition.origin_mib.has_value());
+    CHECK(definition.firmware == "/fw.elf");
+    CHECK(definition.rewrite_pages_per_sec == 10);
+    CHECK(definition.working_set_mib == 8);
+    CHECK(definition.round_limit == 3);
+
+    call(api, request_for("lpar.define", R"({"name":"LPAR4","size_mib":64,"origin_mib":400})"));
+    REQUIRE(api.defined.size() == 2);
+    CHECK(api.defined[1].origin_mib == std::optional<std::uint64_t>(400));
+    CHECK(api.defined[1].vcpus == 1);
+
+    CHECK(message_of(api, request_for("lpar.define", R"({"size_mib":64})")) ==
+          "name: missing (expected a string)");
+    CHECK(message_of(api, request_for("lpar.define", R"({"name":"X"})")) ==
+          "size_mib: missing (expected a non-negative integer)");
+    CHECK(code_of(api, request_for("lpar.define", R"({"name":"X","size_mib":0})")) == -32602);
+    CHECK(code_of(api, request_for("lpar.define", R"({"name":"X","size_mib":4,"vcpus":0})")) ==
+          -32602);
+    CHECK(code_of(api, request_for("lpar.define", R"({"name":"X","size_mib":4,"vcpus":256})")) ==
+          -32602);
+    CHECK(
+        message_of(api, request_for("lpar.define", R"({"name":"X","size_mib":4,"firmware":1})")) ==
+        "firmware: expected a string");
+    CHECK(
+        message_of(api, request_for("lpar.define", R"({"name":"X","size_mib":4,"orgin_mib":1})")) ==
+        "orgin_mib: unknown parameter");
+    CHECK(code_of(api, request_for("lpar.define",
+                                   R"({"name":"X","size_mib":4,"origin_mib":-2})")) == -32602);
+    CHECK(api.defined.size() == 2);  // none of the refused ones reached the Api
+    // The Api's refusal comes back with its kind.
+    const json duplicate =
+        error_of(call(api, request_for("lpar.define", R"({"name":"LPAR3","size_mib":64})")));
+    CHECK(duplicate.at("code") == -32003);
+    CHECK(duplicate.at("message") == "LPAR3: already defined");
+}
+
+TEST_CASE("the lifecycle methods return the row and map refusals", "[json_rpc]") {
+    test::FakeApi api;
+    call(api, request_for("lpar.define", R"({"name":"LPAR3","size_mib":100})"));
+    const auto state_after = [&](std::string_view method) {
+        return call(api, request_for(method, R"({"lpar":"LPAR3"})")).at("result");
+    };
+    const json active = state_after("lpar.activate");
+    CHECK(active.at("state") == "running");
+    CHECK(active.at("has_storage") == true);
+    CHECK(active.at("origin_mib") == 384);  // first fit after LPAR2
+    CHECK(active.at("gap_mib") == 25);
+    const json stopped = state_after("lpar.stop");
+    CHECK(stopped.at("state") == "stopped");
+    CHECK(stopped.at("reason") == "operator stop");
+    CHECK(state_after("lpar.start").at("state") == "running");
+    CHECK(state_after("lpar.reset").at("state") == "running");
+    CHECK(error_of(call(api, request_for("lpar.remove", R"({"lpar":"LPAR3"})"))).at("code") ==
+          -32003);  // still active
+    CHECK(state_after("lpar.deactivate").at("state") == "defined");
+    CHECK(call(api, request_for("lpar.remove", R"({"lpar":"LPAR3"})")).at("result") ==
+          json{{"removed", "LPAR3"}});
+    CHECK(api.status.lpars.size() == 2);
+
+    for (std::string_view method : {"lpar.activate", "lpar.stop", "lpar.start", "lpar.reset",
+                                    "lpar.deactivate", "lpar.remove", "storage.cancel"}) {
+        INFO(method);
+        const json missing = error_of(call(api, request_for(method, R"({"lpar":"LPAR9"})")));
+        CHECK(missing.at("code") == -32001);
+        CHECK(missing.at("data").at("kind") == "NotFound");
+        CHECK(message_of(api, request_for(method, "{}")) == "lpar: missing (expected a string)");
+        CHECK(message_of(api, request_for(method, R"({"lpar":""})")) ==
+              "lpar: expected a non-empty string");
+        CHECK(message_of(api, request_for(method, R"({"lpar":"A","x":1})")) ==
+              "x: unknown parameter");
+    }
+    CHECK(call(api, request_for("lpar.stop", R"({"lpar":"LPAR1"})")).at("result").at("state") ==
+          "stopped");
+    CHECK(error_of(call(api, request_for("lpar.stop", R"({"lpar":"LPAR1"})"))).at("code") ==
+          -32003);
+}
+
+TEST_CASE("system.config returns the configuration object", "[json_rpc]") {
+    test::FakeApi api;
+    const json config = call(api, R"({"jsonrpc":"2.0","id":1,"method":"system.config"})");
+    CHECK(config.at("result").at("main_storage_mib") == 509);
+    CHECK(config.at("result").at("lpars").size() == 2);
+    CHECK(code_of(api, request_for("system.config", R"({"x":1})")) == -32602);
+    api.config_json = "not json";
+    const json broken = error_of(call(api, R"({"jsonrpc":"2.0","id":1,"method":"system.config"})"));
+    CHECK(broken.at("code") == -32603);
+}
+
+TEST_CASE("storage.cancel and the event methods", "[json_rpc]") {
+    test::FakeApi api;
+    CHECK(message_of(api, request_for("storage.cancel", R"({"lpar":"LPAR2"})")) ==
+          "LPAR2: no MVSTOR is running");
+    const json subscribed = call(api, R"({"jsonrpc":"2.0","id":1,"method":"events.subscribe"})");
+    CHECK(subscribed.at("result") == json{{"subscribed", true}});
+    const json unsubscribed =
+        call(api, R"({"jsonrpc":"2.0","id":1,"method":"events.unsubscribe"})");
+    CHECK(unsubscribed.at("result") == json{{"subscribed", false}});
+    CHECK(code_of(api, request_for("events.subscribe", R"({"x":1})")) == -32602);
+
+    const auto subscribe = parse_request(R"({"jsonrpc":"2.0","id":1,"method":"events.subscribe"})");
+    REQUIRE(std::holds_alternative<ParsedCall>(subscribe));
+    CHECK(std::get<ParsedCall>(subscribe).execution == Execution::Session);
+    const auto cancel = parse_request(
+        R"({"jsonrpc":"2.0","id":1,"method":"storage.cancel","params":{"lpar":"A"}})");
+    REQUIRE(std::holds_alternative<ParsedCall>(cancel));
+    CHECK(std::get<ParsedCall>(cancel).execution == Execution::Query);
+}
+
+TEST_CASE("event notifications merge the data and keep event and lpar", "[json_rpc]") {
+    const json phase = json::parse(
+        event_notification({"mvstor.phase", "LPAR2", R"({"phase":"copy","us":5,"lpar":"X"})"}));
+    CHECK(phase ==
+          json{{"jsonrpc", "2.0"},
+               {"method", "event"},
+               {"params",
+                {{"event", "mvstor.phase"}, {"lpar", "LPAR2"}, {"phase", "copy"}, {"us", 5}}}});
+    const json not_object = json::parse(event_notification({"x", "L", "[1]"}));
+    CHECK(not_object.at("params").at("data") == json::array({1}));
+    const json broken = json::parse(event_notification({"x", "L", "{\xff"}));
+    CHECK(broken.at("params").at("data").is_string());
+    CHECK(json::parse(events_dropped_notification(7)).at("params") ==
+          json{{"event", "events.dropped"}, {"count", 7}});
 }
