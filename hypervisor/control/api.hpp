@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,7 +18,8 @@ struct LparStatus {
     std::uint64_t origin_mib = 0;
     std::uint64_t size_mib = 0;
     std::uint64_t gap_mib = 0;  // free storage up to the next LPAR or the end of main storage
-    std::string state;          // "running", "stopped", "relocating"
+    std::string state;          // "defined", "running", "stopped", "relocating"
+    bool has_storage = true;    // false for "defined": origin/size/gap are then the definition's
     std::string reason;         // why it stopped ("guest exit 0", "triple fault ...")
     unsigned vcpus = 0;
 };
@@ -48,6 +51,38 @@ struct MvstorResult {
     std::uint64_t total_us = 0;          // request accepted -> vacated storage scrubbed
 };
 
+// An LPAR definition (lpar.define). Without an origin, activation places it first-fit.
+struct LparDefinition {
+    std::string name;
+    std::optional<std::uint64_t> origin_mib;
+    std::uint64_t size_mib = 0;
+    unsigned vcpus = 1;
+    std::string firmware;  // empty: the daemon's default test firmware
+    std::uint64_t rewrite_pages_per_sec = 0;
+    std::uint64_t working_set_mib = 0;
+    std::uint64_t round_limit = 0;
+};
+
+// Something that happened, pushed to subscribed clients as a JSON-RPC notification
+// {"jsonrpc":"2.0","method":"event","params":{"event": type, "lpar": ..., ...data}}.
+//   "lpar.state"       data: {"state", "reason"}          any state change (incl. guest exit/fault)
+//   "mvstor.phase"     data: {"phase", "us"}              each finished MVSTOR phase
+//   "mvstor.progress"  data: {"copied", "total"} (bytes)  during the copy, at most every 2 MiB
+//   "mvstor.done"      data: the MvstorResult as in storage.mvstor's result
+//   "mvstor.failed"    data: {"message"}                  refused late, timed out or cancelled
+struct Event {
+    std::string type;
+    std::string lpar;
+    std::string data_json = "{}";  // a JSON object, serialized (keeps nlohmann out of this header)
+};
+using EventSink = std::function<void(const Event&)>;
+
+// Keeps a subscription alive; destroying it unsubscribes (no call to the sink after that).
+class Subscription {
+public:
+    virtual ~Subscription() = default;
+};
+
 class Api {
 public:
     virtual ~Api() = default;
@@ -56,6 +91,27 @@ public:
     virtual MvstorResult mvstor(const MvstorRequest& request) = 0;
     // The most recent `max_bytes` of the LPAR's serial output.
     virtual std::string console(const std::string& lpar, std::size_t max_bytes) = 0;
+
+    // --- Lifecycle (issue 4). States: "defined" (no storage) -> activate -> "running";
+    // stop -> "stopped" (reason "operator stop") -> start -> "running"; reset re-IPLs a running
+    // or stopped LPAR in place (storage cleared); deactivate -> "defined" (storage scrubbed and
+    // returned to the free map); remove deletes a "defined" LPAR. All throw Error on refusal
+    // (NotFound, InvalidArgument, Refused, Busy).
+    virtual LparStatus define(const LparDefinition& definition) = 0;
+    virtual LparStatus activate(const std::string& lpar) = 0;  // IPL; blocks until vCPUs run
+    virtual LparStatus stop(const std::string& lpar) = 0;
+    virtual LparStatus start(const std::string& lpar) = 0;
+    virtual LparStatus reset(const std::string& lpar) = 0;
+    virtual LparStatus deactivate(const std::string& lpar) = 0;
+    virtual void remove(const std::string& lpar) = 0;
+    // The configuration that recreates this system (same format as lparvisor --config), as JSON.
+    virtual std::string system_config() = 0;
+    // Cancels the MVSTOR of `lpar` if its final stop has not begun; the mvstor call then fails
+    // with Busy "cancelled" and nothing changes. Throws Refused when it is too late, NotFound
+    // when no MVSTOR of that LPAR runs.
+    virtual void cancel_mvstor(const std::string& lpar) = 0;
+    // Events from now on, on any thread; the sink must not block or call back into the Api.
+    [[nodiscard]] virtual std::unique_ptr<Subscription> subscribe(EventSink sink) = 0;
 };
 
 }  // namespace lparvisor::control

@@ -51,8 +51,14 @@ std::string string_value(const json& object, const std::string& key, const std::
 
 }  // namespace
 
+void check_lpar_name(const std::string& name, const std::string& key) {
+    static const std::regex name_pattern("[A-Za-z0-9_.-]{1,31}");
+    if (!std::regex_match(name, name_pattern))
+        refuse(key, "'" + name + "' must be 1-31 letters, digits, '_', '.' or '-'");
+}
+
 SystemConfig fig3a_config() {
-    return {509, {{"LPAR1", 0, 128, 1, {}, 0, 0, 0}, {"LPAR2", 128, 256, 1, {}, 0, 0, 0}}};
+    return {509, {{"LPAR1", 0, 128, 1, {}, 0, 0, 0, true}, {"LPAR2", 128, 256, 1, {}, 0, 0, 0, true}}};
 }
 
 SystemConfig parse_config(const json& document) {
@@ -62,21 +68,23 @@ SystemConfig parse_config(const json& document) {
     config.main_storage_mib = unsigned_value(document, "main_storage_mib", "", 4, 1024 * 1024);
     if (document.contains("lpars")) {
         if (!document["lpars"].is_array()) refuse("lpars", "expected an array");
-        static const std::regex name_pattern("[A-Za-z0-9_.-]{1,31}");
         for (std::size_t i = 0; i < document["lpars"].size(); ++i) {
             const json& entry = document["lpars"][i];
             std::string where = fmt::format("lpars[{}]", i);
             check_keys(entry, where,
                        {"name", "origin_mib", "size_mib", "vcpus", "firmware",
-                        "rewrite_pages_per_sec", "working_set_mib", "round_limit"});
-            for (const char* required : {"name", "origin_mib", "size_mib"})
+                        "rewrite_pages_per_sec", "working_set_mib", "round_limit", "active"});
+            for (const char* required : {"name", "size_mib"})
                 if (!entry.contains(required)) refuse(where + "." + required, "missing");
             LparConfig lpar;
             lpar.name = string_value(entry, "name", where);
-            if (!std::regex_match(lpar.name, name_pattern))
-                refuse(where + ".name", "'" + lpar.name +
-                                            "' must be 1-31 letters, digits, '_', '.' or '-'");
-            lpar.origin_mib = unsigned_value(entry, "origin_mib", where, 0, config.main_storage_mib);
+            check_lpar_name(lpar.name, where + ".name");
+            if (entry.contains("origin_mib"))
+                lpar.origin_mib = unsigned_value(entry, "origin_mib", where, 0, config.main_storage_mib);
+            if (entry.contains("active")) {
+                if (!entry["active"].is_boolean()) refuse(where + ".active", "expected true or false");
+                lpar.active = entry["active"].get<bool>();
+            }
             lpar.size_mib = unsigned_value(entry, "size_mib", where, 4, config.main_storage_mib);
             if (entry.contains("vcpus"))
                 lpar.vcpus = static_cast<unsigned>(unsigned_value(entry, "vcpus", where, 1, 8));
@@ -93,10 +101,15 @@ SystemConfig parse_config(const json& document) {
         }
     }
     // Placement: the storage map's own checks (alignment, bounds, overlap, duplicate names).
+    // LPARs with an origin are placed now; first-fit ones when they are activated.
     StorageMap map(config.main_storage_mib * kMiB);
+    std::set<std::string> names;
     for (const auto& lpar : config.lpars) {
+        if (!names.insert(lpar.name).second)
+            refuse("lpars", "'" + lpar.name + "': an LPAR of that name already exists");
+        if (!lpar.active || !lpar.origin_mib) continue;
         try {
-            map.add(lpar.name, {{lpar.origin_mib * kMiB}, lpar.size_mib * kMiB});
+            map.add(lpar.name, {{*lpar.origin_mib * kMiB}, lpar.size_mib * kMiB});
         } catch (const Error& e) {
             throw Error(ErrorKind::InvalidArgument, std::string("configuration: ") + e.what());
         }
@@ -119,8 +132,9 @@ SystemConfig load_config_file(const std::string& path) {
 json to_json(const SystemConfig& config) {
     json lpars = json::array();
     for (const auto& l : config.lpars) {
-        json entry = {{"name", l.name},   {"origin_mib", l.origin_mib}, {"size_mib", l.size_mib},
-                      {"vcpus", l.vcpus}};
+        json entry = {{"name", l.name}, {"size_mib", l.size_mib}, {"vcpus", l.vcpus}};
+        if (l.origin_mib) entry["origin_mib"] = *l.origin_mib;
+        if (!l.active) entry["active"] = false;
         if (!l.firmware.empty()) entry["firmware"] = l.firmware;
         if (l.rewrite_pages_per_sec) entry["rewrite_pages_per_sec"] = l.rewrite_pages_per_sec;
         if (l.working_set_mib) entry["working_set_mib"] = l.working_set_mib;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,13 +13,14 @@ namespace lparvisor {
 
 struct LparConfig {
     std::string name;
-    std::uint64_t origin_mib = 0;
+    std::optional<std::uint64_t> origin_mib;  // none: placed first-fit at activation
     std::uint64_t size_mib = 0;
     unsigned vcpus = 1;
     std::string firmware;  // empty: the built test firmware
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_mib = 0;
     std::uint64_t round_limit = 0;
+    bool active = true;  // false: defined only (lpar.activate starts it)
 };
 
 struct SystemConfig {
@@ -28,6 +30,9 @@ struct SystemConfig {
 
 // Fig. 3A: 509 MiB of main storage, LPAR1 at 0 with 128 MiB, LPAR2 at 128 with 256 MiB.
 SystemConfig fig3a_config();
+
+// Checks a name: 1-31 letters, digits, '_', '.', '-'. Throws Error(InvalidArgument).
+void check_lpar_name(const std::string& name, const std::string& key);
 
 // Throws Error(InvalidArgument) naming the key ("lpars[1].size_mib: expected ...").
 SystemConfig parse_config(const nlohmann::json& document);

@@ -1,49 +1,58 @@
 #include "lpar/hypervisor.hpp"
 
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "storage/address.hpp"
+#include "storage/page_mover.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor {
 
 Hypervisor::Hypervisor(const SystemConfig& config, const HypervisorOptions& options)
-    : arena_(config.main_storage_mib * kMiB, options.huge_pages),
+    : options_(options),
+      arena_(config.main_storage_mib * kMiB, options.huge_pages),
       keys_(arena_.size()),
       map_(config.main_storage_mib * kMiB) {
     spdlog::info("main storage: {} ({}), KVM: {}", format_mib(map_.main_storage()),
                  arena_.backing(), kvm::to_string(kvm::detect_flavour()));
-    for (const auto& c : config.lpars) {
-        ArenaRange range{{c.origin_mib * kMiB}, c.size_mib * kMiB};
-        map_.add(c.name, range);
-        arena_.populate(range);  // fault the storage in now, not during the guest's first pass
-        LparSpec spec;
-        spec.name = c.name;
-        spec.storage = range;
-        spec.vcpus = c.vcpus;
-        spec.firmware = c.firmware.empty() ? options.default_firmware : c.firmware;
-        if (!options.console_dir.empty()) spec.console_file = options.console_dir + "/" + c.name + ".log";
-        spec.rewrite_pages_per_sec = c.rewrite_pages_per_sec;
-        spec.working_set_bytes = c.working_set_mib * kMiB;
-        spec.round_limit = c.round_limit;
-        lpars_.push_back(std::make_unique<Lpar>(kvm_, arena_, keys_, spec));
-    }
-    for (auto& l : lpars_) l->start();
+    for (const auto& c : config.lpars) records_.push_back({c, nullptr});
+    // Those with an origin first, so that first-fit ones fill around them.
+    std::lock_guard operation(storage_operation_mutex_);
+    for (bool placed : {true, false})
+        for (auto& r : records_)
+            if (r.definition.active && r.definition.origin_mib.has_value() == placed)
+                activate_locked(r);
 }
 
 Hypervisor::~Hypervisor() {
-    // vCPU threads end before the arena and the windows go away (members die in reverse order,
-    // but be explicit: LPARs first).
-    lpars_.clear();
+    // vCPU threads end before the arena goes away.
+    std::vector<std::shared_ptr<Lpar>> running;
+    {
+        std::lock_guard lock(map_mutex_);
+        for (auto& r : records_) running.push_back(std::move(r.lpar));
+    }
+    running.clear();
 }
 
-Lpar& Hypervisor::lpar(const std::string& name) {
-    for (auto& l : lpars_)
-        if (l->name() == name) return *l;
-    std::lock_guard lock(map_mutex_);
-    map_.find(name);  // throws NotFound listing the defined LPARs
-    throw Error(ErrorKind::NotFound, "unknown LPAR '" + name + "'");
+Hypervisor::Record& Hypervisor::record(const std::string& name) {
+    for (auto& r : records_)
+        if (r.definition.name == name) return r;
+    std::string known;
+    for (const auto& r : records_) known += (known.empty() ? "" : ", ") + r.definition.name;
+    throw Error(ErrorKind::NotFound, "unknown LPAR '" + name + "' (defined: " +
+                                         (known.empty() ? "none" : known) + ")");
 }
+
+std::shared_ptr<Lpar> Hypervisor::active_lpar(const std::string& name) {
+    std::lock_guard lock(map_mutex_);
+    auto& r = record(name);
+    if (!r.lpar) throw Error(ErrorKind::Refused, name + " is defined but not active");
+    return r.lpar;
+}
+
+Lpar& Hypervisor::lpar(const std::string& name) { return *active_lpar(name); }
 
 std::vector<StorageRow> Hypervisor::storage_table() const {
     std::lock_guard lock(map_mutex_);
@@ -51,37 +60,285 @@ std::vector<StorageRow> Hypervisor::storage_table() const {
 }
 
 control::SystemStatus Hypervisor::list() {
-    control::SystemStatus status;
-    std::string relocating;
     std::vector<StorageRow> rows;
+    std::vector<std::pair<std::shared_ptr<Lpar>, std::string>> active;
+    std::vector<LparConfig> defined;
+    std::string relocating;
+    control::SystemStatus status;
     {
         std::lock_guard lock(map_mutex_);
         rows = map_.rows();
         relocating = relocating_;
         status.main_storage_mib = map_.main_storage() / kMiB;
         status.free_mib = map_.free_bytes() / kMiB;
+        for (const auto& row : rows)
+            for (auto& r : records_)
+                if (r.definition.name == row.lpar) active.emplace_back(r.lpar, row.lpar);
+        for (const auto& r : records_)
+            if (!r.lpar) defined.push_back(r.definition);
     }
-    for (const auto& row : rows) {
+    for (std::size_t i = 0; i < rows.size(); ++i) {
         control::LparStatus s;
-        s.name = row.lpar;
-        s.origin_mib = row.origin / kMiB;
-        s.size_mib = row.size / kMiB;
-        s.gap_mib = row.gap / kMiB;
-        Lpar& l = lpar(row.lpar);
-        s.vcpus = l.vcpu_count();
-        if (l.state() == LparState::Stopped) {
+        s.name = rows[i].lpar;
+        s.origin_mib = rows[i].origin / kMiB;
+        s.size_mib = rows[i].size / kMiB;
+        s.gap_mib = rows[i].gap / kMiB;
+        const auto& l = active[i].first;
+        s.vcpus = l->vcpu_count();
+        if (l->state() == LparState::Stopped) {
             s.state = "stopped";
-            s.reason = l.stop_reason();
+            s.reason = l->stop_reason();
         } else {
-            s.state = row.lpar == relocating ? "relocating" : "running";
+            s.state = s.name == relocating ? "relocating" : "running";
         }
+        status.lpars.push_back(std::move(s));
+    }
+    for (const auto& d : defined) {
+        control::LparStatus s;
+        s.name = d.name;
+        s.origin_mib = d.origin_mib.value_or(0);
+        s.size_mib = d.size_mib;
+        s.state = "defined";
+        s.vcpus = d.vcpus;
+        s.has_storage = false;
         status.lpars.push_back(std::move(s));
     }
     return status;
 }
 
+control::LparStatus Hypervisor::status_of(const std::string& name) {
+    for (auto& s : list().lpars)
+        if (s.name == name) return s;
+    throw Error(ErrorKind::NotFound, "unknown LPAR '" + name + "'");
+}
+
 std::string Hypervisor::console(const std::string& name, std::size_t max_bytes) {
-    return lpar(name).console().tail(max_bytes);
+    std::shared_ptr<Lpar> l;
+    {
+        std::lock_guard lock(map_mutex_);
+        l = record(name).lpar;
+    }
+    if (!l) throw Error(ErrorKind::Refused, name + " is defined but not active: no console yet");
+    return l->console().tail(max_bytes);
+}
+
+std::unique_lock<std::mutex> Hypervisor::begin_storage_operation(const std::string& lpar,
+                                                                 const char* what) {
+    std::unique_lock operation(storage_operation_mutex_, std::try_to_lock);
+    if (!operation.owns_lock()) {
+        std::lock_guard lock(map_mutex_);
+        std::string detail = relocating_.empty() ? "" : " (MVSTOR of " + relocating_ + ")";
+        throw Error(ErrorKind::Busy, fmt::format("{}: cannot {} now: another storage operation is "
+                                                 "running{}; retry when it has finished",
+                                                 lpar, what, detail));
+    }
+    return operation;
+}
+
+ArenaOffset Hypervisor::first_fit(std::uint64_t size) const {
+    std::uint64_t candidate = 0;
+    auto rows = map_.rows();
+    for (const auto& row : rows) {
+        if (row.origin >= candidate + size) break;
+        candidate = (row.origin + row.size + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
+    }
+    if (candidate + size > map_.main_storage()) {
+        std::uint64_t largest = rows.empty() ? map_.main_storage() : rows.front().origin;
+        for (const auto& row : rows) largest = std::max(largest, row.gap);
+        throw Error(ErrorKind::Refused,
+                    fmt::format("no free range of {} in main storage (largest gap {}, free {})",
+                                format_mib(size), format_mib(largest), format_mib(map_.free_bytes())));
+    }
+    return ArenaOffset{candidate};
+}
+
+void Hypervisor::activate_locked(Record& r, const char* reason) {
+    const auto& d = r.definition;
+    const std::uint64_t size = d.size_mib * kMiB;
+    ArenaRange range;
+    {
+        std::lock_guard lock(map_mutex_);
+        range = {d.origin_mib ? ArenaOffset{*d.origin_mib * kMiB} : first_fit(size), size};
+        map_.add(d.name, range);  // step 203's checks; throws naming the conflict
+    }
+    try {
+        arena_.populate(range);  // fault the storage in now, not during the guest's first pass
+        LparSpec spec;
+        spec.name = d.name;
+        spec.storage = range;
+        spec.vcpus = d.vcpus;
+        spec.firmware = d.firmware.empty() ? options_.default_firmware : d.firmware;
+        if (!options_.console_dir.empty())
+            spec.console_file = options_.console_dir + "/" + d.name + ".log";
+        spec.rewrite_pages_per_sec = d.rewrite_pages_per_sec;
+        spec.working_set_bytes = d.working_set_mib * kMiB;
+        spec.round_limit = d.round_limit;
+        auto listener = [this, name = d.name](LparState state, const std::string& why) {
+            events_.publish("lpar.state", name, {{"state", to_string(state)}, {"reason", why}});
+        };
+        auto lpar = std::make_shared<Lpar>(kvm_, arena_, keys_, spec, listener);
+        lpar->ipl();
+        std::lock_guard lock(map_mutex_);
+        r.lpar = std::move(lpar);
+    } catch (...) {
+        scrub(arena_, keys_, range);
+        std::lock_guard lock(map_mutex_);
+        map_.remove(d.name);
+        throw;
+    }
+    spdlog::info("{}: activated at {}", d.name, format_range_mib(range.start.value, range.size));
+    events_.publish("lpar.state", d.name, {{"state", "running"}, {"reason", reason}});
+}
+
+void Hypervisor::deactivate_locked(Record& r) {
+    std::shared_ptr<Lpar> lpar;
+    ArenaRange range;
+    {
+        std::lock_guard lock(map_mutex_);
+        lpar = std::move(r.lpar);
+        range = map_.find(r.definition.name).range;
+    }
+    lpar.reset();  // joins the vCPU threads, closes the VM and unmaps the window
+    scrub(arena_, keys_, range);  // nothing of this guest may reach the next owner
+    std::lock_guard lock(map_mutex_);
+    map_.remove(r.definition.name);
+}
+
+control::LparStatus Hypervisor::define(const control::LparDefinition& definition) {
+    check_lpar_name(definition.name, "name");
+    if (definition.size_mib < 4 || definition.size_mib % 2 != 0)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: size {} MiB: the firmware needs at least 4 MiB, in 2 MiB units",
+                                definition.name, definition.size_mib));
+    if (definition.origin_mib && *definition.origin_mib % 2 != 0)
+        throw Error(ErrorKind::InvalidArgument, fmt::format("{}: origin {} MiB is not a multiple of 2 MiB",
+                                                            definition.name, *definition.origin_mib));
+    if (definition.vcpus < 1 || definition.vcpus > 8)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: vcpus {}: 1 to 8", definition.name, definition.vcpus));
+    {
+        std::lock_guard lock(map_mutex_);
+        for (const auto& r : records_)
+            if (r.definition.name == definition.name)
+                throw Error(ErrorKind::InvalidArgument,
+                            definition.name + ": an LPAR of that name already exists");
+        LparConfig c;
+        c.name = definition.name;
+        c.origin_mib = definition.origin_mib;
+        c.size_mib = definition.size_mib;
+        c.vcpus = definition.vcpus;
+        c.firmware = definition.firmware;
+        c.rewrite_pages_per_sec = definition.rewrite_pages_per_sec;
+        c.working_set_mib = definition.working_set_mib;
+        c.round_limit = definition.round_limit;
+        c.active = false;
+        records_.push_back({c, nullptr});
+    }
+    spdlog::info("{}: defined ({} MiB, {})", definition.name, definition.size_mib,
+                 definition.origin_mib ? fmt::format("origin {} MiB", *definition.origin_mib)
+                                       : std::string("first fit"));
+    events_.publish("lpar.state", definition.name, {{"state", "defined"}, {"reason", "defined"}});
+    return status_of(definition.name);
+}
+
+control::LparStatus Hypervisor::activate(const std::string& name) {
+    auto operation = begin_storage_operation(name, "activate");
+    Record* r;
+    {
+        std::lock_guard lock(map_mutex_);
+        r = &record(name);
+        if (r->lpar) throw Error(ErrorKind::Refused, name + " is already active");
+    }
+    activate_locked(*r);
+    return status_of(name);
+}
+
+control::LparStatus Hypervisor::stop(const std::string& name) {
+    active_lpar(name)->stop("operator stop");
+    return status_of(name);
+}
+
+control::LparStatus Hypervisor::start(const std::string& name) {
+    active_lpar(name)->restart();
+    return status_of(name);
+}
+
+control::LparStatus Hypervisor::reset(const std::string& name) {
+    auto operation = begin_storage_operation(name, "reset");
+    Record* r;
+    ArenaOffset origin;
+    {
+        std::lock_guard lock(map_mutex_);
+        r = &record(name);
+        if (!r->lpar) throw Error(ErrorKind::Refused, name + " is not active: activate it instead");
+        origin = map_.find(name).range.start;
+    }
+    // A clear reset: the same storage range, scrubbed, and a fresh IPL.
+    auto definition = r->definition;
+    deactivate_locked(*r);
+    r->definition.origin_mib = origin.value / kMiB;
+    try {
+        activate_locked(*r, "reset");
+    } catch (...) {
+        r->definition = definition;
+        throw;
+    }
+    r->definition = definition;
+    spdlog::info("{}: reset (re-IPL at {})", name, format_mib(origin.value));
+    return status_of(name);
+}
+
+control::LparStatus Hypervisor::deactivate(const std::string& name) {
+    auto operation = begin_storage_operation(name, "deactivate");
+    Record* r;
+    {
+        std::lock_guard lock(map_mutex_);
+        r = &record(name);
+        if (!r->lpar) throw Error(ErrorKind::Refused, name + " is not active");
+    }
+    deactivate_locked(*r);
+    spdlog::info("{}: deactivated; its storage is scrubbed and free", name);
+    events_.publish("lpar.state", name, {{"state", "defined"}, {"reason", "deactivated"}});
+    return status_of(name);
+}
+
+void Hypervisor::remove(const std::string& name) {
+    auto operation = begin_storage_operation(name, "remove");  // not while it is being activated
+    std::lock_guard lock(map_mutex_);
+    auto& r = record(name);
+    if (r.lpar) throw Error(ErrorKind::Refused, name + " is active: deactivate it first");
+    records_.remove_if([&](const Record& x) { return x.definition.name == name; });
+    spdlog::info("{}: removed", name);
+    events_.publish("lpar.state", name, {{"state", "removed"}, {"reason", "removed"}});
+}
+
+std::string Hypervisor::system_config() {
+    SystemConfig config;
+    std::lock_guard lock(map_mutex_);
+    config.main_storage_mib = map_.main_storage() / kMiB;
+    for (const auto& r : records_) {
+        LparConfig c = r.definition;
+        c.active = r.lpar != nullptr;
+        if (r.lpar) c.origin_mib = map_.find(c.name).range.start.value / kMiB;
+        config.lpars.push_back(c);
+    }
+    return to_json(config).dump();
+}
+
+void Hypervisor::cancel_mvstor(const std::string& name) {
+    std::lock_guard lock(map_mutex_);
+    record(name);
+    if (relocating_ != name)
+        throw Error(ErrorKind::NotFound, "no MVSTOR of " + name + " is running");
+    if (final_stop_begun_)
+        throw Error(ErrorKind::Refused, "MVSTOR of " + name +
+                                            ": too late to cancel, its final stop has begun");
+    cancel_requested_ = true;
+    spdlog::info("MVSTOR {}: cancel requested", name);
+}
+
+std::unique_ptr<control::Subscription> Hypervisor::subscribe(control::EventSink sink) {
+    return events_.subscribe(std::move(sink));
 }
 
 }  // namespace lparvisor

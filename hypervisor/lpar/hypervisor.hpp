@@ -1,12 +1,14 @@
-// The daemon's core: main storage (the arena and its storage keys), the storage map, the LPARs,
-// and the LPAR controlling section that carries out MVSTOR (mvstor.cpp). Implements the
-// control socket's Api.
+// The daemon's core: main storage (the arena and its storage keys), the storage map, the LPARs
+// and their lifecycle, events, and the LPAR controlling section that carries out MVSTOR
+// (mvstor.cpp). Implements the control socket's Api.
 #pragma once
 
 #include <atomic>
+#include <list>
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "devices/device.hpp"
 #include "kvm/kvm.hpp"
 #include "lpar/config.hpp"
+#include "lpar/events.hpp"
 #include "lpar/lpar.hpp"
 #include "storage/arena.hpp"
 #include "storage/storage_keys.hpp"
@@ -29,7 +32,7 @@ struct HypervisorOptions {
 
 class Hypervisor final : public control::Api {
 public:
-    // Creates main storage and every configured LPAR, and starts them (IPL).
+    // Creates main storage, defines every configured LPAR and activates (IPLs) the active ones.
     Hypervisor(const SystemConfig& config, const HypervisorOptions& options);
     ~Hypervisor() override;
 
@@ -37,25 +40,55 @@ public:
     control::MvstorResult mvstor(const control::MvstorRequest& request) override;
     std::string console(const std::string& lpar, std::size_t max_bytes) override;
 
+    control::LparStatus define(const control::LparDefinition& definition) override;
+    control::LparStatus activate(const std::string& lpar) override;
+    control::LparStatus stop(const std::string& lpar) override;
+    control::LparStatus start(const std::string& lpar) override;
+    control::LparStatus reset(const std::string& lpar) override;
+    control::LparStatus deactivate(const std::string& lpar) override;
+    void remove(const std::string& lpar) override;
+    std::string system_config() override;
+    void cancel_mvstor(const std::string& lpar) override;
+    std::unique_ptr<control::Subscription> subscribe(control::EventSink sink) override;
+
+    // The running LPAR of that name; throws NotFound (unknown) or Refused (only defined).
     Lpar& lpar(const std::string& name);
     const Arena& arena() const noexcept { return arena_; }
     StorageKeys& storage_keys() noexcept { return keys_; }
     std::vector<StorageRow> storage_table() const;
 
 private:
+    struct Record {
+        LparConfig definition;
+        std::shared_ptr<Lpar> lpar;  // null while only defined
+    };
+    Record& record(const std::string& name);  // throws NotFound naming the defined LPARs
+    std::shared_ptr<Lpar> active_lpar(const std::string& name);  // throws if not active
+    control::LparStatus status_of(const std::string& name);
+    // Places, populates, builds and IPLs; the caller holds storage_operation_mutex_.
+    void activate_locked(Record& record, const char* reason = "activated");
+    void deactivate_locked(Record& record);
+    ArenaOffset first_fit(std::uint64_t size) const;  // caller holds map_mutex_
+    std::unique_lock<std::mutex> begin_storage_operation(const std::string& lpar, const char* what);
+
+    HypervisorOptions options_;
     kvm::System kvm_;
     Arena arena_;
     StorageKeys keys_;
+    EventHub events_;
 
-    mutable std::mutex map_mutex_;  // guards map_ and relocating_; never held across a copy
+    // Guards map_, records_ and the MVSTOR bookkeeping below; never held across a copy, an IPL
+    // or a vCPU pause, so lpar.list answers during any of them.
+    mutable std::mutex map_mutex_;
     StorageMap map_;
-    std::string relocating_;        // the LPAR an MVSTOR is moving, shown as "relocating"
+    std::list<Record> records_;    // in definition order; a list so references stay valid
+    std::string relocating_;       // the LPAR an MVSTOR is moving, shown as "relocating"
+    bool cancel_requested_ = false;
+    bool final_stop_begun_ = false;
 
-    // Serializes operations that change storage ownership (MVSTOR now; later EXPAND and
-    // EXCHANGE), so a range vacated by one is scrubbed before another can take it.
+    // Serializes operations that change storage ownership (activate, deactivate, reset, MVSTOR),
+    // so a range vacated by one is scrubbed before another can take it.
     std::mutex storage_operation_mutex_;
-
-    std::vector<std::unique_ptr<Lpar>> lpars_;
 };
 
 // Step 202: tell every device to stop taking requests and wait until all are idle. Returns the

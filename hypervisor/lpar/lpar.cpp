@@ -46,8 +46,14 @@ std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::vector<kvm_cpuid_entry2> entri
 
 }  // namespace
 
-Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec)
+const char* to_string(LparState state) {
+    return state == LparState::Running ? "running" : "stopped";
+}
+
+Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec,
+           StateListener listener)
     : spec_(spec),
+      listener_(std::move(listener)),
       window_(arena, spec.storage),
       console_(std::make_shared<ConsoleLog>(spec.name, kConsoleCapacity, spec.console_file)),
       vm_(system) {
@@ -95,7 +101,7 @@ Lpar::~Lpar() {
     for (auto& t : threads_) t.join();
 }
 
-void Lpar::start() {
+void Lpar::ipl() {
     std::lock_guard lock(mutex_);
     if (!threads_.empty()) return;
     for (unsigned i = 0; i < vcpus_.size(); ++i) threads_.emplace_back([this, i] { vcpu_loop(i); });
@@ -146,6 +152,19 @@ void Lpar::stop(const std::string& reason) {
     }
     changed_.notify_all();
     spdlog::warn("{}: stopped: {}", spec_.name, reason);
+    if (listener_) listener_(LparState::Stopped, reason);
+}
+
+void Lpar::restart() {
+    {
+        std::lock_guard lock(mutex_);
+        if (state_ == LparState::Running) return;
+        state_ = LparState::Running;
+        stop_reason_.clear();
+    }
+    changed_.notify_all();
+    spdlog::info("{}: started by the operator", spec_.name);
+    if (listener_) listener_(LparState::Running, "");
 }
 
 void Lpar::vcpu_loop(unsigned index) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -36,11 +37,17 @@ struct LparSpec {
 };
 
 enum class LparState { Running, Stopped };
+const char* to_string(LparState state);
+
+// Told of every state change ("running" / "stopped", reason); called on the thread that caused
+// it (a vCPU thread for guest exits and faults): must be quick and must not call back into the Lpar.
+using StateListener = std::function<void(LparState state, const std::string& reason)>;
 
 class Lpar {
 public:
     // Builds the VM, maps the window, loads the firmware; vCPUs do not run until start().
-    Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec);
+    Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec,
+         StateListener listener = {});
     ~Lpar();
     Lpar(const Lpar&) = delete;
     Lpar& operator=(const Lpar&) = delete;
@@ -49,7 +56,11 @@ public:
     unsigned vcpu_count() const noexcept { return static_cast<unsigned>(vcpus_.size()); }
     const LparSpec& spec() const noexcept { return spec_; }
 
-    void start();  // IPL: start the vCPU threads
+    void ipl();  // start the vCPU threads
+
+    // Operator start after a stop (operator stop, guest exit or fault): the vCPUs carry on
+    // from where they stopped. No effect on a running LPAR.
+    void restart();
 
     // --- LIP controlling section (MVSTOR steps 201 and 210) ---
     // Stops every vCPU and waits until all are parked outside KVM_RUN.
@@ -74,6 +85,7 @@ private:
     void kick_all();
 
     LparSpec spec_;
+    StateListener listener_;
     GuestWindow window_;
     std::shared_ptr<ConsoleLog> console_;
     kvm::Vm vm_;

@@ -83,6 +83,9 @@ TEST_CASE("unknown keys and bad values are refused with the key's name", "[confi
     doc["lpars"][1]["name"] = "LPAR1";
     refused(doc, "already exists");
     doc = valid();
+    doc["lpars"][1]["active"] = "yes";
+    refused(doc, "lpars[1].active: expected true or false");
+    doc = valid();
     doc["main_storage_mib"] = 300;
     refused(doc, "LPAR2: area 128-384 MiB ends beyond main storage (300 MiB)");
     refused(json::array(), "expected an object");
