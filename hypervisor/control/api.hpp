@@ -30,10 +30,21 @@ struct SystemStatus {
     std::vector<LparStatus> lpars;  // sorted by origin
 };
 
+enum class MvstorMode { StopAndCopy, Live };
+
+// Bounds for a live MVSTOR (issue 6): pre-copy while the guest runs, then short stops.
+struct LivePolicy {
+    std::chrono::microseconds target_pause{1000};  // aim for stops no longer than this
+    unsigned max_rounds = 30;                      // pre-copy rounds per chunk before falling back
+    std::chrono::milliseconds max_total{30000};    // then stop-and-copy the remainder
+};
+
 struct MvstorRequest {
     std::string lpar;
     std::uint64_t origin_mib = 0;
     std::chrono::milliseconds drain_timeout{10000};  // step 202
+    MvstorMode mode = MvstorMode::StopAndCopy;
+    LivePolicy policy;
 };
 
 struct PhaseTiming {
@@ -47,8 +58,15 @@ struct MvstorResult {
     std::uint64_t new_origin_mib = 0;
     std::uint64_t bytes_copied = 0;
     std::vector<PhaseTiming> phases;     // in the order they ran
-    std::uint64_t pause_us = 0;          // vCPUs stopped -> vCPUs running again
+    std::uint64_t pause_us = 0;          // vCPUs stopped -> vCPUs running again (sum of stops)
     std::uint64_t total_us = 0;          // request accepted -> vacated storage scrubbed
+    // Live mode: each stop's pause-to-resume, the pre-copy rounds, what was copied again because
+    // the guest (or a device) dirtied it, and which branch of the policy finished the move.
+    std::string mode = "stop-and-copy";  // or "live"
+    std::vector<std::uint64_t> stops_us;
+    unsigned rounds = 0;
+    std::uint64_t bytes_recopied = 0;
+    std::string policy_branch;           // "stop-and-copy", "converged", "fallback: ..."
 };
 
 // An LPAR definition (lpar.define). Without an origin, activation places it first-fit.
