@@ -480,6 +480,21 @@ std::string execute(Api& api, const ParsedCall& parsed) {
     return result_response(parsed.id, std::move(result));
 }
 
+std::string error_response_for(const ParsedCall& parsed, const Error& error) {
+    if (parsed.is_notification) return {};
+    const RpcErrorCode code = rpc_code_for(error.kind());
+    return error_response_with_id(parsed.id, code, error.what(),
+                                  json{{"kind", rpc_code_name(code)}});
+}
+
+std::string timeout_response(const ParsedCall& parsed, std::chrono::milliseconds timeout) {
+    if (parsed.is_notification) return {};
+    return error_response_with_id(
+        parsed.id, kTimeoutCode,
+        fmt::format("timed out after {:g} s", static_cast<double>(timeout.count()) / 1000.0),
+        json{{"kind", "Timeout"}, {"timeout_ms", timeout.count()}, {"method", parsed.method}});
+}
+
 std::string handle_line(Api& api, std::string_view line) {
     ParseOutcome outcome = parse_request(line);
     if (auto* rejected = std::get_if<RejectedRequest>(&outcome))

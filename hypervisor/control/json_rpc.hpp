@@ -10,6 +10,7 @@
 // one row in the method table there. docs/control-protocol.md is the wire contract.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -133,6 +134,15 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 // too many clients, peer not allowed): id null.
 [[nodiscard]] std::string error_response(RpcErrorCode code, std::string_view message,
                                          const nlohmann::json& data = nlohmann::json::object());
+
+// The error response to `parsed` for an Error thrown outside execute() (the server's own Api
+// calls, such as subscribe); empty for a notification.
+[[nodiscard]] std::string error_response_for(const ParsedCall& parsed, const Error& error);
+
+// The -32005 response for a call that did not return within `timeout` ("timed out after 30 s",
+// data {"kind":"Timeout","timeout_ms":...,"method":...}); empty for a notification.
+[[nodiscard]] std::string timeout_response(const ParsedCall& parsed,
+                                           std::chrono::milliseconds timeout);
 
 // Serializers of the Api's results, public so that other front ends reuse the exact shape.
 [[nodiscard]] nlohmann::json to_json(const SystemStatus& status);

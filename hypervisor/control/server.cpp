@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -182,6 +183,96 @@ void clear_stale_socket(const std::filesystem::path& path) {
     }
 }
 
+// The events of one subscription, between the sink (hypervisor threads, vCPU threads included:
+// it only takes `mutex` for a push) and the connection's strand, which takes one at a time.
+class EventQueue {
+  public:
+    EventQueue(std::size_t limit, std::function<void()> wake)
+        : limit_(std::max<std::size_t>(limit, 1)), wake_(std::move(wake)) {}
+
+    // The sink. Never blocks on the socket, never grows beyond the limit.
+    void push(const Event& event) {
+        bool wake_now = false;
+        {
+            std::lock_guard lock(mutex_);
+            if (closed_) return;
+            if (items_.size() >= limit_) {
+                ++dropped_;
+                return;
+            }
+            if (dropped_ > 0) {  // room again: say how many were lost, where they were lost
+                items_.push_back(Item{{}, std::exchange(dropped_, 0)});
+            }
+            if (items_.size() >= limit_) {
+                ++dropped_;
+            } else {
+                items_.push_back(Item{event, 0});
+            }
+            wake_now = !wake_pending_;
+            wake_pending_ = true;
+        }
+        if (wake_now) wake_();
+    }
+
+    // The next notification line, or nullopt when there is none (the next push wakes the strand).
+    std::optional<std::string> pop_line() {
+        Item item;
+        {
+            std::lock_guard lock(mutex_);
+            if (items_.empty()) {
+                if (dropped_ == 0 || closed_) {
+                    wake_pending_ = false;
+                    return std::nullopt;
+                }
+                item.dropped = std::exchange(dropped_, 0);
+            } else {
+                item = std::move(items_.front());
+                items_.pop_front();
+            }
+        }
+        // Serialized here, on the strand, so that the sink stays a copy and a push.
+        return item.dropped > 0 ? events_dropped_notification(item.dropped)
+                                : event_notification(item.event);
+    }
+
+    // False when the queue was closed meanwhile: the caller keeps (and destroys) the subscription.
+    bool adopt(std::unique_ptr<Subscription>& subscription) {
+        std::lock_guard lock(mutex_);
+        if (closed_) return false;
+        subscription_ = std::move(subscription);
+        return true;
+    }
+
+    // No more events; hands the subscription out so that the caller destroys it off any lock.
+    std::unique_ptr<Subscription> close() {
+        std::lock_guard lock(mutex_);
+        closed_ = true;
+        items_.clear();
+        dropped_ = 0;
+        return std::move(subscription_);
+    }
+
+    std::size_t size() const {
+        std::lock_guard lock(mutex_);
+        return items_.size();
+    }
+
+  private:
+    struct Item {
+        Event event;
+        std::uint64_t dropped = 0;  // > 0: an events.dropped marker
+    };
+
+    const std::size_t limit_;
+    const std::function<void()> wake_;
+    mutable std::mutex mutex_;
+    std::deque<Item> items_;
+    std::uint64_t dropped_ = 0;  // lost since the last marker
+    bool wake_pending_ = false;  // the strand will look at the queue again without a wake
+    bool closed_ = false;
+    std::unique_ptr<Subscription> subscription_;
+};
+
 }  // namespace
 
 class Connection;
@@ -216,6 +307,9 @@ struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Share
 
     mutable std::mutex mutex;  // guards the members below
     std::unordered_map<std::uint64_t, std::weak_ptr<Connection>> connections;
+    // The event queue of each subscribed connection, so that stop() can end every subscription
+    // before it returns (the Api need only outlive the server) and queued_events() can count.
+    std::unordered_map<std::uint64_t, std::weak_ptr<EventQueue>> subscribers;
     std::uint64_t next_id = 1;
     std::size_t counted_clients = 0;
     dev_t socket_device = 0;  // identity of the socket file this server bound, so that stop()
@@ -250,6 +344,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
     void close_from_server() {
         asio::post(strand_, [self = shared_from_this()] { self->close("server stopping"); });
+    }
+
+    // Ends a subscription off the strand: the destructor of a Subscription may wait for a sink
+    // call in progress, and the Api may take its own locks there.
+    static void release_subscription(ControlServer::Shared& shared,
+                                     std::unique_ptr<Subscription> subscription) {
+        if (!subscription) return;
+        auto holder = std::make_shared<std::unique_ptr<Subscription>>(std::move(subscription));
+        if (!shared.query_pool.submit([holder] { holder->reset(); })) holder->reset();
     }
 
   private:
@@ -297,20 +400,128 @@ class Connection : public std::enable_shared_from_this<Connection> {
             return send(std::move(rejected->response), false);
         }
         auto& parsed = std::get<ParsedCall>(outcome);
-        if (parsed.execution == Execution::Inline)
-            return send(execute(shared_->api, parsed), false);
+        switch (parsed.execution) {
+            case Execution::Inline:
+                return send(execute(shared_->api, parsed), false);
+            case Execution::Session:
+                return handle_session(std::move(parsed));
+            case Execution::Query:
+                return run_query(std::move(parsed));
+            case Execution::LongRunning:
+                break;
+        }
+        const bool submitted =
+            shared_->long_pool.submit([self = shared_from_this(), parsed = std::move(parsed)] {
+                std::string response = execute(self->shared_->api, parsed);
+                asio::post(self->strand_,
+                           [self, response = std::move(response)] { self->send(response, false); });
+            });
+        if (!submitted) close("server stopping");
+    }
 
-        WorkerPool& pool =
-            parsed.execution == Execution::LongRunning ? shared_->long_pool : shared_->query_pool;
-        const bool submitted = pool.submit([self = shared_from_this(), parsed = std::move(parsed)] {
+    // On the query pool, under the query timeout: whichever comes first, the result or the timer,
+    // answers; the other is dropped (a late result is only logged).
+    void run_query(ParsedCall parsed) {
+        const std::uint64_t sequence = ++query_sequence_;
+        awaited_query_ = sequence;
+        const auto timeout = shared_->limits.query_timeout;
+        query_timer_.expires_after(timeout);
+        query_timer_.async_wait([self = shared_from_this(), sequence,
+                                 timed_out = timeout_response(parsed, timeout),
+                                 method = parsed.method, timeout](error_code error) {
+            if (error || self->awaited_query_ != sequence) return;
+            self->awaited_query_ = 0;
+            spdlog::warn("control: client {}: {} timed out after {} ms", self->id_, method,
+                         timeout.count());
+            self->send(timed_out, false);
+        });
+        const bool submitted = shared_->query_pool.submit([self = shared_from_this(),
+                                                           parsed = std::move(parsed), sequence] {
             std::string response = execute(self->shared_->api, parsed);
             asio::post(self->strand_,
-                       [self, response = std::move(response)] { self->send(response, false); });
+                       [self, sequence, method = parsed.method, response = std::move(response)] {
+                           if (self->awaited_query_ != sequence) {
+                               spdlog::info("control: client {}: late result of {} discarded",
+                                            self->id_, method);
+                               return;
+                           }
+                           self->awaited_query_ = 0;
+                           self->query_timer_.cancel();
+                           self->send(response, false);
+                       });
         });
         if (!submitted) close("server stopping");
     }
 
-    // Writes one response line (none for a notification), then reads the next request or closes.
+    void handle_session(ParsedCall parsed) {
+        const bool subscribe = std::get<SubscribeCall>(parsed.call).subscribe;
+        if (subscribe == (events_ != nullptr)) {  // already in the state asked for
+            return send(execute(shared_->api, parsed), false);
+        }
+        if (!subscribe) {
+            // No event is written after this response: the queue refuses them from now on.
+            std::unique_ptr<Subscription> subscription = events_->close();
+            events_.reset();
+            {
+                std::lock_guard lock(shared_->mutex);
+                shared_->subscribers.erase(id_);
+            }
+            release_subscription(*shared_, std::move(subscription));
+            return send(execute(shared_->api, parsed), false);
+        }
+        // The wake only holds the connection weakly: the sink holds the queue, the queue must not
+        // keep a closed connection alive.
+        auto queue = std::make_shared<EventQueue>(shared_->limits.max_queued_events,
+                                                  [weak = weak_from_this(), strand = strand_] {
+                                                      asio::post(strand, [weak] {
+                                                          if (auto self = weak.lock()) self->pump();
+                                                      });
+                                                  });
+        const bool submitted = shared_->query_pool.submit([self = shared_from_this(), queue,
+                                                           parsed = std::move(parsed)] {
+            std::string response;
+            std::unique_ptr<Subscription> subscription;
+            try {
+                subscription = self->shared_->api.subscribe(
+                    [queue](const Event& event) { queue->push(event); });
+            } catch (const Error& error) {
+                response = error_response_for(parsed, error);
+            } catch (const std::exception& error) {
+                response = error_response_for(
+                    parsed, Error(ErrorKind::System,
+                                  fmt::format("events.subscribe failed: {}", error.what())));
+            }
+            const bool subscribed = subscription != nullptr;
+            if (subscribed) {
+                response = execute(self->shared_->api, parsed);
+                if (queue->adopt(subscription)) {
+                    // Registered here, before the pool can be shut down: stop() sees it.
+                    std::lock_guard lock(self->shared_->mutex);
+                    self->shared_->subscribers[self->id_] = queue;
+                }
+                subscription.reset();  // not adopted: the queue was closed meanwhile
+            }
+            asio::post(self->strand_, [self, queue, subscribed, response = std::move(response)] {
+                if (subscribed && !self->closed_) {
+                    self->events_ = queue;  // events follow this response, never precede it
+                } else if (subscribed) {
+                    {
+                        std::lock_guard lock(self->shared_->mutex);
+                        self->shared_->subscribers.erase(self->id_);
+                    }
+                    release_subscription(*self->shared_, queue->close());
+                }
+                self->send(response, false);
+            });
+        });
+        if (!submitted) {
+            queue->close();
+            close("server stopping");
+        }
+    }
+
+    // Queues one response line (none for a notification); once it is written, reads the next
+    // request or closes.
     void send(std::string response, bool close_after) {
         if (closed_) return;
         if (response.empty()) return close_after ? close("refused") : read_next();
@@ -319,19 +530,52 @@ class Connection : public std::enable_shared_from_this<Connection> {
         } else {
             spdlog::debug("control: client {} response: {}", id_, response);
         }
-        outgoing_ = std::move(response);
-        outgoing_.push_back('\n');
-        asio::async_write(socket_, asio::buffer(outgoing_),
-                          [self = shared_from_this(), close_after](error_code error, std::size_t) {
+        response.push_back('\n');
+        pending_response_ = Outgoing{std::move(response), true, close_after};
+        pump();
+    }
+
+    // Starts the next write unless one is in flight: the response first, then one event. One line
+    // per async_write, so lines are never split or interleaved; taking events only when the socket
+    // is idle is what bounds a slow subscriber to its EventQueue.
+    void pump() {
+        if (closed_ || writing_) return;
+        if (pending_response_) {
+            outgoing_ = std::move(*pending_response_);
+            pending_response_.reset();
+        } else if (events_) {
+            std::optional<std::string> line = events_->pop_line();
+            if (!line) return;
+            outgoing_ = Outgoing{std::move(*line), false, false};
+            outgoing_.line.push_back('\n');
+        } else {
+            return;
+        }
+        writing_ = true;
+        asio::async_write(socket_, asio::buffer(outgoing_.line),
+                          [self = shared_from_this()](error_code error, std::size_t) {
+                              self->writing_ = false;
                               if (error) return self->close(error.message());
-                              if (close_after) return self->close("refused");
-                              self->read_next();
+                              if (self->outgoing_.is_response) {
+                                  if (self->outgoing_.close_after) return self->close("refused");
+                                  self->read_next();
+                              }
+                              self->pump();
                           });
     }
 
     void close(std::string_view reason) {
         if (closed_) return;
         closed_ = true;
+        query_timer_.cancel();
+        if (events_) {
+            {
+                std::lock_guard lock(shared_->mutex);
+                shared_->subscribers.erase(id_);
+            }
+            release_subscription(*shared_, events_->close());
+            events_.reset();
+        }
         error_code ignored;
         socket_.shutdown(Protocol::socket::shutdown_both, ignored);
         socket_.close(ignored);
@@ -344,8 +588,20 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const asio::any_io_executor strand_;
     const std::uint64_t id_;
     const bool counted_;  // against max_clients; refused clients are not
+    struct Outgoing {
+        std::string line;  // with its '\n'
+        bool is_response = false;
+        bool close_after = false;
+    };
+
     std::string buffer_;
-    std::string outgoing_;
+    Outgoing outgoing_;                         // the line being written
+    std::optional<Outgoing> pending_response_;  // at most one: requests are served one at a time
+    bool writing_ = false;
+    std::shared_ptr<EventQueue> events_;  // set while subscribed
+    asio::steady_timer query_timer_{strand_};
+    std::uint64_t query_sequence_ = 0;
+    std::uint64_t awaited_query_ = 0;  // the query whose answer is still due; 0: none
     bool input_ended_ = false;
     bool closed_ = false;
 };
@@ -504,6 +760,17 @@ void ControlServer::Shared::stop() {
     // A relocation cannot be abandoned half-way: wait for the running ones.
     query_pool.shutdown();
     long_pool.shutdown();
+
+    // No sink may be called once stop() returns: end the subscriptions here, on this thread.
+    std::vector<std::shared_ptr<EventQueue>> queues;
+    {
+        std::lock_guard lock(mutex);
+        for (auto& [id, weak] : subscribers) {
+            if (auto queue = weak.lock()) queues.push_back(std::move(queue));
+        }
+        subscribers.clear();
+    }
+    for (auto& queue : queues) queue->close().reset();
     spdlog::info("control: stopped serving {}", path.native());
 }
 
@@ -530,6 +797,19 @@ void ControlServer::stop() {
 
 const std::filesystem::path& ControlServer::socket_path() const noexcept {
     return shared_->path;
+}
+
+std::size_t ControlServer::queued_events() const {
+    std::vector<std::shared_ptr<EventQueue>> queues;
+    {
+        std::lock_guard lock(shared_->mutex);
+        for (auto& [id, weak] : shared_->subscribers) {
+            if (auto queue = weak.lock()) queues.push_back(std::move(queue));
+        }
+    }
+    std::size_t total = 0;
+    for (auto& queue : queues) total += queue->size();
+    return total;
 }
 
 std::size_t ControlServer::client_count() const noexcept {

@@ -3,9 +3,15 @@
 //
 // Threading: the io_context may be run by one thread or several; every connection has its own
 // strand, and requests of one connection are answered one at a time, in order. No Api call runs on
-// an io_context thread: queries (lpar.list, lpar.console) run on a small query pool and
-// storage.mvstor on a separate pool, so that neither a relocation nor a query stuck behind it can
-// stall the socket, and a relocation can never starve lpar.list.
+// an io_context thread: queries (lpar.list, lpar.console, storage.cancel ...) run on a small query
+// pool and the long operations (storage.mvstor, lpar.activate ...) on a separate pool, so that
+// neither a relocation nor a query stuck behind it can stall the socket, and a relocation can never
+// starve lpar.list.
+//
+// Events: a connection that sent events.subscribe holds an Api Subscription whose sink (called on
+// hypervisor threads, vCPU threads included) only appends to a bounded per-connection queue under
+// a short lock and wakes the connection's strand; the strand writes one line at a time, responses
+// first, so that a subscriber that does not read costs at most max_queued_events events.
 //
 // Usage in the daemon:
 //     boost::asio::io_context io;
@@ -18,6 +24,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <memory>
@@ -38,6 +45,12 @@ struct ServerLimits {
     std::size_t max_clients = 64;                   // further connections: error, then close
     std::size_t query_threads = 2;                  // workers for lpar.list / lpar.console
     std::size_t long_threads = 2;                   // workers for storage.mvstor
+    // A Query call still running after this is answered with -32005 "timed out after N s"; its
+    // late result is discarded. LongRunning calls are never timed out here.
+    std::chrono::milliseconds query_timeout{30000};
+    // Events waiting for one subscribed connection; beyond it they are dropped and counted, and
+    // one "events.dropped" notification follows once there is room again.
+    std::size_t max_queued_events = 1024;
 };
 
 class ControlServer {
@@ -64,6 +77,9 @@ class ControlServer {
     [[nodiscard]] const std::filesystem::path& socket_path() const noexcept;
     // Connections currently counted against max_clients.
     [[nodiscard]] std::size_t client_count() const noexcept;
+    // Events waiting in the per-connection queues of all subscribers (each at most
+    // max_queued_events, plus one events.dropped marker): for tests and diagnostics.
+    [[nodiscard]] std::size_t queued_events() const;
 
     struct Shared;  // state shared with the connections (they may outlive a stop() in flight)
 
