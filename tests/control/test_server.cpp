@@ -8,6 +8,7 @@
 #include <fstream>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "test_support.hpp"
@@ -371,4 +372,225 @@ TEST_CASE("peers other than root and the daemon's uid are refused", "[socket]") 
     CHECK(refusal.at("error").at("code") == -32003);
     CHECK_THAT(refusal.at("error").at("message").get<std::string>(), Catch::Contains("uid 65534"));
     CHECK(fixture.api.list_calls == 0);
+}
+
+namespace {
+
+constexpr std::string_view kSubscribe =
+    R"({"jsonrpc":"2.0","id":"sub","method":"events.subscribe"})";
+
+// Reads lines until the response with `id`; notifications on the way are appended to `events`.
+json response_with_id(LineClient& client, const json& id, std::vector<json>& events,
+                      std::chrono::milliseconds timeout = 5000ms) {
+    for (;;) {
+        const json line = parse_line(client.read_line(timeout));
+        if (line.contains("id") && line.at("id") == id) return line;
+        REQUIRE(line.at("method") == "event");
+        events.push_back(line.at("params"));
+    }
+}
+
+void subscribe(LineClient& client) {
+    std::vector<json> events;
+    const json response = response_with_id(client, "sub", events);
+    CHECK(response.at("result") == json{{"subscribed", true}});
+}
+
+}  // namespace
+
+TEST_CASE("lifecycle methods over the socket", "[socket]") {
+    ServerFixture fixture;
+    LineClient client(fixture.socket_path);
+    const json defined = request_and_wait(
+        client,
+        R"({"jsonrpc":"2.0","id":1,"method":"lpar.define","params":{"name":"LPAR3","size_mib":64}})");
+    CHECK(defined.at("result").at("state") == "defined");
+    CHECK(defined.at("result").at("has_storage") == false);
+    const json listed = request_and_wait(client, kList);
+    CHECK(listed.at("result").at("lpars").back().at("has_storage") == false);
+    for (std::string_view method : {"activate", "stop", "start", "reset", "deactivate"}) {
+        const json response = request_and_wait(
+            client,
+            fmt::format(
+                R"({{"jsonrpc":"2.0","id":2,"method":"lpar.{}","params":{{"lpar":"LPAR3"}}}})",
+                method));
+        INFO(method << ": " << response.dump());
+        CHECK(response.contains("result"));
+    }
+    CHECK(
+        request_and_wait(
+            client, R"({"jsonrpc":"2.0","id":3,"method":"lpar.remove","params":{"lpar":"LPAR3"}})")
+            .at("result") == json{{"removed", "LPAR3"}});
+    const json gone = request_and_wait(
+        client, R"({"jsonrpc":"2.0","id":4,"method":"lpar.activate","params":{"lpar":"LPAR3"}})");
+    CHECK(gone.at("error").at("code") == -32001);
+    const json config =
+        request_and_wait(client, R"({"jsonrpc":"2.0","id":5,"method":"system.config"})");
+    CHECK(config.at("result").at("main_storage_mib") == 509);
+}
+
+TEST_CASE("events reach subscribers only, as whole lines between responses", "[socket][events]") {
+    ServerFixture fixture;
+    LineClient subscriber(fixture.socket_path);
+    LineClient bystander(fixture.socket_path);
+    subscriber.send(std::string(kSubscribe) + "\n");
+    subscribe(subscriber);
+    REQUIRE(fixture.api.subscriber_count() == 1);
+
+    fixture.api.emit({"lpar.state", "LPAR2", R"({"state":"stopped","reason":"guest exit 0"})"});
+    const json event = parse_line(subscriber.read_line());
+    CHECK(event == json{{"jsonrpc", "2.0"},
+                        {"method", "event"},
+                        {"params",
+                         {{"event", "lpar.state"},
+                          {"lpar", "LPAR2"},
+                          {"state", "stopped"},
+                          {"reason", "guest exit 0"}}}});
+    // The bystander gets its response and nothing else.
+    CHECK(request_and_wait(bystander, kPing).at("id") == "ping");
+    CHECK(!bystander.read_line(200ms).has_value());
+
+    // Events and responses interleave on the subscriber, each line whole.
+    std::thread emitter([&] {
+        for (int i = 0; i < 300; ++i)
+            fixture.api.emit({"mvstor.progress", "LPAR2", R"({"copied":1,"total":2})"});
+    });
+    std::vector<json> events;
+    for (int i = 0; i < 20; ++i) {
+        subscriber.send(std::string(kList) + "\n");
+        CHECK(response_with_id(subscriber, 1, events).at("result").at("lpars").size() == 2);
+    }
+    emitter.join();
+    while (events.size() < 300) {
+        const auto line = subscriber.read_line(2000ms);
+        REQUIRE(line.has_value());
+        events.push_back(json::parse(*line).at("params"));
+    }
+    CHECK(events.size() == 300);
+
+    // After unsubscribing, nothing more arrives.
+    subscriber.send(R"({"jsonrpc":"2.0","id":"unsub","method":"events.unsubscribe"})"
+                    "\n");
+    CHECK(response_with_id(subscriber, "unsub", events).at("result") ==
+          json{{"subscribed", false}});
+    CHECK(eventually([&] { return fixture.api.subscriber_count() == 0; }));
+    fixture.api.emit({"lpar.state", "LPAR2", "{}"});
+    CHECK(!subscriber.read_line(200ms).has_value());
+}
+
+TEST_CASE("a subscription ends when its connection closes", "[socket][events]") {
+    ServerFixture fixture;
+    {
+        LineClient subscriber(fixture.socket_path);
+        subscriber.send(std::string(kSubscribe) + "\n");
+        subscribe(subscriber);
+        CHECK(fixture.api.subscriber_count() == 1);
+    }
+    CHECK(eventually([&] { return fixture.api.subscriber_count() == 0; }));
+    CHECK(eventually([&] { return fixture.server->client_count() == 0; }));
+}
+
+TEST_CASE("a subscriber that never reads stays bounded; events.dropped follows",
+          "[socket][events]") {
+    ServerLimits limits;
+    limits.max_queued_events = 1024;
+    ServerFixture fixture(limits);
+    LineClient slow(fixture.socket_path);
+    slow.send(std::string(kSubscribe) + "\n");
+    subscribe(slow);
+
+    const std::string padding(200, 'x');  // fills the socket buffers sooner
+    constexpr int kEmitted = 20000;
+    const auto started = std::chrono::steady_clock::now();
+    for (int i = 0; i < kEmitted; ++i) {
+        fixture.api.emit(
+            {"mvstor.progress", "LPAR2",
+             fmt::format(R"({{"copied":{},"total":{},"pad":"{}"}})", i, kEmitted, padding)});
+        if (i % 1000 == 0) CHECK(fixture.server->queued_events() <= 1024);
+    }
+    // The sink never waited for the socket.
+    CHECK(std::chrono::steady_clock::now() - started < 5s);
+    CHECK(fixture.server->queued_events() <= 1024);
+
+    // Other clients are served meanwhile.
+    LineClient other(fixture.socket_path);
+    CHECK(request_and_wait(other, kList).at("id") == 1);
+
+    // Now read everything: what arrives plus what was dropped is what was emitted.
+    std::uint64_t received = 0, dropped = 0, dropped_notes = 0;
+    std::int64_t last_copied = -1;
+    bool in_order = true;
+    while (auto line = slow.read_line(1000ms)) {
+        const json params = json::parse(*line).at("params");
+        if (params.at("event") == "events.dropped") {
+            dropped += params.at("count").get<std::uint64_t>();
+            ++dropped_notes;
+        } else {
+            const auto copied = params.at("copied").get<std::int64_t>();
+            in_order = in_order && copied > last_copied;
+            last_copied = copied;
+            ++received;
+        }
+    }
+    CHECK(in_order);
+    CHECK(dropped_notes == 1);
+    CHECK(dropped > 0);
+    CHECK(received + dropped == kEmitted);
+    CHECK(received <= 1024 + 64);  // the queue, plus what the socket buffers held
+    // It keeps working after the overflow.
+    fixture.api.emit({"lpar.state", "LPAR1", "{}"});
+    CHECK(json::parse(slow.read_line().value()).at("params").at("event") == "lpar.state");
+}
+
+TEST_CASE("storage.cancel is served while the mvstor it cancels holds a long worker", "[socket]") {
+    ServerLimits limits;
+    limits.long_threads = 1;  // the long pool is busy with the held mvstor
+    ServerFixture fixture(limits);
+    fixture.api.close_mvstor_gate();
+    LineClient relocating(fixture.socket_path);
+    relocating.send(std::string(kMvstor) + "\n");
+    REQUIRE(fixture.api.wait_for_mvstor_running(5000ms));
+
+    LineClient operator_client(fixture.socket_path);
+    const json cancelled = request_and_wait(
+        operator_client,
+        R"({"jsonrpc":"2.0","id":"c","method":"storage.cancel","params":{"lpar":"LPAR2"}})",
+        2000ms);
+    CHECK(cancelled.at("result") == json{{"cancelled", "LPAR2"}});
+    const json failed = parse_line(relocating.read_line(5000ms));
+    CHECK(failed.at("id") == "mv");
+    CHECK(failed.at("error").at("code") == -32004);
+    CHECK(failed.at("error").at("message") == "LPAR2: MVSTOR cancelled");
+
+    const json nothing = request_and_wait(
+        operator_client,
+        R"({"jsonrpc":"2.0","id":"c","method":"storage.cancel","params":{"lpar":"LPAR2"}})");
+    CHECK(nothing.at("error").at("code") == -32001);
+}
+
+TEST_CASE("a query that does not return in time gets -32005; its late result is dropped",
+          "[socket]") {
+    ServerLimits limits;
+    limits.query_timeout = 200ms;
+    ServerFixture fixture(limits);
+    fixture.api.query_delay = 700ms;
+    LineClient client(fixture.socket_path);
+    const auto asked = std::chrono::steady_clock::now();
+    const json timed_out = request_and_wait(client, kList, 2000ms);
+    CHECK(std::chrono::steady_clock::now() - asked < 650ms);
+    CHECK(timed_out.at("id") == 1);
+    CHECK(timed_out.at("error").at("code") == -32005);
+    CHECK(timed_out.at("error").at("message") == "timed out after 0.2 s");
+    CHECK(timed_out.at("error").at("data").at("kind") == "Timeout");
+    // The connection goes on; the late answer never shows up.
+    CHECK(request_and_wait(client, kPing).at("id") == "ping");
+    CHECK(!client.read_line(800ms).has_value());
+    fixture.api.sync();
+    fixture.api.query_delay = 0ms;
+    fixture.api.sync();
+    CHECK(request_and_wait(client, kList, 2000ms).contains("result"));
+
+    // LongRunning calls are not timed out by the server.
+    fixture.api.mvstor_hold = 500ms;
+    CHECK(request_and_wait(client, kMvstor, 3000ms).contains("result"));
 }
