@@ -143,26 +143,10 @@ std::string default_socket_path() {
     return "/run/lparvisor/control.sock";
 }
 
-Reply call(const std::string& socket_path, std::string_view method, const nlohmann::json& params,
-           std::chrono::milliseconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    SocketFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (fd.get() < 0) throw Failure(kExitNoDaemon, fmt::format("socket: {}", std::strerror(errno)));
-    connect_socket(fd.get(), socket_path, deadline, timeout);
-    ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
-
-    nlohmann::json request{{"jsonrpc", "2.0"}, {"id", kRequestId}, {"method", method}};
-    if (!params.empty()) request["params"] = params;
-    send_all(fd.get(), request.dump() + "\n", socket_path, deadline, timeout);
-    const std::string line = receive_line(fd.get(), socket_path, deadline, timeout);
-
+Reply to_reply(nlohmann::json response_json, int id, const std::string& socket_path,
+               std::string_view line) {
     Reply reply;
-    try {
-        reply.response = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& error) {
-        throw Failure(kExitProtocol,
-                      fmt::format("{} answered with invalid JSON: {}", socket_path, error.what()));
-    }
+    reply.response = std::move(response_json);
     const auto& response = reply.response;
     if (!response.is_object() || response.value("jsonrpc", "") != "2.0") {
         throw Failure(kExitProtocol,
@@ -176,12 +160,108 @@ Reply call(const std::string& socket_path, std::string_view method, const nlohma
         reply.ok = false;
         return reply;
     }
-    if (!response.contains("result") || response.value("id", nlohmann::json()) != kRequestId) {
+    if (!response.contains("result") || response.value("id", nlohmann::json()) != id) {
         throw Failure(kExitProtocol, fmt::format("{} answered without a result for request {}: {}",
-                                                 socket_path, kRequestId, line.substr(0, 200)));
+                                                 socket_path, id, line.substr(0, 200)));
     }
     reply.ok = true;
     return reply;
+}
+
+Reply call(const std::string& socket_path, std::string_view method, const nlohmann::json& params,
+           std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    SocketFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) throw Failure(kExitNoDaemon, fmt::format("socket: {}", std::strerror(errno)));
+    connect_socket(fd.get(), socket_path, deadline, timeout);
+    ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+
+    nlohmann::json request{{"jsonrpc", "2.0"}, {"id", kRequestId}, {"method", method}};
+    if (!params.empty()) request["params"] = params;
+    send_all(fd.get(), request.dump() + "\n", socket_path, deadline, timeout);
+    const std::string line = receive_line(fd.get(), socket_path, deadline, timeout);
+    try {
+        return to_reply(nlohmann::json::parse(line), kRequestId, socket_path, line);
+    } catch (const nlohmann::json::exception& error) {
+        throw Failure(kExitProtocol,
+                      fmt::format("{} answered with invalid JSON: {}", socket_path, error.what()));
+    }
+}
+
+Session::Session(std::string socket_path, std::chrono::milliseconds timeout)
+    : path_(std::move(socket_path)) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) throw Failure(kExitNoDaemon, fmt::format("socket: {}", std::strerror(errno)));
+    try {
+        connect_socket(fd_, path_, Clock::now() + timeout, timeout);
+    } catch (...) {
+        ::close(fd_);
+        throw;
+    }
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+}
+
+Session::~Session() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void Session::send_request(int id, std::string_view method, const nlohmann::json& params) {
+    nlohmann::json request{{"jsonrpc", "2.0"}, {"id", id}, {"method", method}};
+    if (!params.empty()) request["params"] = params;
+    const std::chrono::milliseconds timeout(10000);
+    send_all(fd_, request.dump() + "\n", path_, Clock::now() + timeout, timeout);
+}
+
+std::optional<std::string> Session::take_line() {
+    const auto newline = buffer_.find('\n');
+    if (newline == std::string::npos) return std::nullopt;
+    std::string line = buffer_.substr(0, newline);
+    buffer_.erase(0, newline + 1);
+    return line;
+}
+
+bool Session::receive(std::chrono::milliseconds wait) {
+    pollfd poll_fd{fd_, POLLIN, 0};
+    const int ready = ::poll(&poll_fd, 1, static_cast<int>(wait.count()));
+    if (ready <= 0) return false;  // timeout, or EINTR: the caller looks at its signal flag
+    char chunk[65536];
+    const ssize_t got = ::recv(fd_, chunk, sizeof(chunk), 0);
+    if (got > 0) {
+        buffer_.append(chunk, static_cast<std::size_t>(got));
+        if (buffer_.size() > kMaxResponseBytes) {
+            throw Failure(kExitProtocol, fmt::format("line from {} larger than {} bytes", path_,
+                                                     kMaxResponseBytes));
+        }
+        return true;
+    }
+    if (got == 0 || errno == ECONNRESET) {
+        throw Failure(kExitProtocol, fmt::format("{} closed the connection", path_));
+    }
+    if (errno == EAGAIN || errno == EINTR) return false;
+    throw Failure(kExitProtocol, fmt::format("reading from {}: {}", path_, std::strerror(errno)));
+}
+
+Reply Session::request(int id, std::string_view method, const nlohmann::json& params,
+                       std::chrono::milliseconds timeout,
+                       const NotificationHandler& on_notification) {
+    const auto deadline = Clock::now() + timeout;
+    send_request(id, method, params);
+    for (;;) {
+        while (auto line = take_line()) {
+            nlohmann::json message = nlohmann::json::parse(*line, nullptr, false);
+            if (message.is_discarded()) {
+                throw Failure(kExitProtocol, fmt::format("{} sent a line that is not JSON", path_));
+            }
+            if (message.is_object() && !message.contains("id") && message.contains("method")) {
+                if (on_notification) on_notification(message);
+                continue;
+            }
+            return to_reply(std::move(message), id, path_, *line);
+        }
+        const int left = milliseconds_left(deadline);
+        if (left == 0) throw timeout_failure(path_, timeout);
+        (void)receive(std::chrono::milliseconds(std::min(left, 250)));
+    }
 }
 
 std::string_view error_code_name(int code) noexcept {

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -45,6 +47,45 @@ struct Reply {
 // closed connection or a malformed response. A JSON-RPC error is a Reply with ok == false.
 [[nodiscard]] Reply call(const std::string& socket_path, std::string_view method,
                          const nlohmann::json& params, std::chrono::milliseconds timeout);
+
+// One persistent connection, for the commands that make several calls or listen to events
+// (watch, console --follow, mvstor's progress). Lines are read into a buffer; a notification
+// that arrives while a response is awaited goes to the caller's callback.
+class Session {
+  public:
+    using Clock = std::chrono::steady_clock;
+    using NotificationHandler = std::function<void(const nlohmann::json&)>;
+
+    // Connects within `timeout`; Failure(kExitNoDaemon) when nobody listens.
+    Session(std::string socket_path, std::chrono::milliseconds timeout);
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    void send_request(int id, std::string_view method, const nlohmann::json& params);
+    // Sends a request and waits for its response; notifications meanwhile go to `on_notification`.
+    [[nodiscard]] Reply request(int id, std::string_view method, const nlohmann::json& params,
+                                std::chrono::milliseconds timeout,
+                                const NotificationHandler& on_notification = {});
+
+    // A whole line already received, if any (without '\n').
+    [[nodiscard]] std::optional<std::string> take_line();
+    // Waits up to `wait` for bytes and appends them to the buffer. False when the wait ended with
+    // nothing (timeout or a signal); Failure(kExitProtocol) when the daemon closed the connection.
+    bool receive(std::chrono::milliseconds wait);
+
+    [[nodiscard]] int fd() const noexcept { return fd_; }
+    [[nodiscard]] const std::string& path() const noexcept { return path_; }
+
+  private:
+    std::string path_;
+    int fd_ = -1;
+    std::string buffer_;
+};
+
+// Checks a parsed response line against the request id; a JSON-RPC error is ok == false.
+[[nodiscard]] Reply to_reply(nlohmann::json response, int id, const std::string& socket_path,
+                             std::string_view line);
 
 // "NotFound" for -32001 etc.; "error" for codes svp does not know.
 [[nodiscard]] std::string_view error_code_name(int code) noexcept;

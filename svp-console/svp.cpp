@@ -1,30 +1,58 @@
-// svp: the operator console of lparvisor (the patent's SVP / LPAR frame). One JSON-RPC call per
-// invocation over the daemon's control socket; see docs/control-protocol.md.
+// svp: the operator console of lparvisor (the patent's SVP / LPAR frame), a client of the daemon's
+// control socket; see docs/control-protocol.md. Most commands are one JSON-RPC call; `watch`,
+// `console --follow` and `mvstor`'s progress bar keep a connection open and listen to events.
 //
 // Exit codes: 0 ok, 1 the daemon refused (JSON-RPC error), 2 usage error, 3 cannot connect,
-// 4 protocol error or timeout.
+// 4 protocol error or timeout (also the daemon's own -32005 "timed out" answer).
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "client.hpp"
+#include "live.hpp"
+#include "map.hpp"
 #include "table.hpp"
 
 namespace lparvisor::svp {
 namespace {
 
+using nlohmann::json;
+
 constexpr double kDefaultTimeoutSeconds = 10;
 constexpr double kDefaultMvstorTimeoutSeconds = 60;
+constexpr double kDefaultLongTimeoutSeconds = 120;  // activate, reset, deactivate
+constexpr auto kFollowInterval = std::chrono::milliseconds(200);
+constexpr auto kEventGrace = std::chrono::milliseconds(1000);  // mvstor: late events after result
+
+volatile std::sig_atomic_t g_interrupted = 0;
+
+extern "C" void on_interrupt(int) {
+    g_interrupted = 1;
+}
+
+// SIGINT/SIGTERM end `watch` and `console --follow` cleanly (exit 0). No SA_RESTART, so that a
+// blocking poll() returns at once.
+void install_interrupt_handler() {
+    struct sigaction action {};
+    action.sa_handler = on_interrupt;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGINT, &action, nullptr);
+    ::sigaction(SIGTERM, &action, nullptr);
+}
 
 struct Options {
     std::string socket_path = default_socket_path();
@@ -35,19 +63,33 @@ struct Options {
     std::uint64_t origin_mib = 0;
     std::optional<std::uint64_t> drain_timeout_ms;
     std::uint64_t console_bytes = 4096;
+    bool follow = false;
+
+    std::uint64_t size_mib = 0;
+    std::optional<std::uint64_t> define_origin_mib;
+    std::optional<unsigned> vcpus;
+    std::optional<std::string> firmware;
+
+    std::size_t map_width = 72;
+    std::optional<std::string> svg_path;
 };
 
-std::chrono::milliseconds timeout_for(const Options& options, bool is_mvstor) {
-    double seconds = kDefaultTimeoutSeconds;
-    if (options.timeout_seconds) {
-        seconds = *options.timeout_seconds;
-    } else if (is_mvstor) {
+std::chrono::milliseconds to_ms(double seconds) {
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(seconds * 1000.0)));
+}
+
+std::chrono::milliseconds timeout_for(const Options& options, const std::string& command) {
+    if (options.timeout_seconds) return to_ms(*options.timeout_seconds);
+    if (command == "mvstor") {
         // The daemon may wait the whole drain timeout before it even starts copying.
         const double drain_seconds =
             static_cast<double>(options.drain_timeout_ms.value_or(10000)) / 1000.0;
-        seconds = std::max(kDefaultMvstorTimeoutSeconds, drain_seconds + 50.0);
+        return to_ms(std::max(kDefaultMvstorTimeoutSeconds, drain_seconds + 50.0));
     }
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(seconds * 1000.0)));
+    if (command == "activate" || command == "reset" || command == "deactivate") {
+        return to_ms(kDefaultLongTimeoutSeconds);
+    }
+    return to_ms(kDefaultTimeoutSeconds);
 }
 
 // Prints the daemon's refusal and returns the exit code for it.
@@ -57,46 +99,263 @@ int report_refusal(const Reply& reply, const Options& options) {
     if (options.json_output) std::cout << reply.response.dump(2) << '\n';
     std::cerr << fmt::format("svp: {} ({}, code {})\n", error.at("message").get<std::string>(),
                              error_code_name(code), code);
-    return kExitRefused;
+    // The daemon's own query timeout is a timeout, like svp's.
+    const bool timed_out = error.contains("data") && error["data"].is_object() &&
+                           error["data"].value("kind", "") == "Timeout";
+    return timed_out ? kExitProtocol : kExitRefused;
 }
 
-int run(const std::string& command, const Options& options) {
-    nlohmann::json params = nlohmann::json::object();
-    std::string method;
-    if (command == "lpars") {
-        method = "lpar.list";
-    } else if (command == "mvstor") {
-        method = "storage.mvstor";
-        params = {{"lpar", options.lpar}, {"origin_mib", options.origin_mib}};
-        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
-    } else if (command == "console") {
-        method = "lpar.console";
-        params = {{"lpar", options.lpar}, {"bytes", options.console_bytes}};
-    } else {
-        method = "system.ping";
-    }
+void print_json(const json& value) {
+    std::cout << value.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+}
 
-    const Reply reply =
-        call(options.socket_path, method, params, timeout_for(options, command == "mvstor"));
+// The single-call commands: the method and params for each.
+std::pair<std::string, json> request_for(const std::string& command, const Options& options) {
+    if (command == "lpars" || command == "map") return {"lpar.list", json::object()};
+    if (command == "mvstor") {
+        json params{{"lpar", options.lpar}, {"origin_mib", options.origin_mib}};
+        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+        return {"storage.mvstor", params};
+    }
+    if (command == "console") {
+        return {"lpar.console", {{"lpar", options.lpar}, {"bytes", options.console_bytes}}};
+    }
+    if (command == "define") {
+        json params{{"name", options.lpar}, {"size_mib", options.size_mib}};
+        if (options.define_origin_mib) params["origin_mib"] = *options.define_origin_mib;
+        if (options.vcpus) params["vcpus"] = *options.vcpus;
+        if (options.firmware) params["firmware"] = *options.firmware;
+        return {"lpar.define", params};
+    }
+    if (command == "activate" || command == "stop" || command == "start" || command == "reset" ||
+        command == "deactivate" || command == "remove") {
+        return {"lpar." + command, {{"lpar", options.lpar}}};
+    }
+    if (command == "cancel") return {"storage.cancel", {{"lpar", options.lpar}}};
+    if (command == "config") return {"system.config", json::object()};
+    return {"system.ping", json::object()};
+}
+
+void print_result(const std::string& command, const json& result, const Options& options) {
+    if (command == "lpars") {
+        std::cout << format_lpar_table(result);
+    } else if (command == "mvstor") {
+        std::cout << format_mvstor(result);
+    } else if (command == "console") {
+        std::cout << result.at("text").get<std::string>();
+    } else if (command == "config") {
+        print_json(result);  // pretty either way: it is meant for lparvisor --config
+    } else if (command == "remove") {
+        std::cout << fmt::format("removed {}\n", result.at("removed").get<std::string>());
+    } else if (command == "cancel") {
+        std::cout << fmt::format("cancelled the MVSTOR of {}\n",
+                                 result.at("cancelled").get<std::string>());
+    } else if (command == "map") {
+        std::cout << format_storage_map(result, options.map_width);
+    } else if (command == "ping") {
+        std::cout << fmt::format("lparvisor {} is answering on {}\n",
+                                 result.at("version").get<std::string>(), options.socket_path);
+    } else {
+        std::cout << format_lpar_row(result);  // define and the lifecycle commands
+    }
+}
+
+int run_single(const std::string& command, const Options& options) {
+    const auto [method, params] = request_for(command, options);
+    const Reply reply = call(options.socket_path, method, params, timeout_for(options, command));
     if (!reply.ok) return report_refusal(reply, options);
     const auto& result = reply.result();
-    if (options.json_output) {
-        std::cout << result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
-        return kExitOk;
-    }
     try {
-        if (command == "lpars") {
-            std::cout << format_lpar_table(result);
-        } else if (command == "mvstor") {
-            std::cout << format_mvstor(result);
-        } else if (command == "console") {
-            std::cout << result.at("text").get<std::string>();
-        } else {
-            std::cout << fmt::format("lparvisor {} is answering on {}\n",
-                                     result.at("version").get<std::string>(), options.socket_path);
+        if (command == "map" && options.svg_path) {
+            std::ofstream svg(*options.svg_path);
+            svg << storage_map_svg(result);
+            if (!svg.flush()) {
+                throw Failure(kExitUsage, fmt::format("cannot write {}", *options.svg_path));
+            }
         }
-    } catch (const nlohmann::json::exception& error) {
+        if (options.json_output) {
+            print_json(result);
+        } else {
+            print_result(command, result, options);
+        }
+    } catch (const json::exception& error) {
         throw Failure(kExitProtocol, fmt::format("unexpected {} result from {}: {}", method,
+                                                 options.socket_path, error.what()));
+    }
+    std::cout.flush();
+    return kExitOk;
+}
+
+// Subscribes `session` to events; false when the daemon does not offer them.
+bool subscribe(Session& session, const Options& options) {
+    const Reply reply =
+        session.request(1, "events.subscribe", json::object(), timeout_for(options, "subscribe"));
+    return reply.ok;
+}
+
+int run_watch(const Options& options) {
+    install_interrupt_handler();
+    Session session(options.socket_path, timeout_for(options, "watch"));
+    const Reply reply =
+        session.request(1, "events.subscribe", json::object(), timeout_for(options, "watch"),
+                        [](const json&) {});  // nothing before the answer
+    if (!reply.ok) return report_refusal(reply, options);
+    if (!options.json_output) {
+        std::cerr << fmt::format("svp: watching events on {} (Ctrl-C to stop)\n",
+                                 options.socket_path);
+    }
+    while (!g_interrupted) {
+        while (auto line = session.take_line()) {
+            if (options.json_output) {
+                std::cout << *line << '\n';
+            } else {
+                const json message = json::parse(*line, nullptr, false);
+                if (message.is_discarded() || !message.contains("params")) continue;
+                std::cout << format_event(message["params"], std::chrono::system_clock::now())
+                          << '\n';
+            }
+            std::cout.flush();
+        }
+        (void)session.receive(std::chrono::milliseconds(250));
+    }
+    return kExitOk;
+}
+
+int run_console_follow(const Options& options) {
+    install_interrupt_handler();
+    Session session(options.socket_path, timeout_for(options, "console"));
+    const json params{{"lpar", options.lpar}, {"bytes", options.console_bytes}};
+    std::string previous;
+    int id = 1;
+    while (!g_interrupted) {
+        const Reply reply =
+            session.request(id++, "lpar.console", params, timeout_for(options, "console"));
+        if (!reply.ok) return report_refusal(reply, options);
+        std::string current = reply.result().at("text").get<std::string>();
+        const std::string fresh = new_console_text(previous, current);
+        if (!fresh.empty()) {
+            std::cout << fresh;
+            std::cout.flush();
+        }
+        previous = std::move(current);
+        for (auto waited = std::chrono::milliseconds(0); waited < kFollowInterval && !g_interrupted;
+             waited += std::chrono::milliseconds(20)) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    }
+    return kExitOk;
+}
+
+// Draws MVSTOR's progress on stderr from the events of a second connection.
+class ProgressView {
+  public:
+    ProgressView(std::string lpar, bool tty) : lpar_(std::move(lpar)), tty_(tty) {}
+
+    // True once the relocation's final event (mvstor.done / mvstor.failed) came.
+    bool on_event(const json& params) {
+        if (params.value("lpar", "") != lpar_) return false;
+        const std::string type = params.value("event", "");
+        if (type == "mvstor.progress") {
+            copied_ = params.value("copied", std::uint64_t{0});
+            total_ = params.value("total", std::uint64_t{0});
+            if (tty_) draw("copy");
+        } else if (type == "mvstor.phase") {
+            const std::string phase = params.value("phase", "?");
+            const std::uint64_t us = params.value("us", std::uint64_t{0});
+            if (tty_) {
+                draw(phase + " done");
+            } else {
+                std::cerr << fmt::format("mvstor {}: {} done ({})\n", lpar_, phase, format_ms(us));
+            }
+        } else if (type == "mvstor.done" || type == "mvstor.failed") {
+            finish();
+            if (!tty_ && type == "mvstor.failed") {
+                std::cerr << fmt::format("mvstor {}: failed: {}\n", lpar_,
+                                         params.value("message", std::string("?")));
+            }
+            return true;
+        }
+        return false;
+    }
+
+    void finish() {
+        if (tty_ && drawn_) std::cerr << "\r\033[K" << std::flush;
+        drawn_ = false;
+    }
+
+  private:
+    void draw(const std::string& label) {
+        std::cerr << '\r' << "\033[K" << progress_bar(copied_, total_, label) << std::flush;
+        drawn_ = true;
+    }
+
+    std::string lpar_;
+    bool tty_;
+    bool drawn_ = false;
+    std::uint64_t copied_ = 0;
+    std::uint64_t total_ = 0;
+};
+
+int run_mvstor(const Options& options) {
+    const auto timeout = timeout_for(options, "mvstor");
+    std::optional<Session> events;
+    if (!options.json_output) {
+        try {
+            events.emplace(options.socket_path, timeout_for(options, "subscribe"));
+            if (!subscribe(*events, options)) events.reset();  // an older daemon: no progress
+        } catch (const Failure& failure) {
+            if (failure.exit_code() == kExitNoDaemon) throw;
+            events.reset();
+        }
+    }
+    if (!events) return run_single("mvstor", options);
+
+    ProgressView view(options.lpar, ::isatty(STDERR_FILENO) == 1);
+    Session session(options.socket_path, timeout);
+    const auto [method, params] = request_for("mvstor", options);
+    session.send_request(1, method, params);
+    const auto deadline = Session::Clock::now() + timeout;
+    std::optional<Reply> reply;
+    std::optional<Session::Clock::time_point> grace_end;
+    bool finished = false;
+    for (;;) {
+        while (auto line = events->take_line()) {
+            const json message = json::parse(*line, nullptr, false);
+            if (message.is_object() && message.contains("params") && !message.contains("id")) {
+                finished = view.on_event(message["params"]) || finished;
+            }
+        }
+        if (!reply) {
+            if (auto line = session.take_line()) {
+                try {
+                    reply = to_reply(json::parse(*line), 1, options.socket_path, *line);
+                } catch (const json::exception& error) {
+                    throw Failure(kExitProtocol, fmt::format("{} answered with invalid JSON: {}",
+                                                             options.socket_path, error.what()));
+                }
+                grace_end = Session::Clock::now() + kEventGrace;
+            }
+        }
+        const auto now = Session::Clock::now();
+        if (reply && (finished || now >= *grace_end)) break;
+        if (!reply && now >= deadline) {
+            view.finish();
+            throw Failure(
+                kExitProtocol,
+                fmt::format("no answer from {} within {:.1f} s (use --timeout to wait "
+                            "longer)",
+                            options.socket_path, static_cast<double>(timeout.count()) / 1000.0));
+        }
+        // Whichever connection has something; both are polled briefly in turn.
+        if (!reply) (void)session.receive(std::chrono::milliseconds(20));
+        (void)events->receive(std::chrono::milliseconds(20));
+    }
+    view.finish();
+    if (!reply->ok) return report_refusal(*reply, options);
+    try {
+        std::cout << format_mvstor(reply->result());
+    } catch (const json::exception& error) {
+        throw Failure(kExitProtocol, fmt::format("unexpected storage.mvstor result from {}: {}",
                                                  options.socket_path, error.what()));
     }
     std::cout.flush();
@@ -105,7 +364,7 @@ int run(const std::string& command, const Options& options) {
 
 int main_with_exceptions(int argc, char** argv) {
     Options options;
-    CLI::App app{"svp: the operator console of lparvisor (LPAR list, MVSTOR, console)", "svp"};
+    CLI::App app{"svp: the operator console of lparvisor (LPARs, MVSTOR, events, console)", "svp"};
     app.fallthrough();  // global options are accepted after the subcommand too
     app.require_subcommand(1, 1);
     app.add_option("--socket", options.socket_path,
@@ -114,12 +373,13 @@ int main_with_exceptions(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--json", options.json_output, "print the raw JSON result instead of a table");
     app.add_option("--timeout", options.timeout_seconds,
-                   "seconds to wait for the answer (default: 60 for mvstor, 10 otherwise)")
+                   "seconds to wait for each answer (default: 60 for mvstor, 120 for activate, "
+                   "reset and deactivate, 10 otherwise)")
         ->check(CLI::PositiveNumber);
 
     auto* lpars = app.add_subcommand("lpars", "list the LPARs and main storage (Fig. 3A table)");
-    auto* mvstor =
-        app.add_subcommand("mvstor", "move an LPAR's main storage to a new origin (no re-IPL)");
+    auto* mvstor = app.add_subcommand(
+        "mvstor", "move an LPAR's main storage to a new origin (no re-IPL); progress on stderr");
     mvstor->add_option("LPAR", options.lpar, "the LPAR to move")->required();
     mvstor->add_option("ORIGIN_MIB", options.origin_mib, "the new origin in main storage, in MiB")
         ->required();
@@ -133,7 +393,44 @@ int main_with_exceptions(int argc, char** argv) {
         ->add_option("--bytes", options.console_bytes,
                      "how many of the most recent bytes (default 4096, at most 1048576)")
         ->check(CLI::Range(0, 1048576));
+    console->add_flag("--follow,-f", options.follow,
+                      "keep printing new output as it comes (Ctrl-C to stop)");
     auto* ping = app.add_subcommand("ping", "check that the daemon answers; print its version");
+
+    auto* define = app.add_subcommand("define", "define an LPAR (no storage until activate)");
+    define->add_option("NAME", options.lpar, "the new LPAR's name")->required();
+    define->add_option("--size", options.size_mib, "its main storage, MiB")
+        ->required()
+        ->check(CLI::Range(std::uint64_t{1}, (std::uint64_t{1} << 44) - 1));
+    define->add_option("--origin", options.define_origin_mib,
+                       "where its storage starts, MiB (default: first fit at activation)");
+    define->add_option("--vcpus", options.vcpus, "virtual CPUs (default 1)")
+        ->check(CLI::Range(1, 255));
+    define->add_option("--firmware", options.firmware,
+                       "the guest ELF (default: the daemon's test firmware)");
+
+    CLI::App* lifecycle[6];
+    const char* lifecycle_names[6][2] = {
+        {"activate", "IPL a defined LPAR: give it storage and start its vCPUs"},
+        {"stop", "stop a running LPAR's vCPUs (its storage stays)"},
+        {"start", "let a stopped LPAR run again"},
+        {"reset", "re-IPL an LPAR in place (storage cleared)"},
+        {"deactivate", "stop an LPAR and give its storage back (it stays defined)"},
+        {"remove", "delete a defined (inactive) LPAR"}};
+    for (int i = 0; i < 6; ++i) {
+        lifecycle[i] = app.add_subcommand(lifecycle_names[i][0], lifecycle_names[i][1]);
+        lifecycle[i]->add_option("NAME", options.lpar, "the LPAR")->required();
+    }
+    auto* config = app.add_subcommand(
+        "config", "print the configuration that recreates this system (for lparvisor --config)");
+    auto* cancel = app.add_subcommand("cancel", "cancel the running MVSTOR of an LPAR");
+    cancel->add_option("NAME", options.lpar, "the LPAR being moved")->required();
+    auto* watch = app.add_subcommand(
+        "watch", "print events live, one line each (--json: the raw lines); Ctrl-C to stop");
+    auto* map = app.add_subcommand("map", "draw main storage to scale: LPARs, origins and gaps");
+    map->add_option("--width", options.map_width, "cells in the bar (default 72)")
+        ->check(CLI::Range(8, 1000));
+    map->add_option("--svg", options.svg_path, "also write the picture as an SVG file");
 
     try {
         app.parse(argc, argv);
@@ -142,10 +439,14 @@ int main_with_exceptions(int argc, char** argv) {
         return code == 0 ? kExitOk : kExitUsage;
     }
     std::string command;
-    for (auto* subcommand : {lpars, mvstor, console, ping}) {
-        if (subcommand->parsed()) command = subcommand->get_name();
-    }
-    return run(command, options);
+    for (auto* subcommand : app.get_subcommands()) command = subcommand->get_name();
+
+    if (command == "watch") return run_watch(options);
+    if (command == "console" && options.follow) return run_console_follow(options);
+    if (command == "mvstor") return run_mvstor(options);
+    (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
+        (void)mvstor, (void)console;
+    return run_single(command, options);
 }
 
 }  // namespace

@@ -49,15 +49,17 @@ void append_row(std::string& out, const std::array<std::string, kColumns.size()>
     out += '\n';
 }
 
-}  // namespace
-
-std::string format_lpar_table(const nlohmann::json& list_result) {
+// The headings and one line per LPAR. An LPAR without storage ("defined") has no origin or gap
+// yet: "-" (its definition's origin, if any, is only a wish).
+std::string format_rows(const nlohmann::json& lpars) {
     std::vector<std::array<std::string, kColumns.size()>> rows;
-    for (const auto& lpar : list_result.at("lpars")) {
+    for (const auto& lpar : lpars) {
+        const bool placed = lpar.value("has_storage", true);
         rows.push_back({lpar.at("name").get<std::string>(),
-                        std::to_string(lpar.at("origin_mib").get<std::uint64_t>()),
+                        placed ? std::to_string(lpar.at("origin_mib").get<std::uint64_t>()) : "-",
                         std::to_string(lpar.at("size_mib").get<std::uint64_t>()),
-                        std::to_string(lpar.at("gap_mib").get<std::uint64_t>()), state_text(lpar)});
+                        placed ? std::to_string(lpar.at("gap_mib").get<std::uint64_t>()) : "-",
+                        state_text(lpar)});
     }
     std::array<std::size_t, kColumns.size()> widths{};
     for (std::size_t i = 0; i < kColumns.size(); ++i) {
@@ -73,6 +75,17 @@ std::string format_lpar_table(const nlohmann::json& list_result) {
     append_row(out, titles, widths, false);
     append_row(out, units, widths, false);
     for (const auto& row : rows) append_row(out, row, widths, true);
+    return out;
+}
+
+}  // namespace
+
+std::string format_lpar_row(const nlohmann::json& row) {
+    return format_rows(nlohmann::json::array({row}));
+}
+
+std::string format_lpar_table(const nlohmann::json& list_result) {
+    std::string out = format_rows(list_result.at("lpars"));
     out += fmt::format("\nAVAILABLE PHYSICAL MAIN STORAGE AREA: {} MiB (free {} MiB)\n",
                        list_result.at("main_storage_mib").get<std::uint64_t>(),
                        list_result.at("free_mib").get<std::uint64_t>());

@@ -11,6 +11,9 @@ namespace lparvisor::svp {
 // Throws nlohmann::json::exception when the result lacks a field.
 [[nodiscard]] std::string format_lpar_table(const nlohmann::json& list_result);
 
+// One LPAR row (lpar.define, lpar.activate ...) under the table's headings.
+[[nodiscard]] std::string format_lpar_row(const nlohmann::json& row);
+
 // The storage.mvstor result: one summary line, then one line per phase.
 [[nodiscard]] std::string format_mvstor(const nlohmann::json& mvstor_result);
 

@@ -1,0 +1,68 @@
+#include "live.hpp"
+
+#include <algorithm>
+#include <ctime>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace lparvisor::svp {
+
+std::string format_event(const nlohmann::json& params, std::chrono::system_clock::time_point now) {
+    const auto seconds = std::chrono::system_clock::to_time_t(now);
+    const auto millis =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
+    std::tm local{};
+    ::localtime_r(&seconds, &local);
+    char clock[16];
+    std::strftime(clock, sizeof(clock), "%H:%M:%S", &local);
+
+    const std::string type = params.value("event", std::string("?"));
+    const std::string lpar = params.value("lpar", std::string("-"));
+    std::string line = fmt::format("{}.{:03}  {:<15}  {:<8}", clock, millis.count(), type,
+                                   lpar.empty() ? "-" : lpar);
+    for (const auto& [key, value] : params.items()) {
+        if (key == "event" || key == "lpar") continue;
+        line +=
+            fmt::format(" {}={}", key,
+                        value.is_string()
+                            ? value.get<std::string>()
+                            : value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    return line;
+}
+
+std::string progress_bar(std::uint64_t done_bytes, std::uint64_t total_bytes,
+                         std::string_view label, std::size_t width) {
+    constexpr std::uint64_t kMiB = 1024 * 1024;
+    done_bytes = std::min(done_bytes, total_bytes);
+    const std::size_t filled =
+        total_bytes == 0 ? width
+                         : static_cast<std::size_t>(static_cast<long double>(done_bytes) * width /
+                                                    static_cast<long double>(total_bytes));
+    return fmt::format("[{}{}] {}/{} MiB {}", std::string(filled, '#'),
+                       std::string(width - filled, '.'), done_bytes / kMiB, total_bytes / kMiB,
+                       label);
+}
+
+std::string new_console_text(std::string_view previous, std::string_view current) {
+    if (current.empty()) return {};
+    // failure[i]: length of the longest proper prefix of current[0..i] that is also its suffix.
+    std::vector<std::size_t> failure(current.size(), 0);
+    for (std::size_t i = 1, k = 0; i < current.size(); ++i) {
+        while (k > 0 && current[i] != current[k]) k = failure[k - 1];
+        if (current[i] == current[k]) ++k;
+        failure[i] = k;
+    }
+    // Run `current` as the pattern over `previous`: the state at the end is the overlap.
+    std::size_t matched = 0;
+    for (char c : previous) {
+        if (matched == current.size()) matched = failure[matched - 1];
+        while (matched > 0 && c != current[matched]) matched = failure[matched - 1];
+        if (c == current[matched]) ++matched;
+    }
+    return std::string(current.substr(matched));
+}
+
+}  // namespace lparvisor::svp

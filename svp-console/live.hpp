@@ -1,0 +1,29 @@
+// svp's live views: event lines for `svp watch`, the MVSTOR progress bar, and the text overlap
+// that `svp console --follow` uses to print only what is new.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace lparvisor::svp {
+
+// One human line (no '\n') for an event notification's params: "12:34:56.789  mvstor.phase
+// LPAR2  phase=copy us=30000". `now` is the wall-clock time to show.
+[[nodiscard]] std::string format_event(const nlohmann::json& params,
+                                       std::chrono::system_clock::time_point now);
+
+// "[#####.....] 128/256 MiB copy": `width` cells of '#' (done) and '.' (to do).
+[[nodiscard]] std::string progress_bar(std::uint64_t done_bytes, std::uint64_t total_bytes,
+                                       std::string_view label, std::size_t width = 30);
+
+// What `current` adds to `previous`, both the most recent bytes of a ring that may have wrapped:
+// the part of `current` after the longest suffix of `previous` that is a prefix of `current`.
+// Linear time (KMP). Text that repeats itself may hide a repeat of itself; it is never printed
+// twice.
+[[nodiscard]] std::string new_console_text(std::string_view previous, std::string_view current);
+
+}  // namespace lparvisor::svp
