@@ -7,6 +7,10 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -248,4 +252,282 @@ TEST_CASE("svp exits 4 when the answer does not come in time", "[svp]") {
     const Outcome outcome = run_svp_on(fixture, {"--timeout", "0.3", "mvstor", "LPAR2", "192"});
     CHECK(outcome.exit_code == 4);
     CHECK_THAT(outcome.err, Catch::Contains("no answer from " + fixture.socket_path.string()));
+}
+
+namespace {
+
+// svp running in the background (watch, console --follow): read its output while it runs, then
+// SIGINT it.
+class BackgroundSvp {
+  public:
+    explicit BackgroundSvp(const std::vector<std::string>& args) {
+        std::vector<std::string> argv_storage{SVP_PATH};
+        argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+        std::vector<char*> argv;
+        for (auto& arg : argv_storage) argv.push_back(arg.data());
+        argv.push_back(nullptr);
+        int out_pipe[2], err_pipe[2];
+        REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
+        REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
+        posix_spawn_file_actions_t actions;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+        posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+        const int spawned = ::posix_spawn(&pid_, SVP_PATH, &actions, nullptr, argv.data(), environ);
+        posix_spawn_file_actions_destroy(&actions);
+        ::close(out_pipe[1]);
+        ::close(err_pipe[1]);
+        REQUIRE(spawned == 0);
+        out_fd_ = Fd(out_pipe[0]);
+        err_fd_ = Fd(err_pipe[0]);
+    }
+    ~BackgroundSvp() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+        }
+    }
+
+    // Reads output until `done(stdout)` holds or the timeout passes.
+    template <typename Done>
+    bool read_until(Done done, std::chrono::milliseconds timeout = 5000ms) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done(out) && std::chrono::steady_clock::now() < deadline) pump(50);
+        return done(out);
+    }
+
+    // SIGINT, then the exit code (-1 if it did not exit normally within 5 s).
+    int interrupt() {
+        ::kill(pid_, SIGINT);
+        const auto deadline = std::chrono::steady_clock::now() + 5s;
+        int status = 0;
+        while (std::chrono::steady_clock::now() < deadline) {
+            pump(20);
+            const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+            if (done == pid_) {
+                pid_ = -1;
+                for (int i = 0; i < 5; ++i) pump(10);
+                return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            }
+        }
+        return -1;
+    }
+
+    std::string out;
+    std::string err;
+
+  private:
+    void pump(int wait_ms) {
+        pollfd fds[2] = {{out_fd_.get(), POLLIN, 0}, {err_fd_.get(), POLLIN, 0}};
+        if (::poll(fds, 2, wait_ms) <= 0) return;
+        char chunk[4096];
+        for (int i = 0; i < 2; ++i) {
+            if ((fds[i].revents & POLLIN) == 0) continue;
+            const ssize_t got = ::read(fds[i].fd, chunk, sizeof(chunk));
+            if (got > 0) (i == 0 ? out : err).append(chunk, static_cast<std::size_t>(got));
+        }
+    }
+
+    pid_t pid_ = -1;
+    Fd out_fd_{-1};
+    Fd err_fd_{-1};
+};
+
+bool contains(const std::string& text, std::string_view part) {
+    return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("svp define, the lifecycle commands, remove and config", "[svp]") {
+    ServerFixture fixture;
+    const Outcome defined = run_svp_on(
+        fixture, {"define", "LPAR3", "--size", "100", "--vcpus", "2", "--firmware", "/fw.elf"});
+    CHECK(defined.exit_code == 0);
+    CHECK(defined.out ==
+          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   STATE\n"
+          "            (MiB)            (MiB)          (MiB)\n"
+          "LPAR3                    -            100        -   defined\n");
+    REQUIRE(fixture.api.defined.size() == 1);
+    CHECK(fixture.api.defined[0].vcpus == 2);
+    CHECK(fixture.api.defined[0].firmware == "/fw.elf");
+    CHECK(!fixture.api.defined[0].origin_mib.has_value());
+
+    const Outcome listed = run_svp_on(fixture, {"lpars"});
+    CHECK_THAT(listed.out,
+               Catch::Contains("LPAR3                    -            100        -   defined"));
+
+    const Outcome activated = run_svp_on(fixture, {"activate", "LPAR3"});
+    CHECK(activated.exit_code == 0);
+    CHECK_THAT(activated.out,
+               Catch::Contains("LPAR3                  384            100       25   running"));
+    CHECK_THAT(run_svp_on(fixture, {"stop", "LPAR3"}).out,
+               Catch::Contains("stopped (operator stop)"));
+    CHECK_THAT(run_svp_on(fixture, {"start", "LPAR3"}).out, Catch::Contains("running"));
+    CHECK_THAT(run_svp_on(fixture, {"reset", "LPAR3"}).out, Catch::Contains("running"));
+    const Outcome refused = run_svp_on(fixture, {"remove", "LPAR3"});
+    CHECK(refused.exit_code == 1);
+    CHECK(refused.err == "svp: LPAR3: is running, deactivate it first (Refused, code -32003)\n");
+    CHECK_THAT(run_svp_on(fixture, {"deactivate", "LPAR3"}).out, Catch::Contains("defined"));
+    const Outcome json_row = run_svp_on(fixture, {"--json", "activate", "LPAR3"});
+    CHECK(json::parse(json_row.out).at("has_storage") == true);
+    run_svp_on(fixture, {"deactivate", "LPAR3"});
+    const Outcome removed = run_svp_on(fixture, {"remove", "LPAR3"});
+    CHECK(removed.exit_code == 0);
+    CHECK(removed.out == "removed LPAR3\n");
+    CHECK(run_svp_on(fixture, {"activate", "LPAR3"}).exit_code == 1);
+
+    const Outcome config = run_svp_on(fixture, {"config"});
+    CHECK(config.exit_code == 0);
+    CHECK(json::parse(config.out) == json::parse(fixture.api.config_json));
+    CHECK_THAT(config.out, Catch::Contains("\n  \"lpars\": ["));  // pretty
+
+    for (const char* command : {"define", "activate", "stop", "start", "reset", "deactivate",
+                                "remove", "config", "cancel", "watch", "map"}) {
+        const Outcome help = run_svp({command, "--help"});
+        INFO(command);
+        CHECK(help.exit_code == 0);
+    }
+    CHECK(run_svp({"--socket", "/nonexistent", "define", "X"}).exit_code == 2);  // no --size
+    CHECK(run_svp({"--socket", "/nonexistent", "activate"}).exit_code == 2);
+}
+
+TEST_CASE("svp cancel cancels a held mvstor", "[svp]") {
+    ServerFixture fixture;
+    fixture.api.close_mvstor_gate();
+    LineClient relocating(fixture.socket_path);
+    relocating.send(
+        R"({"jsonrpc":"2.0","id":1,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})"
+        "\n");
+    REQUIRE(fixture.api.wait_for_mvstor_running(5000ms));
+    const Outcome cancelled = run_svp_on(fixture, {"cancel", "LPAR2"});
+    CHECK(cancelled.exit_code == 0);
+    CHECK(cancelled.out == "cancelled the MVSTOR of LPAR2\n");
+    CHECK(json::parse(relocating.read_line().value()).at("error").at("code") == -32004);
+    const Outcome nothing = run_svp_on(fixture, {"cancel", "LPAR2"});
+    CHECK(nothing.exit_code == 1);
+    CHECK(nothing.err == "svp: LPAR2: no MVSTOR is running (NotFound, code -32001)\n");
+}
+
+TEST_CASE("svp map draws storage to scale and writes a well-formed SVG", "[svp]") {
+    ServerFixture fixture;
+    fixture.api.status.lpars.push_back({"LPAR3", 0, 64, 0, "defined", false, "", 1});
+    TempDir dir;
+    const std::string svg_path = (dir.path() / "map.svg").string();
+    const Outcome map = run_svp_on(fixture, {"map", "--width", "40", "--svg", svg_path});
+    CHECK(map.exit_code == 0);
+    // 509 MiB in 40 cells: LPAR1 0-128 -> cells 0-10, LPAR2 128-384 -> 10-30, free 384-509.
+    CHECK(map.out ==
+          "main storage 509 MiB, 125 MiB free; one cell = 12.72 MiB\n"
+          "|#LPAR1####=LPAR2==============..........|\n"
+          "0                                  509 MiB\n"
+          "\n"
+          "  #  LPAR1  origin       0 MiB  size     128 MiB  gap       0 MiB  running\n"
+          "  =  LPAR2  origin     128 MiB  size     256 MiB  gap     125 MiB  running\n"
+          "  .  free   origin     384 MiB  size     125 MiB\n"
+          "  -  LPAR3  not placed       size      64 MiB  defined\n");
+    std::ifstream file(svg_path);
+    const std::string svg((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    CHECK_THAT(
+        svg, Catch::StartsWith("<?xml") && Catch::Contains("<svg") && Catch::EndsWith("</svg>\n"));
+    CHECK_THAT(svg, Catch::Contains(">LPAR1<") && Catch::Contains(">LPAR2<") &&
+                        Catch::Contains(">free 125 MiB<") && Catch::Contains(">128<") &&
+                        Catch::Contains(">384<"));
+    // Tiny well-formedness check: every element opened is closed, in order.
+    std::vector<std::string> open;
+    bool balanced = true;
+    for (std::size_t at = svg.find('<'); at != std::string::npos; at = svg.find('<', at + 1)) {
+        const std::size_t end = svg.find('>', at);
+        REQUIRE(end != std::string::npos);
+        const std::string tag = svg.substr(at + 1, end - at - 1);
+        if (tag.empty() || tag[0] == '?' || tag[0] == '!') continue;
+        if (tag[0] == '/') {
+            balanced = balanced && !open.empty() && open.back() == tag.substr(1);
+            if (!open.empty()) open.pop_back();
+        } else if (tag.back() != '/') {
+            open.push_back(tag.substr(0, tag.find(' ')));
+        }
+    }
+    CHECK(balanced);
+    CHECK(open.empty());
+    if (::access("/usr/bin/xmllint", X_OK) == 0) {
+        const std::string command = "/usr/bin/xmllint --noout '" + svg_path + "'";
+        CHECK(std::system(command.c_str()) == 0);
+    }
+}
+
+TEST_CASE("svp watch prints events live and exits 0 on SIGINT", "[svp]") {
+    ServerFixture fixture;
+    for (const bool raw : {false, true}) {
+        std::vector<std::string> args{"--socket", fixture.socket_path.string(), "watch"};
+        if (raw) args.push_back("--json");
+        BackgroundSvp watch(args);
+        REQUIRE(fixture.api.wait_for_subscribers(1, 5000ms));
+        fixture.api.emit({"lpar.state", "LPAR2", R"({"state":"stopped","reason":"guest exit 0"})"});
+        fixture.api.emit({"mvstor.phase", "LPAR2", R"({"phase":"copy","us":30000})"});
+        CHECK(watch.read_until(
+            [](const std::string& out) { return std::count(out.begin(), out.end(), '\n') >= 2; }));
+        CHECK(watch.interrupt() == 0);
+        INFO(watch.out);
+        if (raw) {
+            const auto first = json::parse(watch.out.substr(0, watch.out.find('\n')));
+            CHECK(first.at("params").at("event") == "lpar.state");
+        } else {
+            CHECK(contains(watch.out,
+                           "lpar.state       LPAR2    reason=guest exit 0 state=stopped\n"));
+            CHECK(contains(watch.out, "mvstor.phase     LPAR2    phase=copy us=30000\n"));
+            CHECK(watch.out[2] == ':');  // HH:MM:SS.mmm first
+        }
+        // svp's connection is gone, and its subscription with it.
+        const auto deadline = std::chrono::steady_clock::now() + 5s;
+        while (fixture.api.subscriber_count() != 0 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(10ms);
+        CHECK(fixture.api.subscriber_count() == 0);
+    }
+}
+
+TEST_CASE("svp console --follow prints appended text once, across a wrapped ring", "[svp]") {
+    ServerFixture fixture;
+    fixture.api.set_console_text("boot\n");
+    BackgroundSvp follow({"--socket", fixture.socket_path.string(), "console", "LPAR2", "--follow",
+                          "--bytes", "12"});
+    CHECK(follow.read_until([](const std::string& out) { return out == "boot\n"; }));
+    fixture.api.set_console_text("boot\nmore\n");
+    CHECK(follow.read_until([](const std::string& out) { return contains(out, "more\n"); }));
+    // The ring wrapped: only its last 12 bytes are there, overlapping what was printed.
+    fixture.api.set_console_text("\nmore\nagain\n");
+    CHECK(follow.read_until([](const std::string& out) { return contains(out, "again\n"); }));
+    std::this_thread::sleep_for(500ms);  // a few more polls of the same text print nothing
+    CHECK(follow.interrupt() == 0);
+    CHECK(follow.out == "boot\nmore\nagain\n");
+}
+
+TEST_CASE("svp mvstor shows progress from events: one line per phase when not a TTY", "[svp]") {
+    ServerFixture fixture;
+    fixture.api.mvstor_emits_events = true;
+    const Outcome moved = run_svp_on(fixture, {"mvstor", "LPAR2", "192"});
+    CHECK(moved.exit_code == 0);
+    CHECK_THAT(moved.out, Catch::StartsWith("MVSTOR LPAR2: 128 -> 192 MiB"));
+    CHECK(moved.err ==
+          "mvstor LPAR2: stop_vcpus done (0.1 ms)\n"
+          "mvstor LPAR2: drain_io done (0.3 ms)\n"
+          "mvstor LPAR2: check_target done (0.0 ms)\n"
+          "mvstor LPAR2: copy done (30.0 ms)\n"
+          "mvstor LPAR2: remap done (0.6 ms)\n"
+          "mvstor LPAR2: resume done (0.2 ms)\n"
+          "mvstor LPAR2: scrub done (26.8 ms)\n");
+    const Outcome quiet = run_svp_on(fixture, {"--json", "mvstor", "LPAR2", "192"});
+    CHECK(quiet.exit_code == 0);
+    CHECK(quiet.err.empty());
+    CHECK(json::parse(quiet.out).at("new_origin_mib") == 192);
+}
+
+TEST_CASE("svp exits 4 when the daemon's query timeout answers", "[svp]") {
+    ServerLimits limits;
+    limits.query_timeout = 100ms;
+    ServerFixture fixture(limits);
+    fixture.api.query_delay = 400ms;
+    const Outcome outcome = run_svp_on(fixture, {"lpars"});
+    CHECK(outcome.exit_code == 4);
+    CHECK(outcome.err == "svp: timed out after 0.1 s (System, code -32005)\n");
 }
