@@ -46,7 +46,38 @@ class FuzzApi : public Api {
         return text;
     }
 
+    LparStatus define(const LparDefinition& definition) override {
+        maybe_throw();
+        return {definition.name,
+                definition.origin_mib.value_or(0),
+                definition.size_mib,
+                0,
+                "defined",
+                false,
+                "",
+                definition.vcpus};
+    }
+    LparStatus activate(const std::string& lpar) override { return row(lpar, "running"); }
+    LparStatus stop(const std::string& lpar) override { return row(lpar, "stopped"); }
+    LparStatus start(const std::string& lpar) override { return row(lpar, "running"); }
+    LparStatus reset(const std::string& lpar) override { return row(lpar, "running"); }
+    LparStatus deactivate(const std::string& lpar) override { return row(lpar, "defined"); }
+    void remove(const std::string&) override { maybe_throw(); }
+    std::string system_config() override {
+        maybe_throw();
+        return mode_ % 8 == 3 ? "not json" : R"({"main_storage_mib":509,"lpars":[]})";
+    }
+    void cancel_mvstor(const std::string&) override { maybe_throw(); }
+    std::unique_ptr<Subscription> subscribe(EventSink) override {
+        maybe_throw();
+        return std::make_unique<Subscription>();
+    }
+
   private:
+    LparStatus row(const std::string& lpar, const char* state) {
+        maybe_throw();
+        return {lpar, 128, 256, 125, state, std::string(state) != "defined", "", 1};
+    }
     void maybe_throw() const {
         switch (mode_ % 4) {
             case 1:
