@@ -27,8 +27,8 @@ class FuzzApi : public Api {
         SystemStatus status;
         status.main_storage_mib = 509;
         status.free_mib = 125;
-        status.lpars = {{"LPAR1", 0, 128, 0, "running", "", 1},
-                        {"LPAR2", 128, 256, 125, "stopped", "guest exit 0", 2}};
+        status.lpars = {{"LPAR1", 0, 128, 0, "running", true, "", 1},
+                        {"LPAR2", 128, 256, 125, "stopped", true, "guest exit 0", 2}};
         return status;
     }
     MvstorResult mvstor(const MvstorRequest& request) override {
