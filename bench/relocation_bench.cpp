@@ -364,7 +364,7 @@ json run_case(const CaseSpec& spec, const MemmoveBound& bound) {
             auto b = m["policy_branch"].get<std::string>();
             if (branches.find(b) == std::string::npos) branches += (branches.empty() ? "" : "; ") + b;
         }
-    c["policy_branches"] = branches;
+    c["policy_branches"] = branches.empty() ? std::string("-") : branches;
     return c;
 }
 
