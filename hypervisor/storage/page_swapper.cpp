@@ -16,8 +16,8 @@ constexpr std::uint64_t kBatchBytes = 512 * kPageSize;
 
 void check_range(const Arena& arena, const StorageKeys& keys, ArenaRange range, const char* op,
                  const char* which) {
-    std::string where = std::string(op) + ": " + which + " " +
-                        format_range_mib(range.start.value, range.size);
+    std::string where =
+        std::string(op) + ": " + which + " " + format_range_mib(range.start.value, range.size);
     if (range.start.value % kPageSize != 0 || range.size % kPageSize != 0)
         throw Error(ErrorKind::InvalidArgument, where + " is not 4 KiB aligned");
     if (range.start.value > arena.size() || range.size > arena.size() - range.start.value)
@@ -31,7 +31,7 @@ void check_range(const Arena& arena, const StorageKeys& keys, ArenaRange range, 
 
 // Exchanges two disjoint equal blocks batch by batch; reports `credit(batch)` bytes per batch.
 class BlockSwapper {
-public:
+  public:
     BlockSwapper(Arena& arena, StorageKeys& keys, std::uint64_t largest_block)
         : arena_(arena), keys_(keys), buffer_(std::min(kBatchBytes, largest_block)) {}
 
@@ -54,7 +54,7 @@ public:
         }
     }
 
-private:
+  private:
     Arena& arena_;
     StorageKeys& keys_;
     std::vector<std::uint8_t> buffer_;

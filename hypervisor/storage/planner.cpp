@@ -59,10 +59,12 @@ std::string key_of(const Layout& layout) {
     return {reinterpret_cast<const char*>(layout.data()), layout.size() * sizeof(layout[0])};
 }
 
-std::string mib(std::uint64_t units) { return format_mib(units * kUnit); }
+std::string mib(std::uint64_t units) {
+    return format_mib(units * kUnit);
+}
 
 class Search {
-public:
+  public:
     Search(std::vector<Item> items, std::size_t grower, std::uint64_t total_units,
            std::uint64_t extra_units)
         : items_(std::move(items)),
@@ -98,14 +100,13 @@ public:
         if (total_ >= size) c.push_back(total_ - size);
         for (std::size_t i = 0; i < items_.size(); ++i) {
             if (i == mover) continue;
-            c.push_back(layout[i] + items_[i].size);              // packed on top of it
+            c.push_back(layout[i] + items_[i].size);               // packed on top of it
             if (layout[i] >= size) c.push_back(layout[i] - size);  // packed below it
         }
         std::sort(c.begin(), c.end());
         c.erase(std::unique(c.begin(), c.end()), c.end());
-        std::erase_if(c, [&](std::uint64_t o) {
-            return o == layout[mover] || !free_for(layout, mover, o);
-        });
+        std::erase_if(
+            c, [&](std::uint64_t o) { return o == layout[mover] || !free_for(layout, mover, o); });
         return c;
     }
 
@@ -162,7 +163,7 @@ public:
 
     const Node& node(std::size_t i) const { return nodes_[i]; }
 
-private:
+  private:
     std::vector<Item> items_;
     std::size_t grower_;
     std::uint64_t total_;
@@ -194,7 +195,8 @@ std::optional<std::vector<PlanStep>> push_up_plan(const std::vector<Item>& items
             std::vector<PlanStep> steps;
             for (std::size_t i = j; i-- > 0;) {  // top down: each target is already free
                 std::uint64_t to = top - above[i]->size;
-                if (to != above[i]->origin) steps.push_back(step_of(*above[i], above[i]->origin, to));
+                if (to != above[i]->origin)
+                    steps.push_back(step_of(*above[i], above[i]->origin, to));
                 top = to;
             }
             return steps;
@@ -258,8 +260,8 @@ GrowPlan plan_grow(std::uint64_t main_storage, const std::vector<StorageArea>& a
     std::uint64_t shortfall = UINT64_MAX;
     for (std::uint64_t t = 0; t <= others; ++t) {
         if (!reachable[t]) continue;
-        std::uint64_t missing = (t > below ? t - below : 0) +
-                                (others - t > room_above ? others - t - room_above : 0);
+        std::uint64_t missing =
+            (t > below ? t - below : 0) + (others - t > room_above ? others - t - room_above : 0);
         shortfall = std::min(shortfall, missing);
     }
     if (shortfall != 0) {
