@@ -536,7 +536,8 @@ TEST_CASE("a subscriber that never reads stays bounded; events.dropped follows",
     CHECK(dropped_notes == 1);
     CHECK(dropped > 0);
     CHECK(received + dropped == kEmitted);
-    CHECK(received <= 1024 + 64);  // the queue, plus what the socket buffers held
+    // The queue, plus what the two socket buffers held (a few hundred ~300-byte lines).
+    CHECK(received <= 1024 + 2048);
     // It keeps working after the overflow.
     fixture.api.emit({"lpar.state", "LPAR1", "{}"});
     CHECK(json::parse(slow.read_line().value()).at("params").at("event") == "lpar.state");
