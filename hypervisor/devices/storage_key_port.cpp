@@ -35,12 +35,17 @@ lpv_skey_status StorageKeyPort::execute(const lpv_skey_request& request) {
         !memory_.contains(GuestPhysAddr{request.first_gpa}, request.page_count * kPageSize))
         return LPV_SKEY_BAD_RANGE;
 
-    ArenaRange frames{{origin_().value + request.first_gpa}, request.page_count * kPageSize};
-    auto keys = keys_.frames(frames);
+    // Page by page: in the middle of a chunked live move, neighbouring guest pages can live in
+    // different places of main storage.
+    auto key_of = [&](std::uint64_t page) -> std::uint8_t& {
+        auto frame = locate_(GuestPhysAddr{request.first_gpa + page * kPageSize});
+        return keys_.frames({frame, kPageSize})[0];
+    };
     switch (request.op) {
         case LPV_SKEY_SET_RANGE:
             if ((request.key & ~std::uint64_t{LPV_KEY_VALID_MASK}) != 0) return LPV_SKEY_BAD_KEY;
-            std::fill(keys.begin(), keys.end(), static_cast<std::uint8_t>(request.key));
+            for (std::uint64_t page = 0; page < request.page_count; ++page)
+                key_of(page) = static_cast<std::uint8_t>(request.key);
             return LPV_SKEY_OK;
         case LPV_SKEY_SET_EACH: {
             // Copy first: another vCPU may change the buffer while it is checked.
@@ -49,13 +54,13 @@ lpv_skey_status StorageKeyPort::execute(const lpv_skey_request& request) {
             if (std::any_of(wanted.begin(), wanted.end(),
                             [](std::uint8_t k) { return (k & ~LPV_KEY_VALID_MASK) != 0; }))
                 return LPV_SKEY_BAD_KEY;
-            std::copy(wanted.begin(), wanted.end(), keys.begin());
+            for (std::uint64_t page = 0; page < request.page_count; ++page) key_of(page) = wanted[page];
             return LPV_SKEY_OK;
         }
         case LPV_SKEY_GET_EACH: {
             auto buffer = memory_.slice(GuestPhysAddr{request.buffer_gpa}, request.page_count);
             if (!buffer) return LPV_SKEY_BAD_BUFFER;
-            std::copy(keys.begin(), keys.end(), buffer->begin());
+            for (std::uint64_t page = 0; page < request.page_count; ++page) (*buffer)[page] = key_of(page);
             return LPV_SKEY_OK;
         }
         default: return LPV_SKEY_BAD_OP;

@@ -17,9 +17,11 @@ namespace lparvisor {
 class StorageKeyPort final : public PortDevice {
 public:
     static constexpr std::uint16_t kPortCount = 4;
-    // `origin` returns the LPAR's current origin; it changes only while the vCPUs are stopped.
-    StorageKeyPort(GuestMemory memory, StorageKeys& keys, std::function<ArenaOffset()> origin)
-        : memory_(memory), keys_(keys), origin_(std::move(origin)) {}
+    // `locate` says where a guest page lives in main storage now (GuestWindow::arena_offset_of);
+    // that changes only while the vCPUs are stopped.
+    using Locator = std::function<ArenaOffset(GuestPhysAddr)>;
+    StorageKeyPort(GuestMemory memory, StorageKeys& keys, Locator locate)
+        : memory_(memory), keys_(keys), locate_(std::move(locate)) {}
 
     std::string name() const override { return "storage-key"; }
     void read(std::uint16_t, std::span<std::uint8_t> data) override;
@@ -33,7 +35,7 @@ private:
 
     GuestMemory memory_;
     StorageKeys& keys_;
-    std::function<ArenaOffset()> origin_;
+    Locator locate_;
 };
 
 }  // namespace lparvisor

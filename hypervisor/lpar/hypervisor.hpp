@@ -71,6 +71,15 @@ private:
     ArenaOffset first_fit(std::uint64_t size) const;  // caller holds map_mutex_
     std::unique_lock<std::mutex> begin_storage_operation(const std::string& lpar, const char* what);
 
+    // One MVSTOR in progress (mvstor.cpp): shared by the stop-and-copy and the live procedure.
+    struct Move;
+    void stop_and_copy(Move& move);
+    void live_move(Move& move);
+    // The first stop of a move: from here on it cannot be cancelled. Throws if it was.
+    void begin_final_stop(Move& move);
+    // Steps 201-202 for one stop; false (LPAR running again) when devices stayed busy.
+    bool stop_and_drain(Move& move, std::vector<std::string>& busy, bool record_phases);
+
     HypervisorOptions options_;
     kvm::System kvm_;
     Arena arena_;

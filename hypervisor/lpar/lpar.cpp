@@ -66,7 +66,9 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
              }));
     bus_.add(LPV_PORT_STORAGE_KEY, StorageKeyPort::kPortCount,
              std::make_shared<StorageKeyPort>(window_.memory(), keys,
-                                              [this] { return window_.origin(); }));
+                                              [this](GuestPhysAddr gpa) {
+                                                  return window_.arena_offset_of(gpa);
+                                              }));
 
     auto image = boot::load_firmware_elf(spec.firmware, window_.memory());
     auto cpuid = system.supported_cpuid();
@@ -105,6 +107,21 @@ void Lpar::ipl() {
     std::lock_guard lock(mutex_);
     if (!threads_.empty()) return;
     for (unsigned i = 0; i < vcpus_.size(); ++i) threads_.emplace_back([this, i] { vcpu_loop(i); });
+}
+
+void Lpar::set_dirty_tracking(bool on) {
+    // Turn the device log on first and off last, so no device write falls between the two.
+    if (on) window_.device_dirty_log().set_tracking(true);
+    vm_.set_memory_region(0, 0, spec_.storage.size, window_.host_base(),
+                          on ? KVM_MEM_LOG_DIRTY_PAGES : 0);
+    if (!on) window_.device_dirty_log().set_tracking(false);
+}
+
+std::vector<std::uint64_t> Lpar::harvest_dirty() {
+    std::vector<std::uint64_t> bitmap((spec_.storage.size / kPageSize + 63) / 64, 0);
+    vm_.get_dirty_log(0, bitmap);
+    window_.device_dirty_log().harvest_into(bitmap);
+    return bitmap;
 }
 
 void Lpar::kick_all() {

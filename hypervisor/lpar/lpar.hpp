@@ -73,6 +73,12 @@ public:
     // daemon and the other LPARs run on.
     void stop(const std::string& reason);
 
+    // Dirty-page tracking for a live relocation: KVM's log for the guest's own writes plus the
+    // window's device log for the hypervisor's. harvest_dirty() returns one bit per 4 KiB page
+    // written since the previous harvest (or since tracking started).
+    void set_dirty_tracking(bool on);
+    std::vector<std::uint64_t> harvest_dirty();
+
     GuestWindow& window() noexcept { return window_; }
     GuestMemory memory() const noexcept { return window_.memory(); }
     ConsoleLog& console() noexcept { return *console_; }

@@ -102,6 +102,19 @@ void Arena::punch(ArenaRange range) {
         throw_errno("main storage: punch " + format_range_mib(range.start.value, range.size));
 }
 
+std::optional<ArenaOffset> Arena::next_data(ArenaOffset offset) const {
+    check({offset, 0}, "next_data");
+    off_t data = ::lseek(fd_.get(), static_cast<off_t>(offset.value), SEEK_DATA);
+    if (data < 0) return std::nullopt;  // ENXIO: no data up to the end
+    return ArenaOffset{static_cast<std::uint64_t>(data)};
+}
+
+ArenaOffset Arena::next_hole(ArenaOffset offset) const {
+    check({offset, 0}, "next_hole");
+    off_t hole = ::lseek(fd_.get(), static_cast<off_t>(offset.value), SEEK_HOLE);
+    return ArenaOffset{hole < 0 ? size_ : static_cast<std::uint64_t>(hole)};
+}
+
 bool Arena::is_populated(ArenaOffset offset) const {
     check({offset, 1}, "is_populated");
     off_t data = ::lseek(fd_.get(), static_cast<off_t>(offset.value), SEEK_DATA);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -34,6 +35,10 @@ public:
     void punch(ArenaRange range);
     // Whether the page holding `offset` currently has backing (for tests and "holes cost nothing").
     bool is_populated(ArenaOffset offset) const;
+    // The first backed byte at or after `offset` (nullopt: none up to the end), and the first
+    // hole at or after it (the arena's end if none): SEEK_DATA / SEEK_HOLE on the memfd.
+    std::optional<ArenaOffset> next_data(ArenaOffset offset) const;
+    ArenaOffset next_hole(ArenaOffset offset) const;
 
 private:
     void check(ArenaRange range, const char* what) const;

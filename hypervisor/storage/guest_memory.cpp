@@ -2,11 +2,16 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
+
 #include "util/error.hpp"
 
 namespace lparvisor {
 
-GuestWindow::GuestWindow(const Arena& arena, ArenaRange range) : arena_(arena), origin_(range.start) {
+GuestWindow::GuestWindow(const Arena& arena, ArenaRange range)
+    : arena_(arena),
+      units_(std::max<std::uint64_t>(1, (range.size + kOriginAlignment - 1) / kOriginAlignment)),
+      dirty_(std::make_shared<DeviceDirtyLog>(range.size)) {
     arena.bytes(range);  // bounds check: throws for a range outside main storage
     // Reserve the address range first, aligned to 2 MiB so that huge pages (hugetlb or THP) and
     // KVM's large mappings line up, then map the arena into it.
@@ -23,21 +28,23 @@ GuestWindow::GuestWindow(const Arena& arena, ArenaRange range) : arena_(arena), 
     remap_part(0, range.size, range.start);
 }
 
-void GuestWindow::remap(ArenaOffset new_origin) {
-    remap_part(0, size(), new_origin);
-    origin_ = new_origin;
-}
+void GuestWindow::remap(ArenaOffset new_origin) { remap_part(0, size(), new_origin); }
 
 void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
                              ArenaOffset arena_offset) {
     if (guest_offset > size() || length > size() - guest_offset)
         throw Error(ErrorKind::InvalidArgument, "guest window: part outside the window");
+    if (guest_offset % kOriginAlignment != 0 || arena_offset.value % kOriginAlignment != 0)
+        throw Error(ErrorKind::InvalidArgument, "guest window: parts are re-mapped in 2 MiB units");
     arena_.bytes({arena_offset, length});  // bounds check against main storage
     void* at = mapping_.data() + guest_offset;
     void* got = ::mmap(at, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, arena_.fd(),
                        static_cast<off_t>(arena_offset.value));
     if (got == MAP_FAILED)
         throw_errno("guest window: map arena " + format_range_mib(arena_offset.value, length));
+    for (std::uint64_t unit = 0; unit * kOriginAlignment < length; ++unit)
+        units_[guest_offset / kOriginAlignment + unit] =
+            ArenaOffset{arena_offset.value + unit * kOriginAlignment};
 }
 
 }  // namespace lparvisor

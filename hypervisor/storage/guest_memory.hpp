@@ -7,9 +7,12 @@
 // still take a fresh view per request rather than caching spans.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
+#include <vector>
 #include <span>
 #include <type_traits>
 
@@ -19,26 +22,51 @@
 
 namespace lparvisor {
 
+// Pages the hypervisor's own code wrote into guest memory (devices, paravirtual requests): KVM's
+// dirty log only sees the guest's writes, so a live relocation ORs this in (as Firecracker and
+// Cloud Hypervisor do). Marking is lock-free and costs one relaxed load while tracking is off.
+class DeviceDirtyLog {
+public:
+    explicit DeviceDirtyLog(std::uint64_t bytes) : words_((bytes / 4096 + 63) / 64) {}
+    void set_tracking(bool on) { tracking_.store(on, std::memory_order_seq_cst); }
+    void mark(std::uint64_t gpa, std::uint64_t length) {
+        if (length == 0 || !tracking_.load(std::memory_order_relaxed)) return;
+        for (std::uint64_t page = gpa / 4096; page <= (gpa + length - 1) / 4096; ++page)
+            words_[page / 64].fetch_or(std::uint64_t{1} << (page % 64), std::memory_order_relaxed);
+    }
+    // ORs the marked pages into `bitmap` (one bit per 4 KiB page) and clears them.
+    void harvest_into(std::vector<std::uint64_t>& bitmap) {
+        for (std::size_t i = 0; i < words_.size() && i < bitmap.size(); ++i)
+            bitmap[i] |= words_[i].exchange(0, std::memory_order_relaxed);
+    }
+
+private:
+    std::atomic<bool> tracking_{false};
+    std::vector<std::atomic<std::uint64_t>> words_;
+};
+
 class GuestMemory {
 public:
     GuestMemory() = default;
-    GuestMemory(std::uint8_t* base, std::uint64_t size) : base_(base), size_(size) {}
+    GuestMemory(std::uint8_t* base, std::uint64_t size, std::shared_ptr<DeviceDirtyLog> dirty = {})
+        : base_(base), size_(size), dirty_(std::move(dirty)) {}
 
     std::uint64_t size() const noexcept { return size_; }
     bool contains(GuestPhysAddr address, std::uint64_t length) const noexcept {
         return address.value <= size_ && length <= size_ - address.value;
     }
 
-    // [address, address + length) or nullopt if any byte is outside the LPAR's storage.
+    // [address, address + length) or nullopt if any byte is outside the LPAR's storage. The range
+    // counts as written (device dirty log): use read() for reading.
     [[nodiscard]] std::optional<std::span<std::uint8_t>> slice(GuestPhysAddr address,
                                                                std::uint64_t length) const {
-        if (!contains(address, length)) return std::nullopt;
-        // SAFETY: contains() proved address + length <= size_ without overflow.
-        return std::span<std::uint8_t>(base_ + address.value, length);
+        auto bytes = view(address, length);
+        if (bytes && dirty_) dirty_->mark(address.value, length);
+        return bytes;
     }
 
     [[nodiscard]] bool read(GuestPhysAddr address, std::span<std::uint8_t> out) const {
-        auto src = slice(address, out.size());
+        auto src = view(address, out.size());
         if (!src) return false;
         std::memcpy(out.data(), src->data(), out.size());
         return true;
@@ -65,8 +93,15 @@ public:
     }
 
 private:
+    std::optional<std::span<std::uint8_t>> view(GuestPhysAddr address, std::uint64_t length) const {
+        if (!contains(address, length)) return std::nullopt;
+        // SAFETY: contains() proved address + length <= size_ without overflow.
+        return std::span<std::uint8_t>(base_ + address.value, length);
+    }
+
     std::uint8_t* base_ = nullptr;
     std::uint64_t size_ = 0;
+    std::shared_ptr<DeviceDirtyLog> dirty_;
 };
 
 // An LPAR's guest RAM as one fixed host-virtual window, MAP_SHARED|MAP_FIXED onto its range of
@@ -78,18 +113,26 @@ public:
 
     std::uint8_t* host_base() const noexcept { return mapping_.data(); }
     std::uint64_t size() const noexcept { return mapping_.size(); }
-    ArenaOffset origin() const noexcept { return origin_; }
-    GuestMemory memory() const noexcept { return {mapping_.data(), mapping_.size()}; }
+    // Where guest-physical 0 lives in main storage (the LPAR's origin once a move is complete).
+    ArenaOffset origin() const noexcept { return units_.front(); }
+    // Where a guest-physical address lives in main storage right now (parts of the window point
+    // at different places in the middle of a chunked live move). `gpa` must be < size().
+    ArenaOffset arena_offset_of(GuestPhysAddr gpa) const noexcept {
+        return ArenaOffset{units_[gpa.value / kOriginAlignment].value + gpa.value % kOriginAlignment};
+    }
+    GuestMemory memory() const noexcept { return {mapping_.data(), mapping_.size(), dirty_}; }
+    DeviceDirtyLog& device_dirty_log() noexcept { return *dirty_; }
 
-    // Points [guest_offset, +length) of the window at the arena from `arena_offset` on.
-    // The whole window is re-mapped when guest_offset == 0 and length == size().
+    // Points the whole window at the arena from `new_origin` on.
     void remap(ArenaOffset new_origin);
+    // Points [guest_offset, +length) (2 MiB aligned) at the arena from `arena_offset` on.
     void remap_part(std::uint64_t guest_offset, std::uint64_t length, ArenaOffset arena_offset);
 
 private:
     const Arena& arena_;
     Mapping mapping_;
-    ArenaOffset origin_;
+    std::vector<ArenaOffset> units_;  // arena offset of each 2 MiB unit of the window
+    std::shared_ptr<DeviceDirtyLog> dirty_;
 };
 
 }  // namespace lparvisor

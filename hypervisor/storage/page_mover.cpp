@@ -54,6 +54,36 @@ std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, Arena
     return copied;
 }
 
+std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std::uint64_t bytes) {
+    auto source = arena.bytes({src, bytes});
+    auto target = arena.bytes({dst, bytes});
+    if (ArenaRange{src, bytes}.overlaps({dst, bytes}))
+        throw Error(ErrorKind::InvalidArgument, "copy_populated: ranges overlap");
+    const std::uint64_t granule = arena.hugetlb() ? kOriginAlignment : kPageSize;
+    std::uint64_t copied = 0;
+    for (std::uint64_t offset = 0; offset < bytes;) {
+        auto data = arena.next_data(ArenaOffset{src.value + offset});
+        std::uint64_t data_start = std::min(bytes, data ? data->value - src.value : bytes);
+        if (data_start > offset) {  // a hole: the destination must read as zeros too
+            std::uint64_t hole_end = data_start / granule * granule;
+            std::uint64_t hole_start = (offset + granule - 1) / granule * granule;
+            if (hole_end > hole_start) arena.punch({{dst.value + hole_start}, hole_end - hole_start});
+            // Partial granules at the edges are zeroed by hand.
+            std::memset(target.data() + offset, 0, std::min(hole_start, data_start) - offset);
+            if (hole_end >= hole_start && data_start > hole_end)
+                std::memset(target.data() + hole_end, 0, data_start - hole_end);
+            offset = data_start;
+            continue;
+        }
+        auto hole = arena.next_hole(ArenaOffset{src.value + offset});
+        std::uint64_t data_end = std::min(bytes, hole.value - src.value);
+        std::memcpy(target.data() + offset, source.data() + offset, data_end - offset);
+        copied += data_end - offset;
+        offset = data_end;
+    }
+    return copied;
+}
+
 ArenaRange vacated_range(ArenaRange from, ArenaOffset to) {
     ArenaRange target{to, from.size};
     if (!from.overlaps(target)) return from;

@@ -19,6 +19,11 @@ using CopyProgress = std::function<void(std::uint64_t copied, std::uint64_t tota
 std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
                          const CopyProgress& progress = {});
 
+// Copies [src, +bytes) to [dst, +bytes) (disjoint) where the source has backing, and punches the
+// destination where the source is a hole (never-touched storage reads as zeros: moving it costs
+// nothing). Returns the bytes actually copied. Keys are not touched.
+std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std::uint64_t bytes);
+
 // The part of `from` that the LPAR no longer occupies once it starts at `to` (one range, since
 // both have the same size); empty when nothing is vacated.
 ArenaRange vacated_range(ArenaRange from, ArenaOffset to);

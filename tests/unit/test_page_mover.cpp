@@ -126,3 +126,22 @@ TEST_CASE("punched storage reads back as zeros and frees its pages", "[arena]") 
     auto bytes = arena.bytes(range);
     CHECK(std::all_of(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b == 0; }));
 }
+
+TEST_CASE("copy_populated copies backed pages and leaves holes as holes", "[page_mover]") {
+    Arena arena(32 * MiB, HugePagePolicy::Off);
+    // Source 0-8 MiB: only 2-3 MiB and the page at 6 MiB are backed.
+    std::memset(arena.bytes({{2 * MiB}, MiB}).data(), 0x5a, MiB);
+    std::memset(arena.bytes({{6 * MiB}, kPageSize}).data(), 0x6b, kPageSize);
+    // The destination holds stale data that must not survive where the source is a hole.
+    std::memset(arena.bytes({{16 * MiB}, 8 * MiB}).data(), 0xee, 8 * MiB);
+    auto copied = copy_populated(arena, ArenaOffset{0}, ArenaOffset{16 * MiB}, 8 * MiB);
+    CHECK(copied == MiB + kPageSize);
+    CHECK_FALSE(arena.is_populated(ArenaOffset{16 * MiB}));  // punched: a hole costs nothing
+    CHECK(arena.is_populated(ArenaOffset{18 * MiB}));
+    auto dst = arena.bytes({{16 * MiB}, 8 * MiB});
+    for (std::uint64_t i = 0; i < 8 * MiB; i += 512) {
+        std::uint8_t expected = (i >= 2 * MiB && i < 3 * MiB) ? 0x5a : (i >= 6 * MiB && i < 6 * MiB + kPageSize) ? 0x6b : 0;
+        if (dst[i] != expected) FAIL("byte " << i << " is " << int(dst[i]) << ", expected " << int(expected));
+    }
+    CHECK_THROWS(copy_populated(arena, ArenaOffset{0}, ArenaOffset{4 * MiB}, 8 * MiB));
+}

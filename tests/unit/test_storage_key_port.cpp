@@ -16,7 +16,8 @@ struct Fixture {
     StorageKeys keys{arena.size()};
     // LPAR A at 4 MiB (4 MiB), its neighbour B at 8 MiB (4 MiB).
     GuestWindow window{arena, {{4 * kMiB}, 4 * kMiB}};
-    StorageKeyPort port{window.memory(), keys, [this] { return window.origin(); }};
+    StorageKeyPort port{window.memory(), keys,
+                        [this](GuestPhysAddr gpa) { return window.arena_offset_of(gpa); }};
     static constexpr std::uint64_t kRequest = 0x1000, kBuffer = 0x2000;
 
     lpv_skey_status send(lpv_skey_request request) {
