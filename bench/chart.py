@@ -12,6 +12,7 @@ verify afterwards or a QEMU migration that had to be forced (did not converge).
 import argparse
 import json
 import math
+import os
 import time
 
 SYSTEMS = [("stop-and-copy", "lparvisor stop-and-copy", "#1f77b4"),
@@ -117,6 +118,7 @@ def main():
         except (OSError, ValueError):
             pass
     doc = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "source": os.environ.get("BENCH_SOURCE", "unknown"),
            "lparvisor": {k: v for k, v in lpv.items() if k != "cases"},
            "qemu": {k: v for k, v in qemu.items() if k != "cases"},
            "memmove": lpv.get("memmove", []),

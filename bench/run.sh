@@ -27,6 +27,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 mkdir -p "$results"
+# What was measured: the commit, and whether the hypervisor sources differed from it.
+BENCH_SOURCE="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- hypervisor guest-firmware 2>/dev/null || BENCH_SOURCE+=" + uncommitted changes in hypervisor/ or guest-firmware/"
+export BENCH_SOURCE
 
 # Sizes of this run (lparvisor-bench's default, or --sizes among the extra options).
 sizes=64,256,1024
