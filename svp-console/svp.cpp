@@ -62,6 +62,8 @@ struct Options {
     std::string lpar;
     std::uint64_t origin_mib = 0;
     std::optional<std::uint64_t> drain_timeout_ms;
+    bool live = false;
+    std::optional<std::uint64_t> target_pause_us;
     std::uint64_t console_bytes = 4096;
     bool follow = false;
 
@@ -115,6 +117,8 @@ std::pair<std::string, json> request_for(const std::string& command, const Optio
     if (command == "mvstor") {
         json params{{"lpar", options.lpar}, {"origin_mib", options.origin_mib}};
         if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+        if (options.live) params["mode"] = "live";
+        if (options.target_pause_us) params["target_pause_us"] = *options.target_pause_us;
         return {"storage.mvstor", params};
     }
     if (command == "console") {
@@ -387,6 +391,12 @@ int main_with_exceptions(int argc, char** argv) {
         ->add_option("--timeout-ms", options.drain_timeout_ms,
                      "how long to wait for the LPAR's devices to go idle (default 10000)")
         ->check(CLI::Range(1, 600000));
+    mvstor->add_flag("--live", options.live,
+                     "move while the guest runs: pre-copy with dirty logging, then short stops");
+    mvstor
+        ->add_option("--target-pause-us", options.target_pause_us,
+                     "live: the pause each stop aims for (default 1000)")
+        ->check(CLI::Range(1, 10000000));
     auto* console = app.add_subcommand("console", "print the recent serial output of an LPAR");
     console->add_option("LPAR", options.lpar, "the LPAR")->required();
     console

@@ -112,6 +112,16 @@ std::string format_mvstor(const nlohmann::json& mvstor_result) {
                     format_bytes(mvstor_result.at("bytes_copied").get<std::uint64_t>()),
                     format_ms(mvstor_result.at("pause_us").get<std::uint64_t>()),
                     format_ms(mvstor_result.at("total_us").get<std::uint64_t>()));
+    // A live move: how many stops, the longest, and how the policy finished it.
+    if (mvstor_result.value("mode", "") == "live") {
+        std::uint64_t longest = 0;
+        const auto stops = mvstor_result.value("stops_us", nlohmann::json::array());
+        for (const auto& stop : stops) longest = std::max(longest, stop.get<std::uint64_t>());
+        out += fmt::format("  live: {} stop(s), longest {}, {} round(s), {} re-copied, {}\n",
+                           stops.size(), format_ms(longest), mvstor_result.value("rounds", 0u),
+                           format_bytes(mvstor_result.value("bytes_recopied", std::uint64_t{0})),
+                           mvstor_result.value("policy_branch", std::string()));
+    }
     std::size_t name_width = 5;
     for (const auto& phase : mvstor_result.at("phases")) {
         name_width = std::max(name_width, phase.at("phase").get<std::string>().size());

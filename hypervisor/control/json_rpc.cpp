@@ -164,12 +164,28 @@ Call parse_ping(const json& params) {
 }
 
 Call parse_mvstor(const json& params) {
-    Params checked(params, {"lpar", "origin_mib", "timeout_ms"});
+    Params checked(params, {"lpar", "origin_mib", "timeout_ms", "mode", "target_pause_us",
+                            "max_rounds", "max_total_ms"});
     MvstorCall call;
     call.request.lpar = checked.required_name("lpar");
     call.request.origin_mib = checked.required_integer("origin_mib", 0, kMaxOriginMib);
     call.request.drain_timeout = std::chrono::milliseconds(
         checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
+    auto mode = checked.optional_string("mode", 32);
+    if (mode == "live") {
+        call.request.mode = MvstorMode::Live;
+    } else if (!mode.empty() && mode != "stop-and-copy") {
+        throw RpcFailure(RpcErrorCode::InvalidParams,
+                         "mode: expected \"stop-and-copy\" or \"live\", got \"" +
+                             sanitize_utf8(mode) + "\"");
+    }
+    auto& policy = call.request.policy;
+    policy.target_pause = std::chrono::microseconds(checked.optional_integer(
+        "target_pause_us", 1, 10'000'000, static_cast<std::uint64_t>(policy.target_pause.count())));
+    policy.max_rounds = static_cast<unsigned>(
+        checked.optional_integer("max_rounds", 1, 10'000, policy.max_rounds));
+    policy.max_total = std::chrono::milliseconds(checked.optional_integer(
+        "max_total_ms", 1, 3'600'000, static_cast<std::uint64_t>(policy.max_total.count())));
     return call;
 }
 
@@ -528,7 +544,12 @@ json to_json(const MvstorResult& result) {
                 {"bytes_copied", result.bytes_copied},
                 {"pause_us", result.pause_us},
                 {"total_us", result.total_us},
-                {"phases", std::move(phases)}};
+                {"phases", std::move(phases)},
+                {"mode", result.mode},
+                {"stops_us", result.stops_us},
+                {"rounds", result.rounds},
+                {"bytes_recopied", result.bytes_recopied},
+                {"policy_branch", result.policy_branch}};
 }
 
 std::string event_notification(const Event& event) {

@@ -99,6 +99,25 @@ TEST_CASE("storage.mvstor passes typed params and serializes the result", "[json
     CHECK(api.mvstor_requests.back().drain_timeout == std::chrono::milliseconds(600000));
 }
 
+TEST_CASE("storage.mvstor: live mode and its policy parameters", "[json_rpc]") {
+    test::FakeApi api;
+    const json response = call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192})"));
+    CHECK(response.at("result").at("mode") == "stop-and-copy");
+    CHECK(api.mvstor_requests.back().mode == MvstorMode::StopAndCopy);
+    (void)call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"mode":"live",)"
+                                R"("target_pause_us":500,"max_rounds":4,"max_total_ms":2000})"));
+    const auto& live = api.mvstor_requests.back();
+    CHECK(live.mode == MvstorMode::Live);
+    CHECK(live.policy.target_pause == std::chrono::microseconds(500));
+    CHECK(live.policy.max_rounds == 4);
+    CHECK(live.policy.max_total == std::chrono::milliseconds(2000));
+    CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"mode":"fast"})")) == -32602);
+    CHECK_THAT(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"mode":"fast"})")),
+               Catch::Contains("mode: expected"));
+    CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"max_rounds":0})")) == -32602);
+    CHECK(api.mvstor_requests.size() == 2);
+}
+
 TEST_CASE("parse_request classifies where each method runs", "[json_rpc]") {
     auto execution_of = [](std::string_view line) {
         ParseOutcome outcome = parse_request(line);
