@@ -14,7 +14,7 @@ start a destination with -incoming unix:..., wait until the guest has written al
 (both are QEMU's host real-time stamps), plus query-migrate's downtime/total-time/transferred.
 Then read the destination's serial output: the guest must verify two more rounds there.
 
-Settings: "default" (QEMU's defaults: downtime-limit 300 ms, max-bandwidth 32 MiB/s in 7.2) and
+Settings: "default" (QEMU's defaults: downtime-limit 300 ms, max-bandwidth 128 MiB/s in 7.2) and
 "tuned" (downtime-limit 1 ms, max-bandwidth unlimited). A migration that has not converged
 after --converge-timeout seconds is forced to finish by raising downtime-limit to 60 s; it is
 reported with converged=false (its pause is then a stop-and-copy of what was left).
