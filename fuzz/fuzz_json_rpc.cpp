@@ -68,6 +68,17 @@ class FuzzApi : public Api {
         return mode_ % 8 == 3 ? "not json" : R"({"main_storage_mib":509,"lpars":[]})";
     }
     void cancel_mvstor(const std::string&) override { maybe_throw(); }
+    ExchangeResult exchange(const ExchangeRequest& request) override {
+        maybe_throw();
+        return {request.a, request.b, 0, 0, 0, 0, 0, 0, 0, {}};
+    }
+    GrowPlanResult plan_grow(const std::string& name, std::uint64_t mib) override {
+        maybe_throw();
+        return {name, mib, false, {}, 0, "no", false, {}};
+    }
+    GrowPlanResult make_room(const std::string& name, std::uint64_t mib, MvstorMode) override {
+        return plan_grow(name, mib);
+    }
     std::unique_ptr<Subscription> subscribe(EventSink) override {
         maybe_throw();
         return std::make_unique<Subscription>();

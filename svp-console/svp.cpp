@@ -72,6 +72,10 @@ struct Options {
     std::optional<unsigned> vcpus;
     std::optional<std::string> firmware;
 
+    std::string other_lpar;      // exchange
+    std::uint64_t extra_mib = 0; // grow / make-room
+    bool dry_run = false;
+
     std::size_t map_width = 72;
     std::optional<std::string> svg_path;
 };
@@ -88,7 +92,8 @@ std::chrono::milliseconds timeout_for(const Options& options, const std::string&
             static_cast<double>(options.drain_timeout_ms.value_or(10000)) / 1000.0;
         return to_ms(std::max(kDefaultMvstorTimeoutSeconds, drain_seconds + 50.0));
     }
-    if (command == "activate" || command == "reset" || command == "deactivate") {
+    if (command == "activate" || command == "reset" || command == "deactivate" ||
+        command == "exchange" || command == "make-room") {
         return to_ms(kDefaultLongTimeoutSeconds);
     }
     return to_ms(kDefaultTimeoutSeconds);
@@ -136,6 +141,19 @@ std::pair<std::string, json> request_for(const std::string& command, const Optio
         return {"lpar." + command, {{"lpar", options.lpar}}};
     }
     if (command == "cancel") return {"storage.cancel", {{"lpar", options.lpar}}};
+    if (command == "exchange") {
+        json params{{"a", options.lpar}, {"b", options.other_lpar}};
+        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+        return {"storage.exchange", params};
+    }
+    if (command == "grow") {
+        return {"storage.plan_grow", {{"lpar", options.lpar}, {"mib", options.extra_mib}}};
+    }
+    if (command == "make-room") {
+        json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
+        if (options.live) params["mode"] = "live";
+        return {"storage.make_room", params};
+    }
     if (command == "config") return {"system.config", json::object()};
     return {"system.ping", json::object()};
 }
@@ -156,6 +174,10 @@ void print_result(const std::string& command, const json& result, const Options&
                                  result.at("cancelled").get<std::string>());
     } else if (command == "map") {
         std::cout << format_storage_map(result, options.map_width);
+    } else if (command == "exchange") {
+        std::cout << format_exchange(result);
+    } else if (command == "grow" || command == "make-room") {
+        std::cout << format_grow_plan(result);
     } else if (command == "ping") {
         std::cout << fmt::format("lparvisor {} is answering on {}\n",
                                  result.at("version").get<std::string>(), options.socket_path);
@@ -435,6 +457,29 @@ int main_with_exceptions(int argc, char** argv) {
         "config", "print the configuration that recreates this system (for lparvisor --config)");
     auto* cancel = app.add_subcommand("cancel", "cancel the running MVSTOR of an LPAR");
     cancel->add_option("NAME", options.lpar, "the LPAR being moved")->required();
+    auto* exchange = app.add_subcommand(
+        "exchange", "two LPARs trade their storage areas (equal sizes, or neighbours swap places)");
+    exchange->add_option("A", options.lpar, "one LPAR")->required();
+    exchange->add_option("B", options.other_lpar, "the other LPAR")->required();
+    exchange
+        ->add_option("--timeout-ms", options.drain_timeout_ms,
+                     "how long to wait for the LPARs' devices to go idle (default 10000)")
+        ->check(CLI::Range(1, 600000));
+    auto* grow = app.add_subcommand(
+        "grow", "plan the cheapest MVSTORs of other LPARs that free MIB directly above LPAR");
+    grow->add_option("LPAR", options.lpar, "the LPAR that needs to grow")->required();
+    grow->add_option("MIB", options.extra_mib, "how much more storage, MiB (a multiple of 2)")
+        ->required();
+    grow->add_flag("--dry-run", options.dry_run,
+                   "show the plan only (required for now: growing the LPAR itself needs "
+                   "virtio-mem; use make-room to carry the moves out)")
+        ->required();
+    auto* make_room = app.add_subcommand(
+        "make-room", "carry out grow's plan: move other LPARs so MIB are free above LPAR");
+    make_room->add_option("LPAR", options.lpar, "the LPAR that needs room above it")->required();
+    make_room->add_option("MIB", options.extra_mib, "how much room, MiB (a multiple of 2)")
+        ->required();
+    make_room->add_flag("--live", options.live, "make the moves live (short stops)");
     auto* watch = app.add_subcommand(
         "watch", "print events live, one line each (--json: the raw lines); Ctrl-C to stop");
     auto* map = app.add_subcommand("map", "draw main storage to scale: LPARs, origins and gaps");
@@ -455,7 +500,7 @@ int main_with_exceptions(int argc, char** argv) {
     if (command == "console" && options.follow) return run_console_follow(options);
     if (command == "mvstor") return run_mvstor(options);
     (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
-        (void)mvstor, (void)console;
+        (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room;
     return run_single(command, options);
 }
 

@@ -133,4 +133,43 @@ std::string format_mvstor(const nlohmann::json& mvstor_result) {
     return out;
 }
 
+std::string format_exchange(const nlohmann::json& result) {
+    return fmt::format(
+        "EXCHANGE {} {}: {} {} -> {} MiB, {} {} -> {} MiB, {} moved, pause {}, total {}\n",
+        result.at("a").get<std::string>(), result.at("b").get<std::string>(),
+        result.at("a").get<std::string>(), result.at("a_old_origin_mib").get<std::uint64_t>(),
+        result.at("a_new_origin_mib").get<std::uint64_t>(), result.at("b").get<std::string>(),
+        result.at("b_old_origin_mib").get<std::uint64_t>(),
+        result.at("b_new_origin_mib").get<std::uint64_t>(),
+        format_bytes(result.at("bytes_moved").get<std::uint64_t>()),
+        format_ms(result.at("pause_us").get<std::uint64_t>()),
+        format_ms(result.at("total_us").get<std::uint64_t>()));
+}
+
+std::string format_grow_plan(const nlohmann::json& result) {
+    const auto lpar = result.at("lpar").get<std::string>();
+    const auto mib = result.at("mib").get<std::uint64_t>();
+    if (!result.at("possible").get<bool>())
+        return fmt::format("{} cannot get {} MiB more: {}\n", lpar, mib,
+                           result.at("reason").get<std::string>());
+    const auto& steps = result.at("steps");
+    std::string out;
+    if (steps.empty()) {
+        out = fmt::format("{}: {} MiB directly above it are already free\n", lpar, mib);
+    } else {
+        out = fmt::format("{}: {} {} MiB above it with {} MVSTOR(s), {} copied\n", lpar,
+                          result.at("carried_out").get<bool>() ? "freed" : "to free", mib,
+                          steps.size(), format_bytes(result.at("bytes_copied").get<std::uint64_t>()));
+        for (const auto& step : steps)
+            out += fmt::format("  MVSTOR {} {} -> {} MiB ({} MiB)\n",
+                               step.at("lpar").get<std::string>(),
+                               step.at("from_mib").get<std::uint64_t>(),
+                               step.at("to_mib").get<std::uint64_t>(),
+                               step.at("size_mib").get<std::uint64_t>());
+    }
+    const auto reason = result.value("reason", std::string());
+    if (!reason.empty()) out += "  note: " + reason + "\n";
+    return out;
+}
+
 }  // namespace lparvisor::svp

@@ -23,4 +23,9 @@ namespace lparvisor::svp {
 // Microseconds as milliseconds with one decimal: "31.2 ms".
 [[nodiscard]] std::string format_ms(std::uint64_t microseconds);
 
+// EXCHANGE's result: who went where, bytes moved, the pause.
+std::string format_exchange(const nlohmann::json& result);
+// storage.plan_grow / storage.make_room: the MVSTORs (planned or made) or why it is impossible.
+std::string format_grow_plan(const nlohmann::json& result);
+
 }  // namespace lparvisor::svp

@@ -69,6 +69,41 @@ struct MvstorResult {
     std::string policy_branch;           // "stop-and-copy", "converged", "fallback: ..."
 };
 
+// EXCHANGE (claim 7): two LPARs trade their storage areas, equal sizes in place, or two
+// neighbours of any sizes swap positions.
+struct ExchangeRequest {
+    std::string a;
+    std::string b;
+    std::chrono::milliseconds drain_timeout{10000};
+};
+
+struct ExchangeResult {
+    std::string a, b;
+    std::uint64_t a_old_origin_mib = 0, a_new_origin_mib = 0;
+    std::uint64_t b_old_origin_mib = 0, b_new_origin_mib = 0;
+    std::uint64_t bytes_moved = 0;
+    std::uint64_t pause_us = 0;
+    std::uint64_t total_us = 0;
+    std::vector<PhaseTiming> phases;
+};
+
+// The MVSTORs of other LPARs that open `extra_mib` of free storage directly above `lpar`
+// (storage.grow's plan), cheapest first by bytes copied.
+struct GrowPlanStep {
+    std::string lpar;
+    std::uint64_t from_mib = 0, to_mib = 0, size_mib = 0;
+};
+struct GrowPlanResult {
+    std::string lpar;
+    std::uint64_t extra_mib = 0;
+    bool possible = false;
+    std::vector<GrowPlanStep> steps;
+    std::uint64_t bytes_copied = 0;
+    std::string reason;
+    bool carried_out = false;                // make_room: the moves were made
+    std::vector<MvstorResult> moves;         // their results, in order
+};
+
 // An LPAR definition (lpar.define). Without an origin, activation places it first-fit.
 struct LparDefinition {
     std::string name;
@@ -128,6 +163,14 @@ public:
     // with Busy "cancelled" and nothing changes. Throws Refused when it is too late, NotFound
     // when no MVSTOR of that LPAR runs.
     virtual void cancel_mvstor(const std::string& lpar) = 0;
+    // --- Issue 5.
+    virtual ExchangeResult exchange(const ExchangeRequest& request) = 0;
+    // The plan only; nothing changes.
+    virtual GrowPlanResult plan_grow(const std::string& lpar, std::uint64_t extra_mib) = 0;
+    // Carries the plan out (stop-and-copy or live MVSTORs), so the gap above `lpar` is free.
+    virtual GrowPlanResult make_room(const std::string& lpar, std::uint64_t extra_mib,
+                                     MvstorMode mode) = 0;
+
     // Events from now on, on any thread; the sink must not block or call back into the Api.
     [[nodiscard]] virtual std::unique_ptr<Subscription> subscribe(EventSink sink) = 0;
 };

@@ -236,6 +236,35 @@ Call parse_cancel(const json& params) {
     return CancelCall{checked.required_name("lpar")};
 }
 
+Call parse_exchange(const json& params) {
+    Params checked(params, {"a", "b", "timeout_ms"});
+    ExchangeCall call;
+    call.request.a = checked.required_name("a");
+    call.request.b = checked.required_name("b");
+    call.request.drain_timeout = std::chrono::milliseconds(
+        checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
+    return call;
+}
+
+template <bool carry_out>
+Call parse_grow(const json& params) {
+    Params checked = carry_out ? Params(params, {"lpar", "mib", "mode"}) : Params(params, {"lpar", "mib"});
+    GrowCall call;
+    call.lpar = checked.required_name("lpar");
+    call.extra_mib = checked.required_integer("mib", 2, kMaxSizeMib);
+    call.carry_out = carry_out;
+    if constexpr (carry_out) {
+        auto mode = checked.optional_string("mode", 32);
+        if (mode == "live") {
+            call.mode = MvstorMode::Live;
+        } else if (!mode.empty() && mode != "stop-and-copy") {
+            throw RpcFailure(RpcErrorCode::InvalidParams,
+                             "mode: expected \"stop-and-copy\" or \"live\"");
+        }
+    }
+    return call;
+}
+
 template <bool subscribe>
 Call parse_subscription(const json& params) {
     Params checked(params, {});
@@ -268,6 +297,9 @@ constexpr std::array kMethods{
     MethodEntry{"lpar.remove", Execution::Query, parse_remove},
     MethodEntry{"system.config", Execution::Query, parse_config},
     MethodEntry{"storage.cancel", Execution::Query, parse_cancel},
+    MethodEntry{"storage.exchange", Execution::LongRunning, parse_exchange},
+    MethodEntry{"storage.plan_grow", Execution::Query, parse_grow<false>},
+    MethodEntry{"storage.make_room", Execution::LongRunning, parse_grow<true>},
     MethodEntry{"events.subscribe", Execution::Session, parse_subscription<true>},
     MethodEntry{"events.unsubscribe", Execution::Session, parse_subscription<false>},
 };
@@ -466,6 +498,12 @@ std::string execute(Api& api, const ParsedCall& parsed) {
                     return json{{"cancelled", call.lpar}};
                 } else if constexpr (std::is_same_v<T, SubscribeCall>) {
                     return json{{"subscribed", call.subscribe}};
+                } else if constexpr (std::is_same_v<T, ExchangeCall>) {
+                    return to_json(api.exchange(call.request));
+                } else if constexpr (std::is_same_v<T, GrowCall>) {
+                    return to_json(call.carry_out
+                                       ? api.make_room(call.lpar, call.extra_mib, call.mode)
+                                       : api.plan_grow(call.lpar, call.extra_mib));
                 } else if constexpr (std::is_same_v<T, ConsoleCall>) {
                     std::string text = api.console(call.lpar, call.max_bytes);
                     // The contract is "the most recent max_bytes": hold the Api to it.
@@ -550,6 +588,37 @@ json to_json(const MvstorResult& result) {
                 {"rounds", result.rounds},
                 {"bytes_recopied", result.bytes_recopied},
                 {"policy_branch", result.policy_branch}};
+}
+
+json to_json(const ExchangeResult& result) {
+    json phases = json::array();
+    for (const auto& phase : result.phases)
+        phases.push_back(json{{"phase", phase.phase}, {"us", phase.microseconds}});
+    return json{{"a", result.a},
+                {"b", result.b},
+                {"a_old_origin_mib", result.a_old_origin_mib},
+                {"a_new_origin_mib", result.a_new_origin_mib},
+                {"b_old_origin_mib", result.b_old_origin_mib},
+                {"b_new_origin_mib", result.b_new_origin_mib},
+                {"bytes_moved", result.bytes_moved},
+                {"pause_us", result.pause_us},
+                {"total_us", result.total_us},
+                {"phases", std::move(phases)}};
+}
+
+json to_json(const GrowPlanResult& result) {
+    json steps = json::array();
+    for (const auto& step : result.steps)
+        steps.push_back(json{{"lpar", step.lpar},
+                             {"from_mib", step.from_mib},
+                             {"to_mib", step.to_mib},
+                             {"size_mib", step.size_mib}});
+    json moves = json::array();
+    for (const auto& move : result.moves) moves.push_back(to_json(move));
+    return json{{"lpar", result.lpar},         {"mib", result.extra_mib},
+                {"possible", result.possible}, {"steps", std::move(steps)},
+                {"bytes_copied", result.bytes_copied}, {"reason", result.reason},
+                {"carried_out", result.carried_out},   {"moves", std::move(moves)}};
 }
 
 std::string event_notification(const Event& event) {

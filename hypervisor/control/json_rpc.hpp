@@ -89,8 +89,18 @@ struct CancelCall {
 struct SubscribeCall {
     bool subscribe = true;
 };
+struct ExchangeCall {
+    ExchangeRequest request;
+};
+struct GrowCall {
+    std::string lpar;
+    std::uint64_t extra_mib = 0;
+    bool carry_out = false;  // storage.make_room; storage.plan_grow only plans
+    MvstorMode mode = MvstorMode::StopAndCopy;
+};
 using Call = std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall,
-                          RemoveCall, ConfigCall, CancelCall, SubscribeCall>;
+                          RemoveCall, ConfigCall, CancelCall, SubscribeCall, ExchangeCall,
+                          GrowCall>;
 
 // Where the server should run a call. Anything that enters the Api leaves the I/O thread, so that
 // a hypervisor lock held during a relocation can never stall the socket.
@@ -147,6 +157,8 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 // Serializers of the Api's results, public so that other front ends reuse the exact shape.
 [[nodiscard]] nlohmann::json to_json(const SystemStatus& status);
 [[nodiscard]] nlohmann::json to_json(const MvstorResult& result);
+[[nodiscard]] nlohmann::json to_json(const ExchangeResult& result);
+[[nodiscard]] nlohmann::json to_json(const GrowPlanResult& result);
 [[nodiscard]] nlohmann::json to_json(const LparStatus& lpar);  // one row of lpar.list
 
 // The notification line (without '\n') that carries `event` to a subscribed client:

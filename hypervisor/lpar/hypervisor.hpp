@@ -50,6 +50,10 @@ public:
     std::string system_config() override;
     void cancel_mvstor(const std::string& lpar) override;
     std::unique_ptr<control::Subscription> subscribe(control::EventSink sink) override;
+    control::ExchangeResult exchange(const control::ExchangeRequest& request) override;
+    control::GrowPlanResult plan_grow(const std::string& lpar, std::uint64_t extra_mib) override;
+    control::GrowPlanResult make_room(const std::string& lpar, std::uint64_t extra_mib,
+                                      control::MvstorMode mode) override;
 
     // The running LPAR of that name; throws NotFound (unknown) or Refused (only defined).
     Lpar& lpar(const std::string& name);

@@ -89,6 +89,21 @@ void StorageMap::move(const std::string& lpar, ArenaOffset new_origin) {
         if (area.lpar == lpar) area.range = target;
 }
 
+void StorageMap::reassign(const std::string& a, ArenaOffset a_origin, const std::string& b,
+                          ArenaOffset b_origin) {
+    auto saved = areas_;
+    ArenaRange a_range{a_origin, find(a).range.size};
+    ArenaRange b_range{b_origin, find(b).range.size};
+    std::erase_if(areas_, [&](const StorageArea& x) { return x.lpar == a || x.lpar == b; });
+    try {
+        add(a, a_range);
+        add(b, b_range);
+    } catch (...) {
+        areas_ = std::move(saved);
+        throw;
+    }
+}
+
 std::vector<StorageRow> StorageMap::rows() const {
     auto sorted = areas_;
     std::sort(sorted.begin(), sorted.end(),

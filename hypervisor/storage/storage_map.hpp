@@ -44,6 +44,11 @@ public:
     ArenaRange check_move(const std::string& lpar, ArenaOffset new_origin) const;
     void move(const std::string& lpar, ArenaOffset new_origin);  // check_move, then commit
 
+    // Gives `a` and `b` new origins at once (EXCHANGE); throws, changing nothing, if the result
+    // would be invalid.
+    void reassign(const std::string& a, ArenaOffset a_origin, const std::string& b,
+                  ArenaOffset b_origin);
+
     std::vector<StorageRow> rows() const;  // sorted by origin
     std::vector<StorageArea> areas() const { return areas_; }
 

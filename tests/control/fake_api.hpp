@@ -171,6 +171,26 @@ class FakeApi : public Api {
         return config_json;
     }
 
+    ExchangeResult exchange(const ExchangeRequest& request) override {
+        std::lock_guard lock(mutex_);
+        maybe_throw();
+        exchange_requests.push_back(request);
+        return ExchangeResult{request.a, request.b, 0, 128, 128, 0, 256ull << 20, 1500, 2000, {}};
+    }
+    GrowPlanResult plan_grow(const std::string& name, std::uint64_t extra_mib) override {
+        std::lock_guard lock(mutex_);
+        maybe_throw();
+        GrowPlanResult plan{name, extra_mib, true, {{"LPAR2", 128, 192, 256}}, 256ull << 20, "", false, {}};
+        return plan;
+    }
+    GrowPlanResult make_room(const std::string& name, std::uint64_t extra_mib, MvstorMode) override {
+        auto plan = plan_grow(name, extra_mib);
+        std::lock_guard lock(mutex_);
+        plan.carried_out = true;
+        plan.moves.push_back(mvstor_result);
+        return plan;
+    }
+
     void cancel_mvstor(const std::string& name) override {
         {
             std::lock_guard lock(mutex_);
@@ -261,6 +281,7 @@ class FakeApi : public Api {
     // Canned results, set before use.
     SystemStatus status = fig3a_status();
     MvstorResult mvstor_result = lpar2_moved_to_192();
+    std::vector<ExchangeRequest> exchange_requests;
     std::string console_text = "LPAR2 console\n";
     std::chrono::milliseconds mvstor_hold{0};
     bool mvstor_emits_events = false;  // phase, progress and done events, like the hypervisor

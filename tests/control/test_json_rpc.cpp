@@ -571,3 +571,23 @@ TEST_CASE("event notifications merge the data and keep event and lpar", "[json_r
     CHECK(json::parse(events_dropped_notification(7)).at("params") ==
           json{{"event", "events.dropped"}, {"count", 7}});
 }
+
+TEST_CASE("storage.exchange, storage.plan_grow and storage.make_room", "[json_rpc]") {
+    test::FakeApi api;
+    auto exchanged = call(api, R"({"jsonrpc":"2.0","id":1,"method":"storage.exchange","params":{"a":"LPAR1","b":"LPAR2","timeout_ms":500}})");
+    CHECK(exchanged.at("result").at("a_new_origin_mib") == 128);
+    REQUIRE(api.exchange_requests.size() == 1);
+    CHECK(api.exchange_requests[0].drain_timeout == std::chrono::milliseconds(500));
+    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":2,"method":"storage.exchange","params":{"a":"LPAR1"}})") == -32602);
+
+    auto plan = call(api, R"({"jsonrpc":"2.0","id":3,"method":"storage.plan_grow","params":{"lpar":"LPAR1","mib":64}})");
+    CHECK(plan.at("result").at("possible") == true);
+    CHECK(plan.at("result").at("steps")[0].at("to_mib") == 192);
+    CHECK(plan.at("result").at("carried_out") == false);
+    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":4,"method":"storage.plan_grow","params":{"lpar":"LPAR1","mib":64,"mode":"live"}})") == -32602);
+
+    auto room = call(api, R"({"jsonrpc":"2.0","id":5,"method":"storage.make_room","params":{"lpar":"LPAR1","mib":64,"mode":"live"}})");
+    CHECK(room.at("result").at("carried_out") == true);
+    CHECK(room.at("result").at("moves").size() == 1);
+    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":6,"method":"storage.make_room","params":{"lpar":"LPAR1","mib":0}})") == -32602);
+}

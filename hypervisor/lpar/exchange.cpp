@@ -1,0 +1,170 @@
+// EXCHANGE (the patent's claim 7) and the room-making half of storage.grow (claim 6).
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "lpar/hypervisor.hpp"
+#include "storage/page_mover.hpp"
+#include "storage/page_swapper.hpp"
+#include "storage/planner.hpp"
+#include "util/error.hpp"
+#include "util/time.hpp"
+
+namespace lparvisor {
+
+control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& request) {
+    const auto accepted = Clock::now();
+    if (request.a == request.b)
+        throw Error(ErrorKind::InvalidArgument, request.a + ": cannot exchange an LPAR with itself");
+    auto operation = begin_storage_operation(request.a, "EXCHANGE");
+    auto lpar_a = active_lpar(request.a);
+    auto lpar_b = active_lpar(request.b);
+    control::ExchangeResult result;
+    result.a = request.a;
+    result.b = request.b;
+    auto phase = [&](const char* name, Clock::time_point since) {
+        result.phases.push_back({name, microseconds_since(since)});
+    };
+
+    // Which shape, decided before anything stops: a refused exchange must not pause anyone.
+    auto t = Clock::now();
+    ArenaRange a, b;
+    {
+        std::lock_guard lock(map_mutex_);
+        a = map_.find(request.a).range;
+        b = map_.find(request.b).range;
+    }
+    const bool equal = a.size == b.size;
+    const bool a_below = a.start < b.start;
+    const ArenaRange& lower = a_below ? a : b;
+    const ArenaRange& upper = a_below ? b : a;
+    const bool adjacent = lower.end() == upper.start.value;
+    if (!equal && !adjacent)
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{} ({}) and {} ({}) differ in size and are not neighbours: an "
+                                "exchange in place needs equal sizes or adjacent LPARs",
+                                request.a, format_range_mib(a.start.value, a.size), request.b,
+                                format_range_mib(b.start.value, b.size)));
+    // Equal: each takes the other's origin. Neighbours: the upper one moves to the lower
+    // origin and the lower one follows it.
+    ArenaOffset a_new = b.start, b_new = a.start;
+    if (!equal) {
+        ArenaOffset upper_new = lower.start;
+        ArenaOffset lower_new{lower.start.value + upper.size};
+        a_new = a_below ? lower_new : upper_new;
+        b_new = a_below ? upper_new : lower_new;
+    }
+    result.a_old_origin_mib = a.start.value / kMiB;
+    result.b_old_origin_mib = b.start.value / kMiB;
+    result.a_new_origin_mib = a_new.value / kMiB;
+    result.b_new_origin_mib = b_new.value / kMiB;
+    phase("check", t);
+    spdlog::info("EXCHANGE {} {} ({}): {} -> {}, {} -> {}", request.a, request.b,
+                 equal ? "equal sizes" : "neighbours", format_mib(a.start.value),
+                 format_mib(a_new.value), format_mib(b.start.value), format_mib(b_new.value));
+
+    // Stop both LPARs and quiesce their devices (steps 201-202 for each).
+    const auto paused_at = Clock::now();
+    lpar_a->pause();
+    lpar_b->pause();
+    phase("stop_vcpus", paused_at);
+    t = Clock::now();
+    auto devices_a = lpar_a->devices();
+    auto devices_b = lpar_b->devices();
+    auto busy = drain_devices(devices_a, request.drain_timeout);
+    auto busy_b = drain_devices(devices_b, request.drain_timeout);
+    busy.insert(busy.end(), busy_b.begin(), busy_b.end());
+    if (!busy.empty()) {
+        resume_devices(devices_a);
+        resume_devices(devices_b);
+        lpar_a->resume();
+        lpar_b->resume();
+        std::string names;
+        for (const auto& n : busy) names += (names.empty() ? "" : ", ") + n;
+        throw Error(ErrorKind::Busy,
+                    fmt::format("EXCHANGE {} {} abandoned: device(s) still busy after {} ms: {}; "
+                                "both run on where they were, nothing was moved",
+                                request.a, request.b, request.drain_timeout.count(), names));
+    }
+    phase("drain_io", t);
+
+    // Page by page with the keys, through one bounded buffer: no second copy of either LPAR.
+    t = Clock::now();
+    result.bytes_moved = equal ? swap_equal_ranges(arena_, keys_, a, b)
+                               : rotate_adjacent_ranges(arena_, keys_, lower, upper);
+    phase("exchange", t);
+
+    t = Clock::now();
+    try {
+        lpar_a->window().remap(a_new);
+        lpar_b->window().remap(b_new);
+        std::lock_guard lock(map_mutex_);
+        map_.reassign(request.a, a_new, request.b, b_new);
+    } catch (const Error& e) {
+        lpar_a->stop(std::string("EXCHANGE failed after the copy: ") + e.what());
+        lpar_b->stop(std::string("EXCHANGE failed after the copy: ") + e.what());
+        resume_devices(devices_a);
+        resume_devices(devices_b);
+        lpar_a->resume();
+        lpar_b->resume();
+        throw;
+    }
+    resume_devices(devices_a);
+    resume_devices(devices_b);
+    phase("remap", t);
+    t = Clock::now();
+    lpar_a->resume();
+    lpar_b->resume();
+    phase("resume", t);
+    result.pause_us = microseconds_since(paused_at);
+    result.total_us = microseconds_since(accepted);
+    spdlog::info("EXCHANGE {} {}: done, {} moved, pause {:.3f} ms", request.a, request.b,
+                 format_mib(result.bytes_moved), result.pause_us / 1000.0);
+    events_.publish("exchange.done", request.a,
+                    {{"a", request.a}, {"b", request.b},
+                     {"a_new_origin_mib", result.a_new_origin_mib},
+                     {"b_new_origin_mib", result.b_new_origin_mib},
+                     {"pause_us", result.pause_us}});
+    return result;
+}
+
+control::GrowPlanResult Hypervisor::plan_grow(const std::string& lpar, std::uint64_t extra_mib) {
+    std::vector<StorageArea> areas;
+    std::uint64_t main_storage;
+    {
+        std::lock_guard lock(map_mutex_);
+        record(lpar);
+        if (!map_.contains(lpar)) throw Error(ErrorKind::Refused, lpar + " is not active");
+        areas = map_.areas();
+        main_storage = map_.main_storage();
+    }
+    auto plan = lparvisor::plan_grow(main_storage, areas, lpar, extra_mib * kMiB);
+    control::GrowPlanResult result;
+    result.lpar = lpar;
+    result.extra_mib = extra_mib;
+    result.possible = plan.possible;
+    result.bytes_copied = plan.bytes_copied;
+    result.reason = plan.reason;
+    for (const auto& step : plan.steps)
+        result.steps.push_back({step.lpar, step.from / kMiB, step.to / kMiB, step.bytes / kMiB});
+    return result;
+}
+
+control::GrowPlanResult Hypervisor::make_room(const std::string& lpar, std::uint64_t extra_mib,
+                                             control::MvstorMode mode) {
+    auto result = plan_grow(lpar, extra_mib);
+    if (!result.possible)
+        throw Error(ErrorKind::Refused, fmt::format("{}: no way to free {} MiB directly above it: {}",
+                                                    lpar, extra_mib, result.reason));
+    for (const auto& step : result.steps) {
+        control::MvstorRequest request{step.lpar, step.to_mib};
+        request.mode = mode;
+        result.moves.push_back(mvstor(request));
+    }
+    result.carried_out = true;
+    spdlog::info("{}: {} MiB free directly above it after {} move(s)", lpar, extra_mib,
+                 result.moves.size());
+    return result;
+}
+
+}  // namespace lparvisor

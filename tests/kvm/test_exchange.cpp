@@ -1,0 +1,121 @@
+// EXCHANGE (claim 7) and making room for a growing LPAR (claim 6's first half) under real KVM,
+// the firmware in every LPAR verifying its storage and keys throughout.
+#include <catch2/catch.hpp>
+
+#include <thread>
+
+#include "lpar/hypervisor.hpp"
+#include "support/guest_console.hpp"
+#include "util/error.hpp"
+
+using namespace lparvisor;
+using namespace std::chrono_literals;
+
+namespace {
+
+HypervisorOptions test_options() {
+    HypervisorOptions options;
+    options.default_firmware = test::firmware_path();
+    return options;
+}
+
+void require_clean_rounds(Hypervisor& hv, const std::string& name, unsigned long more) {
+    Lpar& lpar = hv.lpar(name);
+    auto read = [&] { return lpar.console().tail(64 * 1024); };
+    auto target = test::parse_firmware_console(read()).min_round(lpar.vcpu_count()) + more;
+    auto progress = test::wait_for_rounds(read, lpar.vcpu_count(), target, 600s);
+    INFO(name << ":\n" << lpar.console().tail(3000));
+    REQUIRE(progress.first_failure.empty());
+    REQUIRE(lpar.state() == LparState::Running);
+    REQUIRE(progress.min_round(lpar.vcpu_count()) >= target);
+}
+
+std::uint64_t origin_of(Hypervisor& hv, const std::string& name) {
+    for (const auto& row : hv.storage_table())
+        if (row.lpar == name) return row.origin / kMiB;
+    FAIL("no " << name);
+    return 0;
+}
+
+}  // namespace
+
+TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exchange]") {
+    SystemConfig config{128,
+                        {{"A", 0, 16, 1, {}, 0, 0, 0, true},
+                         {"B", 32, 16, 2, {}, 0, 0, 0, true},
+                         {"C", 64, 8, 1, {}, 0, 0, 0, true},
+                         {"D", 72, 24, 1, {}, 0, 0, 0, true}}};
+    Hypervisor hv(config, test_options());
+    for (const char* name : {"A", "B", "C", "D"}) require_clean_rounds(hv, name, 1);
+
+    auto equal = hv.exchange({"A", "B", 10s});
+    CHECK(equal.a_new_origin_mib == 32);
+    CHECK(equal.b_new_origin_mib == 0);
+    CHECK(equal.bytes_moved == 32 * kMiB);
+    CHECK(origin_of(hv, "A") == 32);
+    CHECK(origin_of(hv, "B") == 0);
+
+    auto neighbours = hv.exchange({"D", "C", 10s});  // C 64-72 and D 72-96 swap places
+    CHECK(neighbours.a_new_origin_mib == 64);
+    CHECK(neighbours.b_new_origin_mib == 88);
+    CHECK(origin_of(hv, "D") == 64);
+    CHECK(origin_of(hv, "C") == 88);
+
+    for (const char* name : {"A", "B", "C", "D"}) require_clean_rounds(hv, name, 2);
+
+    auto before = hv.storage_table();
+    CHECK_THROWS_WITH(hv.exchange({"A", "C", 10s}), Catch::Contains("not neighbours"));
+    CHECK_THROWS_WITH(hv.exchange({"A", "A", 10s}), Catch::Contains("with itself"));
+    CHECK_THROWS_WITH(hv.exchange({"A", "Z", 10s}), Catch::Contains("unknown LPAR 'Z'"));
+    auto after = hv.storage_table();
+    REQUIRE(after.size() == before.size());
+    for (std::size_t i = 0; i < after.size(); ++i) CHECK(after[i].origin == before[i].origin);
+    require_clean_rounds(hv, "A", 1);
+}
+
+TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB",
+          "[kvm][grow]") {
+    Hypervisor hv(fig3a_config(), test_options());
+    require_clean_rounds(hv, "LPAR1", 1);
+    require_clean_rounds(hv, "LPAR2", 1);
+    auto plan = hv.plan_grow("LPAR1", 64);
+    REQUIRE(plan.possible);
+    REQUIRE(plan.steps.size() == 1);
+    CHECK(plan.steps[0].lpar == "LPAR2");
+    CHECK(plan.steps[0].to_mib == 192);
+    CHECK(origin_of(hv, "LPAR2") == 128);  // planning changes nothing
+
+    auto done = hv.make_room("LPAR1", 64, control::MvstorMode::Live);
+    CHECK(done.carried_out);
+    REQUIRE(done.moves.size() == 1);
+    CHECK(done.moves[0].mode == "live");
+    auto table = hv.storage_table();
+    CHECK(table[0].gap == 64 * kMiB);  // Fig. 4A
+    CHECK(table[1].origin == 192 * kMiB);
+    CHECK(table[1].gap == 61 * kMiB);
+    require_clean_rounds(hv, "LPAR2", 2);
+    require_clean_rounds(hv, "LPAR1", 1);
+
+    auto impossible = hv.plan_grow("LPAR1", 200);
+    CHECK_FALSE(impossible.possible);
+    CHECK_THAT(impossible.reason, Catch::Contains("missing"));
+    CHECK_THROWS_WITH(hv.make_room("LPAR1", 200, control::MvstorMode::StopAndCopy),
+                      Catch::Contains("no way to free 200 MiB"));
+}
+
+TEST_CASE("room gathered from two moves in a four-LPAR layout", "[kvm][grow]") {
+    // W 0-16, X 16-32, free 32-40, Y 40-56, free 56-64, Z 64-96, free 96-128.
+    SystemConfig config{128,
+                        {{"W", 0, 16, 1, {}, 0, 0, 0, true},
+                         {"X", 16, 16, 1, {}, 0, 0, 0, true},
+                         {"Y", 40, 16, 1, {}, 0, 0, 0, true},
+                         {"Z", 64, 32, 1, {}, 0, 0, 0, true}}};
+    Hypervisor hv(config, test_options());
+    for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 1);
+    auto done = hv.make_room("W", 32, control::MvstorMode::StopAndCopy);
+    CHECK(done.moves.size() >= 2);
+    auto table = hv.storage_table();
+    CHECK(table[0].lpar == "W");
+    CHECK(table[0].gap >= 32 * kMiB);
+    for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 2);
+}
