@@ -51,6 +51,19 @@ struct Hypervisor::Move {
         events.publish("mvstor.failed", request.lpar, {{"message", message}});
         return Error(kind, message);
     }
+    // SALE and SIE with the new MSO: points (part of) the guest window, which the memslot and
+    // every device use, at its new place. The old range may already be partly overwritten, so
+    // if that fails the guest cannot go on: it is stopped with the reason.
+    void remap(std::uint64_t guest_offset, std::uint64_t length, ArenaOffset arena_offset) {
+        try {
+            lpar->window().remap_part(guest_offset, length, arena_offset);
+        } catch (const Error& e) {
+            lpar->stop(std::string("MVSTOR failed re-mapping the guest window: ") + e.what());
+            resume_devices(devices);
+            lpar->resume();
+            throw fail(e.kind(), e.what());
+        }
+    }
     std::string busy_message(const std::vector<std::string>& busy) const {
         std::string names;
         for (const auto& b : busy) names += (names.empty() ? "" : ", ") + b;
@@ -252,18 +265,8 @@ void Hypervisor::stop_and_copy(Move& move) {
                                      });
     move.phase("copy", t);
 
-    // SALE and SIE with the new MSO: the guest window, which the memslot and every device use,
-    // now maps the new origin.
     t = Clock::now();
-    try {
-        move.lpar->window().remap(move.to.start);
-    } catch (const Error& e) {
-        // The old range may already be partly overwritten: the guest cannot go on safely.
-        move.lpar->stop(std::string("MVSTOR failed after the copy: ") + e.what());
-        resume_devices(move.devices);
-        move.lpar->resume();
-        throw move.fail(e.kind(), e.what());
-    }
+    move.remap(0, move.from.size, move.to.start);
     resume_devices(move.devices);
     move.phase("remap", t);
 
@@ -372,14 +375,7 @@ void Hypervisor::live_move(Move& move) {
         auto src_keys = keys_.frames({src, length});
         auto dst_keys = keys_.frames({dst, length});
         std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());
-        try {
-            move.lpar->window().remap_part(offset, length, dst);
-        } catch (const Error& e) {
-            move.lpar->stop(std::string("live MVSTOR failed re-mapping a chunk: ") + e.what());
-            resume_devices(move.devices);
-            move.lpar->resume();
-            throw move.fail(e.kind(), e.what());
-        }
+        move.remap(offset, length, dst);
         resume_devices(move.devices);
         move.lpar->resume();
         auto stop_us = microseconds_since(paused_at);

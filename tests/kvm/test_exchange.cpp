@@ -5,39 +5,14 @@
 #include <thread>
 
 #include "lpar/hypervisor.hpp"
-#include "support/guest_console.hpp"
+#include "support/lpar_checks.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
 using namespace std::chrono_literals;
+using test::origin_mib_of;
+using test::require_clean_rounds;
 
-namespace {
-
-HypervisorOptions test_options() {
-    HypervisorOptions options;
-    options.default_firmware = test::firmware_path();
-    return options;
-}
-
-void require_clean_rounds(Hypervisor& hv, const std::string& name, unsigned long more) {
-    Lpar& lpar = hv.lpar(name);
-    auto read = [&] { return lpar.console().tail(64 * 1024); };
-    auto target = test::parse_firmware_console(read()).min_round(lpar.vcpu_count()) + more;
-    auto progress = test::wait_for_rounds(read, lpar.vcpu_count(), target, 600s);
-    INFO(name << ":\n" << lpar.console().tail(3000));
-    REQUIRE(progress.first_failure.empty());
-    REQUIRE(lpar.state() == LparState::Running);
-    REQUIRE(progress.min_round(lpar.vcpu_count()) >= target);
-}
-
-std::uint64_t origin_of(Hypervisor& hv, const std::string& name) {
-    for (const auto& row : hv.storage_table())
-        if (row.lpar == name) return row.origin / kMiB;
-    FAIL("no " << name);
-    return 0;
-}
-
-}  // namespace
 
 TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exchange]") {
     SystemConfig config{128,
@@ -45,21 +20,21 @@ TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exch
                          {"B", 32, 16, 2, {}, 0, 0, 0, true},
                          {"C", 64, 8, 1, {}, 0, 0, 0, true},
                          {"D", 72, 24, 1, {}, 0, 0, 0, true}}};
-    Hypervisor hv(config, test_options());
+    Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"A", "B", "C", "D"}) require_clean_rounds(hv, name, 1);
 
     auto equal = hv.exchange({"A", "B", 10s});
     CHECK(equal.a_new_origin_mib == 32);
     CHECK(equal.b_new_origin_mib == 0);
     CHECK(equal.bytes_moved == 32 * kMiB);
-    CHECK(origin_of(hv, "A") == 32);
-    CHECK(origin_of(hv, "B") == 0);
+    CHECK(origin_mib_of(hv, "A") == 32);
+    CHECK(origin_mib_of(hv, "B") == 0);
 
     auto neighbours = hv.exchange({"D", "C", 10s});  // C 64-72 and D 72-96 swap places
     CHECK(neighbours.a_new_origin_mib == 64);
     CHECK(neighbours.b_new_origin_mib == 88);
-    CHECK(origin_of(hv, "D") == 64);
-    CHECK(origin_of(hv, "C") == 88);
+    CHECK(origin_mib_of(hv, "D") == 64);
+    CHECK(origin_mib_of(hv, "C") == 88);
 
     for (const char* name : {"A", "B", "C", "D"}) require_clean_rounds(hv, name, 2);
 
@@ -75,7 +50,7 @@ TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exch
 
 TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB",
           "[kvm][grow]") {
-    Hypervisor hv(fig3a_config(), test_options());
+    Hypervisor hv(fig3a_config(), test::firmware_options());
     require_clean_rounds(hv, "LPAR1", 1);
     require_clean_rounds(hv, "LPAR2", 1);
     auto plan = hv.plan_grow("LPAR1", 64);
@@ -83,7 +58,7 @@ TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB"
     REQUIRE(plan.steps.size() == 1);
     CHECK(plan.steps[0].lpar == "LPAR2");
     CHECK(plan.steps[0].to_mib == 192);
-    CHECK(origin_of(hv, "LPAR2") == 128);  // planning changes nothing
+    CHECK(origin_mib_of(hv, "LPAR2") == 128);  // planning changes nothing
 
     auto done = hv.make_room("LPAR1", 64, control::MvstorMode::Live);
     CHECK(done.carried_out);
@@ -110,7 +85,7 @@ TEST_CASE("room gathered from two moves in a four-LPAR layout", "[kvm][grow]") {
                          {"X", 16, 16, 1, {}, 0, 0, 0, true},
                          {"Y", 40, 16, 1, {}, 0, 0, 0, true},
                          {"Z", 64, 32, 1, {}, 0, 0, 0, true}}};
-    Hypervisor hv(config, test_options());
+    Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 1);
     auto done = hv.make_room("W", 32, control::MvstorMode::StopAndCopy);
     CHECK(done.moves.size() >= 2);

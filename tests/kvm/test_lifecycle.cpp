@@ -12,6 +12,7 @@
 
 #include "lpar/hypervisor.hpp"
 #include "support/guest_console.hpp"
+#include "support/lpar_checks.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
@@ -37,23 +38,8 @@ struct Recorder {
     }
 };
 
-HypervisorOptions test_options() {
-    HypervisorOptions options;
-    options.default_firmware = test::firmware_path();
-    return options;
-}
-
 unsigned long rounds_of(Hypervisor& hv, const std::string& name) {
     return test::parse_firmware_console(hv.console(name, 64 * 1024)).min_round(1);
-}
-
-void require_rounds_advance(Hypervisor& hv, const std::string& name, unsigned long more) {
-    auto target = rounds_of(hv, name) + more;
-    auto progress = test::wait_for_rounds([&] { return hv.console(name, 64 * 1024); }, 1, target,
-                                          std::chrono::seconds(600));
-    INFO(hv.console(name, 2000));
-    REQUIRE(progress.first_failure.empty());
-    REQUIRE(progress.min_round(1) >= target);
 }
 
 control::LparStatus row(Hypervisor& hv, const std::string& name) {
@@ -67,7 +53,7 @@ control::LparStatus row(Hypervisor& hv, const std::string& name) {
 
 TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate, remove",
           "[kvm][lifecycle]") {
-    Hypervisor hv({64, {{"A", 0, 16, 1, {}, 0, 0, 0, true}}}, test_options());
+    Hypervisor hv({64, {{"A", 0, 16, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
     Recorder recorder;
     auto subscription = hv.subscribe(recorder.sink());
 
@@ -85,7 +71,7 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     CHECK(active.origin_mib == 16);  // first fit, right after A
     CHECK(hv.list().free_mib == 32);
     CHECK_THROWS_WITH(hv.activate("B"), Catch::Contains("already active"));
-    require_rounds_advance(hv, "B", 1);
+    test::require_clean_rounds(hv, "B", 1);
 
     auto stopped = hv.stop("B");
     CHECK(stopped.state == "stopped");
@@ -94,7 +80,7 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     std::this_thread::sleep_for(500ms);
     CHECK(rounds_of(hv, "B") == frozen);  // its vCPUs really are parked
     CHECK(hv.start("B").state == "running");
-    require_rounds_advance(hv, "B", 1);
+    test::require_clean_rounds(hv, "B", 1);
 
     auto moved = hv.mvstor({"B", 40, 10s});
     CHECK(moved.new_origin_mib == 40);
@@ -106,12 +92,12 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     CHECK(last["total"] == 16 * kMiB);
     REQUIRE(recorder.of("mvstor.done").size() == 1);
     CHECK(nlohmann::json::parse(recorder.of("mvstor.done")[0].data_json)["new_origin_mib"] == 40);
-    require_rounds_advance(hv, "B", 2);
+    test::require_clean_rounds(hv, "B", 2);
 
     auto reset = hv.reset("B");
     CHECK(reset.origin_mib == 40);  // re-IPL in place
     CHECK(reset.state == "running");
-    require_rounds_advance(hv, "B", 1);  // a fresh console: rounds count from 1 again
+    test::require_clean_rounds(hv, "B", 1);  // a fresh console: rounds count from 1 again
 
     auto config = nlohmann::json::parse(hv.system_config());
     CHECK(config["main_storage_mib"] == 64);
@@ -139,13 +125,13 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
                                               "stopped/operator stop", "running/",
                                               "running/reset", "defined/deactivated",
                                               "removed/removed"});
-    require_rounds_advance(hv, "A", 1);  // the neighbour never noticed
+    test::require_clean_rounds(hv, "A", 1);  // the neighbour never noticed
 }
 
 TEST_CASE("an MVSTOR cancelled before its final stop changes nothing", "[kvm][lifecycle]") {
     // A disjoint move of 512 MiB spends a while populating its target before the stop.
-    Hypervisor hv({1024, {{"BIG", 0, 512, 1, {}, 0, 0, 0, true}}}, test_options());
-    require_rounds_advance(hv, "BIG", 1);
+    Hypervisor hv({1024, {{"BIG", 0, 512, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    test::require_clean_rounds(hv, "BIG", 1);
     CHECK_THROWS_WITH(hv.cancel_mvstor("BIG"), Catch::Contains("no MVSTOR of BIG is running"));
 
     auto move = std::async(std::launch::async, [&] { return hv.mvstor({"BIG", 512, 10s}); });
@@ -157,5 +143,5 @@ TEST_CASE("an MVSTOR cancelled before its final stop changes nothing", "[kvm][li
     CHECK(after.origin_mib == 0);
     CHECK(after.state == "running");
     CHECK_FALSE(hv.arena().is_populated(ArenaOffset{512 * kMiB}));  // the target went back unbacked
-    require_rounds_advance(hv, "BIG", 2);
+    test::require_clean_rounds(hv, "BIG", 2);
 }

@@ -7,30 +7,14 @@
 #include <thread>
 
 #include "lpar/hypervisor.hpp"
-#include "support/guest_console.hpp"
+#include "support/lpar_checks.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
 using namespace std::chrono_literals;
+using test::require_clean_rounds;
 
 namespace {
-
-HypervisorOptions test_options() {
-    HypervisorOptions options;
-    options.default_firmware = test::firmware_path();
-    return options;
-}
-
-void require_clean_rounds(Hypervisor& hv, const std::string& name, unsigned long more) {
-    Lpar& lpar = hv.lpar(name);
-    auto read = [&] { return lpar.console().tail(64 * 1024); };
-    auto target = test::parse_firmware_console(read()).min_round(lpar.vcpu_count()) + more;
-    auto progress = test::wait_for_rounds(read, lpar.vcpu_count(), target, 600s);
-    INFO(name << ":\n" << lpar.console().tail(3000));
-    REQUIRE(progress.first_failure.empty());
-    REQUIRE(lpar.state() == LparState::Running);
-    REQUIRE(progress.min_round(lpar.vcpu_count()) >= target);
-}
 
 control::MvstorRequest live(const std::string& lpar, std::uint64_t origin) {
     control::MvstorRequest request{lpar, origin, 10s};
@@ -46,7 +30,7 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
     SystemConfig config{192,
                         {{"A", 0, 64, 2, {}, 0, 8, 0, true},
                          {"B", 128, 32, 1, {}, 25000, 8, 0, true}}};
-    Hypervisor hv(config, test_options());
+    Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     require_clean_rounds(hv, "B", 1);
 
@@ -87,7 +71,7 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
 
 TEST_CASE("a live move that cannot converge falls back and is still correct", "[kvm][live]") {
     SystemConfig config{96, {{"A", 0, 32, 1, {}, 0, 16, 0, true}}};
-    Hypervisor hv(config, test_options());
+    Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     auto request = live("A", 40);  // disjoint: one chunk
     request.policy.target_pause = std::chrono::microseconds(1);  // nothing dirty fits in 1 us
@@ -101,7 +85,7 @@ TEST_CASE("a live move that cannot converge falls back and is still correct", "[
 
 TEST_CASE("a cancelled live move leaves everything as it was", "[kvm][live]") {
     SystemConfig config{1024, {{"BIG", 0, 512, 1, {}, 0, 16, 0, true}}};
-    Hypervisor hv(config, test_options());
+    Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "BIG", 1);
     auto move = std::async(std::launch::async, [&] { return hv.mvstor(live("BIG", 512)); });
     auto relocating = [&] {

@@ -20,6 +20,7 @@
 #include "control/server.hpp"
 #include "lpar/hypervisor.hpp"
 #include "support/guest_console.hpp"
+#include "support/lpar_checks.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
@@ -39,33 +40,11 @@ struct TempDir {
     ~TempDir() { std::filesystem::remove_all(path); }
 };
 
-HypervisorOptions options_with_consoles(const TempDir& dir) {
-    HypervisorOptions options;
-    options.huge_pages = HugePagePolicy::Auto;
-    options.default_firmware = test::firmware_path();
-    options.console_dir = dir.path.string();
-    return options;
-}
-
 std::string whole_file(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
-}
-
-// Waits until every vCPU of the LPAR has verified `rounds` more rounds than now: with two, at
-// least one complete pass started after whatever happened just before the call.
-void require_more_clean_rounds(Hypervisor& hv, const std::string& name, unsigned long rounds) {
-    Lpar& lpar = hv.lpar(name);
-    auto read = [&] { return lpar.console().tail(64 * 1024); };
-    auto now = test::parse_firmware_console(read());
-    unsigned long target = now.min_round(lpar.vcpu_count()) + rounds;
-    auto progress = test::wait_for_rounds(read, lpar.vcpu_count(), target, kRoundTimeout);
-    INFO(name << " console tail:\n" << lpar.console().tail(2000));
-    REQUIRE(progress.first_failure.empty());
-    REQUIRE(lpar.state() == LparState::Running);
-    REQUIRE(progress.min_round(lpar.vcpu_count()) >= target);
 }
 
 // The whole serial log of every LPAR: no FAIL line, ever.
@@ -145,7 +124,7 @@ const control::LparStatus& row_of(const control::SystemStatus& status, const std
 TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, both guests verifying",
           "[kvm][mvstor]") {
     TempDir consoles;
-    Hypervisor hv(fig3a_config(), options_with_consoles(consoles));
+    Hypervisor hv(fig3a_config(), test::firmware_options(consoles.path.string()));
     TempDir socket_dir;
     SocketFixture socket(hv, socket_dir);
 
@@ -161,8 +140,8 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
     CHECK(json_row(before, "LPAR2")["gap_mib"] == 125);
     CHECK(json_row(before, "LPAR2")["state"] == "running");
 
-    require_more_clean_rounds(hv, "LPAR1", 2);
-    require_more_clean_rounds(hv, "LPAR2", 2);
+    test::require_clean_rounds(hv, "LPAR1", 2);
+    test::require_clean_rounds(hv, "LPAR2", 2);
 
     // Bad requests get JSON-RPC errors and change nothing.
     CHECK(rpc(socket.path, "{not json")["error"]["code"] == -32700);
@@ -192,8 +171,8 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
     CHECK(json_row(after, "LPAR2")["state"] == "running");
     CHECK(after["result"]["free_mib"] == 125);
 
-    require_more_clean_rounds(hv, "LPAR2", 2);
-    require_more_clean_rounds(hv, "LPAR1", 1);
+    test::require_clean_rounds(hv, "LPAR2", 2);
+    test::require_clean_rounds(hv, "LPAR1", 1);
     auto console = rpc(socket.path, R"({"jsonrpc":"2.0","id":6,"method":"lpar.console","params":{"lpar":"LPAR2","bytes":4096}})");
     CHECK_THAT(console["result"]["text"].get<std::string>(), Catch::Contains("verify ok round="));
     require_gaps_scrubbed(hv);
@@ -203,8 +182,8 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
 TEST_CASE("refused MVSTORs change nothing and do not disturb the guest", "[kvm][mvstor]") {
     TempDir consoles;
     SystemConfig config{64, {{"A", 0, 16, 1, {}, 0, 0, 0}, {"B", 32, 16, 1, {}, 0, 0, 0}}};
-    Hypervisor hv(config, options_with_consoles(consoles));
-    require_more_clean_rounds(hv, "B", 1);
+    Hypervisor hv(config, test::firmware_options(consoles.path.string()));
+    test::require_clean_rounds(hv, "B", 1);
     auto table = hv.storage_table();
     CHECK_THROWS_WITH(hv.mvstor({"B", 8, 10s}), Catch::Contains("overlaps A at 0-16 MiB"));
     CHECK_THROWS_WITH(hv.mvstor({"B", 33, 10s}), Catch::Contains("not a multiple of 2 MiB"));
@@ -214,7 +193,7 @@ TEST_CASE("refused MVSTORs change nothing and do not disturb the guest", "[kvm][
     auto same = hv.storage_table();
     REQUIRE(same.size() == table.size());
     for (std::size_t i = 0; i < same.size(); ++i) CHECK(same[i].origin == table[i].origin);
-    require_more_clean_rounds(hv, "B", 2);
+    test::require_clean_rounds(hv, "B", 2);
     require_no_failure_logged(consoles);
 }
 
@@ -225,8 +204,8 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
                         {{"A", 0, 16, 2, {}, 0, 0, 0},
                          {"B", 32, 24, 1, {}, 0, 0, 0},
                          {"C", 64, 16, 1, {}, 0, 0, 0}}};
-    Hypervisor hv(config, options_with_consoles(consoles));
-    for (const char* name : {"A", "B", "C"}) require_more_clean_rounds(hv, name, 1);
+    Hypervisor hv(config, test::firmware_options(consoles.path.string()));
+    for (const char* name : {"A", "B", "C"}) test::require_clean_rounds(hv, name, 1);
 
     auto seed = std::random_device{}();
     INFO("random seed " << seed);
@@ -253,11 +232,11 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
         bool overlaps = origin < lpar.origin_mib + lpar.size_mib && lpar.origin_mib < origin + lpar.size_mib;
         (overlaps ? overlapping : disjoint)++;
         (origin > lpar.origin_mib ? up : down)++;
-        require_more_clean_rounds(hv, lpar.name, 2);
+        test::require_clean_rounds(hv, lpar.name, 2);
     }
     std::printf("moves: %u overlapping, %u disjoint, %u up, %u down\n", overlapping, disjoint, up, down);
     CHECK(overlapping + disjoint >= 20);
-    for (const char* name : {"A", "B", "C"}) require_more_clean_rounds(hv, name, 1);
+    for (const char* name : {"A", "B", "C"}) test::require_clean_rounds(hv, name, 1);
     require_gaps_scrubbed(hv);
     require_no_failure_logged(consoles);
 }
@@ -265,7 +244,7 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
 TEST_CASE("a guest fault stops that LPAR with a reason; the others run on", "[kvm][lpar]") {
     TempDir consoles;
     SystemConfig config{64, {{"A", 0, 16, 1, {}, 0, 0, 0}, {"B", 32, 16, 1, {}, 0, 0, 2}}};
-    Hypervisor hv(config, options_with_consoles(consoles));
+    Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     // B's firmware ends itself after 2 rounds through the debug-exit port.
     auto deadline = std::chrono::steady_clock::now() + kRoundTimeout;
     while (hv.lpar("B").state() == LparState::Running && std::chrono::steady_clock::now() < deadline)
@@ -274,7 +253,7 @@ TEST_CASE("a guest fault stops that LPAR with a reason; the others run on", "[kv
     CHECK(row_of(status, "B").state == "stopped");
     CHECK(row_of(status, "B").reason == "guest exit 0");
     CHECK(row_of(status, "A").state == "running");
-    require_more_clean_rounds(hv, "A", 2);
+    test::require_clean_rounds(hv, "A", 2);
     // A stopped LPAR can still be moved; its storage goes with it.
     auto result = hv.mvstor({"B", 40, 10s});
     CHECK(result.new_origin_mib == 40);

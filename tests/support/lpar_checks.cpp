@@ -1,0 +1,34 @@
+#include "support/lpar_checks.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "support/guest_console.hpp"
+
+namespace lparvisor::test {
+
+HypervisorOptions firmware_options(const std::string& console_dir) {
+    HypervisorOptions options;
+    options.default_firmware = firmware_path();
+    options.console_dir = console_dir;
+    return options;
+}
+
+void require_clean_rounds(Hypervisor& hv, const std::string& name, unsigned long more) {
+    Lpar& lpar = hv.lpar(name);
+    auto read = [&] { return lpar.console().tail(64 * 1024); };
+    auto target = parse_firmware_console(read()).min_round(lpar.vcpu_count()) + more;
+    auto progress = wait_for_rounds(read, lpar.vcpu_count(), target, std::chrono::seconds(600));
+    INFO(name << " console tail:\n" << lpar.console().tail(3000));
+    REQUIRE(progress.first_failure.empty());
+    REQUIRE(lpar.state() == LparState::Running);
+    REQUIRE(progress.min_round(lpar.vcpu_count()) >= target);
+}
+
+std::uint64_t origin_mib_of(Hypervisor& hv, const std::string& name) {
+    for (const auto& row : hv.storage_table())
+        if (row.lpar == name) return row.origin / kMiB;
+    FAIL("no LPAR " << name << " in the storage map");
+    return 0;
+}
+
+}  // namespace lparvisor::test

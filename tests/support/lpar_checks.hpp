@@ -1,0 +1,22 @@
+// What the KVM tests share: Hypervisor options for the test firmware, and the check that an
+// LPAR's own firmware went on verifying its storage cleanly (the guest is the witness).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "lpar/hypervisor.hpp"
+
+namespace lparvisor::test {
+
+// The test firmware as default, and each LPAR's console mirrored to console_dir if given.
+HypervisorOptions firmware_options(const std::string& console_dir = {});
+
+// Waits until every vCPU of the LPAR has verified `more` rounds beyond what it has now (with
+// two, at least one whole pass started after whatever happened just before), and requires that
+// no FAIL line appeared and that the LPAR still runs.
+void require_clean_rounds(Hypervisor& hv, const std::string& lpar, unsigned long more);
+
+std::uint64_t origin_mib_of(Hypervisor& hv, const std::string& lpar);
+
+}  // namespace lparvisor::test
