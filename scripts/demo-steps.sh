@@ -46,6 +46,15 @@ wait_rounds LPAR1 2 600
 wait_rounds LPAR2 2 600
 for l in LPAR1 LPAR2; do "$svp" console $l | grep 'verify ok' | tail -1 | sed "s/^/$l: /"; done
 
+say "a refused request says why, exits 1 and changes nothing: svp mvstor LPAR2 100"
+set +e; "$svp" mvstor LPAR2 100 2>"$work/refused"; rc=$?; set -e
+cat "$work/refused"
+if [ $rc -ne 1 ] || ! grep -q "overlaps LPAR1" "$work/refused"; then
+  echo "demo: expected exit 1 naming LPAR1, got exit $rc" >&2; exit 1
+fi
+table=$("$svp" lpars)
+expect_row "$table" LPAR2 128 256 125
+
 say "svp mvstor LPAR2 192   (stop-and-copy, the patent's steps 201-211)"
 "$svp" mvstor LPAR2 192
 say "svp lpars   (Fig. 4A)"

@@ -11,15 +11,12 @@
 #include <sstream>
 #include <thread>
 
-#include <sys/socket.h>
-#include <sys/un.h>
 
-#include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
 
-#include "control/server.hpp"
 #include "lpar/hypervisor.hpp"
 #include "support/guest_console.hpp"
+#include "support/control_client.hpp"
 #include "support/lpar_checks.hpp"
 #include "util/error.hpp"
 
@@ -71,40 +68,6 @@ void require_gaps_scrubbed(Hypervisor& hv) {
     }
 }
 
-// One JSON-RPC request over the control socket, one response line back.
-nlohmann::json rpc(const std::filesystem::path& socket_path, const std::string& line) {
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::snprintf(address.sun_path, sizeof address.sun_path, "%s", socket_path.c_str());
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-    std::string request = line + "\n";
-    REQUIRE(::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size()));
-    std::string response;
-    char c;
-    while (::read(fd, &c, 1) == 1 && c != '\n') response.push_back(c);
-    ::close(fd);
-    INFO("response: " << response);
-    return nlohmann::json::parse(response);
-}
-
-// The daemon's control socket, served from a background thread like lparvisor's main().
-struct SocketFixture {
-    boost::asio::io_context io;
-    std::filesystem::path path;
-    std::unique_ptr<control::ControlServer> server;
-    std::thread thread;
-    SocketFixture(control::Api& api, const TempDir& dir) : path(dir.path / "control.sock") {
-        server = std::make_unique<control::ControlServer>(io, path, api);
-        thread = std::thread([this] { io.run(); });
-    }
-    ~SocketFixture() {
-        server->stop();
-        thread.join();
-    }
-};
-
 const nlohmann::json& json_row(const nlohmann::json& list, const std::string& name) {
     for (const auto& row : list["result"]["lpars"])
         if (row["name"] == name) return row;
@@ -126,9 +89,9 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
     TempDir consoles;
     Hypervisor hv(fig3a_config(), test::firmware_options(consoles.path.string()));
     TempDir socket_dir;
-    SocketFixture socket(hv, socket_dir);
+    test::SocketFixture socket(hv, socket_dir.path / "control.sock");
 
-    auto before = rpc(socket.path, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})");
+    auto before = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})");
     CHECK(before["id"] == 1);
     CHECK(before["result"]["main_storage_mib"] == 509);
     CHECK(before["result"]["free_mib"] == 125);
@@ -144,13 +107,13 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
     test::require_clean_rounds(hv, "LPAR2", 2);
 
     // Bad requests get JSON-RPC errors and change nothing.
-    CHECK(rpc(socket.path, "{not json")["error"]["code"] == -32700);
-    CHECK(rpc(socket.path, R"({"jsonrpc":"2.0","id":2,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":"192"}})")["error"]["code"] == -32602);
-    auto refused = rpc(socket.path, R"({"jsonrpc":"2.0","id":3,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":100}})");
+    CHECK(test::rpc(socket.path(), "{not json")["error"]["code"] == -32700);
+    CHECK(test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":2,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":"192"}})")["error"]["code"] == -32602);
+    auto refused = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":3,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":100}})");
     CHECK(refused["error"]["code"] == -32003);
     CHECK_THAT(refused["error"]["message"].get<std::string>(), Catch::Contains("overlaps LPAR1 at 0-128 MiB"));
 
-    auto moved = rpc(socket.path, R"({"jsonrpc":"2.0","id":4,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})");
+    auto moved = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":4,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})");
     INFO(moved.dump());
     REQUIRE(moved.contains("result"));
     const auto& result = moved["result"];
@@ -164,7 +127,7 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
     CHECK(phases == std::vector<std::string>{"check_target", "populate_target", "stop_vcpus",
                                              "drain_io", "copy", "remap", "resume", "scrub"});
 
-    auto after = rpc(socket.path, R"({"jsonrpc":"2.0","id":5,"method":"lpar.list"})");
+    auto after = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":5,"method":"lpar.list"})");
     CHECK(json_row(after, "LPAR1")["gap_mib"] == 64);
     CHECK(json_row(after, "LPAR2")["origin_mib"] == 192);
     CHECK(json_row(after, "LPAR2")["gap_mib"] == 61);
@@ -173,7 +136,7 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
 
     test::require_clean_rounds(hv, "LPAR2", 2);
     test::require_clean_rounds(hv, "LPAR1", 1);
-    auto console = rpc(socket.path, R"({"jsonrpc":"2.0","id":6,"method":"lpar.console","params":{"lpar":"LPAR2","bytes":4096}})");
+    auto console = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":6,"method":"lpar.console","params":{"lpar":"LPAR2","bytes":4096}})");
     CHECK_THAT(console["result"]["text"].get<std::string>(), Catch::Contains("verify ok round="));
     require_gaps_scrubbed(hv);
     require_no_failure_logged(consoles);

@@ -1,0 +1,116 @@
+// The control plane end to end under real KVM: a real Hypervisor behind the real socket server,
+// driven by JSON-RPC clients — the whole lifecycle, events seen by a second client, a conflicting
+// request refused while an MVSTOR runs, and a cancelled MVSTOR that changes nothing.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include "lpar/hypervisor.hpp"
+#include "support/control_client.hpp"
+#include "support/lpar_checks.hpp"
+
+using namespace lparvisor;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+struct TempDir {
+    std::filesystem::path path;
+    TempDir() {
+        char pattern[] = "/tmp/lparvisor-ctl-XXXXXX";
+        REQUIRE(::mkdtemp(pattern) != nullptr);
+        path = pattern;
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+json row_of(const json& list, const std::string& name) {
+    for (const auto& row : list["result"]["lpars"])
+        if (row["name"] == name) return row;
+    return json();
+}
+
+}  // namespace
+
+TEST_CASE("lifecycle through the socket: define, IPL, MVSTOR with progress, stop, deactivate, remove",
+          "[kvm][control]") {
+    TempDir dir;
+    Hypervisor hv({96, {{"A", 0, 16, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    test::SocketFixture socket(hv, dir.path / "control.sock");
+    test::EventSubscriber watcher(socket.path());  // the second client
+
+    auto defined = test::rpc_call(socket.path(), "lpar.define", {{"name", "B"}, {"size_mib", 32}});
+    REQUIRE(defined.contains("result"));
+    CHECK(defined["result"]["state"] == "defined");
+    CHECK(defined["result"]["has_storage"] == false);
+    auto ipl = test::rpc_call(socket.path(), "lpar.activate", {{"lpar", "B"}});
+    CHECK(ipl["result"]["state"] == "running");
+    CHECK(ipl["result"]["origin_mib"] == 16);
+    test::require_clean_rounds(hv, "B", 1);
+
+    // MVSTOR in the background while lpar.list keeps answering on other connections.
+    auto move = std::async(std::launch::async, [&] {
+        return test::rpc_call(socket.path(), "storage.mvstor", {{"lpar", "B"}, {"origin_mib", 60}});
+    });
+    while (move.wait_for(0ms) != std::future_status::ready)
+        REQUIRE(test::rpc_call(socket.path(), "lpar.list").contains("result"));
+    auto moved = move.get();
+    REQUIRE(moved.contains("result"));
+    CHECK(moved["result"]["new_origin_mib"] == 60);
+
+    auto progress = watcher.events_of("mvstor.progress");
+    REQUIRE_FALSE(progress.empty());
+    CHECK(progress.back()["copied"] == progress.back()["total"]);
+    CHECK(watcher.events_of("mvstor.done").size() == 1);
+    CHECK(watcher.events_of("mvstor.phase").size() >= 5);
+    test::require_clean_rounds(hv, "B", 2);
+
+    CHECK(test::rpc_call(socket.path(), "lpar.stop", {{"lpar", "B"}})["result"]["state"] == "stopped");
+    CHECK(test::rpc_call(socket.path(), "lpar.start", {{"lpar", "B"}})["result"]["state"] == "running");
+    test::require_clean_rounds(hv, "B", 1);
+    auto config = test::rpc_call(socket.path(), "system.config");
+    CHECK(config["result"]["lpars"][1]["origin_mib"] == 60);
+    CHECK(test::rpc_call(socket.path(), "lpar.deactivate", {{"lpar", "B"}})["result"]["state"] == "defined");
+    CHECK(test::rpc_call(socket.path(), "lpar.remove", {{"lpar", "B"}})["result"]["removed"] == "B");
+    CHECK(test::rpc_call(socket.path(), "lpar.list")["result"]["lpars"].size() == 1);
+
+    std::vector<std::string> states;
+    for (const auto& e : watcher.events_of("lpar.state"))
+        if (e["lpar"] == "B") states.push_back(e["state"]);
+    CHECK(states == std::vector<std::string>{"defined", "running", "stopped", "running", "defined",
+                                             "removed"});
+    test::require_clean_rounds(hv, "A", 1);
+}
+
+TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it changes nothing",
+          "[kvm][control]") {
+    TempDir dir;
+    Hypervisor hv({1024, {{"BIG", 0, 512, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    test::SocketFixture socket(hv, dir.path / "control.sock");
+    test::require_clean_rounds(hv, "BIG", 1);
+    auto move = std::async(std::launch::async, [&] {
+        return test::rpc_call(socket.path(), "storage.mvstor", {{"lpar", "BIG"}, {"origin_mib", 512}});
+    });
+    for (;;) {
+        auto list = test::rpc_call(socket.path(), "lpar.list");
+        if (row_of(list, "BIG")["state"] == "relocating") break;
+    }
+    // Populating 512 MiB of target takes a while: the move is still running, and holds BIG.
+    auto conflict = test::rpc_call(socket.path(), "lpar.deactivate", {{"lpar", "BIG"}});
+    REQUIRE(conflict.contains("error"));
+    CHECK(conflict["error"]["code"] == -32004);
+    CHECK_THAT(conflict["error"]["message"].get<std::string>(), Catch::Contains("MVSTOR of BIG"));
+    auto cancelled = test::rpc_call(socket.path(), "storage.cancel", {{"lpar", "BIG"}});
+    CHECK(cancelled["result"]["cancelled"] == "BIG");
+    auto refused = move.get();
+    REQUIRE(refused.contains("error"));
+    CHECK(refused["error"]["code"] == -32004);
+    CHECK_THAT(refused["error"]["message"].get<std::string>(), Catch::Contains("cancelled"));
+    auto list = test::rpc_call(socket.path(), "lpar.list");
+    CHECK(row_of(list, "BIG")["origin_mib"] == 0);
+    CHECK(row_of(list, "BIG")["state"] == "running");
+    test::require_clean_rounds(hv, "BIG", 2);
+}
