@@ -29,10 +29,10 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
 #include "support/guest_console.hpp"
@@ -73,7 +73,7 @@ Workload parse_rate(const std::string& s, std::uint64_t ws_mib) {
 // ----------------------------------------------------------------------- round monitor
 // Polls the console in its own thread and timestamps each new highest verified round.
 class RoundMonitor {
-public:
+  public:
     RoundMonitor(Hypervisor& hv, std::string lpar) : hv_(hv), lpar_(std::move(lpar)) {
         thread_ = std::thread([this] { loop(); });
     }
@@ -117,7 +117,7 @@ public:
         return dt > 0 ? n / dt : 0.0;
     }
 
-private:
+  private:
     void loop() {
         while (!stop_) {
             std::string text;
@@ -248,13 +248,14 @@ json run_case(const CaseSpec& spec, const MemmoveBound& bound) {
 
     // All storage written: round 1 verified. Then one more round so the rewrite loop is steady.
     if (!monitor.wait_round(2, std::chrono::seconds(600))) {
-        c["error"] = "firmware did not verify round 2: " + monitor.failure() + " / " +
-                     hv.console(name, 600);
+        c["error"] =
+            "firmware did not verify round 2: " + monitor.failure() + " / " + hv.console(name, 600);
         return c;
     }
     c["setup_s"] = seconds_since(t_create, Clock::now());
 
-    auto window = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(spec.window_s));
+    auto window =
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(spec.window_s));
     auto measure_window = [&](const char* what) {
         auto t0 = Clock::now();
         std::this_thread::sleep_for(window);
@@ -265,7 +266,8 @@ json run_case(const CaseSpec& spec, const MemmoveBound& bound) {
             return n;
         };
         auto limit = t0 + std::chrono::seconds(30);
-        while (r0() < 2 && Clock::now() < limit) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        while (r0() < 2 && Clock::now() < limit)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
         auto t1 = Clock::now();
         unsigned n = 0;
         double r = monitor.rate(t0, t1, &n);
@@ -320,17 +322,20 @@ json run_case(const CaseSpec& spec, const MemmoveBound& bound) {
                       {"rounds", res.rounds},
                       {"policy_branch", res.policy_branch},
                       {"phases_us", phases_json(res.phases)}});
-            std::fprintf(stderr, "   %-8s %5llu -> %5llu MiB: %zu stop(s), pause %.3f ms, total %.1f ms, %s\n",
-                         kind.c_str(), static_cast<unsigned long long>(m["from_mib"].get<std::uint64_t>()),
-                         static_cast<unsigned long long>(target), s.size(), res.pause_us / 1e3,
-                         res.total_us / 1e3, res.policy_branch.c_str());
+            std::fprintf(
+                stderr,
+                "   %-8s %5llu -> %5llu MiB: %zu stop(s), pause %.3f ms, total %.1f ms, %s\n",
+                kind.c_str(), static_cast<unsigned long long>(m["from_mib"].get<std::uint64_t>()),
+                static_cast<unsigned long long>(target), s.size(), res.pause_us / 1e3,
+                res.total_us / 1e3, res.policy_branch.c_str());
         } catch (const std::exception& e) {
             m["error"] = e.what();
             std::fprintf(stderr, "   %-8s -> %llu MiB: FAILED: %s\n", kind.c_str(),
                          static_cast<unsigned long long>(target), e.what());
         }
         moves.push_back(m);
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the guest run between moves
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(200));  // let the guest run between moves
     }
     auto t_moves1 = Clock::now();
     {
@@ -362,7 +367,8 @@ json run_case(const CaseSpec& spec, const MemmoveBound& bound) {
     for (const auto& m : moves)
         if (m.contains("policy_branch")) {
             auto b = m["policy_branch"].get<std::string>();
-            if (branches.find(b) == std::string::npos) branches += (branches.empty() ? "" : "; ") + b;
+            if (branches.find(b) == std::string::npos)
+                branches += (branches.empty() ? "" : "; ") + b;
         }
     c["policy_branches"] = branches.empty() ? std::string("-") : branches;
     return c;
@@ -378,7 +384,8 @@ std::string host_description() {
         }
     struct utsname u {};
     ::uname(&u);
-    return fmt::format("{} {} | {} | {} CPUs", u.sysname, u.release, cpu, std::thread::hardware_concurrency());
+    return fmt::format("{} {} | {} | {} CPUs", u.sysname, u.release, cpu,
+                       std::thread::hardware_concurrency());
 }
 
 std::string fmt_rate(const json& c, const char* w) {
@@ -387,21 +394,26 @@ std::string fmt_rate(const json& c, const char* w) {
 }
 
 void print_table(const json& doc) {
-    std::printf("\nmemmove bound (best of %u, populated buffer):\n", doc["memmove_repeats"].get<unsigned>());
-    std::printf("%8s %6s %10s %10s %10s %9s\n", "size", "delta", "up ms", "down ms", "disj ms", "GB/s");
+    std::printf("\nmemmove bound (best of %u, populated buffer):\n",
+                doc["memmove_repeats"].get<unsigned>());
+    std::printf("%8s %6s %10s %10s %10s %9s\n", "size", "delta", "up ms", "down ms", "disj ms",
+                "GB/s");
     for (const auto& m : doc["memmove"])
         std::printf("%6lluMi %4lluMi %10.2f %10.2f %10.2f %9.2f\n",
                     static_cast<unsigned long long>(m["size_mib"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(m["delta_mib"].get<std::uint64_t>()),
-                    m["up_ms"].get<double>(), m["down_ms"].get<double>(), m["disjoint_ms"].get<double>(),
-                    m["overlap_GBps"].get<double>());
-    std::printf("\nMVSTOR (pause = vCPUs stopped -> running, per stop; throughput = guest rounds/s before/during/after)\n");
-    std::printf("%6s %7s %-13s %5s %9s %9s %9s %10s %8s %9s %9s %-20s %s\n", "size", "rate", "mode", "stops",
-                "p50 ms", "p99 ms", "max ms", "total ms", "max/mm", "MB copied", "MB recop", "rounds/s b/d/a",
-                "branch / check");
+                    m["up_ms"].get<double>(), m["down_ms"].get<double>(),
+                    m["disjoint_ms"].get<double>(), m["overlap_GBps"].get<double>());
+    std::printf(
+        "\nMVSTOR (pause = vCPUs stopped -> running, per stop; throughput = guest rounds/s "
+        "before/during/after)\n");
+    std::printf("%6s %7s %-13s %5s %9s %9s %9s %10s %8s %9s %9s %-20s %s\n", "size", "rate", "mode",
+                "stops", "p50 ms", "p99 ms", "max ms", "total ms", "max/mm", "MB copied",
+                "MB recop", "rounds/s b/d/a", "branch / check");
     for (const auto& c : doc["cases"]) {
         if (c.contains("error") && !c.contains("pause_us")) {
-            std::printf("%5lluM %7s %-13s ERROR: %s\n", static_cast<unsigned long long>(c["size_mib"].get<std::uint64_t>()),
+            std::printf("%5lluM %7s %-13s ERROR: %s\n",
+                        static_cast<unsigned long long>(c["size_mib"].get<std::uint64_t>()),
                         c["rate"].get<std::string>().c_str(), c["mode"].get<std::string>().c_str(),
                         c["error"].get<std::string>().substr(0, 200).c_str());
             continue;
@@ -411,15 +423,18 @@ void print_table(const json& doc) {
         unsigned errors = 0;
         for (const auto& m : c["moves"]) errors += m.contains("error");
         if (errors) check += fmt::format(" {} move(s) failed", errors);
-        std::printf("%5lluM %7s %-13s %5zu %9.3f %9.3f %9.3f %10.1f %8.2f %9.1f %9.1f %-20s %s | %s\n",
-                    static_cast<unsigned long long>(c["size_mib"].get<std::uint64_t>()),
-                    c["rate"].get<std::string>().c_str(), c["mode"].get<std::string>().c_str(),
-                    c["stops"].get<std::size_t>(), p["p50"].get<std::uint64_t>() / 1e3,
-                    p["p99"].get<std::uint64_t>() / 1e3, p["max"].get<std::uint64_t>() / 1e3,
-                    c["total_ms"].get<double>(), c["pause_max_over_memmove"].get<double>(),
-                    c["bytes_copied"].get<std::uint64_t>() / 1e6, c["bytes_recopied"].get<std::uint64_t>() / 1e6,
-                    (fmt_rate(c, "before") + "/" + fmt_rate(c, "during") + "/" + fmt_rate(c, "after")).c_str(),
-                    c["policy_branches"].get<std::string>().c_str(), check.c_str());
+        std::printf(
+            "%5lluM %7s %-13s %5zu %9.3f %9.3f %9.3f %10.1f %8.2f %9.1f %9.1f %-20s %s | %s\n",
+            static_cast<unsigned long long>(c["size_mib"].get<std::uint64_t>()),
+            c["rate"].get<std::string>().c_str(), c["mode"].get<std::string>().c_str(),
+            c["stops"].get<std::size_t>(), p["p50"].get<std::uint64_t>() / 1e3,
+            p["p99"].get<std::uint64_t>() / 1e3, p["max"].get<std::uint64_t>() / 1e3,
+            c["total_ms"].get<double>(), c["pause_max_over_memmove"].get<double>(),
+            c["bytes_copied"].get<std::uint64_t>() / 1e6,
+            c["bytes_recopied"].get<std::uint64_t>() / 1e6,
+            (fmt_rate(c, "before") + "/" + fmt_rate(c, "during") + "/" + fmt_rate(c, "after"))
+                .c_str(),
+            c["policy_branches"].get<std::string>().c_str(), check.c_str());
     }
     std::fflush(stdout);
 }
@@ -450,16 +465,21 @@ int main(int argc, char** argv) {
     app.add_option("--sizes", sizes, "LPAR sizes in MiB")->delimiter(',');
     app.add_option("--rates", rates, "idle | pages/s | max")->delimiter(',');
     app.add_option("--modes", modes, "stop-and-copy | live")->delimiter(',');
-    app.add_option("--moves", moves, "moves per case: up/down by an overlapping delta, the last disjoint (default 8, quick 4)");
-    app.add_option("--json", json_path, "write the results as JSON to FILE ('-': stdout between markers)");
+    app.add_option(
+        "--moves", moves,
+        "moves per case: up/down by an overlapping delta, the last disjoint (default 8, quick 4)");
+    app.add_option("--json", json_path,
+                   "write the results as JSON to FILE ('-': stdout between markers)");
     app.add_flag("--quick", quick, "64 and 256 MiB only, fewer moves, shorter windows");
-    app.add_option("--firmware", firmware, "test firmware (default $LPARVISOR_FIRMWARE or the built one)");
+    app.add_option("--firmware", firmware,
+                   "test firmware (default $LPARVISOR_FIRMWARE or the built one)");
     app.add_option("--working-set", ws_mib, "working set of the rate cases, MiB")->default_val(64);
     app.add_option("--window", window_s, "throughput window in s (default 2, quick 1)");
     app.add_option("--memmove-repeats", repeats, "memmove: best of N")->default_val(5);
     CLI11_PARSE(app, argc, argv);
     if (quick) {
-        sizes.erase(std::remove_if(sizes.begin(), sizes.end(), [](auto s) { return s > 256; }), sizes.end());
+        sizes.erase(std::remove_if(sizes.begin(), sizes.end(), [](auto s) { return s > 256; }),
+                    sizes.end());
         if (moves == 0) moves = 4;
         if (window_s == 0) window_s = 1;
     }
@@ -469,8 +489,10 @@ int main(int argc, char** argv) {
 
     std::vector<control::MvstorMode> mode_list;
     for (const auto& m : modes) {
-        if (m == "stop-and-copy") mode_list.push_back(control::MvstorMode::StopAndCopy);
-        else if (m == "live") mode_list.push_back(control::MvstorMode::Live);
+        if (m == "stop-and-copy")
+            mode_list.push_back(control::MvstorMode::StopAndCopy);
+        else if (m == "live")
+            mode_list.push_back(control::MvstorMode::Live);
         else {
             std::fprintf(stderr, "unknown mode %s\n", m.c_str());
             return 2;
@@ -493,14 +515,16 @@ int main(int argc, char** argv) {
         const std::uint64_t delta = std::min<std::uint64_t>(64, size / 4);
         auto bound = measure_memmove(size, delta, repeats);
         double best = std::min(bound.up_ms, bound.down_ms);
-        doc["memmove"].push_back({{"size_mib", size},
-                                  {"delta_mib", delta},
-                                  {"up_ms", bound.up_ms},
-                                  {"down_ms", bound.down_ms},
-                                  {"disjoint_ms", bound.disjoint_ms},
-                                  {"overlap_GBps", static_cast<double>(size * kBenchMiB) / (best / 1e3) / 1e9}});
+        doc["memmove"].push_back(
+            {{"size_mib", size},
+             {"delta_mib", delta},
+             {"up_ms", bound.up_ms},
+             {"down_ms", bound.down_ms},
+             {"disjoint_ms", bound.disjoint_ms},
+             {"overlap_GBps", static_cast<double>(size * kBenchMiB) / (best / 1e3) / 1e9}});
         std::fprintf(stderr, "memmove %llu MiB: up %.2f ms, down %.2f ms, disjoint %.2f ms\n",
-                     static_cast<unsigned long long>(size), bound.up_ms, bound.down_ms, bound.disjoint_ms);
+                     static_cast<unsigned long long>(size), bound.up_ms, bound.down_ms,
+                     bound.disjoint_ms);
         for (const auto& work : works)
             for (auto mode : mode_list) {
                 json c;
@@ -520,7 +544,8 @@ int main(int argc, char** argv) {
     doc["elapsed_s"] = seconds_since(started, Clock::now());
     print_table(doc);
     if (json_path == "-") {
-        std::printf("LPARVISOR-BENCH-JSON-BEGIN\n%s\nLPARVISOR-BENCH-JSON-END\n", doc.dump(1).c_str());
+        std::printf("LPARVISOR-BENCH-JSON-BEGIN\n%s\nLPARVISOR-BENCH-JSON-END\n",
+                    doc.dump(1).c_str());
         std::fflush(stdout);
     } else if (!json_path.empty()) {
         std::ofstream(json_path) << doc.dump(2) << "\n";

@@ -8,11 +8,11 @@
 #include <filesystem>
 #include <iostream>
 
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "control/server.hpp"
 #include "kvm/kvm.hpp"
@@ -41,7 +41,8 @@ void log_table(const control::SystemStatus& status) {
 int main(int argc, char** argv) {
     CLI::App app{
         "lparvisor: runs LPARs (KVM guests) in one main-storage arena and relocates their storage "
-        "while they run (MVSTOR).\nWith no --config it starts the patent's Fig. 3A: 509 MiB of main "
+        "while they run (MVSTOR).\nWith no --config it starts the patent's Fig. 3A: 509 MiB of "
+        "main "
         "storage, LPAR1 at 0 (128 MiB) and LPAR2 at 128 MiB (256 MiB), each running the test "
         "firmware.\nDrive it with `svp` (svp --help).",
         "lparvisor"};
@@ -59,15 +60,17 @@ int main(int argc, char** argv) {
     app.add_option("--console-dir", console_dir,
                    "also write each LPAR's serial output to DIR/NAME.log")
         ->check(CLI::ExistingDirectory);
-    app.add_option("--firmware", firmware,
-                   "test firmware for LPARs whose configuration names none (env LPARVISOR_FIRMWARE)")
+    app.add_option(
+           "--firmware", firmware,
+           "test firmware for LPARs whose configuration names none (env LPARVISOR_FIRMWARE)")
         ->capture_default_str();
     app.add_option("--hugepages", huge_pages,
                    "2 MiB hugetlb backing for main storage: auto (when enough are free), on, off")
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->capture_default_str();
-    app.add_option("--log-level", log_level, "trace, debug (includes guest console lines), info, "
-                                             "warn, error")
+    app.add_option("--log-level", log_level,
+                   "trace, debug (includes guest console lines), info, "
+                   "warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
     app.add_flag("--print-config", print_config,

@@ -72,8 +72,8 @@ struct Options {
     std::optional<unsigned> vcpus;
     std::optional<std::string> firmware;
 
-    std::string other_lpar;      // exchange
-    std::uint64_t extra_mib = 0; // grow / make-room
+    std::string other_lpar;       // exchange
+    std::uint64_t extra_mib = 0;  // grow / make-room
     bool dry_run = false;
 
     std::size_t map_width = 72;

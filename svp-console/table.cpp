@@ -157,15 +157,15 @@ std::string format_grow_plan(const nlohmann::json& result) {
     if (steps.empty()) {
         out = fmt::format("{}: {} MiB directly above it are already free\n", lpar, mib);
     } else {
-        out = fmt::format("{}: {} {} MiB above it with {} MVSTOR(s), {} copied\n", lpar,
-                          result.at("carried_out").get<bool>() ? "freed" : "to free", mib,
-                          steps.size(), format_bytes(result.at("bytes_copied").get<std::uint64_t>()));
+        out =
+            fmt::format("{}: {} {} MiB above it with {} MVSTOR(s), {} copied\n", lpar,
+                        result.at("carried_out").get<bool>() ? "freed" : "to free", mib,
+                        steps.size(), format_bytes(result.at("bytes_copied").get<std::uint64_t>()));
         for (const auto& step : steps)
-            out += fmt::format("  MVSTOR {} {} -> {} MiB ({} MiB)\n",
-                               step.at("lpar").get<std::string>(),
-                               step.at("from_mib").get<std::uint64_t>(),
-                               step.at("to_mib").get<std::uint64_t>(),
-                               step.at("size_mib").get<std::uint64_t>());
+            out += fmt::format(
+                "  MVSTOR {} {} -> {} MiB ({} MiB)\n", step.at("lpar").get<std::string>(),
+                step.at("from_mib").get<std::uint64_t>(), step.at("to_mib").get<std::uint64_t>(),
+                step.at("size_mib").get<std::uint64_t>());
     }
     const auto reason = result.value("reason", std::string());
     if (!reason.empty()) out += "  note: " + reason + "\n";

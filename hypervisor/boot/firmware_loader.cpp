@@ -47,7 +47,8 @@ std::vector<std::uint16_t> firmware_ports() {
     std::vector<std::uint16_t> ports;
     for (std::uint16_t p = LPV_PORT_COM1; p < LPV_PORT_COM1 + 8; ++p) ports.push_back(p);
     ports.push_back(LPV_PORT_DEBUG_EXIT);
-    for (std::uint16_t p = LPV_PORT_STORAGE_KEY; p < LPV_PORT_STORAGE_KEY + 4; ++p) ports.push_back(p);
+    for (std::uint16_t p = LPV_PORT_STORAGE_KEY; p < LPV_PORT_STORAGE_KEY + 4; ++p)
+        ports.push_back(p);
     return ports;
 }
 
@@ -85,8 +86,9 @@ LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const
             throw fail(fmt::format("segment {}: file range beyond the end of the file", i));
         if (ph.p_paddr < LPV_IMAGE_GPA || ph.p_paddr > LPV_IMAGE_END ||
             ph.p_memsz > LPV_IMAGE_END - ph.p_paddr)
-            throw fail(fmt::format("segment {} at {:#x}+{:#x} is outside the image area {:#x}-{:#x}",
-                                   i, ph.p_paddr, ph.p_memsz, LPV_IMAGE_GPA, LPV_IMAGE_END));
+            throw fail(
+                fmt::format("segment {} at {:#x}+{:#x} is outside the image area {:#x}-{:#x}", i,
+                            ph.p_paddr, ph.p_memsz, LPV_IMAGE_GPA, LPV_IMAGE_END));
         auto target = memory.slice(GuestPhysAddr{ph.p_paddr}, ph.p_memsz);
         if (!target) throw fail(fmt::format("segment {} does not fit the LPAR's storage", i));
         std::memcpy(target->data(), file.data() + ph.p_offset, ph.p_filesz);
@@ -107,9 +109,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
                     fmt::format("{}: the firmware needs at least 4 MiB of storage in 2 MiB units",
                                 params.lpar_name));
     if (params.vcpus == 0 || params.vcpus > LPV_MAX_VCPUS)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: the firmware runs 1 to {} vCPUs", params.lpar_name,
-                                LPV_MAX_VCPUS));
+        throw Error(ErrorKind::InvalidArgument, fmt::format("{}: the firmware runs 1 to {} vCPUs",
+                                                            params.lpar_name, LPV_MAX_VCPUS));
 
     // GDT: null, kernel code/data, user data, user code (the SYSRET order), then the TSS.
     std::uint64_t gdt[7] = {
@@ -118,7 +119,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
         segment_descriptor(0x00c0920000000000ull),  // 0x10 kernel data
         segment_descriptor(0x00c0f20000000000ull),  // 0x1b user data, DPL3
         segment_descriptor(0x00a0fa0000000000ull),  // 0x23 user code, L, DPL3
-        0, 0};
+        0,
+        0};
     const std::uint64_t tss_limit = kTssSize + kIoBitmapBytes;  // includes the trailing 0xff byte
     gdt[5] = (tss_limit & 0xffff) | ((LPV_TSS_GPA & 0xffffff) << 16) | (0x89ull << 40) |
              (((tss_limit >> 16) & 0xf) << 48) | (((LPV_TSS_GPA >> 24) & 0xff) << 56);
@@ -148,7 +150,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     const std::uint64_t table_flags = kPresent | kWritable | kUser | kAccessed;
     std::vector<std::uint64_t> tables((2 + directories) * 512, 0);
     tables[0] = pdpt | table_flags;
-    for (std::uint64_t d = 0; d < directories; ++d) tables[512 + d] = (pd0 + d * 0x1000) | table_flags;
+    for (std::uint64_t d = 0; d < directories; ++d)
+        tables[512 + d] = (pd0 + d * 0x1000) | table_flags;
     for (std::uint64_t page = 0; page < storage / (2 * 1024 * 1024); ++page)
         tables[1024 + page] = page * 2 * 1024 * 1024 | table_flags | kDirty | kLargePage;
     write_or_throw(memory, pml4, tables.data(), tables.size() * 8, "page tables");
@@ -202,9 +205,9 @@ void set_cpl3_entry_state(kvm::Vcpu& vcpu, std::uint64_t entry, unsigned index) 
     sregs.idt.base = 0;
     sregs.idt.limit = 0;  // no IDT: an exception is a triple fault (KVM_EXIT_SHUTDOWN)
     sregs.cr3 = LPV_PAGE_TABLE_GPA;
-    sregs.cr4 = 0x20;                 // PAE
-    sregs.cr0 = 0x80000033;           // PG, NE, ET, MP, PE
-    sregs.efer = 0x500;               // LME, LMA
+    sregs.cr4 = 0x20;        // PAE
+    sregs.cr0 = 0x80000033;  // PG, NE, ET, MP, PE
+    sregs.efer = 0x500;      // LME, LMA
     vcpu.set_sregs(sregs);
 
     kvm_regs regs{};

@@ -48,7 +48,8 @@ struct MvstorRequest {
 };
 
 struct PhaseTiming {
-    std::string phase;  // "stop_vcpus", "drain_io", "check_target", "copy", "remap", "resume", "scrub"
+    std::string
+        phase;  // "stop_vcpus", "drain_io", "check_target", "copy", "remap", "resume", "scrub"
     std::uint64_t microseconds = 0;
 };
 
@@ -57,16 +58,16 @@ struct MvstorResult {
     std::uint64_t old_origin_mib = 0;
     std::uint64_t new_origin_mib = 0;
     std::uint64_t bytes_copied = 0;
-    std::vector<PhaseTiming> phases;     // in the order they ran
-    std::uint64_t pause_us = 0;          // vCPUs stopped -> vCPUs running again (sum of stops)
-    std::uint64_t total_us = 0;          // request accepted -> vacated storage scrubbed
+    std::vector<PhaseTiming> phases;  // in the order they ran
+    std::uint64_t pause_us = 0;       // vCPUs stopped -> vCPUs running again (sum of stops)
+    std::uint64_t total_us = 0;       // request accepted -> vacated storage scrubbed
     // Live mode: each stop's pause-to-resume, the pre-copy rounds, what was copied again because
     // the guest (or a device) dirtied it, and which branch of the policy finished the move.
     std::string mode = "stop-and-copy";  // or "live"
     std::vector<std::uint64_t> stops_us;
     unsigned rounds = 0;
     std::uint64_t bytes_recopied = 0;
-    std::string policy_branch;           // "stop-and-copy", "converged", "fallback: ..."
+    std::string policy_branch;  // "stop-and-copy", "converged", "fallback: ..."
 };
 
 // EXCHANGE (claim 7): two LPARs trade their storage areas, equal sizes in place, or two
@@ -100,8 +101,8 @@ struct GrowPlanResult {
     std::vector<GrowPlanStep> steps;
     std::uint64_t bytes_copied = 0;
     std::string reason;
-    bool carried_out = false;                // make_room: the moves were made
-    std::vector<MvstorResult> moves;         // their results, in order
+    bool carried_out = false;         // make_room: the moves were made
+    std::vector<MvstorResult> moves;  // their results, in order
 };
 
 // An LPAR definition (lpar.define). Without an origin, activation places it first-fit.
@@ -132,12 +133,12 @@ using EventSink = std::function<void(const Event&)>;
 
 // Keeps a subscription alive; destroying it unsubscribes (no call to the sink after that).
 class Subscription {
-public:
+  public:
     virtual ~Subscription() = default;
 };
 
 class Api {
-public:
+  public:
     virtual ~Api() = default;
     virtual SystemStatus list() = 0;
     // Blocks for the whole relocation; the server runs it off its I/O thread.

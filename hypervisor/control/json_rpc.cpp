@@ -175,15 +175,15 @@ Call parse_mvstor(const json& params) {
     if (mode == "live") {
         call.request.mode = MvstorMode::Live;
     } else if (!mode.empty() && mode != "stop-and-copy") {
-        throw RpcFailure(RpcErrorCode::InvalidParams,
-                         "mode: expected \"stop-and-copy\" or \"live\", got \"" +
-                             sanitize_utf8(mode) + "\"");
+        throw RpcFailure(
+            RpcErrorCode::InvalidParams,
+            "mode: expected \"stop-and-copy\" or \"live\", got \"" + sanitize_utf8(mode) + "\"");
     }
     auto& policy = call.request.policy;
     policy.target_pause = std::chrono::microseconds(checked.optional_integer(
         "target_pause_us", 1, 10'000'000, static_cast<std::uint64_t>(policy.target_pause.count())));
-    policy.max_rounds = static_cast<unsigned>(
-        checked.optional_integer("max_rounds", 1, 10'000, policy.max_rounds));
+    policy.max_rounds =
+        static_cast<unsigned>(checked.optional_integer("max_rounds", 1, 10'000, policy.max_rounds));
     policy.max_total = std::chrono::milliseconds(checked.optional_integer(
         "max_total_ms", 1, 3'600'000, static_cast<std::uint64_t>(policy.max_total.count())));
     return call;
@@ -248,7 +248,8 @@ Call parse_exchange(const json& params) {
 
 template <bool carry_out>
 Call parse_grow(const json& params) {
-    Params checked = carry_out ? Params(params, {"lpar", "mib", "mode"}) : Params(params, {"lpar", "mib"});
+    Params checked =
+        carry_out ? Params(params, {"lpar", "mib", "mode"}) : Params(params, {"lpar", "mib"});
     GrowCall call;
     call.lpar = checked.required_name("lpar");
     call.extra_mib = checked.required_integer("mib", 2, kMaxSizeMib);
@@ -615,10 +616,14 @@ json to_json(const GrowPlanResult& result) {
                              {"size_mib", step.size_mib}});
     json moves = json::array();
     for (const auto& move : result.moves) moves.push_back(to_json(move));
-    return json{{"lpar", result.lpar},         {"mib", result.extra_mib},
-                {"possible", result.possible}, {"steps", std::move(steps)},
-                {"bytes_copied", result.bytes_copied}, {"reason", result.reason},
-                {"carried_out", result.carried_out},   {"moves", std::move(moves)}};
+    return json{{"lpar", result.lpar},
+                {"mib", result.extra_mib},
+                {"possible", result.possible},
+                {"steps", std::move(steps)},
+                {"bytes_copied", result.bytes_copied},
+                {"reason", result.reason},
+                {"carried_out", result.carried_out},
+                {"moves", std::move(moves)}};
 }
 
 std::string event_notification(const Event& event) {

@@ -98,9 +98,9 @@ struct GrowCall {
     bool carry_out = false;  // storage.make_room; storage.plan_grow only plans
     MvstorMode mode = MvstorMode::StopAndCopy;
 };
-using Call = std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall,
-                          RemoveCall, ConfigCall, CancelCall, SubscribeCall, ExchangeCall,
-                          GrowCall>;
+using Call =
+    std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall, RemoveCall,
+                 ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall>;
 
 // Where the server should run a call. Anything that enters the Api leaves the I/O thread, so that
 // a hypervisor lock held during a relocation can never stall the socket.

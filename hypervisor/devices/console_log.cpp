@@ -40,9 +40,8 @@ void ConsoleLog::append(std::string_view bytes) {
 
 std::string ConsoleLog::tail(std::size_t max_bytes) const {
     std::lock_guard lock(mutex_);
-    std::string ordered = ring_.size() < capacity_
-                              ? ring_
-                              : ring_.substr(head_) + ring_.substr(0, head_);
+    std::string ordered =
+        ring_.size() < capacity_ ? ring_ : ring_.substr(head_) + ring_.substr(0, head_);
     if (ordered.size() > max_bytes) ordered.erase(0, ordered.size() - max_bytes);
     return ordered;
 }

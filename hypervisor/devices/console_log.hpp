@@ -11,14 +11,14 @@
 namespace lparvisor {
 
 class ConsoleLog {
-public:
+  public:
     ConsoleLog(std::string lpar, std::size_t capacity, const std::string& file_path = {});
 
     void append(std::string_view bytes);
     std::string tail(std::size_t max_bytes) const;  // the most recent bytes, oldest first
     std::uint64_t total_bytes() const;              // everything ever appended
 
-private:
+  private:
     std::string lpar_;
     mutable std::mutex mutex_;
     std::string ring_;

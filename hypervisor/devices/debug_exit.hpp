@@ -9,7 +9,7 @@
 namespace lparvisor {
 
 class DebugExit final : public PortDevice {
-public:
+  public:
     using StopFn = std::function<void(int code)>;
     explicit DebugExit(StopFn stop) : stop_(std::move(stop)) {}
     std::string name() const override { return "debug-exit"; }
@@ -18,7 +18,7 @@ public:
     }
     void write(std::uint16_t, std::span<const std::uint8_t> data) override { stop_(data[0]); }
 
-private:
+  private:
     StopFn stop_;
 };
 

@@ -10,10 +10,10 @@ void IoBus::add(std::uint16_t base, std::uint16_t length, std::shared_ptr<PortDe
     unsigned end = unsigned{base} + length;
     for (const auto& e : entries_)
         if (base < unsigned{e.base} + e.length && e.base < end)
-            throw Error(ErrorKind::InvalidArgument,
-                        fmt::format("I/O bus: {} at {:#x}+{} overlaps {} at {:#x}+{}",
-                                    device->name(), base, length, e.device->name(), e.base,
-                                    e.length));
+            throw Error(
+                ErrorKind::InvalidArgument,
+                fmt::format("I/O bus: {} at {:#x}+{} overlaps {} at {:#x}+{}", device->name(), base,
+                            length, e.device->name(), e.base, e.length));
     entries_.push_back({base, length, std::move(device)});
 }
 

@@ -12,7 +12,7 @@
 namespace lparvisor {
 
 class PortDevice {
-public:
+  public:
     virtual ~PortDevice() = default;
     virtual std::string name() const = 0;
     // `data` is the access (1, 2 or 4 bytes, little-endian): read fills it, write consumes it.
@@ -27,7 +27,7 @@ public:
 };
 
 class IoBus {
-public:
+  public:
     // Throws if [base, base + length) overlaps a registered range.
     void add(std::uint16_t base, std::uint16_t length, std::shared_ptr<PortDevice> device);
 
@@ -37,7 +37,7 @@ public:
 
     std::vector<std::shared_ptr<PortDevice>> devices() const;
 
-private:
+  private:
     struct Entry {
         std::uint16_t base;
         std::uint16_t length;

@@ -11,7 +11,8 @@ void StorageKeyPort::read(std::uint16_t, std::span<std::uint8_t> data) {
 }
 
 void StorageKeyPort::write(std::uint16_t offset, std::span<const std::uint8_t> data) {
-    if (offset != 0 || data.size() != 4) return;  // only a 32-bit write at the base starts a request
+    if (offset != 0 || data.size() != 4)
+        return;  // only a 32-bit write at the base starts a request
     std::uint32_t address = 0;
     std::memcpy(&address, data.data(), 4);
     (void)serve(GuestPhysAddr{address});
@@ -50,20 +51,24 @@ lpv_skey_status StorageKeyPort::execute(const lpv_skey_request& request) {
         case LPV_SKEY_SET_EACH: {
             // Copy first: another vCPU may change the buffer while it is checked.
             std::vector<std::uint8_t> wanted(request.page_count);
-            if (!memory_.read(GuestPhysAddr{request.buffer_gpa}, wanted)) return LPV_SKEY_BAD_BUFFER;
+            if (!memory_.read(GuestPhysAddr{request.buffer_gpa}, wanted))
+                return LPV_SKEY_BAD_BUFFER;
             if (std::any_of(wanted.begin(), wanted.end(),
                             [](std::uint8_t k) { return (k & ~LPV_KEY_VALID_MASK) != 0; }))
                 return LPV_SKEY_BAD_KEY;
-            for (std::uint64_t page = 0; page < request.page_count; ++page) key_of(page) = wanted[page];
+            for (std::uint64_t page = 0; page < request.page_count; ++page)
+                key_of(page) = wanted[page];
             return LPV_SKEY_OK;
         }
         case LPV_SKEY_GET_EACH: {
             auto buffer = memory_.slice(GuestPhysAddr{request.buffer_gpa}, request.page_count);
             if (!buffer) return LPV_SKEY_BAD_BUFFER;
-            for (std::uint64_t page = 0; page < request.page_count; ++page) (*buffer)[page] = key_of(page);
+            for (std::uint64_t page = 0; page < request.page_count; ++page)
+                (*buffer)[page] = key_of(page);
             return LPV_SKEY_OK;
         }
-        default: return LPV_SKEY_BAD_OP;
+        default:
+            return LPV_SKEY_BAD_OP;
     }
 }
 

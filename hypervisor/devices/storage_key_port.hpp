@@ -15,7 +15,7 @@
 namespace lparvisor {
 
 class StorageKeyPort final : public PortDevice {
-public:
+  public:
     static constexpr std::uint16_t kPortCount = 4;
     // `locate` says where a guest page lives in main storage now (GuestWindow::arena_offset_of);
     // that changes only while the vCPUs are stopped.
@@ -30,7 +30,7 @@ public:
     // Serves one request; public for the unit tests and the fuzzer.
     [[nodiscard]] lpv_skey_status serve(GuestPhysAddr request_address);
 
-private:
+  private:
     lpv_skey_status execute(const lpv_skey_request& request);
 
     GuestMemory memory_;

@@ -11,7 +11,7 @@
 namespace lparvisor {
 
 class Uart8250 final : public PortDevice {
-public:
+  public:
     static constexpr std::uint16_t kPortCount = 8;
     explicit Uart8250(std::shared_ptr<ConsoleLog> console) : console_(std::move(console)) {}
 
@@ -19,7 +19,7 @@ public:
     void read(std::uint16_t offset, std::span<std::uint8_t> data) override;
     void write(std::uint16_t offset, std::span<const std::uint8_t> data) override;
 
-private:
+  private:
     std::shared_ptr<ConsoleLog> console_;
     std::mutex mutex_;
     std::uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0, dll_ = 0x0c, dlm_ = 0, fcr_ = 0;

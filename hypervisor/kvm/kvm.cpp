@@ -52,9 +52,12 @@ Flavour detect_flavour() {
 
 const char* to_string(Flavour flavour) {
     switch (flavour) {
-        case Flavour::Hardware: return "hardware KVM";
-        case Flavour::Pvm: return "PVM (guest kernel code is emulated)";
-        case Flavour::Unknown: break;
+        case Flavour::Hardware:
+            return "hardware KVM";
+        case Flavour::Pvm:
+            return "PVM (guest kernel code is emulated)";
+        case Flavour::Unknown:
+            break;
     }
     return "unknown KVM flavour";
 }
@@ -81,8 +84,8 @@ System::System() {
     if (!fd_.valid()) throw_errno("open /dev/kvm");
     int version = ::ioctl(fd_.get(), KVM_GET_API_VERSION, 0);
     if (version != KVM_API_VERSION)
-        throw Error(ErrorKind::System, "/dev/kvm: unsupported API version " +
-                                           std::to_string(version));
+        throw Error(ErrorKind::System,
+                    "/dev/kvm: unsupported API version " + std::to_string(version));
     int size = ::ioctl(fd_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
     if (size < static_cast<int>(sizeof(kvm_run))) throw_errno("KVM_GET_VCPU_MMAP_SIZE");
     vcpu_mmap_size_ = static_cast<std::size_t>(size);
@@ -111,17 +114,28 @@ std::vector<kvm_cpuid_entry2> System::supported_cpuid() const {
 
 std::string describe_exit_reason(std::uint32_t reason) {
     switch (reason) {
-        case KVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN";
-        case KVM_EXIT_EXCEPTION: return "KVM_EXIT_EXCEPTION";
-        case KVM_EXIT_IO: return "KVM_EXIT_IO";
-        case KVM_EXIT_HLT: return "KVM_EXIT_HLT";
-        case KVM_EXIT_MMIO: return "KVM_EXIT_MMIO";
-        case KVM_EXIT_SHUTDOWN: return "KVM_EXIT_SHUTDOWN";
-        case KVM_EXIT_FAIL_ENTRY: return "KVM_EXIT_FAIL_ENTRY";
-        case KVM_EXIT_INTR: return "KVM_EXIT_INTR";
-        case KVM_EXIT_INTERNAL_ERROR: return "KVM_EXIT_INTERNAL_ERROR";
-        case KVM_EXIT_SYSTEM_EVENT: return "KVM_EXIT_SYSTEM_EVENT";
-        default: return "exit reason " + std::to_string(reason);
+        case KVM_EXIT_UNKNOWN:
+            return "KVM_EXIT_UNKNOWN";
+        case KVM_EXIT_EXCEPTION:
+            return "KVM_EXIT_EXCEPTION";
+        case KVM_EXIT_IO:
+            return "KVM_EXIT_IO";
+        case KVM_EXIT_HLT:
+            return "KVM_EXIT_HLT";
+        case KVM_EXIT_MMIO:
+            return "KVM_EXIT_MMIO";
+        case KVM_EXIT_SHUTDOWN:
+            return "KVM_EXIT_SHUTDOWN";
+        case KVM_EXIT_FAIL_ENTRY:
+            return "KVM_EXIT_FAIL_ENTRY";
+        case KVM_EXIT_INTR:
+            return "KVM_EXIT_INTR";
+        case KVM_EXIT_INTERNAL_ERROR:
+            return "KVM_EXIT_INTERNAL_ERROR";
+        case KVM_EXIT_SYSTEM_EVENT:
+            return "KVM_EXIT_SYSTEM_EVENT";
+        default:
+            return "exit reason " + std::to_string(reason);
     }
 }
 
@@ -159,12 +173,16 @@ Vcpu::RunResult Vcpu::run() {
                              std::span<std::uint8_t>(run_->mmio.data,
                                                      std::min<std::size_t>(run_->mmio.len, 8))},
                     0};
-        case KVM_EXIT_HLT: return {HltExit{}, 0};
-        case KVM_EXIT_SHUTDOWN: return {ShutdownExit{}, 0};
-        case KVM_EXIT_INTR: return {InterruptedExit{}, 0};
+        case KVM_EXIT_HLT:
+            return {HltExit{}, 0};
+        case KVM_EXIT_SHUTDOWN:
+            return {ShutdownExit{}, 0};
+        case KVM_EXIT_INTR:
+            return {InterruptedExit{}, 0};
         case KVM_EXIT_FAIL_ENTRY:
             return {FailEntryExit{run_->fail_entry.hardware_entry_failure_reason}, 0};
-        case KVM_EXIT_SYSTEM_EVENT: return {SystemEventExit{run_->system_event.type}, 0};
+        case KVM_EXIT_SYSTEM_EVENT:
+            return {SystemEventExit{run_->system_event.type}, 0};
         case KVM_EXIT_INTERNAL_ERROR: {
             InternalErrorExit error{run_->internal.suberror, {}};
 #ifdef KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
@@ -179,7 +197,8 @@ Vcpu::RunResult Vcpu::run() {
 #endif
             return {std::move(error), 0};
         }
-        default: return {OtherExit{run_->exit_reason}, 0};
+        default:
+            return {OtherExit{run_->exit_reason}, 0};
     }
 }
 
@@ -263,8 +282,8 @@ void Vm::get_dirty_log(std::uint32_t slot, std::vector<std::uint64_t>& bitmap) {
 std::unique_ptr<Vcpu> Vm::create_vcpu(unsigned index) {
     Fd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(index)));
     if (!fd.valid()) throw_errno("KVM_CREATE_VCPU " + std::to_string(index));
-    void* run = ::mmap(nullptr, system_.vcpu_mmap_size(), PROT_READ | PROT_WRITE, MAP_SHARED,
-                       fd.get(), 0);
+    void* run =
+        ::mmap(nullptr, system_.vcpu_mmap_size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (run == MAP_FAILED) throw_errno("mmap kvm_run of vCPU " + std::to_string(index));
     return std::make_unique<Vcpu>(std::move(fd), Mapping(run, system_.vcpu_mmap_size()), index);
 }

@@ -26,7 +26,7 @@ const char* to_string(Flavour flavour);
 std::optional<std::string> unavailable_reason();
 
 class System {
-public:
+  public:
     System();  // opens /dev/kvm, checks the API version
     int fd() const noexcept { return fd_.get(); }
     int check_extension(long capability) const;
@@ -34,7 +34,7 @@ public:
     // KVM_GET_SUPPORTED_CPUID: what a guest may be told.
     std::vector<kvm_cpuid_entry2> supported_cpuid() const;
 
-private:
+  private:
     Fd fd_;
     std::size_t vcpu_mmap_size_ = 0;
 };
@@ -68,12 +68,12 @@ struct SystemEventExit {
 struct OtherExit {
     std::uint32_t reason;
 };
-using Exit = std::variant<IoExit, MmioExit, HltExit, ShutdownExit, InternalErrorExit,
-                          FailEntryExit, InterruptedExit, SystemEventExit, OtherExit>;
+using Exit = std::variant<IoExit, MmioExit, HltExit, ShutdownExit, InternalErrorExit, FailEntryExit,
+                          InterruptedExit, SystemEventExit, OtherExit>;
 std::string describe_exit_reason(std::uint32_t reason);
 
 class Vcpu {
-public:
+  public:
     Vcpu(Fd fd, Mapping run, unsigned index);
     unsigned index() const noexcept { return index_; }
     int fd() const noexcept { return fd_.get(); }
@@ -99,7 +99,7 @@ public:
     // Guest-virtual to guest-physical through the vCPU's current page tables (KVM_TRANSLATE).
     std::optional<std::uint64_t> translate(std::uint64_t guest_virtual) const;
 
-private:
+  private:
     Fd fd_;
     Mapping run_mapping_;
     kvm_run* run_;
@@ -107,7 +107,7 @@ private:
 };
 
 class Vm {
-public:
+  public:
     explicit Vm(const System& system);
     int fd() const noexcept { return fd_.get(); }
 
@@ -119,7 +119,7 @@ public:
     // bit per 4 KiB page of the slot) and re-arms tracking. The slot needs KVM_MEM_LOG_DIRTY_PAGES.
     void get_dirty_log(std::uint32_t slot, std::vector<std::uint64_t>& bitmap);
 
-private:
+  private:
     const System& system_;
     Fd fd_;
 };

@@ -36,7 +36,8 @@ std::uint64_t unsigned_value(const json& object, const std::string& key, const s
                              std::uint64_t min, std::uint64_t max) {
     const json& v = object.at(key);
     std::string name = where.empty() ? key : where + "." + key;
-    if (!v.is_number_integer() || (v.is_number_integer() && !v.is_number_unsigned() && v.get<std::int64_t>() < 0))
+    if (!v.is_number_integer() ||
+        (v.is_number_integer() && !v.is_number_unsigned() && v.get<std::int64_t>() < 0))
         refuse(name, "expected a non-negative integer");
     auto n = v.get<std::uint64_t>();
     if (n < min || n > max) refuse(name, fmt::format("{} is out of range {}..{}", n, min, max));
@@ -58,7 +59,8 @@ void check_lpar_name(const std::string& name, const std::string& key) {
 }
 
 SystemConfig fig3a_config() {
-    return {509, {{"LPAR1", 0, 128, 1, {}, 0, 0, 0, true}, {"LPAR2", 128, 256, 1, {}, 0, 0, 0, true}}};
+    return {509,
+            {{"LPAR1", 0, 128, 1, {}, 0, 0, 0, true}, {"LPAR2", 128, 256, 1, {}, 0, 0, 0, true}}};
 }
 
 SystemConfig parse_config(const json& document) {
@@ -80,9 +82,11 @@ SystemConfig parse_config(const json& document) {
             lpar.name = string_value(entry, "name", where);
             check_lpar_name(lpar.name, where + ".name");
             if (entry.contains("origin_mib"))
-                lpar.origin_mib = unsigned_value(entry, "origin_mib", where, 0, config.main_storage_mib);
+                lpar.origin_mib =
+                    unsigned_value(entry, "origin_mib", where, 0, config.main_storage_mib);
             if (entry.contains("active")) {
-                if (!entry["active"].is_boolean()) refuse(where + ".active", "expected true or false");
+                if (!entry["active"].is_boolean())
+                    refuse(where + ".active", "expected true or false");
                 lpar.active = entry["active"].get<bool>();
             }
             lpar.size_mib = unsigned_value(entry, "size_mib", where, 4, config.main_storage_mib);
@@ -119,7 +123,8 @@ SystemConfig parse_config(const json& document) {
 
 SystemConfig load_config_file(const std::string& path) {
     std::ifstream in(path);
-    if (!in) throw Error(ErrorKind::InvalidArgument, "configuration " + path + ": cannot be opened");
+    if (!in)
+        throw Error(ErrorKind::InvalidArgument, "configuration " + path + ": cannot be opened");
     json document;
     try {
         document = json::parse(in);

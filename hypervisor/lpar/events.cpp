@@ -5,11 +5,11 @@ namespace lparvisor {
 namespace {
 
 class HubSubscription final : public control::Subscription {
-public:
+  public:
     explicit HubSubscription(std::function<void()> cancel) : cancel_(std::move(cancel)) {}
     ~HubSubscription() override { cancel_(); }
 
-private:
+  private:
     std::function<void()> cancel_;
 };
 
@@ -33,7 +33,8 @@ std::unique_ptr<control::Subscription> EventHub::subscribe(control::EventSink si
 
 void EventHub::publish(const std::string& type, const std::string& lpar,
                        const nlohmann::json& data) {
-    control::Event event{type, lpar, data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+    control::Event event{type, lpar,
+                         data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
     // Sinks are called with the lock held so that an unsubscribe returns only once its sink can
     // no longer run; sinks are quick and never call back into the hub.
     std::lock_guard lock(state_->mutex);

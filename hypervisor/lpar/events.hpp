@@ -14,12 +14,12 @@
 namespace lparvisor {
 
 class EventHub {
-public:
+  public:
     EventHub() : state_(std::make_shared<State>()) {}
     std::unique_ptr<control::Subscription> subscribe(control::EventSink sink);
     void publish(const std::string& type, const std::string& lpar, const nlohmann::json& data);
 
-private:
+  private:
     struct State {
         std::mutex mutex;
         std::uint64_t next_id = 1;

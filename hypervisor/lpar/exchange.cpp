@@ -1,7 +1,7 @@
 // EXCHANGE (the patent's claim 7) and the room-making half of storage.grow (claim 6).
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
 #include "storage/page_mover.hpp"
@@ -15,7 +15,8 @@ namespace lparvisor {
 control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& request) {
     const auto accepted = Clock::now();
     if (request.a == request.b)
-        throw Error(ErrorKind::InvalidArgument, request.a + ": cannot exchange an LPAR with itself");
+        throw Error(ErrorKind::InvalidArgument,
+                    request.a + ": cannot exchange an LPAR with itself");
     auto operation = begin_storage_operation(request.a, "EXCHANGE");
     auto lpar_a = active_lpar(request.a);
     auto lpar_b = active_lpar(request.b);
@@ -121,7 +122,8 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
     spdlog::info("EXCHANGE {} {}: done, {} moved, pause {:.3f} ms", request.a, request.b,
                  format_mib(result.bytes_moved), result.pause_us / 1000.0);
     events_.publish("exchange.done", request.a,
-                    {{"a", request.a}, {"b", request.b},
+                    {{"a", request.a},
+                     {"b", request.b},
                      {"a_new_origin_mib", result.a_new_origin_mib},
                      {"b_new_origin_mib", result.b_new_origin_mib},
                      {"pause_us", result.pause_us}});
@@ -151,11 +153,12 @@ control::GrowPlanResult Hypervisor::plan_grow(const std::string& lpar, std::uint
 }
 
 control::GrowPlanResult Hypervisor::make_room(const std::string& lpar, std::uint64_t extra_mib,
-                                             control::MvstorMode mode) {
+                                              control::MvstorMode mode) {
     auto result = plan_grow(lpar, extra_mib);
     if (!result.possible)
-        throw Error(ErrorKind::Refused, fmt::format("{}: no way to free {} MiB directly above it: {}",
-                                                    lpar, extra_mib, result.reason));
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{}: no way to free {} MiB directly above it: {}", lpar, extra_mib,
+                                result.reason));
     for (const auto& step : result.steps) {
         control::MvstorRequest request{step.lpar, step.to_mib};
         request.mode = mode;

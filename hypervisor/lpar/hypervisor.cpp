@@ -1,8 +1,8 @@
 #include "lpar/hypervisor.hpp"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "storage/address.hpp"
 #include "storage/page_mover.hpp"
@@ -41,8 +41,8 @@ Hypervisor::Record& Hypervisor::record(const std::string& name) {
         if (r.definition.name == name) return r;
     std::string known;
     for (const auto& r : records_) known += (known.empty() ? "" : ", ") + r.definition.name;
-    throw Error(ErrorKind::NotFound, "unknown LPAR '" + name + "' (defined: " +
-                                         (known.empty() ? "none" : known) + ")");
+    throw Error(ErrorKind::NotFound,
+                "unknown LPAR '" + name + "' (defined: " + (known.empty() ? "none" : known) + ")");
 }
 
 std::shared_ptr<Lpar> Hypervisor::active_lpar(const std::string& name) {
@@ -52,7 +52,9 @@ std::shared_ptr<Lpar> Hypervisor::active_lpar(const std::string& name) {
     return r.lpar;
 }
 
-Lpar& Hypervisor::lpar(const std::string& name) { return *active_lpar(name); }
+Lpar& Hypervisor::lpar(const std::string& name) {
+    return *active_lpar(name);
+}
 
 std::vector<StorageRow> Hypervisor::storage_table() const {
     std::lock_guard lock(map_mutex_);
@@ -140,14 +142,16 @@ ArenaOffset Hypervisor::first_fit(std::uint64_t size) const {
     auto rows = map_.rows();
     for (const auto& row : rows) {
         if (row.origin >= candidate + size) break;
-        candidate = (row.origin + row.size + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
+        candidate =
+            (row.origin + row.size + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
     }
     if (candidate + size > map_.main_storage()) {
         std::uint64_t largest = rows.empty() ? map_.main_storage() : rows.front().origin;
         for (const auto& row : rows) largest = std::max(largest, row.gap);
-        throw Error(ErrorKind::Refused,
-                    fmt::format("no free range of {} in main storage (largest gap {}, free {})",
-                                format_mib(size), format_mib(largest), format_mib(map_.free_bytes())));
+        throw Error(
+            ErrorKind::Refused,
+            fmt::format("no free range of {} in main storage (largest gap {}, free {})",
+                        format_mib(size), format_mib(largest), format_mib(map_.free_bytes())));
     }
     return ArenaOffset{candidate};
 }
@@ -198,7 +202,7 @@ void Hypervisor::deactivate_locked(Record& r) {
         lpar = std::move(r.lpar);
         range = map_.find(r.definition.name).range;
     }
-    lpar.reset();  // joins the vCPU threads, closes the VM and unmaps the window
+    lpar.reset();                 // joins the vCPU threads, closes the VM and unmaps the window
     scrub(arena_, keys_, range);  // nothing of this guest may reach the next owner
     std::lock_guard lock(map_mutex_);
     map_.remove(r.definition.name);
@@ -207,12 +211,14 @@ void Hypervisor::deactivate_locked(Record& r) {
 control::LparStatus Hypervisor::define(const control::LparDefinition& definition) {
     check_lpar_name(definition.name, "name");
     if (definition.size_mib < 4 || definition.size_mib % 2 != 0)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: size {} MiB: the firmware needs at least 4 MiB, in 2 MiB units",
-                                definition.name, definition.size_mib));
+        throw Error(
+            ErrorKind::InvalidArgument,
+            fmt::format("{}: size {} MiB: the firmware needs at least 4 MiB, in 2 MiB units",
+                        definition.name, definition.size_mib));
     if (definition.origin_mib && *definition.origin_mib % 2 != 0)
-        throw Error(ErrorKind::InvalidArgument, fmt::format("{}: origin {} MiB is not a multiple of 2 MiB",
-                                                            definition.name, *definition.origin_mib));
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: origin {} MiB is not a multiple of 2 MiB", definition.name,
+                                *definition.origin_mib));
     if (definition.vcpus < 1 || definition.vcpus > 8)
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: vcpus {}: 1 to 8", definition.name, definition.vcpus));
@@ -331,8 +337,8 @@ void Hypervisor::cancel_mvstor(const std::string& name) {
     if (relocating_ != name)
         throw Error(ErrorKind::NotFound, "no MVSTOR of " + name + " is running");
     if (final_stop_begun_)
-        throw Error(ErrorKind::Refused, "MVSTOR of " + name +
-                                            ": too late to cancel, its final stop has begun");
+        throw Error(ErrorKind::Refused,
+                    "MVSTOR of " + name + ": too late to cancel, its final stop has begun");
     cancel_requested_ = true;
     spdlog::info("MVSTOR {}: cancel requested", name);
 }

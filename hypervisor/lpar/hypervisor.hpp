@@ -4,8 +4,8 @@
 #pragma once
 
 #include <atomic>
-#include <list>
 #include <chrono>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -31,7 +31,7 @@ struct HypervisorOptions {
 };
 
 class Hypervisor final : public control::Api {
-public:
+  public:
     // Creates main storage, defines every configured LPAR and activates (IPLs) the active ones.
     Hypervisor(const SystemConfig& config, const HypervisorOptions& options);
     ~Hypervisor() override;
@@ -61,7 +61,7 @@ public:
     StorageKeys& storage_keys() noexcept { return keys_; }
     std::vector<StorageRow> storage_table() const;
 
-private:
+  private:
     struct Record {
         LparConfig definition;
         std::shared_ptr<Lpar> lpar;  // null while only defined
@@ -94,8 +94,8 @@ private:
     // or a vCPU pause, so lpar.list answers during any of them.
     mutable std::mutex map_mutex_;
     StorageMap map_;
-    std::list<Record> records_;    // in definition order; a list so references stay valid
-    std::string relocating_;       // the LPAR an MVSTOR is moving, shown as "relocating"
+    std::list<Record> records_;  // in definition order; a list so references stay valid
+    std::string relocating_;     // the LPAR an MVSTOR is moving, shown as "relocating"
     bool cancel_requested_ = false;
     bool final_stop_begun_ = false;
 

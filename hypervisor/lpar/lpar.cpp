@@ -21,7 +21,9 @@ constexpr std::size_t kConsoleCapacity = 1024 * 1024;
 
 // The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
 // that the ioctl returns EINTR (installed without SA_RESTART).
-int kick_signal() { return SIGRTMIN; }
+int kick_signal() {
+    return SIGRTMIN;
+}
 
 void install_kick_handler() {
     static std::once_flag once;
@@ -39,7 +41,7 @@ std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::vector<kvm_cpuid_entry2> entri
                                              unsigned index) {
     for (auto& e : entries) {
         if (e.function == 1) e.ebx = (e.ebx & 0x00ffffff) | (index << 24);  // initial APIC ID
-        if (e.function == 0xb || e.function == 0x1f) e.edx = index;          // x2APIC ID
+        if (e.function == 0xb || e.function == 0x1f) e.edx = index;         // x2APIC ID
     }
     return entries;
 }
@@ -65,10 +67,9 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
                  stop(fmt::format("guest exit {}", code));
              }));
     bus_.add(LPV_PORT_STORAGE_KEY, StorageKeyPort::kPortCount,
-             std::make_shared<StorageKeyPort>(window_.memory(), keys,
-                                              [this](GuestPhysAddr gpa) {
-                                                  return window_.arena_offset_of(gpa);
-                                              }));
+             std::make_shared<StorageKeyPort>(window_.memory(), keys, [this](GuestPhysAddr gpa) {
+                 return window_.arena_offset_of(gpa);
+             }));
 
     auto image = boot::load_firmware_elf(spec.firmware, window_.memory());
     auto cpuid = system.supported_cpuid();
@@ -222,22 +223,22 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
             if constexpr (std::is_same_v<T, kvm::IoExit>) {
                 for (std::uint32_t i = 0; i < exit.count; ++i) {
                     auto part = exit.data.subspan(std::size_t{i} * exit.size, exit.size);
-                    bool served = exit.is_write ? bus_.write(exit.port, part)
-                                                : bus_.read(exit.port, part);
+                    bool served =
+                        exit.is_write ? bus_.write(exit.port, part) : bus_.read(exit.port, part);
                     if (!served) {
-                        stop(describe_fault(vcpu, fmt::format("unhandled I/O port {:#x} ({} of {} "
-                                                              "byte(s))",
-                                                              exit.port,
-                                                              exit.is_write ? "write" : "read",
-                                                              exit.size)));
+                        stop(describe_fault(
+                            vcpu,
+                            fmt::format("unhandled I/O port {:#x} ({} of {} "
+                                        "byte(s))",
+                                        exit.port, exit.is_write ? "write" : "read", exit.size)));
                         return;
                     }
                 }
             } else if constexpr (std::is_same_v<T, kvm::MmioExit>) {
-                stop(describe_fault(vcpu, fmt::format("MMIO {} at guest-physical {:#x} with no "
-                                                      "device there",
-                                                      exit.is_write ? "write" : "read",
-                                                      exit.address)));
+                stop(describe_fault(vcpu,
+                                    fmt::format("MMIO {} at guest-physical {:#x} with no "
+                                                "device there",
+                                                exit.is_write ? "write" : "read", exit.address)));
             } else if constexpr (std::is_same_v<T, kvm::HltExit>) {
                 stop(describe_fault(vcpu, "halted"));
             } else if constexpr (std::is_same_v<T, kvm::ShutdownExit>) {
@@ -258,12 +259,11 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
                 std::string hex;
                 for (auto b : bytes) hex += fmt::format("{}{:02x}", hex.empty() ? "" : " ", b);
                 stop(describe_fault(
-                    vcpu, fmt::format("KVM internal error {}{} instruction bytes [{}]",
-                                      exit.suberror,
-                                      exit.suberror == KVM_INTERNAL_ERROR_EMULATION
-                                          ? " (emulation failure)"
-                                          : "",
-                                      hex.empty() ? "unavailable" : hex)));
+                    vcpu,
+                    fmt::format(
+                        "KVM internal error {}{} instruction bytes [{}]", exit.suberror,
+                        exit.suberror == KVM_INTERNAL_ERROR_EMULATION ? " (emulation failure)" : "",
+                        hex.empty() ? "unavailable" : hex)));
             } else if constexpr (std::is_same_v<T, kvm::FailEntryExit>) {
                 stop(describe_fault(vcpu, fmt::format("VM entry failed, hardware reason {:#x}",
                                                       exit.hardware_reason)));
@@ -271,9 +271,10 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
                 stop(fmt::format("guest system event {} (power-off or reset)", exit.type));
             } else if constexpr (std::is_same_v<T, kvm::OtherExit>) {
                 stop(describe_fault(
-                    vcpu, result.error != 0
-                              ? fmt::format("KVM_RUN failed: {}", std::strerror(result.error))
-                              : fmt::format("unhandled {}", kvm::describe_exit_reason(exit.reason))));
+                    vcpu,
+                    result.error != 0
+                        ? fmt::format("KVM_RUN failed: {}", std::strerror(result.error))
+                        : fmt::format("unhandled {}", kvm::describe_exit_reason(exit.reason))));
             }
             // InterruptedExit: a kick; the loop parks if asked to.
         },

@@ -7,9 +7,9 @@
 #pragma once
 
 #include <atomic>
-#include <functional>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,8 +29,8 @@ struct LparSpec {
     std::string name;
     ArenaRange storage;
     unsigned vcpus = 1;
-    std::string firmware;       // ELF path of the test firmware
-    std::string console_file;   // mirror of the serial output, empty for none
+    std::string firmware;      // ELF path of the test firmware
+    std::string console_file;  // mirror of the serial output, empty for none
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_bytes = 0;
     std::uint64_t round_limit = 0;  // firmware ends with debug-exit after N rounds (0: never)
@@ -40,11 +40,12 @@ enum class LparState { Running, Stopped };
 const char* to_string(LparState state);
 
 // Told of every state change ("running" / "stopped", reason); called on the thread that caused
-// it (a vCPU thread for guest exits and faults): must be quick and must not call back into the Lpar.
+// it (a vCPU thread for guest exits and faults): must be quick and must not call back into the
+// Lpar.
 using StateListener = std::function<void(LparState state, const std::string& reason)>;
 
 class Lpar {
-public:
+  public:
     // Builds the VM, maps the window, loads the firmware; vCPUs do not run until start().
     Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec,
          StateListener listener = {});
@@ -84,7 +85,7 @@ public:
     ConsoleLog& console() noexcept { return *console_; }
     std::vector<std::shared_ptr<PortDevice>> devices() const { return bus_.devices(); }
 
-private:
+  private:
     void vcpu_loop(unsigned index);
     void handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result);
     std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);

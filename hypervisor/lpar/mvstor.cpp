@@ -6,8 +6,8 @@
 #include <thread>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
 #include "storage/page_mover.hpp"
@@ -67,10 +67,10 @@ struct Hypervisor::Move {
     std::string busy_message(const std::vector<std::string>& busy) const {
         std::string names;
         for (const auto& b : busy) names += (names.empty() ? "" : ", ") + b;
-        return fmt::format("{}: MVSTOR abandoned: device(s) still busy after {} ms: {}; the LPAR "
-                           "runs on at its old origin {} MiB, nothing was moved",
-                           request.lpar, request.drain_timeout.count(), names,
-                           from.start.value / kMiB);
+        return fmt::format(
+            "{}: MVSTOR abandoned: device(s) still busy after {} ms: {}; the LPAR "
+            "runs on at its old origin {} MiB, nothing was moved",
+            request.lpar, request.drain_timeout.count(), names, from.start.value / kMiB);
     }
 };
 
@@ -79,7 +79,7 @@ namespace {
 // Marks an LPAR as "relocating" in lpar.list for the lifetime of the operation, and resets the
 // cancel bookkeeping that cancel_mvstor() reads.
 class RelocatingMark {
-public:
+  public:
     RelocatingMark(std::mutex& mutex, std::string& slot, bool& cancel, bool& final_stop,
                    const std::string& name)
         : mutex_(mutex), slot_(slot), cancel_(cancel), final_stop_(final_stop) {
@@ -95,7 +95,7 @@ public:
     RelocatingMark(const RelocatingMark&) = delete;
     RelocatingMark& operator=(const RelocatingMark&) = delete;
 
-private:
+  private:
     std::mutex& mutex_;
     std::string& slot_;
     bool& cancel_;
@@ -178,13 +178,15 @@ control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) 
     if (result.stops_us.empty()) result.stops_us.push_back(result.pause_us);
 
     // Step 211: report.
-    spdlog::info("MVSTOR {}: done ({}), {} copied, {} recopied, {} stop(s), pause {:.3f} ms, "
-                 "total {:.3f} ms",
-                 request.lpar, result.policy_branch, format_mib(result.bytes_copied),
-                 format_mib(result.bytes_recopied), result.stops_us.size(),
-                 result.pause_us / 1000.0, result.total_us / 1000.0);
+    spdlog::info(
+        "MVSTOR {}: done ({}), {} copied, {} recopied, {} stop(s), pause {:.3f} ms, "
+        "total {:.3f} ms",
+        request.lpar, result.policy_branch, format_mib(result.bytes_copied),
+        format_mib(result.bytes_recopied), result.stops_us.size(), result.pause_us / 1000.0,
+        result.total_us / 1000.0);
     nlohmann::json phases = nlohmann::json::array();
-    for (const auto& p : result.phases) phases.push_back({{"phase", p.phase}, {"us", p.microseconds}});
+    for (const auto& p : result.phases)
+        phases.push_back({{"phase", p.phase}, {"us", p.microseconds}});
     events_.publish("mvstor.done", request.lpar,
                     {{"old_origin_mib", result.old_origin_mib},
                      {"new_origin_mib", result.new_origin_mib},
@@ -210,8 +212,9 @@ void Hypervisor::begin_final_stop(Move& move) {
     // Nothing has changed but the backing of the free target range: give it back unbacked.
     scrub(arena_, keys_, newly_occupied_range(move.from, move.to.start));
     spdlog::info("MVSTOR {}: cancelled before the stop; nothing moved", move.request.lpar);
-    throw move.fail(ErrorKind::Busy, move.request.lpar + ": MVSTOR cancelled by the operator "
-                                                         "before its final stop; nothing was moved");
+    throw move.fail(ErrorKind::Busy, move.request.lpar +
+                                         ": MVSTOR cancelled by the operator "
+                                         "before its final stop; nothing was moved");
 }
 
 bool Hypervisor::stop_and_drain(Move& move, std::vector<std::string>& busy, bool record_phases) {
@@ -289,8 +292,8 @@ void Hypervisor::live_move(Move& move) {
     const auto started = Clock::now();
     const std::uint64_t size = move.from.size;
     const bool up = move.to.start.value > move.from.start.value;
-    const std::uint64_t delta =
-        up ? move.to.start.value - move.from.start.value : move.from.start.value - move.to.start.value;
+    const std::uint64_t delta = up ? move.to.start.value - move.from.start.value
+                                   : move.from.start.value - move.to.start.value;
     const std::uint64_t chunk = std::min(size, delta);  // both 2 MiB multiples
     std::vector<std::uint64_t> offsets;
     for (std::uint64_t offset = 0; offset < size; offset += chunk) offsets.push_back(offset);
@@ -328,7 +331,8 @@ void Hypervisor::live_move(Move& move) {
         if (copied >= 4 * kMiB) bytes_per_us = static_cast<double>(copied) / elapsed;
         result.bytes_copied += copied;
         copied_total += length;
-        events_.publish("mvstor.progress", move.request.lpar, {{"copied", copied_total}, {"total", size}});
+        events_.publish("mvstor.progress", move.request.lpar,
+                        {{"copied", copied_total}, {"total", size}});
         unsigned rounds = 1;
 
         // Further rounds until what is dirty fits half the target pause (the other half is the
@@ -343,13 +347,13 @@ void Hypervisor::live_move(Move& move) {
                 result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
                 break;
             }
-            if (rounds >= policy.max_rounds ||
-                Clock::now() - started >= policy.max_total) {
+            if (rounds >= policy.max_rounds || Clock::now() - started >= policy.max_total) {
                 result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
                 if (fallback.empty())
-                    fallback = fmt::format("fallback: chunk {} of {} still had {} dirty after {} "
-                                           "rounds; copied in the stop",
-                                           index + 1, offsets.size(), format_mib(dirty_bytes), rounds);
+                    fallback = fmt::format(
+                        "fallback: chunk {} of {} still had {} dirty after {} "
+                        "rounds; copied in the stop",
+                        index + 1, offsets.size(), format_mib(dirty_bytes), rounds);
                 break;
             }
             result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
@@ -367,7 +371,8 @@ void Hypervisor::live_move(Move& move) {
                 throw move.fail(ErrorKind::Busy, move.busy_message(busy));
             }
             // Part of the LPAR has moved already: it cannot go back, so wait for the devices.
-            spdlog::warn("MVSTOR {}: devices busy at chunk {}; retrying", move.request.lpar, index + 1);
+            spdlog::warn("MVSTOR {}: devices busy at chunk {}; retrying", move.request.lpar,
+                         index + 1);
         }
         auto dirty = move.lpar->harvest_dirty();
         result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);

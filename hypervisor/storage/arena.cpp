@@ -38,10 +38,12 @@ Arena::Arena(std::uint64_t bytes, HugePagePolicy policy) {
     if (bytes == 0) throw Error(ErrorKind::InvalidArgument, "main storage size must be > 0");
     size_ = (bytes + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
 
-    bool want_huge = policy == HugePagePolicy::On ||
-                     (policy == HugePagePolicy::Auto && free_huge_pages() * kOriginAlignment >= size_);
+    bool want_huge =
+        policy == HugePagePolicy::On ||
+        (policy == HugePagePolicy::Auto && free_huge_pages() * kOriginAlignment >= size_);
     if (want_huge) {
-        fd_.reset(::memfd_create("lparvisor-main-storage", MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB));
+        fd_.reset(
+            ::memfd_create("lparvisor-main-storage", MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB));
         if (fd_.valid() && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) == 0) {
             hugetlb_ = true;
         } else {

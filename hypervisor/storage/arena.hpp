@@ -16,7 +16,7 @@ namespace lparvisor {
 enum class HugePagePolicy { Auto, On, Off };
 
 class Arena {
-public:
+  public:
     // `bytes` is rounded up to 2 MiB for the allocation. With Auto, 2 MiB hugetlb backing is used
     // when enough free huge pages exist, else 4 KiB shmem (a warning says how to get huge pages).
     Arena(std::uint64_t bytes, HugePagePolicy policy);
@@ -40,7 +40,7 @@ public:
     std::optional<ArenaOffset> next_data(ArenaOffset offset) const;
     ArenaOffset next_hole(ArenaOffset offset) const;
 
-private:
+  private:
     void check(ArenaRange range, const char* what) const;
 
     Fd fd_;

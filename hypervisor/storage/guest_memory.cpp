@@ -16,8 +16,8 @@ GuestWindow::GuestWindow(const Arena& arena, ArenaRange range)
     // Reserve the address range first, aligned to 2 MiB so that huge pages (hugetlb or THP) and
     // KVM's large mappings line up, then map the arena into it.
     std::uint64_t reserve = range.size + kOriginAlignment;
-    void* raw = ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0);
+    void* raw =
+        ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (raw == MAP_FAILED) throw_errno("reserve guest window of " + format_mib(range.size));
     auto start = reinterpret_cast<std::uintptr_t>(raw);
     auto aligned = (start + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
@@ -28,7 +28,9 @@ GuestWindow::GuestWindow(const Arena& arena, ArenaRange range)
     remap_part(0, range.size, range.start);
 }
 
-void GuestWindow::remap(ArenaOffset new_origin) { remap_part(0, size(), new_origin); }
+void GuestWindow::remap(ArenaOffset new_origin) {
+    remap_part(0, size(), new_origin);
+}
 
 void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
                              ArenaOffset arena_offset) {

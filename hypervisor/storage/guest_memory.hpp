@@ -12,9 +12,9 @@
 #include <cstring>
 #include <memory>
 #include <optional>
-#include <vector>
 #include <span>
 #include <type_traits>
+#include <vector>
 
 #include "storage/address.hpp"
 #include "storage/arena.hpp"
@@ -26,7 +26,7 @@ namespace lparvisor {
 // dirty log only sees the guest's writes, so a live relocation ORs this in (as Firecracker and
 // Cloud Hypervisor do). Marking is lock-free and costs one relaxed load while tracking is off.
 class DeviceDirtyLog {
-public:
+  public:
     explicit DeviceDirtyLog(std::uint64_t bytes) : words_((bytes / 4096 + 63) / 64) {}
     void set_tracking(bool on) { tracking_.store(on, std::memory_order_seq_cst); }
     void mark(std::uint64_t gpa, std::uint64_t length) {
@@ -40,13 +40,13 @@ public:
             bitmap[i] |= words_[i].exchange(0, std::memory_order_relaxed);
     }
 
-private:
+  private:
     std::atomic<bool> tracking_{false};
     std::vector<std::atomic<std::uint64_t>> words_;
 };
 
 class GuestMemory {
-public:
+  public:
     GuestMemory() = default;
     GuestMemory(std::uint8_t* base, std::uint64_t size, std::shared_ptr<DeviceDirtyLog> dirty = {})
         : base_(base), size_(size), dirty_(std::move(dirty)) {}
@@ -83,7 +83,8 @@ public:
         static_assert(std::is_trivially_copyable_v<T>);
         T value;
         // SAFETY: T is trivially copyable; read() checks the guest range.
-        if (!read(address, {reinterpret_cast<std::uint8_t*>(&value), sizeof(T)})) return std::nullopt;
+        if (!read(address, {reinterpret_cast<std::uint8_t*>(&value), sizeof(T)}))
+            return std::nullopt;
         return value;
     }
     template <typename T>
@@ -92,7 +93,7 @@ public:
         return write(address, {reinterpret_cast<const std::uint8_t*>(&value), sizeof(T)});
     }
 
-private:
+  private:
     std::optional<std::span<std::uint8_t>> view(GuestPhysAddr address, std::uint64_t length) const {
         if (!contains(address, length)) return std::nullopt;
         // SAFETY: contains() proved address + length <= size_ without overflow.
@@ -108,7 +109,7 @@ private:
 // the arena. The KVM memslot and the devices point at the window; relocation re-maps it onto the
 // new origin (KVM follows through its MMU notifier), so neither ever sees a new host address.
 class GuestWindow {
-public:
+  public:
     GuestWindow(const Arena& arena, ArenaRange range);
 
     std::uint8_t* host_base() const noexcept { return mapping_.data(); }
@@ -118,7 +119,8 @@ public:
     // Where a guest-physical address lives in main storage right now (parts of the window point
     // at different places in the middle of a chunked live move). `gpa` must be < size().
     ArenaOffset arena_offset_of(GuestPhysAddr gpa) const noexcept {
-        return ArenaOffset{units_[gpa.value / kOriginAlignment].value + gpa.value % kOriginAlignment};
+        return ArenaOffset{units_[gpa.value / kOriginAlignment].value +
+                           gpa.value % kOriginAlignment};
     }
     GuestMemory memory() const noexcept { return {mapping_.data(), mapping_.size(), dirty_}; }
     DeviceDirtyLog& device_dirty_log() noexcept { return *dirty_; }
@@ -128,7 +130,7 @@ public:
     // Points [guest_offset, +length) (2 MiB aligned) at the arena from `arena_offset` on.
     void remap_part(std::uint64_t guest_offset, std::uint64_t length, ArenaOffset arena_offset);
 
-private:
+  private:
     const Arena& arena_;
     Mapping mapping_;
     std::vector<ArenaOffset> units_;  // arena offset of each 2 MiB unit of the window

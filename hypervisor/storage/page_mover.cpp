@@ -22,8 +22,8 @@ void move_batch(Arena& arena, StorageKeys& keys, std::uint64_t src, std::uint64_
     auto dst_keys = keys.frames(dst_range);
     auto src_bytes = arena.bytes(src_range);
     auto dst_bytes = arena.bytes(dst_range);
-    std::memmove(dst_bytes.data(), src_bytes.data(), bytes);            // step 206: the pages
-    std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());    // step 207: their keys
+    std::memmove(dst_bytes.data(), src_bytes.data(), bytes);          // step 206: the pages
+    std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());  // step 207: their keys
 }
 
 }  // namespace
@@ -67,7 +67,8 @@ std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std
         if (data_start > offset) {  // a hole: the destination must read as zeros too
             std::uint64_t hole_end = data_start / granule * granule;
             std::uint64_t hole_start = (offset + granule - 1) / granule * granule;
-            if (hole_end > hole_start) arena.punch({{dst.value + hole_start}, hole_end - hole_start});
+            if (hole_end > hole_start)
+                arena.punch({{dst.value + hole_start}, hole_end - hole_start});
             // Partial granules at the edges are zeroed by hand.
             std::memset(target.data() + offset, 0, std::min(hole_start, data_start) - offset);
             if (hole_end >= hole_start && data_start > hole_end)

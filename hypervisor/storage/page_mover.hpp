@@ -15,7 +15,8 @@ namespace lparvisor {
 // Called after each batch: bytes copied so far of the total.
 using CopyProgress = std::function<void(std::uint64_t copied, std::uint64_t total)>;
 
-// Moves `from` (4 KiB aligned) to start at `to`; both ranges inside the arena. Returns bytes copied.
+// Moves `from` (4 KiB aligned) to start at `to`; both ranges inside the arena. Returns bytes
+// copied.
 std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
                          const CopyProgress& progress = {});
 

@@ -8,7 +8,8 @@
 namespace lparvisor {
 
 StorageKeys::StorageKeys(std::uint64_t main_storage_bytes)
-    : keys_((main_storage_bytes + kPageSize - 1) / kPageSize, 0) {}
+    : keys_((main_storage_bytes + kPageSize - 1) / kPageSize, 0) {
+}
 
 std::span<std::uint8_t> StorageKeys::frames(ArenaRange range) {
     auto frames = std::as_const(*this).frames(range);

@@ -16,7 +16,7 @@
 namespace lparvisor {
 
 class StorageKeys {
-public:
+  public:
     explicit StorageKeys(std::uint64_t main_storage_bytes);
 
     std::uint64_t frame_count() const noexcept { return keys_.size(); }
@@ -26,7 +26,7 @@ public:
 
     void clear(ArenaRange range);
 
-private:
+  private:
     std::vector<std::uint8_t> keys_;
 };
 

@@ -6,7 +6,8 @@
 
 namespace lparvisor {
 
-StorageMap::StorageMap(std::uint64_t main_storage_bytes) : total_(main_storage_bytes) {}
+StorageMap::StorageMap(std::uint64_t main_storage_bytes) : total_(main_storage_bytes) {
+}
 
 std::uint64_t StorageMap::free_bytes() const {
     std::uint64_t used = 0;
@@ -24,8 +25,8 @@ const StorageArea& StorageMap::find(const std::string& lpar) const {
         if (area.lpar == lpar) return area;
     std::string known;
     for (const auto& area : areas_) known += (known.empty() ? "" : ", ") + area.lpar;
-    throw Error(ErrorKind::NotFound, "unknown LPAR '" + lpar + "' (defined: " +
-                                         (known.empty() ? "none" : known) + ")");
+    throw Error(ErrorKind::NotFound,
+                "unknown LPAR '" + lpar + "' (defined: " + (known.empty() ? "none" : known) + ")");
 }
 
 std::optional<StorageArea> StorageMap::first_overlap(ArenaRange range,
@@ -42,11 +43,10 @@ void StorageMap::check_placement(const std::string& lpar, ArenaRange range,
                                  const char* what) const {
     if (range.size == 0) throw Error(ErrorKind::InvalidArgument, lpar + ": size must be > 0");
     if (range.size % kOriginAlignment != 0)
-        throw Error(ErrorKind::InvalidArgument, lpar + ": size " + format_mib(range.size) +
-                                                    " is not a multiple of 2 MiB");
+        throw Error(ErrorKind::InvalidArgument,
+                    lpar + ": size " + format_mib(range.size) + " is not a multiple of 2 MiB");
     if (range.start.value % kOriginAlignment != 0)
-        throw Error(ErrorKind::InvalidArgument, lpar + ": origin " +
-                                                    format_mib(range.start.value) +
+        throw Error(ErrorKind::InvalidArgument, lpar + ": origin " + format_mib(range.start.value) +
                                                     " is not a multiple of 2 MiB");
     if (range.start.value >= total_ || range.size > total_ - range.start.value)
         throw Error(ErrorKind::Refused,
@@ -75,9 +75,9 @@ void StorageMap::remove(const std::string& lpar) {
 ArenaRange StorageMap::check_move(const std::string& lpar, ArenaOffset new_origin) const {
     const auto& area = find(lpar);
     if (new_origin == area.range.start)
-        throw Error(ErrorKind::InvalidArgument, lpar + " is already at origin " +
-                                                    format_mib(new_origin.value) +
-                                                    ": nothing to move");
+        throw Error(
+            ErrorKind::InvalidArgument,
+            lpar + " is already at origin " + format_mib(new_origin.value) + ": nothing to move");
     ArenaRange target{new_origin, area.range.size};
     check_placement(lpar, target, "target");
     return target;
@@ -106,8 +106,9 @@ void StorageMap::reassign(const std::string& a, ArenaOffset a_origin, const std:
 
 std::vector<StorageRow> StorageMap::rows() const {
     auto sorted = areas_;
-    std::sort(sorted.begin(), sorted.end(),
-              [](const StorageArea& a, const StorageArea& b) { return a.range.start < b.range.start; });
+    std::sort(sorted.begin(), sorted.end(), [](const StorageArea& a, const StorageArea& b) {
+        return a.range.start < b.range.start;
+    });
     std::vector<StorageRow> rows;
     for (std::size_t i = 0; i < sorted.size(); ++i) {
         std::uint64_t next = i + 1 < sorted.size() ? sorted[i + 1].range.start.value : total_;

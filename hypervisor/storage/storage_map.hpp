@@ -26,7 +26,7 @@ struct StorageRow {
 };
 
 class StorageMap {
-public:
+  public:
     explicit StorageMap(std::uint64_t main_storage_bytes);
 
     std::uint64_t main_storage() const noexcept { return total_; }
@@ -55,7 +55,7 @@ public:
     // The first area other than `except` that overlaps `range`, if any.
     std::optional<StorageArea> first_overlap(ArenaRange range, const std::string& except) const;
 
-private:
+  private:
     void check_placement(const std::string& lpar, ArenaRange range, const char* what) const;
 
     std::uint64_t total_;

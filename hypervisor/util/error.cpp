@@ -9,6 +9,8 @@ void throw_errno(const std::string& what, int saved_errno) {
     throw Error(ErrorKind::System, what + ": " + std::strerror(saved_errno));
 }
 
-void throw_errno(const std::string& what) { throw_errno(what, errno); }
+void throw_errno(const std::string& what) {
+    throw_errno(what, errno);
+}
 
 }  // namespace lparvisor

@@ -10,7 +10,7 @@
 namespace lparvisor {
 
 class Mapping {
-public:
+  public:
     Mapping() = default;
     Mapping(void* address, std::size_t length) noexcept : address_(address), length_(length) {}
     Mapping(Mapping&& other) noexcept
@@ -37,7 +37,7 @@ public:
         length_ = 0;
     }
 
-private:
+  private:
     void* address_ = nullptr;
     std::size_t length_ = 0;
 };

@@ -180,10 +180,12 @@ class FakeApi : public Api {
     GrowPlanResult plan_grow(const std::string& name, std::uint64_t extra_mib) override {
         std::lock_guard lock(mutex_);
         maybe_throw();
-        GrowPlanResult plan{name, extra_mib, true, {{"LPAR2", 128, 192, 256}}, 256ull << 20, "", false, {}};
+        GrowPlanResult plan{name,         extra_mib, true,  {{"LPAR2", 128, 192, 256}},
+                            256ull << 20, "",        false, {}};
         return plan;
     }
-    GrowPlanResult make_room(const std::string& name, std::uint64_t extra_mib, MvstorMode) override {
+    GrowPlanResult make_room(const std::string& name, std::uint64_t extra_mib,
+                             MvstorMode) override {
         auto plan = plan_grow(name, extra_mib);
         std::lock_guard lock(mutex_);
         plan.carried_out = true;

@@ -111,10 +111,12 @@ TEST_CASE("storage.mvstor: live mode and its policy parameters", "[json_rpc]") {
     CHECK(live.policy.target_pause == std::chrono::microseconds(500));
     CHECK(live.policy.max_rounds == 4);
     CHECK(live.policy.max_total == std::chrono::milliseconds(2000));
-    CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"mode":"fast"})")) == -32602);
+    CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"mode":"fast"})")) ==
+          -32602);
     CHECK_THAT(message_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"mode":"fast"})")),
                Catch::Contains("mode: expected"));
-    CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"max_rounds":0})")) == -32602);
+    CHECK(code_of(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":192,"max_rounds":0})")) ==
+          -32602);
     CHECK(api.mvstor_requests.size() == 2);
 }
 
@@ -574,20 +576,37 @@ TEST_CASE("event notifications merge the data and keep event and lpar", "[json_r
 
 TEST_CASE("storage.exchange, storage.plan_grow and storage.make_room", "[json_rpc]") {
     test::FakeApi api;
-    auto exchanged = call(api, R"({"jsonrpc":"2.0","id":1,"method":"storage.exchange","params":{"a":"LPAR1","b":"LPAR2","timeout_ms":500}})");
+    auto exchanged = call(
+        api,
+        R"({"jsonrpc":"2.0","id":1,"method":"storage.exchange","params":{"a":"LPAR1","b":"LPAR2","timeout_ms":500}})");
     CHECK(exchanged.at("result").at("a_new_origin_mib") == 128);
     REQUIRE(api.exchange_requests.size() == 1);
     CHECK(api.exchange_requests[0].drain_timeout == std::chrono::milliseconds(500));
-    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":2,"method":"storage.exchange","params":{"a":"LPAR1"}})") == -32602);
+    CHECK(
+        code_of(api,
+                R"({"jsonrpc":"2.0","id":2,"method":"storage.exchange","params":{"a":"LPAR1"}})") ==
+        -32602);
 
-    auto plan = call(api, R"({"jsonrpc":"2.0","id":3,"method":"storage.plan_grow","params":{"lpar":"LPAR1","mib":64}})");
+    auto plan = call(
+        api,
+        R"({"jsonrpc":"2.0","id":3,"method":"storage.plan_grow","params":{"lpar":"LPAR1","mib":64}})");
     CHECK(plan.at("result").at("possible") == true);
     CHECK(plan.at("result").at("steps")[0].at("to_mib") == 192);
     CHECK(plan.at("result").at("carried_out") == false);
-    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":4,"method":"storage.plan_grow","params":{"lpar":"LPAR1","mib":64,"mode":"live"}})") == -32602);
+    CHECK(
+        code_of(
+            api,
+            R"({"jsonrpc":"2.0","id":4,"method":"storage.plan_grow","params":{"lpar":"LPAR1","mib":64,"mode":"live"}})") ==
+        -32602);
 
-    auto room = call(api, R"({"jsonrpc":"2.0","id":5,"method":"storage.make_room","params":{"lpar":"LPAR1","mib":64,"mode":"live"}})");
+    auto room = call(
+        api,
+        R"({"jsonrpc":"2.0","id":5,"method":"storage.make_room","params":{"lpar":"LPAR1","mib":64,"mode":"live"}})");
     CHECK(room.at("result").at("carried_out") == true);
     CHECK(room.at("result").at("moves").size() == 1);
-    CHECK(code_of(api, R"({"jsonrpc":"2.0","id":6,"method":"storage.make_room","params":{"lpar":"LPAR1","mib":0}})") == -32602);
+    CHECK(
+        code_of(
+            api,
+            R"({"jsonrpc":"2.0","id":6,"method":"storage.make_room","params":{"lpar":"LPAR1","mib":0}})") ==
+        -32602);
 }

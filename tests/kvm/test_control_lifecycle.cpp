@@ -35,8 +35,9 @@ json row_of(const json& list, const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("lifecycle through the socket: define, IPL, MVSTOR with progress, stop, deactivate, remove",
-          "[kvm][control]") {
+TEST_CASE(
+    "lifecycle through the socket: define, IPL, MVSTOR with progress, stop, deactivate, remove",
+    "[kvm][control]") {
     TempDir dir;
     Hypervisor hv({96, {{"A", 0, 16, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
@@ -68,13 +69,17 @@ TEST_CASE("lifecycle through the socket: define, IPL, MVSTOR with progress, stop
     CHECK(watcher.events_of("mvstor.phase").size() >= 5);
     test::require_clean_rounds(hv, "B", 2);
 
-    CHECK(test::rpc_call(socket.path(), "lpar.stop", {{"lpar", "B"}})["result"]["state"] == "stopped");
-    CHECK(test::rpc_call(socket.path(), "lpar.start", {{"lpar", "B"}})["result"]["state"] == "running");
+    CHECK(test::rpc_call(socket.path(), "lpar.stop", {{"lpar", "B"}})["result"]["state"] ==
+          "stopped");
+    CHECK(test::rpc_call(socket.path(), "lpar.start", {{"lpar", "B"}})["result"]["state"] ==
+          "running");
     test::require_clean_rounds(hv, "B", 1);
     auto config = test::rpc_call(socket.path(), "system.config");
     CHECK(config["result"]["lpars"][1]["origin_mib"] == 60);
-    CHECK(test::rpc_call(socket.path(), "lpar.deactivate", {{"lpar", "B"}})["result"]["state"] == "defined");
-    CHECK(test::rpc_call(socket.path(), "lpar.remove", {{"lpar", "B"}})["result"]["removed"] == "B");
+    CHECK(test::rpc_call(socket.path(), "lpar.deactivate", {{"lpar", "B"}})["result"]["state"] ==
+          "defined");
+    CHECK(test::rpc_call(socket.path(), "lpar.remove", {{"lpar", "B"}})["result"]["removed"] ==
+          "B");
     CHECK(test::rpc_call(socket.path(), "lpar.list")["result"]["lpars"].size() == 1);
 
     std::vector<std::string> states;
@@ -92,7 +97,8 @@ TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it 
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::require_clean_rounds(hv, "BIG", 1);
     auto move = std::async(std::launch::async, [&] {
-        return test::rpc_call(socket.path(), "storage.mvstor", {{"lpar", "BIG"}, {"origin_mib", 512}});
+        return test::rpc_call(socket.path(), "storage.mvstor",
+                              {{"lpar", "BIG"}, {"origin_mib", 512}});
     });
     for (;;) {
         auto list = test::rpc_call(socket.path(), "lpar.list");

@@ -13,7 +13,6 @@ using namespace std::chrono_literals;
 using test::origin_mib_of;
 using test::require_clean_rounds;
 
-
 TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exchange]") {
     SystemConfig config{128,
                         {{"A", 0, 16, 1, {}, 0, 0, 0, true},
@@ -48,8 +47,7 @@ TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exch
     require_clean_rounds(hv, "A", 1);
 }
 
-TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB",
-          "[kvm][grow]") {
+TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB", "[kvm][grow]") {
     Hypervisor hv(fig3a_config(), test::firmware_options());
     require_clean_rounds(hv, "LPAR1", 1);
     require_clean_rounds(hv, "LPAR2", 1);

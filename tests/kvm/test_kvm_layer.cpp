@@ -54,8 +54,8 @@ kvm::IoExit expect_io(const kvm::Vcpu::RunResult& result) {
 
 TEST_CASE("CPL3 port output reaches the hypervisor, and the guest follows a memory move", "[kvm]") {
     // mov dx, 0x3f8; loop: mov al, [kData]; out dx, al; jmp loop
-    Guest guest({0x66, 0xba, 0xf8, 0x03, 0x8a, 0x04, 0x25, 0x00, 0x08, 0x10, 0x00, 0xee, 0xeb,
-                 0xf6});
+    Guest guest(
+        {0x66, 0xba, 0xf8, 0x03, 0x8a, 0x04, 0x25, 0x00, 0x08, 0x10, 0x00, 0xee, 0xeb, 0xf6});
     REQUIRE(guest.window.memory().write_object<std::uint8_t>(GuestPhysAddr{kData}, 'A'));
 
     auto io = expect_io(guest.run_until_exit());

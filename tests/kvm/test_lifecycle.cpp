@@ -61,9 +61,12 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     CHECK(defined.state == "defined");
     CHECK_FALSE(defined.has_storage);
     CHECK(hv.list().free_mib == 48);
-    CHECK_THROWS_WITH(hv.define({"B", std::nullopt, 16, 1, {}, 0, 0, 0}), Catch::Contains("already exists"));
-    CHECK_THROWS_WITH(hv.define({"bad name", std::nullopt, 16, 1, {}, 0, 0, 0}), Catch::Contains("name"));
-    CHECK_THROWS_WITH(hv.define({"C", 3, 16, 1, {}, 0, 0, 0}), Catch::Contains("not a multiple of 2 MiB"));
+    CHECK_THROWS_WITH(hv.define({"B", std::nullopt, 16, 1, {}, 0, 0, 0}),
+                      Catch::Contains("already exists"));
+    CHECK_THROWS_WITH(hv.define({"bad name", std::nullopt, 16, 1, {}, 0, 0, 0}),
+                      Catch::Contains("name"));
+    CHECK_THROWS_WITH(hv.define({"C", 3, 16, 1, {}, 0, 0, 0}),
+                      Catch::Contains("not a multiple of 2 MiB"));
     CHECK_THROWS_WITH(hv.console("B", 100), Catch::Contains("not active"));
 
     auto active = hv.activate("B");
@@ -119,12 +122,13 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     std::vector<std::string> changes;
     for (const auto& e : recorder.of("lpar.state")) {
         auto data = nlohmann::json::parse(e.data_json);
-        if (e.lpar == "B") changes.push_back(data["state"].get<std::string>() + "/" + data["reason"].get<std::string>());
+        if (e.lpar == "B")
+            changes.push_back(data["state"].get<std::string>() + "/" +
+                              data["reason"].get<std::string>());
     }
     CHECK(changes == std::vector<std::string>{"defined/defined", "running/activated",
-                                              "stopped/operator stop", "running/",
-                                              "running/reset", "defined/deactivated",
-                                              "removed/removed"});
+                                              "stopped/operator stop", "running/", "running/reset",
+                                              "defined/deactivated", "removed/removed"});
     test::require_clean_rounds(hv, "A", 1);  // the neighbour never noticed
 }
 

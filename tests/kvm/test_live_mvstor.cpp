@@ -27,9 +27,8 @@ control::MvstorRequest live(const std::string& lpar, std::uint64_t origin) {
 TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and down",
           "[kvm][live]") {
     // A rewrites an 8 MiB working set as fast as it can on 2 vCPUs; B is paced at 25 000 pages/s.
-    SystemConfig config{192,
-                        {{"A", 0, 64, 2, {}, 0, 8, 0, true},
-                         {"B", 128, 32, 1, {}, 25000, 8, 0, true}}};
+    SystemConfig config{
+        192, {{"A", 0, 64, 2, {}, 0, 8, 0, true}, {"B", 128, 32, 1, {}, 25000, 8, 0, true}}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     require_clean_rounds(hv, "B", 1);
@@ -39,10 +38,10 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
         std::uint64_t origin;
     };
     // The expected number of stops is computed from the sizes below: one per chunk.
-    for (const auto& c : std::vector<Case>{{"A", 16},    // up 16 MiB, overlapping: 4 chunks
-                                           {"A", 6},     // down 10 MiB: 7 chunks
-                                           {"B", 96},    // down 32 MiB: disjoint, 1 stop
-                                           {"A", 30},    // up 24 MiB, overlapping: 3 chunks
+    for (const auto& c : std::vector<Case>{{"A", 16},      // up 16 MiB, overlapping: 4 chunks
+                                           {"A", 6},       // down 10 MiB: 7 chunks
+                                           {"B", 96},      // down 32 MiB: disjoint, 1 stop
+                                           {"A", 30},      // up 24 MiB, overlapping: 3 chunks
                                            {"B", 130}}) {  // up 34 MiB: disjoint
         auto before = hv.list();
         std::uint64_t old_origin = 0, size = 0;
@@ -64,7 +63,8 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
     require_clean_rounds(hv, "B", 1);
     // Vacated storage is scrubbed.
     for (const auto& row : hv.storage_table()) {
-        auto gap = hv.arena().bytes({{row.origin + row.size}, std::min(row.gap, hv.arena().size() - row.origin - row.size)});
+        auto gap = hv.arena().bytes({{row.origin + row.size},
+                                     std::min(row.gap, hv.arena().size() - row.origin - row.size)});
         CHECK(std::all_of(gap.begin(), gap.end(), [](std::uint8_t b) { return b == 0; }));
     }
 }
@@ -73,7 +73,7 @@ TEST_CASE("a live move that cannot converge falls back and is still correct", "[
     SystemConfig config{96, {{"A", 0, 32, 1, {}, 0, 16, 0, true}}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
-    auto request = live("A", 40);  // disjoint: one chunk
+    auto request = live("A", 40);                                // disjoint: one chunk
     request.policy.target_pause = std::chrono::microseconds(1);  // nothing dirty fits in 1 us
     request.policy.max_rounds = 2;
     auto result = hv.mvstor(request);

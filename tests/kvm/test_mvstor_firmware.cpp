@@ -11,12 +11,11 @@
 #include <sstream>
 #include <thread>
 
-
 #include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
-#include "support/guest_console.hpp"
 #include "support/control_client.hpp"
+#include "support/guest_console.hpp"
 #include "support/lpar_checks.hpp"
 #include "util/error.hpp"
 
@@ -62,7 +61,8 @@ void require_gaps_scrubbed(Hypervisor& hv) {
         std::uint64_t start = row.origin + row.size;
         std::uint64_t size = std::min(row.gap, hv.arena().size() - start);
         auto bytes = hv.arena().bytes({{start}, size});
-        auto dirty = std::find_if(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b != 0; });
+        auto dirty =
+            std::find_if(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b != 0; });
         INFO("gap after " << row.lpar << " at " << start / kMiB << " MiB");
         CHECK(dirty == bytes.end());
     }
@@ -84,8 +84,9 @@ const control::LparStatus& row_of(const control::SystemStatus& status, const std
 
 }  // namespace
 
-TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, both guests verifying",
-          "[kvm][mvstor]") {
+TEST_CASE(
+    "Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, both guests verifying",
+    "[kvm][mvstor]") {
     TempDir consoles;
     Hypervisor hv(fig3a_config(), test::firmware_options(consoles.path.string()));
     TempDir socket_dir;
@@ -108,12 +109,21 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
 
     // Bad requests get JSON-RPC errors and change nothing.
     CHECK(test::rpc(socket.path(), "{not json")["error"]["code"] == -32700);
-    CHECK(test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":2,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":"192"}})")["error"]["code"] == -32602);
-    auto refused = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":3,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":100}})");
+    CHECK(
+        test::rpc(
+            socket.path(),
+            R"({"jsonrpc":"2.0","id":2,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":"192"}})")
+            ["error"]["code"] == -32602);
+    auto refused = test::rpc(
+        socket.path(),
+        R"({"jsonrpc":"2.0","id":3,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":100}})");
     CHECK(refused["error"]["code"] == -32003);
-    CHECK_THAT(refused["error"]["message"].get<std::string>(), Catch::Contains("overlaps LPAR1 at 0-128 MiB"));
+    CHECK_THAT(refused["error"]["message"].get<std::string>(),
+               Catch::Contains("overlaps LPAR1 at 0-128 MiB"));
 
-    auto moved = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":4,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})");
+    auto moved = test::rpc(
+        socket.path(),
+        R"({"jsonrpc":"2.0","id":4,"method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})");
     INFO(moved.dump());
     REQUIRE(moved.contains("result"));
     const auto& result = moved["result"];
@@ -136,7 +146,9 @@ TEST_CASE("Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, bo
 
     test::require_clean_rounds(hv, "LPAR2", 2);
     test::require_clean_rounds(hv, "LPAR1", 1);
-    auto console = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":6,"method":"lpar.console","params":{"lpar":"LPAR2","bytes":4096}})");
+    auto console = test::rpc(
+        socket.path(),
+        R"({"jsonrpc":"2.0","id":6,"method":"lpar.console","params":{"lpar":"LPAR2","bytes":4096}})");
     CHECK_THAT(console["result"]["text"].get<std::string>(), Catch::Contains("verify ok round="));
     require_gaps_scrubbed(hv);
     require_no_failure_logged(consoles);
@@ -181,10 +193,11 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
         std::vector<std::uint64_t> origins;
         for (std::uint64_t o = 0; o + lpar.size_mib <= status.main_storage_mib; o += 2) {
             if (o == lpar.origin_mib) continue;
-            bool clash = std::any_of(status.lpars.begin(), status.lpars.end(), [&](const auto& other) {
-                return other.name != lpar.name && o < other.origin_mib + other.size_mib &&
-                       other.origin_mib < o + lpar.size_mib;
-            });
+            bool clash =
+                std::any_of(status.lpars.begin(), status.lpars.end(), [&](const auto& other) {
+                    return other.name != lpar.name && o < other.origin_mib + other.size_mib &&
+                           other.origin_mib < o + lpar.size_mib;
+                });
             if (!clash) origins.push_back(o);
         }
         if (origins.empty()) continue;
@@ -192,12 +205,14 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
         INFO("move " << move << ": " << lpar.name << " " << lpar.origin_mib << " -> " << origin);
         auto result = hv.mvstor({lpar.name, origin, 10s});
         CHECK(result.new_origin_mib == origin);
-        bool overlaps = origin < lpar.origin_mib + lpar.size_mib && lpar.origin_mib < origin + lpar.size_mib;
+        bool overlaps =
+            origin < lpar.origin_mib + lpar.size_mib && lpar.origin_mib < origin + lpar.size_mib;
         (overlaps ? overlapping : disjoint)++;
         (origin > lpar.origin_mib ? up : down)++;
         test::require_clean_rounds(hv, lpar.name, 2);
     }
-    std::printf("moves: %u overlapping, %u disjoint, %u up, %u down\n", overlapping, disjoint, up, down);
+    std::printf("moves: %u overlapping, %u disjoint, %u up, %u down\n", overlapping, disjoint, up,
+                down);
     CHECK(overlapping + disjoint >= 20);
     for (const char* name : {"A", "B", "C"}) test::require_clean_rounds(hv, name, 1);
     require_gaps_scrubbed(hv);
@@ -210,7 +225,8 @@ TEST_CASE("a guest fault stops that LPAR with a reason; the others run on", "[kv
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     // B's firmware ends itself after 2 rounds through the debug-exit port.
     auto deadline = std::chrono::steady_clock::now() + kRoundTimeout;
-    while (hv.lpar("B").state() == LparState::Running && std::chrono::steady_clock::now() < deadline)
+    while (hv.lpar("B").state() == LparState::Running &&
+           std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(20ms);
     auto status = hv.list();
     CHECK(row_of(status, "B").state == "stopped");

@@ -42,7 +42,9 @@ nlohmann::json rpc(const std::filesystem::path& socket, const std::string& line)
 
 nlohmann::json rpc_call(const std::filesystem::path& socket, const std::string& method,
                         const nlohmann::json& params) {
-    return rpc(socket, nlohmann::json{{"jsonrpc", "2.0"}, {"id", 1}, {"method", method}, {"params", params}}.dump());
+    return rpc(socket,
+               nlohmann::json{{"jsonrpc", "2.0"}, {"id", 1}, {"method", method}, {"params", params}}
+                   .dump());
 }
 
 SocketFixture::SocketFixture(control::Api& api, const std::filesystem::path& socket_path)

@@ -25,12 +25,12 @@ nlohmann::json rpc_call(const std::filesystem::path& socket, const std::string& 
 
 // The daemon's control socket, served from a background thread as lparvisor's main() does.
 class SocketFixture {
-public:
+  public:
     SocketFixture(control::Api& api, const std::filesystem::path& socket_path);
     ~SocketFixture();
     const std::filesystem::path& path() const { return path_; }
 
-private:
+  private:
     boost::asio::io_context io_;
     std::filesystem::path path_;
     std::unique_ptr<control::ControlServer> server_;
@@ -39,12 +39,12 @@ private:
 
 // A second client that subscribes to events and keeps every notification it receives.
 class EventSubscriber {
-public:
+  public:
     explicit EventSubscriber(const std::filesystem::path& socket);
     ~EventSubscriber();
     std::vector<nlohmann::json> events_of(const std::string& type) const;
 
-private:
+  private:
     int fd_ = -1;
     std::atomic<bool> stop_{false};
     mutable std::mutex mutex_;

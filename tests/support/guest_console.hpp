@@ -11,8 +11,8 @@ namespace lparvisor::test {
 
 struct FirmwareProgress {
     std::map<unsigned, unsigned long> round_by_cpu;  // highest verified round per vCPU
-    std::string first_failure;                      // first line containing FAIL, if any
-    unsigned long min_round(unsigned vcpus) const;  // lowest of the vCPUs' highest rounds
+    std::string first_failure;                       // first line containing FAIL, if any
+    unsigned long min_round(unsigned vcpus) const;   // lowest of the vCPUs' highest rounds
 };
 
 // The test firmware: $LPARVISOR_FIRMWARE when set (e.g. inside the nested-KVM harness), else

@@ -16,7 +16,7 @@ namespace {
 // A device that stays busy until told otherwise: the step-202 drain must wait for it and give up
 // at the deadline, naming it.
 class HeldDevice final : public PortDevice {
-public:
+  public:
     std::atomic<bool> busy{true};
     std::atomic<int> accepting_changes{0};
     std::string name() const override { return "held-device"; }
@@ -33,7 +33,8 @@ TEST_CASE("the I/O bus dispatches by range and refuses overlaps", "[devices]") {
     auto console = std::make_shared<ConsoleLog>("T", 64);
     IoBus bus;
     bus.add(0x3f8, 8, std::make_shared<Uart8250>(console));
-    CHECK_THROWS_WITH(bus.add(0x3fc, 8, std::make_shared<HeldDevice>()), Catch::Contains("overlaps uart8250"));
+    CHECK_THROWS_WITH(bus.add(0x3fc, 8, std::make_shared<HeldDevice>()),
+                      Catch::Contains("overlaps uart8250"));
     std::uint8_t ch = 'x';
     CHECK(bus.write(0x3f8, {&ch, 1}));
     std::uint8_t lsr = 0;
@@ -45,7 +46,8 @@ TEST_CASE("the I/O bus dispatches by range and refuses overlaps", "[devices]") {
     CHECK(console->tail(10) == "x");
 }
 
-TEST_CASE("the UART keeps scratch and divisor latch, output goes to the console ring", "[devices]") {
+TEST_CASE("the UART keeps scratch and divisor latch, output goes to the console ring",
+          "[devices]") {
     auto console = std::make_shared<ConsoleLog>("T", 8);
     Uart8250 uart(console);
     std::uint8_t v = 0x5a;
@@ -67,7 +69,8 @@ TEST_CASE("the UART keeps scratch and divisor latch, output goes to the console 
     CHECK(console->total_bytes() == 12);
 }
 
-TEST_CASE("step 202: the drain waits for busy devices and names them at the deadline", "[devices]") {
+TEST_CASE("step 202: the drain waits for busy devices and names them at the deadline",
+          "[devices]") {
     auto held = std::make_shared<HeldDevice>();
     auto console = std::make_shared<ConsoleLog>("T", 8);
     std::vector<std::shared_ptr<PortDevice>> devices{std::make_shared<Uart8250>(console), held};

@@ -35,10 +35,12 @@ TEST_CASE("malformed firmware images are refused with the reason", "[boot]") {
     Arena arena(8 * kMiB, HugePagePolicy::Off);
     GuestWindow window(arena, {{0}, 4 * kMiB});
     auto file = firmware_file();
-    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes({1, 2, 3}, "x", window.memory()), Catch::Contains("too short"));
+    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes({1, 2, 3}, "x", window.memory()),
+                      Catch::Contains("too short"));
     auto bad = file;
     bad[0] = 'X';
-    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes(bad, "x", window.memory()), Catch::Contains("not an ELF"));
+    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes(bad, "x", window.memory()),
+                      Catch::Contains("not an ELF"));
 
     Elf64_Ehdr header;
     std::memcpy(&header, file.data(), sizeof header);
@@ -52,14 +54,22 @@ TEST_CASE("malformed firmware images are refused with the reason", "[boot]") {
         return copy;
     };
     REQUIRE(ph.p_type == PT_LOAD);
-    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes(with_phdr([](Elf64_Phdr& p) { p.p_paddr = 0x1000; }), "x", window.memory()),
-                      Catch::Contains("outside the image area"));
-    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes(with_phdr([](Elf64_Phdr& p) { p.p_memsz = ~0ull - 10; }), "x", window.memory()),
-                      Catch::Contains("outside the image area"));
-    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes(with_phdr([](Elf64_Phdr& p) { p.p_offset = ~0ull - 10; }), "x", window.memory()),
-                      Catch::Contains("beyond the end of the file"));
-    CHECK_THROWS_WITH(boot::load_firmware_elf_bytes(with_phdr([&](Elf64_Phdr& p) { p.p_filesz = p.p_memsz + 1; }), "x", window.memory()),
-                      Catch::Contains("filesz > memsz"));
+    CHECK_THROWS_WITH(
+        boot::load_firmware_elf_bytes(with_phdr([](Elf64_Phdr& p) { p.p_paddr = 0x1000; }), "x",
+                                      window.memory()),
+        Catch::Contains("outside the image area"));
+    CHECK_THROWS_WITH(
+        boot::load_firmware_elf_bytes(with_phdr([](Elf64_Phdr& p) { p.p_memsz = ~0ull - 10; }), "x",
+                                      window.memory()),
+        Catch::Contains("outside the image area"));
+    CHECK_THROWS_WITH(
+        boot::load_firmware_elf_bytes(with_phdr([](Elf64_Phdr& p) { p.p_offset = ~0ull - 10; }),
+                                      "x", window.memory()),
+        Catch::Contains("beyond the end of the file"));
+    CHECK_THROWS_WITH(
+        boot::load_firmware_elf_bytes(with_phdr([&](Elf64_Phdr& p) { p.p_filesz = p.p_memsz + 1; }),
+                                      "x", window.memory()),
+        Catch::Contains("filesz > memsz"));
 }
 
 TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info", "[boot]") {
@@ -104,5 +114,6 @@ TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info"
     boot::FirmwareParams too_many{"X", 9, 0, 0, 0, 0, true};
     CHECK_THROWS_WITH(boot::build_system_area(memory, too_many), Catch::Contains("1 to 8 vCPUs"));
     GuestWindow small(arena, {{8 * kMiB}, 2 * kMiB});
-    CHECK_THROWS_WITH(boot::build_system_area(small.memory(), params), Catch::Contains("at least 4 MiB"));
+    CHECK_THROWS_WITH(boot::build_system_area(small.memory(), params),
+                      Catch::Contains("at least 4 MiB"));
 }

@@ -41,12 +41,15 @@ void check_moved(const Arena& arena, const StorageKeys& keys, ArenaRange from, A
     for (std::uint64_t i = 0; i < from.size; i += 8) {
         std::uint64_t expected = from.start.value + i + 1;
         std::uint64_t got = word_at(arena, to.value + i);
-        if (got != expected) FAIL("word " << i << " after the move: " << got << " expected " << expected);
+        if (got != expected)
+            FAIL("word " << i << " after the move: " << got << " expected " << expected);
     }
     auto k = keys.frames({to, from.size});
     for (std::size_t i = 0; i < k.size(); ++i) {
-        auto expected = static_cast<std::uint8_t>(((from.start.value / kPageSize + i) * 0x12) & 0xfe);
-        if (k[i] != expected) FAIL("key of page " << i << " is " << int(k[i]) << ", expected " << int(expected));
+        auto expected =
+            static_cast<std::uint8_t>(((from.start.value / kPageSize + i) * 0x12) & 0xfe);
+        if (k[i] != expected)
+            FAIL("key of page " << i << " is " << int(k[i]) << ", expected " << int(expected));
     }
 }
 
@@ -140,8 +143,11 @@ TEST_CASE("copy_populated copies backed pages and leaves holes as holes", "[page
     CHECK(arena.is_populated(ArenaOffset{18 * MiB}));
     auto dst = arena.bytes({{16 * MiB}, 8 * MiB});
     for (std::uint64_t i = 0; i < 8 * MiB; i += 512) {
-        std::uint8_t expected = (i >= 2 * MiB && i < 3 * MiB) ? 0x5a : (i >= 6 * MiB && i < 6 * MiB + kPageSize) ? 0x6b : 0;
-        if (dst[i] != expected) FAIL("byte " << i << " is " << int(dst[i]) << ", expected " << int(expected));
+        std::uint8_t expected = (i >= 2 * MiB && i < 3 * MiB)               ? 0x5a
+                                : (i >= 6 * MiB && i < 6 * MiB + kPageSize) ? 0x6b
+                                                                            : 0;
+        if (dst[i] != expected)
+            FAIL("byte " << i << " is " << int(dst[i]) << ", expected " << int(expected));
     }
     CHECK_THROWS(copy_populated(arena, ArenaOffset{0}, ArenaOffset{4 * MiB}, 8 * MiB));
 }

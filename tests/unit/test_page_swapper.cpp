@@ -46,8 +46,8 @@ void check_all(const Arena& arena, const StorageKeys& keys, Source source) {
     for (std::uint64_t page = 0; page < k.size(); ++page) {
         std::uint64_t from_page = source(page * kPageSize) / kPageSize;
         if (k[page] != key_of_page(from_page))
-            FAIL("key of page " << page << " is " << int(k[page]) << ", expected page "
-                                << from_page << "'s " << int(key_of_page(from_page)));
+            FAIL("key of page " << page << " is " << int(k[page]) << ", expected page " << from_page
+                                << "'s " << int(key_of_page(from_page)));
     }
 }
 
@@ -71,8 +71,10 @@ void swap_and_check(std::uint64_t a_mib, std::uint64_t b_mib, std::uint64_t size
     CHECK(moved == 2 * size_mib * MiB);
     CHECK(last == moved);
     check_all(arena, keys, [&](std::uint64_t offset) {
-        if (a.start.value <= offset && offset < a.end()) return offset - a.start.value + b.start.value;
-        if (b.start.value <= offset && offset < b.end()) return offset - b.start.value + a.start.value;
+        if (a.start.value <= offset && offset < a.end())
+            return offset - a.start.value + b.start.value;
+        if (b.start.value <= offset && offset < b.end())
+            return offset - b.start.value + a.start.value;
         return offset;
     });
 }
@@ -129,8 +131,8 @@ TEST_CASE("equal areas exchange every page and key", "[page_swapper]") {
 }
 
 TEST_CASE("adjacent areas of any sizes change places in place", "[page_swapper]") {
-    const std::uint64_t pairs[][2] = {{2, 30}, {30, 2}, {16, 16}, {2, 2}, {6, 10},
-                                      {10, 6}, {12, 20}, {14, 4}, {2, 36}, {36, 2}};
+    const std::uint64_t pairs[][2] = {{2, 30}, {30, 2},  {16, 16}, {2, 2},  {6, 10},
+                                      {10, 6}, {12, 20}, {14, 4},  {2, 36}, {36, 2}};
     for (auto [lower, upper] : pairs) rotate_and_check(0, lower * MiB, upper * MiB);
     rotate_and_check(4 * MiB, 8 * MiB, 22 * MiB);  // not at the arena's start
     rotate_and_check(2 * MiB, 22 * MiB, 8 * MiB);
@@ -159,17 +161,23 @@ TEST_CASE("refused exchanges change nothing", "[page_swapper]") {
     using R = ArenaRange;
     SECTION("different sizes") {
         require_refused_unchanged(
-            [](Arena& a, StorageKeys& k) { swap_equal_ranges(a, k, R{{0}, 4 * MiB}, R{{8 * MiB}, 2 * MiB}); },
+            [](Arena& a, StorageKeys& k) {
+                swap_equal_ranges(a, k, R{{0}, 4 * MiB}, R{{8 * MiB}, 2 * MiB});
+            },
             "0-4 MiB and 8-10 MiB differ in size (4 MiB vs 2 MiB)");
     }
     SECTION("overlapping") {
         require_refused_unchanged(
-            [](Arena& a, StorageKeys& k) { swap_equal_ranges(a, k, R{{0}, 4 * MiB}, R{{2 * MiB}, 4 * MiB}); },
+            [](Arena& a, StorageKeys& k) {
+                swap_equal_ranges(a, k, R{{0}, 4 * MiB}, R{{2 * MiB}, 4 * MiB});
+            },
             "0-4 MiB and 2-6 MiB overlap");
     }
     SECTION("outside main storage") {
         require_refused_unchanged(
-            [](Arena& a, StorageKeys& k) { swap_equal_ranges(a, k, R{{0}, 4 * MiB}, R{{14 * MiB}, 4 * MiB}); },
+            [](Arena& a, StorageKeys& k) {
+                swap_equal_ranges(a, k, R{{0}, 4 * MiB}, R{{14 * MiB}, 4 * MiB});
+            },
             "14-18 MiB is outside main storage (16 MiB)");
         require_refused_unchanged(
             [](Arena& a, StorageKeys& k) {
@@ -179,10 +187,14 @@ TEST_CASE("refused exchanges change nothing", "[page_swapper]") {
     }
     SECTION("misaligned") {
         require_refused_unchanged(
-            [](Arena& a, StorageKeys& k) { swap_equal_ranges(a, k, R{{100}, 4096}, R{{8 * MiB}, 4096}); },
+            [](Arena& a, StorageKeys& k) {
+                swap_equal_ranges(a, k, R{{100}, 4096}, R{{8 * MiB}, 4096});
+            },
             "is not 4 KiB aligned");
         require_refused_unchanged(
-            [](Arena& a, StorageKeys& k) { rotate_adjacent_ranges(a, k, R{{0}, 6000}, R{{6000}, 4096}); },
+            [](Arena& a, StorageKeys& k) {
+                rotate_adjacent_ranges(a, k, R{{0}, 6000}, R{{6000}, 4096});
+            },
             "is not 4 KiB aligned");
     }
     SECTION("not adjacent") {

@@ -185,10 +185,9 @@ TEST_CASE("impossible plans say what is missing", "[planner]") {
 
 TEST_CASE("bad requests throw", "[planner]") {
     std::vector<StorageArea> fig3a{area("LPAR1", 0, 128), area("LPAR2", 128, 256)};
-    CHECK_THROWS_MATCHES(plan_grow(509 * MiB, fig3a, "LPAR9", 64 * MiB), Error,
-                         Catch::Predicate<Error>([](const Error& e) {
-                             return e.kind() == ErrorKind::NotFound;
-                         }));
+    CHECK_THROWS_MATCHES(
+        plan_grow(509 * MiB, fig3a, "LPAR9", 64 * MiB), Error,
+        Catch::Predicate<Error>([](const Error& e) { return e.kind() == ErrorKind::NotFound; }));
     CHECK_THROWS_WITH(plan_grow(509 * MiB, fig3a, "LPAR1", 0), Catch::Contains("must be > 0"));
     CHECK_THROWS_WITH(plan_grow(509 * MiB, fig3a, "LPAR1", 3 * MiB),
                       Catch::Contains("3 MiB is not a multiple of 2 MiB"));
@@ -225,7 +224,8 @@ TEST_CASE("plans are as cheap as an exhaustive search finds, on random small lay
             for (int attempt = 0; attempt < 20; ++attempt) {
                 std::uint64_t size = std::uniform_int_distribution<std::uint64_t>(1, 4)(random);
                 if (size > units) continue;
-                std::uint64_t o = std::uniform_int_distribution<std::uint64_t>(0, units - size)(random);
+                std::uint64_t o =
+                    std::uniform_int_distribution<std::uint64_t>(0, units - size)(random);
                 bool free = true;
                 for (std::uint64_t u = o; u < o + size; ++u) free = free && !used[u];
                 if (!free) continue;
@@ -235,7 +235,8 @@ TEST_CASE("plans are as cheap as an exhaustive search finds, on random small lay
             }
         }
         if (areas.size() < 2) continue;
-        auto grower = areas[std::uniform_int_distribution<std::size_t>(0, areas.size() - 1)(random)].lpar;
+        auto grower =
+            areas[std::uniform_int_distribution<std::size_t>(0, areas.size() - 1)(random)].lpar;
         std::uint64_t extra = std::uniform_int_distribution<std::uint64_t>(1, 4)(random);
         std::string layout_text;
         for (const auto& a : areas)
@@ -245,8 +246,10 @@ TEST_CASE("plans are as cheap as an exhaustive search finds, on random small lay
                              << extra * 2 << " MiB");
         auto plan = plan_grow(units * 2 * MiB, areas, grower, extra * 2 * MiB);
         auto truth = brute_force(units, areas, grower, extra);
-        INFO("planner: " << (plan.possible ? std::to_string(plan.bytes_copied / MiB) + " MiB" : plan.reason)
-                         << ", exhaustive: " << (truth ? std::to_string(*truth * 2) + " MiB" : "impossible"));
+        INFO("planner: " << (plan.possible ? std::to_string(plan.bytes_copied / MiB) + " MiB"
+                                           : plan.reason)
+                         << ", exhaustive: "
+                         << (truth ? std::to_string(*truth * 2) + " MiB" : "impossible"));
         REQUIRE(plan.possible == truth.has_value());
         if (!truth) {
             ++impossible;

@@ -27,18 +27,22 @@ struct Fixture {
         CHECK(written->status == status);
         return status;
     }
-    std::uint8_t key_of_arena_page(std::uint64_t offset) { return keys.frames({{offset}, kPageSize})[0]; }
+    std::uint8_t key_of_arena_page(std::uint64_t offset) {
+        return keys.frames({{offset}, kPageSize})[0];
+    }
 };
 
 }  // namespace
 
-TEST_CASE("SET_RANGE sets the keys of the LPAR's own frames, through its origin", "[storage_keys]") {
+TEST_CASE("SET_RANGE sets the keys of the LPAR's own frames, through its origin",
+          "[storage_keys]") {
     Fixture f;
     CHECK(f.send({LPV_SKEY_SET_RANGE, 0, 0x10000, 4, 0x38, 0}) == LPV_SKEY_OK);
     CHECK(f.key_of_arena_page(4 * kMiB + 0x10000) == 0x38);
     CHECK(f.key_of_arena_page(4 * kMiB + 0x13000) == 0x38);
     CHECK(f.key_of_arena_page(4 * kMiB + 0x14000) == 0);
-    CHECK(f.key_of_arena_page(0x10000) == 0);  // not the frame at guest address, the one at origin + it
+    CHECK(f.key_of_arena_page(0x10000) ==
+          0);  // not the frame at guest address, the one at origin + it
 }
 
 TEST_CASE("SET_EACH and GET_EACH round-trip per-page keys", "[storage_keys]") {
@@ -71,5 +75,6 @@ TEST_CASE("hostile requests are refused and touch no other LPAR's keys", "[stora
     CHECK(f.send({LPV_SKEY_GET_EACH, 0, 0, 1, 0, ~0ull}) == LPV_SKEY_BAD_BUFFER);
     // A request block that itself lies outside the LPAR: nothing read, nothing written.
     CHECK(f.port.serve(GuestPhysAddr{4 * kMiB - 4}) == LPV_SKEY_BAD_BUFFER);
-    CHECK(std::all_of(neighbour.begin(), neighbour.end(), [](std::uint8_t k) { return k == 0x70; }));
+    CHECK(
+        std::all_of(neighbour.begin(), neighbour.end(), [](std::uint8_t k) { return k == 0x70; }));
 }

@@ -74,19 +74,40 @@ TEST_CASE("moves down and overlapping its own old range are allowed", "[storage_
 
 TEST_CASE("refused requests name the problem and change nothing", "[storage_map]") {
     auto map = fig3a();
-    SECTION("unknown LPAR") { require_refused(map, "LPAR9", 0, ErrorKind::NotFound, "unknown LPAR 'LPAR9' (defined: LPAR1, LPAR2)"); }
-    SECTION("outside main storage") { require_refused(map, "LPAR2", 300, ErrorKind::Refused, "LPAR2: target 300-556 MiB ends beyond main storage (509 MiB)"); }
-    SECTION("origin past the end") { require_refused(map, "LPAR1", 510, ErrorKind::Refused, "beyond main storage"); }
-    SECTION("misaligned") { require_refused(map, "LPAR2", 193, ErrorKind::InvalidArgument, "origin 193 MiB is not a multiple of 2 MiB"); }
-    SECTION("overlapping another LPAR") { require_refused(map, "LPAR2", 100, ErrorKind::Refused, "LPAR2: target 100-356 MiB overlaps LPAR1 at 0-128 MiB"); }
-    SECTION("overlap from below") { require_refused(map, "LPAR1", 200, ErrorKind::Refused, "overlaps LPAR2 at 128-384 MiB"); }
-    SECTION("same origin") { require_refused(map, "LPAR2", 128, ErrorKind::InvalidArgument, "already at origin 128 MiB"); }
+    SECTION("unknown LPAR") {
+        require_refused(map, "LPAR9", 0, ErrorKind::NotFound,
+                        "unknown LPAR 'LPAR9' (defined: LPAR1, LPAR2)");
+    }
+    SECTION("outside main storage") {
+        require_refused(map, "LPAR2", 300, ErrorKind::Refused,
+                        "LPAR2: target 300-556 MiB ends beyond main storage (509 MiB)");
+    }
+    SECTION("origin past the end") {
+        require_refused(map, "LPAR1", 510, ErrorKind::Refused, "beyond main storage");
+    }
+    SECTION("misaligned") {
+        require_refused(map, "LPAR2", 193, ErrorKind::InvalidArgument,
+                        "origin 193 MiB is not a multiple of 2 MiB");
+    }
+    SECTION("overlapping another LPAR") {
+        require_refused(map, "LPAR2", 100, ErrorKind::Refused,
+                        "LPAR2: target 100-356 MiB overlaps LPAR1 at 0-128 MiB");
+    }
+    SECTION("overlap from below") {
+        require_refused(map, "LPAR1", 200, ErrorKind::Refused, "overlaps LPAR2 at 128-384 MiB");
+    }
+    SECTION("same origin") {
+        require_refused(map, "LPAR2", 128, ErrorKind::InvalidArgument, "already at origin 128 MiB");
+    }
 }
 
-TEST_CASE("adding areas: size 0, misaligned size, overlap and duplicates are refused", "[storage_map]") {
+TEST_CASE("adding areas: size 0, misaligned size, overlap and duplicates are refused",
+          "[storage_map]") {
     auto map = fig3a();
-    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 0}), Catch::Contains("LPAR3: size must be > 0"));
-    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 3 * MiB}), Catch::Contains("size 3 MiB is not a multiple of 2 MiB"));
+    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 0}),
+                      Catch::Contains("LPAR3: size must be > 0"));
+    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 3 * MiB}),
+                      Catch::Contains("size 3 MiB is not a multiple of 2 MiB"));
     CHECK_THROWS_WITH(map.add("LPAR3", {{380 * MiB}, 16 * MiB}), Catch::Contains("overlaps LPAR2"));
     CHECK_THROWS_WITH(map.add("LPAR2", {{400 * MiB}, 16 * MiB}), Catch::Contains("already exists"));
     CHECK(map.rows().size() == 2);
