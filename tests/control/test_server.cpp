@@ -533,7 +533,10 @@ TEST_CASE("a subscriber that never reads stays bounded; events.dropped follows",
         }
     }
     CHECK(in_order);
-    CHECK(dropped_notes == 1);
+    // One note per overflow episode: while the emitter still runs, the server may drain some
+    // lines into the socket, send a note, and overflow again, so a loaded machine sees more.
+    CHECK(dropped_notes >= 1);
+    CHECK(dropped_notes <= dropped);
     CHECK(dropped > 0);
     CHECK(received + dropped == kEmitted);
     // The queue, plus what the two socket buffers held (a few hundred ~300-byte lines).
