@@ -22,7 +22,8 @@ std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, Arena
 
 // Copies [src, +bytes) to [dst, +bytes) (disjoint) where the source has backing, and punches the
 // destination where the source is a hole (never-touched storage reads as zeros: moving it costs
-// nothing). Returns the bytes actually copied. Keys are not touched.
+// nothing). Returns the bytes actually copied. Keys are not touched. On hugetlb backing the
+// kernel reports every page as data (no SEEK_HOLE there), so everything is copied.
 std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std::uint64_t bytes);
 
 // The part of `from` that the LPAR no longer occupies once it starts at `to` (one range, since
