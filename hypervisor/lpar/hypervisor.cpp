@@ -63,7 +63,12 @@ std::vector<StorageRow> Hypervisor::storage_table() const {
 
 control::SystemStatus Hypervisor::list() {
     std::vector<StorageRow> rows;
-    std::vector<std::pair<std::shared_ptr<Lpar>, std::string>> active;
+    struct Active {
+        std::shared_ptr<Lpar> lpar;
+        const char* transition;
+        unsigned vcpus;
+    };
+    std::vector<Active> active;
     std::vector<LparConfig> defined;
     std::string relocating;
     control::SystemStatus status;
@@ -75,7 +80,8 @@ control::SystemStatus Hypervisor::list() {
         status.free_mib = map_.free_bytes() / kMiB;
         for (const auto& row : rows)
             for (auto& r : records_)
-                if (r.definition.name == row.lpar) active.emplace_back(r.lpar, row.lpar);
+                if (r.definition.name == row.lpar)
+                    active.push_back({r.lpar, r.transition, r.definition.vcpus});
         for (const auto& r : records_)
             if (!r.lpar) defined.push_back(r.definition);
     }
@@ -85,9 +91,11 @@ control::SystemStatus Hypervisor::list() {
         s.origin_mib = rows[i].origin / kMiB;
         s.size_mib = rows[i].size / kMiB;
         s.gap_mib = rows[i].gap / kMiB;
-        const auto& l = active[i].first;
-        s.vcpus = l->vcpu_count();
-        if (l->state() == LparState::Stopped) {
+        const auto& l = active[i].lpar;
+        s.vcpus = active[i].vcpus;
+        if (!l) {
+            s.state = active[i].transition != nullptr ? active[i].transition : "defined";
+        } else if (l->state() == LparState::Stopped) {
             s.state = "stopped";
             s.reason = l->stop_reason();
         } else {
@@ -164,6 +172,7 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         std::lock_guard lock(map_mutex_);
         range = {d.origin_mib ? ArenaOffset{*d.origin_mib * kMiB} : first_fit(size), size};
         map_.add(d.name, range);  // step 203's checks; throws naming the conflict
+        r.transition = "activating";
     }
     try {
         arena_.populate(range);  // fault the storage in now, not during the guest's first pass
@@ -184,10 +193,12 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         lpar->ipl();
         std::lock_guard lock(map_mutex_);
         r.lpar = std::move(lpar);
+        r.transition = nullptr;
     } catch (...) {
         scrub(arena_, keys_, range);
         std::lock_guard lock(map_mutex_);
         map_.remove(d.name);
+        r.transition = nullptr;
         throw;
     }
     spdlog::info("{}: activated at {}", d.name, format_range_mib(range.start.value, range.size));
@@ -201,11 +212,13 @@ void Hypervisor::deactivate_locked(Record& r) {
         std::lock_guard lock(map_mutex_);
         lpar = std::move(r.lpar);
         range = map_.find(r.definition.name).range;
+        r.transition = "deactivating";
     }
     lpar.reset();                 // joins the vCPU threads, closes the VM and unmaps the window
     scrub(arena_, keys_, range);  // nothing of this guest may reach the next owner
     std::lock_guard lock(map_mutex_);
     map_.remove(r.definition.name);
+    r.transition = nullptr;
 }
 
 control::LparStatus Hypervisor::define(const control::LparDefinition& definition) {

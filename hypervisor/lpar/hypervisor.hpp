@@ -65,6 +65,9 @@ class Hypervisor final : public control::Api {
     struct Record {
         LparConfig definition;
         std::shared_ptr<Lpar> lpar;  // null while only defined
+        // Set while the LPAR owns storage but has no running Lpar: "activating" (storage placed,
+        // VM being built) or "deactivating" (VM gone, storage being scrubbed).
+        const char* transition = nullptr;
     };
     Record& record(const std::string& name);  // throws NotFound naming the defined LPARs
     std::shared_ptr<Lpar> active_lpar(const std::string& name);  // throws if not active
