@@ -30,10 +30,14 @@ void write_or_throw(const GuestMemory& memory, std::uint64_t gpa, const void* da
                                 gpa, length));
 }
 
-bool host_is_amd() {
+// Whether this host's CPU is QEMU's TCG emulator (CPUID leaf 0x40000000 says "TCGTCGTCGTCG"):
+// the nested-KVM test harness runs lparvisor there.
+bool host_is_qemu_tcg() {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    __get_cpuid(0, &eax, &ebx, &ecx, &edx);
-    return ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
+    __get_cpuid(1, &eax, &ebx, &ecx, &edx);
+    if ((ecx & (1u << 31)) == 0) return false;  // no hypervisor at all
+    __cpuid(0x40000000, eax, ebx, ecx, edx);
+    return ebx == 0x54474354 && ecx == 0x43544743 && edx == 0x47435447;  // "TCGTCGTCGTCG"
 }
 
 std::uint64_t segment_descriptor(std::uint64_t type_and_flags) {
@@ -193,10 +197,11 @@ void set_cpl3_entry_state(kvm::Vcpu& vcpu, std::uint64_t entry, unsigned index) 
     sregs.tr.base = LPV_TSS_GPA;
     sregs.tr.limit = static_cast<std::uint32_t>(kTssSize + kIoBitmapBytes);
     sregs.tr.selector = LPV_SEL_TSS;
-    // Intel VMX requires a busy TSS (11) in TR at entry. On AMD (SVM) either type runs, and
-    // QEMU's TCG (the nested-KVM test harness) checks I/O permissions only against an available
-    // TSS (9), so AMD hosts get 9. KVM's own emulator (PVM) does not look at the type.
-    sregs.tr.type = host_is_amd() ? 0x9 : 0xb;
+    // A busy 64-bit TSS (11), as `ltr` leaves it and as Intel VMX requires at entry; SVM and
+    // KVM's emulator (PVM) accept it too. Only QEMU's TCG, where the nested-KVM test harness runs
+    // (emulated SVM, so type 9 enters fine), checks I/O permissions against an available TSS (9)
+    // alone.
+    sregs.tr.type = host_is_qemu_tcg() ? 0x9 : 0xb;
     sregs.tr.present = 1;
     sregs.ldt = kvm_segment{};
     sregs.ldt.unusable = 1;
