@@ -36,11 +36,12 @@ std::string format_event(const nlohmann::json& params, std::chrono::system_clock
 std::string progress_bar(std::uint64_t done_bytes, std::uint64_t total_bytes,
                          std::string_view label, std::size_t width) {
     constexpr std::uint64_t kMiB = 1024 * 1024;
+    // Before the copy reports its size (check_target, populate_target, stop_vcpus) there is
+    // nothing to draw a bar of: show the phase alone.
+    if (total_bytes == 0) return std::string(label);
     done_bytes = std::min(done_bytes, total_bytes);
-    const std::size_t filled =
-        total_bytes == 0 ? width
-                         : static_cast<std::size_t>(static_cast<long double>(done_bytes) * width /
-                                                    static_cast<long double>(total_bytes));
+    const std::size_t filled = static_cast<std::size_t>(
+        static_cast<long double>(done_bytes) * width / static_cast<long double>(total_bytes));
     return fmt::format("[{}{}] {}/{} MiB {}", std::string(filled, '#'),
                        std::string(width - filled, '.'), done_bytes / kMiB, total_bytes / kMiB,
                        label);
