@@ -65,6 +65,14 @@ class GuestMemory {
         return bytes;
     }
 
+    // The same range for reading only: not marked written.
+    [[nodiscard]] std::optional<std::span<const std::uint8_t>> read_slice(
+        GuestPhysAddr address, std::uint64_t length) const {
+        auto bytes = view(address, length);
+        if (!bytes) return std::nullopt;
+        return std::span<const std::uint8_t>(bytes->data(), bytes->size());
+    }
+
     [[nodiscard]] bool read(GuestPhysAddr address, std::span<std::uint8_t> out) const {
         auto src = view(address, out.size());
         if (!src) return false;

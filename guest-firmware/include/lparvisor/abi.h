@@ -33,6 +33,16 @@
 #define LPV_PORT_COM1 0x3f8          /* 8250 UART, 8 ports */
 #define LPV_PORT_DEBUG_EXIT 0x501    /* byte write: the LPAR stops with "guest exit CODE" (QEMU's isa-debug-exit port) */
 #define LPV_PORT_STORAGE_KEY 0x510   /* 32-bit write: guest-physical address of a struct lpv_skey_request */
+#define LPV_PORT_PCI_CONFIG 0xcf8    /* PCI configuration mechanism #1: address 0xcf8, data 0xcfc-0xcff */
+
+/* ---- PCI: every LPAR has a host bridge at 00:00.0 and its virtio-pci devices from 00:01.0 on.
+ * Their memory BARs lie in this window, which is never RAM: an LPAR's storage ends below it. The
+ * hypervisor assigns the BARs (device in slot N: LPV_PCI_MMIO_GPA + N * LPV_PCI_BAR_STRIDE) and
+ * the firmware's page tables map the window user-accessible and uncached. ---- */
+#define LPV_PCI_MMIO_GPA 0xe0000000ull
+#define LPV_PCI_MMIO_SIZE 0x10000000ull
+#define LPV_PCI_BAR_STRIDE 0x100000ull
+#define LPV_MAX_STORAGE LPV_PCI_MMIO_GPA /* 3.5 GiB: storage must end below the PCI window */
 
 /* ---- boot info: at LPV_BOOT_INFO_GPA; RDI holds its address at entry, RSI the vCPU index ---- */
 #define LPV_BOOT_MAGIC 0x3152535641504c4cull /* "LLPAVSR1" little-endian */
