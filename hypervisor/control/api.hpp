@@ -105,7 +105,16 @@ struct GrowPlanResult {
     std::vector<MvstorResult> moves;  // their results, in order
 };
 
-// An LPAR definition (lpar.define). Without an origin, activation places it first-fit.
+// A virtio-blk disk of an LPAR: a raw image file. latency_ms is added to every request
+// (emulates slow storage; it is also how tests hold a device busy through an MVSTOR drain).
+struct DiskDefinition {
+    std::string path;
+    bool read_only = false;
+    std::uint32_t latency_ms = 0;
+};
+
+// An LPAR definition (lpar.define). Without an origin, activation places it first-fit. It runs
+// the test firmware (`firmware`, or the daemon's default) unless `kernel` names a Linux kernel.
 struct LparDefinition {
     std::string name;
     std::optional<std::uint64_t> origin_mib;
@@ -115,6 +124,11 @@ struct LparDefinition {
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_mib = 0;
     std::uint64_t round_limit = 0;
+    std::string kernel;  // bzImage or vmlinux: boots Linux instead of the firmware
+    std::string initrd;
+    std::string cmdline;
+    std::vector<DiskDefinition> disks;
+    bool rng = true;  // a virtio-rng device
 };
 
 // Something that happened, pushed to subscribed clients as a JSON-RPC notification

@@ -1,5 +1,7 @@
 #include "control/json_rpc.hpp"
 
+#include "control/definition_json.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -114,6 +116,13 @@ class Params {
         return text;
     }
 
+    [[nodiscard]] bool optional_bool(std::string_view key, bool fallback) const {
+        const json* value = find(key);
+        if (value == nullptr) return fallback;
+        if (!value->is_boolean()) fail_param(key, "expected true or false");
+        return value->get<bool>();
+    }
+
   private:
     const json* find(std::string_view key) const {
         auto it = params_.find(key);
@@ -199,8 +208,10 @@ Call parse_console(const json& params) {
 }
 
 Call parse_define(const json& params) {
-    Params checked(params, {"name", "size_mib", "origin_mib", "vcpus", "firmware",
-                            "rewrite_pages_per_sec", "working_set_mib", "round_limit"});
+    Params checked(params,
+                   {"name", "size_mib", "origin_mib", "vcpus", "firmware", "rewrite_pages_per_sec",
+                    "working_set_mib", "round_limit", "kernel", "initrd", "cmdline", "disks",
+                    "rng"});
     LparDefinition definition;
     definition.name = checked.required_name("name");
     definition.size_mib = checked.required_integer("size_mib", 1, kMaxSizeMib);
@@ -212,6 +223,19 @@ Call parse_define(const json& params) {
         checked.optional_integer("rewrite_pages_per_sec", 0, kAny, 0);
     definition.working_set_mib = checked.optional_integer("working_set_mib", 0, kMaxSizeMib, 0);
     definition.round_limit = checked.optional_integer("round_limit", 0, kAny, 0);
+    definition.kernel = checked.optional_string("kernel", kMaxPathBytes);
+    definition.initrd = checked.optional_string("initrd", kMaxPathBytes);
+    definition.cmdline = checked.optional_string("cmdline", kMaxCmdlineBytes);
+    definition.rng = checked.optional_bool("rng", true);
+    try {
+        if (params.contains("disks"))
+            definition.disks = parse_disk_list(params["disks"], "disks");
+        check_boot_source(definition);
+    } catch (const std::invalid_argument& e) {
+        std::string what = e.what();
+        throw RpcFailure(RpcErrorCode::InvalidParams, what,
+                         json{{"param", what.substr(0, what.find_first_of(".[:"))}});
+    }
     return DefineCall{std::move(definition)};
 }
 

@@ -9,21 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "devices/quiescable.hpp"
+
 namespace lparvisor {
 
-class PortDevice {
+class PortDevice : public Quiescable {
   public:
-    virtual ~PortDevice() = default;
-    virtual std::string name() const = 0;
     // `data` is the access (1, 2 or 4 bytes, little-endian): read fills it, write consumes it.
     virtual void read(std::uint16_t offset, std::span<std::uint8_t> data) = 0;
     virtual void write(std::uint16_t offset, std::span<const std::uint8_t> data) = 0;
-
-    // Step 202 of MVSTOR (the patent's "I/O processors not busy"): after the vCPUs stop, the
-    // relocation stops new requests and waits until every device reports idle.
-    virtual void stop_accepting() {}
-    virtual void resume_accepting() {}
-    virtual bool idle() const { return true; }
 };
 
 class IoBus {

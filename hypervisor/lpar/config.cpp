@@ -3,10 +3,14 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <lparvisor/abi.h>
+
+#include "control/definition_json.hpp"
 #include "storage/address.hpp"
 #include "storage/storage_map.hpp"
 #include "util/error.hpp"
@@ -59,8 +63,15 @@ void check_lpar_name(const std::string& name, const std::string& key) {
 }
 
 SystemConfig fig3a_config() {
-    return {509,
-            {{"LPAR1", 0, 128, 1, {}, 0, 0, 0, true}, {"LPAR2", 128, 256, 1, {}, 0, 0, 0, true}}};
+    SystemConfig config{509, {}};
+    for (auto [name, origin, size] : {std::tuple{"LPAR1", 0, 128}, std::tuple{"LPAR2", 128, 256}}) {
+        LparConfig lpar;
+        lpar.name = name;
+        lpar.origin_mib = origin;
+        lpar.size_mib = size;
+        config.lpars.push_back(lpar);
+    }
+    return config;
 }
 
 SystemConfig parse_config(const json& document) {
@@ -75,7 +86,8 @@ SystemConfig parse_config(const json& document) {
             std::string where = fmt::format("lpars[{}]", i);
             check_keys(entry, where,
                        {"name", "origin_mib", "size_mib", "vcpus", "firmware",
-                        "rewrite_pages_per_sec", "working_set_mib", "round_limit", "active"});
+                        "rewrite_pages_per_sec", "working_set_mib", "round_limit", "active",
+                        "kernel", "initrd", "cmdline", "disks", "rng"});
             for (const char* required : {"name", "size_mib"})
                 if (!entry.contains(required)) refuse(where + "." + required, "missing");
             LparConfig lpar;
@@ -101,6 +113,28 @@ SystemConfig parse_config(const json& document) {
                     unsigned_value(entry, "working_set_mib", where, 0, lpar.size_mib);
             if (entry.contains("round_limit"))
                 lpar.round_limit = unsigned_value(entry, "round_limit", where, 0, 1'000'000'000);
+            for (auto [key, field] : {std::pair{"kernel", &lpar.kernel},
+                                      std::pair{"initrd", &lpar.initrd},
+                                      std::pair{"cmdline", &lpar.cmdline}})
+                if (entry.contains(key)) *field = string_value(entry, key, where);
+            if (entry.contains("rng")) {
+                if (!entry["rng"].is_boolean()) refuse(where + ".rng", "expected true or false");
+                lpar.rng = entry["rng"].get<bool>();
+            }
+            try {
+                if (entry.contains("disks"))
+                    lpar.disks = control::parse_disk_list(entry["disks"], where + ".disks");
+                control::check_boot_source(lpar);
+            } catch (const std::invalid_argument& e) {
+                std::string what = e.what();
+                throw Error(ErrorKind::InvalidArgument,
+                            "configuration: " + (what.starts_with(where) ? what : where + "." + what));
+            }
+            if (lpar.size_mib * kMiB > LPV_MAX_STORAGE)
+                refuse(where + ".size_mib",
+                       fmt::format("{} MiB: an LPAR's storage must end below the PCI window at "
+                                   "{} MiB",
+                                   lpar.size_mib, LPV_MAX_STORAGE / kMiB));
             config.lpars.push_back(std::move(lpar));
         }
     }
@@ -144,6 +178,11 @@ json to_json(const SystemConfig& config) {
         if (l.rewrite_pages_per_sec) entry["rewrite_pages_per_sec"] = l.rewrite_pages_per_sec;
         if (l.working_set_mib) entry["working_set_mib"] = l.working_set_mib;
         if (l.round_limit) entry["round_limit"] = l.round_limit;
+        if (!l.kernel.empty()) entry["kernel"] = l.kernel;
+        if (!l.initrd.empty()) entry["initrd"] = l.initrd;
+        if (!l.cmdline.empty()) entry["cmdline"] = l.cmdline;
+        if (!l.disks.empty()) entry["disks"] = control::disk_list_to_json(l.disks);
+        if (!l.rng) entry["rng"] = false;
         lpars.push_back(entry);
     }
     return {{"main_storage_mib", config.main_storage_mib}, {"lpars", lpars}};

@@ -9,17 +9,13 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "control/api.hpp"
+
 namespace lparvisor {
 
-struct LparConfig {
-    std::string name;
-    std::optional<std::uint64_t> origin_mib;  // none: placed first-fit at activation
-    std::uint64_t size_mib = 0;
-    unsigned vcpus = 1;
-    std::string firmware;  // empty: the built test firmware
-    std::uint64_t rewrite_pages_per_sec = 0;
-    std::uint64_t working_set_mib = 0;
-    std::uint64_t round_limit = 0;
+// An LPAR of the configuration file: the same definition lpar.define takes, plus whether to
+// activate it at start.
+struct LparConfig : control::LparDefinition {
     bool active = true;  // false: defined only (lpar.activate starts it)
 };
 

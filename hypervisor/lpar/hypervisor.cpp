@@ -1,5 +1,9 @@
 #include "lpar/hypervisor.hpp"
 
+#include <lparvisor/abi.h>
+
+#include "control/definition_json.hpp"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
@@ -186,6 +190,11 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         spec.rewrite_pages_per_sec = d.rewrite_pages_per_sec;
         spec.working_set_bytes = d.working_set_mib * kMiB;
         spec.round_limit = d.round_limit;
+        spec.kernel = d.kernel;
+        spec.initrd = d.initrd;
+        spec.cmdline = d.cmdline;
+        spec.disks = d.disks;
+        spec.rng = d.rng;
         auto listener = [this, name = d.name](LparState state, const std::string& why) {
             events_.publish("lpar.state", name, {{"state", to_string(state)}, {"reason", why}});
         };
@@ -235,6 +244,16 @@ control::LparStatus Hypervisor::define(const control::LparDefinition& definition
     if (definition.vcpus < 1 || definition.vcpus > 8)
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: vcpus {}: 1 to 8", definition.name, definition.vcpus));
+    if (definition.size_mib * kMiB > LPV_MAX_STORAGE)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: size {} MiB: an LPAR's storage must end below the PCI "
+                                "window at {} MiB",
+                                definition.name, definition.size_mib, LPV_MAX_STORAGE / kMiB));
+    try {
+        control::check_boot_source(definition);
+    } catch (const std::invalid_argument& e) {
+        throw Error(ErrorKind::InvalidArgument, definition.name + ": " + e.what());
+    }
     {
         std::lock_guard lock(map_mutex_);
         for (const auto& r : records_)
@@ -242,14 +261,7 @@ control::LparStatus Hypervisor::define(const control::LparDefinition& definition
                 throw Error(ErrorKind::InvalidArgument,
                             definition.name + ": an LPAR of that name already exists");
         LparConfig c;
-        c.name = definition.name;
-        c.origin_mib = definition.origin_mib;
-        c.size_mib = definition.size_mib;
-        c.vcpus = definition.vcpus;
-        c.firmware = definition.firmware;
-        c.rewrite_pages_per_sec = definition.rewrite_pages_per_sec;
-        c.working_set_mib = definition.working_set_mib;
-        c.round_limit = definition.round_limit;
+        static_cast<control::LparDefinition&>(c) = definition;
         c.active = false;
         records_.push_back({c, nullptr});
     }

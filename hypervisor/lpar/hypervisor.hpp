@@ -110,8 +110,8 @@ class Hypervisor final : public control::Api {
 // Step 202: tell every device to stop taking requests and wait until all are idle. Returns the
 // names of those still busy at the deadline (empty: all idle). On a non-empty result the caller
 // must call resume_devices().
-std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<PortDevice>>& devices,
+std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<Quiescable>>& devices,
                                        std::chrono::milliseconds timeout);
-void resume_devices(const std::vector<std::shared_ptr<PortDevice>>& devices);
+void resume_devices(const std::vector<std::shared_ptr<Quiescable>>& devices);
 
 }  // namespace lparvisor

@@ -104,6 +104,13 @@ Lpar::~Lpar() {
     for (auto& t : threads_) t.join();
 }
 
+std::vector<std::shared_ptr<Quiescable>> Lpar::devices() const {
+    std::vector<std::shared_ptr<Quiescable>> all;
+    for (auto& d : bus_.devices()) all.push_back(d);
+    for (auto& d : virtio_devices_) all.push_back(d);
+    return all;
+}
+
 void Lpar::ipl() {
     std::lock_guard lock(mutex_);
     if (!threads_.empty()) return;

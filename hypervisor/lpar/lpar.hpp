@@ -16,8 +16,10 @@
 #include <thread>
 #include <vector>
 
+#include "control/api.hpp"
 #include "devices/console_log.hpp"
 #include "devices/device.hpp"
+#include "devices/virtio/virtio_device.hpp"
 #include "kvm/kvm.hpp"
 #include "storage/arena.hpp"
 #include "storage/guest_memory.hpp"
@@ -34,6 +36,11 @@ struct LparSpec {
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_bytes = 0;
     std::uint64_t round_limit = 0;  // firmware ends with debug-exit after N rounds (0: never)
+    // Linux instead of the firmware when `kernel` is set (boot/linux_loader.hpp).
+    std::string kernel, initrd, cmdline;
+    std::vector<control::DiskDefinition> disks;  // one virtio-blk each
+    bool rng = true;                             // a virtio-rng
+    bool is_linux() const { return !kernel.empty(); }
 };
 
 enum class LparState { Running, Stopped };
@@ -83,7 +90,8 @@ class Lpar {
     GuestWindow& window() noexcept { return window_; }
     GuestMemory memory() const noexcept { return window_.memory(); }
     ConsoleLog& console() noexcept { return *console_; }
-    std::vector<std::shared_ptr<PortDevice>> devices() const { return bus_.devices(); }
+    // Every device MVSTOR must quiesce (step 202): the port devices and the virtio devices.
+    std::vector<std::shared_ptr<Quiescable>> devices() const;
 
   private:
     void vcpu_loop(unsigned index);
@@ -98,6 +106,7 @@ class Lpar {
     kvm::Vm vm_;
     std::vector<std::unique_ptr<kvm::Vcpu>> vcpus_;
     IoBus bus_;
+    std::vector<std::shared_ptr<virtio::VirtioDevice>> virtio_devices_;
 
     mutable std::mutex mutex_;
     std::condition_variable changed_;

@@ -16,7 +16,7 @@
 
 namespace lparvisor {
 
-std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<PortDevice>>& devices,
+std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<Quiescable>>& devices,
                                        std::chrono::milliseconds timeout) {
     for (const auto& d : devices) d->stop_accepting();
     auto deadline = Clock::now() + timeout;
@@ -29,7 +29,7 @@ std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<PortDev
     }
 }
 
-void resume_devices(const std::vector<std::shared_ptr<PortDevice>>& devices) {
+void resume_devices(const std::vector<std::shared_ptr<Quiescable>>& devices) {
     for (const auto& d : devices) d->resume_accepting();
 }
 
@@ -39,7 +39,7 @@ struct Hypervisor::Move {
     ArenaRange from;
     ArenaRange to;
     control::MvstorResult result;
-    std::vector<std::shared_ptr<PortDevice>> devices;
+    std::vector<std::shared_ptr<Quiescable>> devices;
     EventHub& events;
 
     void phase(const char* name, Clock::time_point since) {

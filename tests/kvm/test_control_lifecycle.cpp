@@ -39,7 +39,7 @@ TEST_CASE(
     "lifecycle through the socket: define, IPL, MVSTOR with progress, stop, deactivate, remove",
     "[kvm][control]") {
     TempDir dir;
-    Hypervisor hv({96, {{"A", 0, 16, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    Hypervisor hv({96, {test::firmware_lpar("A", 0, 16, 1)}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::EventSubscriber watcher(socket.path());  // the second client
 
@@ -93,7 +93,7 @@ TEST_CASE(
 TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it changes nothing",
           "[kvm][control]") {
     TempDir dir;
-    Hypervisor hv({1024, {{"BIG", 0, 512, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    Hypervisor hv({1024, {test::firmware_lpar("BIG", 0, 512, 1)}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::require_clean_rounds(hv, "BIG", 1);
     auto move = std::async(std::launch::async, [&] {

@@ -15,10 +15,10 @@ using test::require_clean_rounds;
 
 TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exchange]") {
     SystemConfig config{128,
-                        {{"A", 0, 16, 1, {}, 0, 0, 0, true},
-                         {"B", 32, 16, 2, {}, 0, 0, 0, true},
-                         {"C", 64, 8, 1, {}, 0, 0, 0, true},
-                         {"D", 72, 24, 1, {}, 0, 0, 0, true}}};
+                        {test::firmware_lpar("A", 0, 16, 1),
+                         test::firmware_lpar("B", 32, 16, 2),
+                         test::firmware_lpar("C", 64, 8, 1),
+                         test::firmware_lpar("D", 72, 24, 1)}};
     Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"A", "B", "C", "D"}) require_clean_rounds(hv, name, 1);
 
@@ -79,10 +79,10 @@ TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB"
 TEST_CASE("room gathered from two moves in a four-LPAR layout", "[kvm][grow]") {
     // W 0-16, X 16-32, free 32-40, Y 40-56, free 56-64, Z 64-96, free 96-128.
     SystemConfig config{128,
-                        {{"W", 0, 16, 1, {}, 0, 0, 0, true},
-                         {"X", 16, 16, 1, {}, 0, 0, 0, true},
-                         {"Y", 40, 16, 1, {}, 0, 0, 0, true},
-                         {"Z", 64, 32, 1, {}, 0, 0, 0, true}}};
+                        {test::firmware_lpar("W", 0, 16, 1),
+                         test::firmware_lpar("X", 16, 16, 1),
+                         test::firmware_lpar("Y", 40, 16, 1),
+                         test::firmware_lpar("Z", 64, 32, 1)}};
     Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 1);
     auto done = hv.make_room("W", 32, control::MvstorMode::StopAndCopy);

@@ -53,7 +53,7 @@ control::LparStatus row(Hypervisor& hv, const std::string& name) {
 
 TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate, remove",
           "[kvm][lifecycle]") {
-    Hypervisor hv({64, {{"A", 0, 16, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    Hypervisor hv({64, {test::firmware_lpar("A", 0, 16, 1)}}, test::firmware_options());
     Recorder recorder;
     auto subscription = hv.subscribe(recorder.sink());
 
@@ -65,7 +65,7 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
                       Catch::Contains("already exists"));
     CHECK_THROWS_WITH(hv.define({"bad name", std::nullopt, 16, 1, {}, 0, 0, 0}),
                       Catch::Contains("name"));
-    CHECK_THROWS_WITH(hv.define({"C", 3, 16, 1, {}, 0, 0, 0}),
+    CHECK_THROWS_WITH(hv.define(test::firmware_lpar("C", 3, 16, 1)),
                       Catch::Contains("not a multiple of 2 MiB"));
     CHECK_THROWS_WITH(hv.console("B", 100), Catch::Contains("not active"));
 
@@ -134,7 +134,7 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
 
 TEST_CASE("an MVSTOR cancelled before its final stop changes nothing", "[kvm][lifecycle]") {
     // A disjoint move of 512 MiB spends a while populating its target before the stop.
-    Hypervisor hv({1024, {{"BIG", 0, 512, 1, {}, 0, 0, 0, true}}}, test::firmware_options());
+    Hypervisor hv({1024, {test::firmware_lpar("BIG", 0, 512, 1)}}, test::firmware_options());
     test::require_clean_rounds(hv, "BIG", 1);
     CHECK_THROWS_WITH(hv.cancel_mvstor("BIG"), Catch::Contains("no MVSTOR of BIG is running"));
 

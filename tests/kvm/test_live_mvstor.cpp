@@ -28,7 +28,7 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
           "[kvm][live]") {
     // A rewrites an 8 MiB working set as fast as it can on 2 vCPUs; B is paced at 25 000 pages/s.
     SystemConfig config{
-        192, {{"A", 0, 64, 2, {}, 0, 8, 0, true}, {"B", 128, 32, 1, {}, 25000, 8, 0, true}}};
+        192, {test::firmware_lpar("A", 0, 64, 2, 0, 8), test::firmware_lpar("B", 128, 32, 1, 25000, 8)}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     require_clean_rounds(hv, "B", 1);
@@ -70,7 +70,7 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
 }
 
 TEST_CASE("a live move that cannot converge falls back and is still correct", "[kvm][live]") {
-    SystemConfig config{96, {{"A", 0, 32, 1, {}, 0, 16, 0, true}}};
+    SystemConfig config{96, {test::firmware_lpar("A", 0, 32, 1, 0, 16)}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     auto request = live("A", 40);                                // disjoint: one chunk
@@ -84,7 +84,7 @@ TEST_CASE("a live move that cannot converge falls back and is still correct", "[
 }
 
 TEST_CASE("a cancelled live move leaves everything as it was", "[kvm][live]") {
-    SystemConfig config{1024, {{"BIG", 0, 512, 1, {}, 0, 16, 0, true}}};
+    SystemConfig config{1024, {test::firmware_lpar("BIG", 0, 512, 1, 0, 16)}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "BIG", 1);
     auto move = std::async(std::launch::async, [&] { return hv.mvstor(live("BIG", 512)); });

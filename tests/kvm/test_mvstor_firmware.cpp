@@ -156,7 +156,7 @@ TEST_CASE(
 
 TEST_CASE("refused MVSTORs change nothing and do not disturb the guest", "[kvm][mvstor]") {
     TempDir consoles;
-    SystemConfig config{64, {{"A", 0, 16, 1, {}, 0, 0, 0}, {"B", 32, 16, 1, {}, 0, 0, 0}}};
+    SystemConfig config{64, {test::firmware_lpar("A", 0, 16, 1), test::firmware_lpar("B", 32, 16, 1)}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     test::require_clean_rounds(hv, "B", 1);
     auto table = hv.storage_table();
@@ -176,9 +176,9 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
           "[kvm][mvstor]") {
     TempDir consoles;
     SystemConfig config{96,
-                        {{"A", 0, 16, 2, {}, 0, 0, 0},
-                         {"B", 32, 24, 1, {}, 0, 0, 0},
-                         {"C", 64, 16, 1, {}, 0, 0, 0}}};
+                        {test::firmware_lpar("A", 0, 16, 2),
+                         test::firmware_lpar("B", 32, 24, 1),
+                         test::firmware_lpar("C", 64, 16, 1)}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     for (const char* name : {"A", "B", "C"}) test::require_clean_rounds(hv, name, 1);
 
@@ -221,7 +221,7 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
 
 TEST_CASE("a guest fault stops that LPAR with a reason; the others run on", "[kvm][lpar]") {
     TempDir consoles;
-    SystemConfig config{64, {{"A", 0, 16, 1, {}, 0, 0, 0}, {"B", 32, 16, 1, {}, 0, 0, 2}}};
+    SystemConfig config{64, {test::firmware_lpar("A", 0, 16, 1), {"B", 32, 16, 1, {}, 0, 0, 2}}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     // B's firmware ends itself after 2 rounds through the debug-exit port.
     auto deadline = std::chrono::steady_clock::now() + kRoundTimeout;

@@ -6,6 +6,19 @@
 
 namespace lparvisor::test {
 
+LparConfig firmware_lpar(const std::string& name, std::uint64_t origin_mib, std::uint64_t size_mib,
+                         unsigned vcpus, std::uint64_t rewrite_pages_per_sec,
+                         std::uint64_t working_set_mib) {
+    LparConfig lpar;
+    lpar.name = name;
+    lpar.origin_mib = origin_mib;
+    lpar.size_mib = size_mib;
+    lpar.vcpus = vcpus;
+    lpar.rewrite_pages_per_sec = rewrite_pages_per_sec;
+    lpar.working_set_mib = working_set_mib;
+    return lpar;
+}
+
 HypervisorOptions firmware_options(const std::string& console_dir) {
     HypervisorOptions options;
     options.default_firmware = firmware_path();

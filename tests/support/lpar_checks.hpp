@@ -9,6 +9,11 @@
 
 namespace lparvisor::test {
 
+// A firmware LPAR of a test configuration.
+LparConfig firmware_lpar(const std::string& name, std::uint64_t origin_mib, std::uint64_t size_mib,
+                         unsigned vcpus = 1, std::uint64_t rewrite_pages_per_sec = 0,
+                         std::uint64_t working_set_mib = 0);
+
 // The test firmware as default, and each LPAR's console mirrored to console_dir if given.
 HypervisorOptions firmware_options(const std::string& console_dir = {});
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "devices/quiescable.hpp"
 #include "storage/address.hpp"
 
 namespace lparvisor::virtio {
@@ -54,11 +55,9 @@ struct InterruptSink {
 
 // The interface the transport sees. devices/virtio/virtio_device_base.hpp (helper-owned)
 // implements the worker thread, queue notification and the I/O drain once for all devices.
-class VirtioDevice {
+class VirtioDevice : public Quiescable {
   public:
-    virtual ~VirtioDevice() = default;
-
-    virtual std::string name() const = 0;  // "virtio-blk0": used in logs and drain errors
+    std::string name() const override = 0;  // "virtio-blk0": used in logs and drain errors
     virtual DeviceType device_type() const = 0;
     virtual std::uint64_t device_features() const = 0;  // includes kFeatureVersion1
     virtual std::uint16_t queue_count() const = 0;
@@ -89,9 +88,9 @@ class VirtioDevice {
     // MVSTOR step 202 ("I/O processors not busy"): stop taking new requests from the queues
     // (notifies are remembered, not lost), report whether a request is still in flight, and
     // take requests again (re-checking every queue) after the move or its abort.
-    virtual void stop_accepting() = 0;
-    virtual bool idle() const = 0;
-    virtual void resume_accepting() = 0;
+    void stop_accepting() override = 0;
+    bool idle() const override = 0;
+    void resume_accepting() override = 0;
 };
 
 }  // namespace lparvisor::virtio
