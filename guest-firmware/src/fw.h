@@ -27,6 +27,57 @@ static inline void outl(uint16_t port, uint32_t v)
     __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port) : "memory");
 }
 
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+
+/* MMIO: exactly one access of the given width (a plain mov, which KVM's MMIO emulation and
+ * QEMU handle), never split or merged by the compiler. */
+static inline uint8_t mmio_read8(uint64_t a)
+{
+    uint8_t v;
+    __asm__ volatile("movb (%1), %0" : "=q"(v) : "r"(a) : "memory");
+    return v;
+}
+
+static inline uint16_t mmio_read16(uint64_t a)
+{
+    uint16_t v;
+    __asm__ volatile("movw (%1), %0" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+
+static inline uint32_t mmio_read32(uint64_t a)
+{
+    uint32_t v;
+    __asm__ volatile("movl (%1), %0" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+
+static inline void mmio_write8(uint64_t a, uint8_t v)
+{
+    __asm__ volatile("movb %0, (%1)" : : "q"(v), "r"(a) : "memory");
+}
+
+static inline void mmio_write16(uint64_t a, uint16_t v)
+{
+    __asm__ volatile("movw %0, (%1)" : : "r"(v), "r"(a) : "memory");
+}
+
+static inline void mmio_write32(uint64_t a, uint32_t v)
+{
+    __asm__ volatile("movl %0, (%1)" : : "r"(v), "r"(a) : "memory");
+}
+
+/* Full fence without SSE2 (mfence): a locked no-op on the stack. */
+static inline void full_fence(void)
+{
+    __asm__ volatile("lock; addl $0, (%%rsp)" ::: "memory", "cc");
+}
+
 static inline uint64_t rdtsc(void)
 {
     uint32_t lo, hi;
@@ -60,6 +111,101 @@ int fw_snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((for
 void fw_main(const struct lpv_boot_info *bi, uint64_t cpu) __attribute__((noreturn));
 /* Stops the LPAR / QEMU through the debug-exit port (never returns). */
 void fw_exit(uint8_t code) __attribute__((noreturn));
+
+/* Counts a failure for the final exit code (every FAIL line comes with one). */
+void fw_note_failure(void);
+
+/* ---- pci.c: configuration mechanism #1, 32-bit accesses only (ports 0xcf8/0xcfc) ---- */
+#define PCI_BDF(dev, fn) ((uint32_t)(((dev) << 3) | (fn))) /* bus 0 */
+bool pci_present(void);                 /* 0xcf8 reads back what was written */
+uint32_t pci_read32(uint32_t bdf, uint32_t off);
+void pci_write32(uint32_t bdf, uint32_t off, uint32_t v);
+/* Calls fn for every function on bus 0 (vendor not 0xffff/0); stops early if fn returns false. */
+void pci_scan(bool (*fn)(uint32_t bdf, uint32_t id, void *arg), void *arg);
+/* The address of memory BAR `bar` (64-bit BARs combine two registers); false for an I/O BAR, a
+ * bad index, or an unassigned (zero) BAR. *is64 tells whether it took two registers. */
+bool pci_mem_bar(uint32_t bdf, unsigned bar, uint64_t *addr, bool *is64);
+/* The MMIO ranges the firmware's page tables map user-accessible and uncached: by default
+ * lparvisor's PCI window; the Multiboot path replaces them with what it mapped. */
+void fw_mmio_reset(void);
+void fw_mmio_allow(uint64_t base, uint64_t size);
+bool fw_mmio_allowed(uint64_t base, uint64_t size);
+
+/* ---- timeouts (TSC; an assumed 5 GHz when tsc_khz is unknown, so waits only get longer) ---- */
+void fw_set_tsc_khz(uint64_t khz);
+uint64_t fw_deadline_ms(uint64_t ms);
+bool fw_expired(uint64_t deadline);
+
+/* ---- virtio.c: modern virtio-pci transport, split virtqueues, polled ---- */
+#define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_RNG 4
+#define VIRTIO_F_VERSION_1_BIT 32
+#define VIRTIO_BLK_F_RO_BIT 5
+#define VIRTIO_BLK_F_FLUSH_BIT 9
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+
+struct vring_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+struct vring_used_elem {
+    uint32_t id;
+    uint32_t len;
+};
+
+struct virtqueue {
+    uint16_t index, size;
+    volatile struct vring_desc *desc;
+    volatile uint16_t *avail;          /* flags, idx, ring[size] */
+    volatile uint16_t *used;           /* flags, idx, then struct vring_used_elem ring[size] */
+    uint16_t avail_idx;                /* next avail index to publish */
+    uint16_t used_seen;                /* used entries consumed */
+    uint64_t notify_addr;
+};
+
+struct virtio_dev {
+    uint32_t bdf;
+    uint16_t device_id, type;
+    char label[8];                     /* "00:03.0" */
+    uint64_t common, notify, isr, device; /* MMIO addresses of the four structures */
+    uint32_t notify_len, device_len;
+    uint32_t notify_mult;
+    uint64_t device_features, features;
+};
+
+/* Recognises a virtio-pci device (modern id, or transitional id with the virtio capabilities)
+ * and fills *d (type, capability addresses); prints a FAIL line for an unusable one. */
+bool virtio_pci_probe(uint32_t bdf, uint32_t id, struct virtio_dev *d);
+/* Reset, ACKNOWLEDGE, DRIVER, negotiate (VERSION_1 plus `optional` bits the device offers),
+ * FEATURES_OK. Then virtio_setup_queue for each queue, then virtio_driver_ok. */
+bool virtio_negotiate(struct virtio_dev *d, uint64_t optional);
+bool virtio_setup_queue(struct virtio_dev *d, struct virtqueue *q, uint16_t index, uint16_t max_size);
+void virtio_driver_ok(struct virtio_dev *d);
+void virtio_fail(struct virtio_dev *d);      /* sets FAILED in device_status */
+uint8_t virtio_config_generation(struct virtio_dev *d);
+/* Publishes a chain whose head is `head` and notifies the device. */
+void vq_submit(struct virtqueue *q, uint16_t head);
+void vq_kick(struct virtqueue *q);
+void vq_publish(struct virtqueue *q, uint16_t head); /* without the notify */
+/* Takes the next used element if there is one. */
+bool vq_poll(struct virtqueue *q, struct vring_used_elem *e);
+/* DMA memory from [LPV_FW_DMA_GPA, +LPV_FW_DMA_SIZE), zeroed; NULL when exhausted. */
+void *dma_alloc(uint64_t size, uint64_t align);
+
+/* ---- virtio_blk.c / virtio_rng.c ---- */
+bool virtio_blk_init(struct virtio_dev *d, const char *name);
+void virtio_blk_pass(uint64_t pass);   /* one write/flush/read-back pass (vCPU 0) */
+void virtio_blk_final(void);           /* at the round limit */
+void virtio_rng_test(struct virtio_dev *d, const char *name);
+
+/* ---- devices, from fw_main on vCPU 0 ---- */
+void fw_devices_init(const struct lpv_boot_info *bi, const char *name);
+void fw_devices_round(uint64_t round);
+void fw_devices_finish(void);
 
 /* ---- multiboot.c ---- */
 void fw_multiboot_main(uint32_t magic, uint32_t mbi) __attribute__((noreturn));

@@ -69,9 +69,14 @@ static __attribute__((noreturn)) void park(void)
         cpu_relax();
 }
 
-static void note_failure(void)
+void fw_note_failure(void)
 {
     __atomic_add_fetch(&failure_count, 1, __ATOMIC_RELAXED);
+}
+
+static void note_failure(void)
+{
+    fw_note_failure();
 }
 
 /* Seed from the LPAR name: FNV-1a, then a 64-bit finaliser so that similar names differ in
@@ -301,8 +306,13 @@ static __attribute__((noreturn)) void run(struct ctx *c)
         uint64_t key_bad = c->keys ? check_keys(c, round - 1, round) : 0;
         if (!bad && !key_bad)
             fw_println("verify ok round=%lu cpu=%u", round, c->cpu);
-        if (c->round_limit && round >= c->round_limit)
+        if (c->cpu == 0)
+            fw_devices_round(round); /* disk pass `round` (virtio-blk), between two verifications */
+        if (c->round_limit && round >= c->round_limit) {
+            if (c->cpu == 0)
+                fw_devices_finish();
             finish(c, round);
+        }
         if (c->keys)
             set_keys(c, round, round);
         rewrite(c, round);
@@ -373,6 +383,8 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
                    "working_set=%luKiB tsc_khz=%lu round_limit=%lu seed=0x%016lx",
                    name, bi->storage_bytes >> 20, ncpu, area_lo, area_hi, c.keys ? "on" : "off", c.rate,
                    bi->working_set_bytes >> 10, c.tsc_khz, c.round_limit, c.seed);
+        /* PCI scan, virtio set-up, RNG test, disk id (`name` lives on: fw_main never returns) */
+        fw_devices_init(bi, name);
         __atomic_store_n(&banner_done, 1, __ATOMIC_RELEASE);
     } else {
         while (!__atomic_load_n(&banner_done, __ATOMIC_ACQUIRE))

@@ -8,6 +8,11 @@
  * cpl3=1 is a self-test of lparvisor's entry conditions: the firmware builds the ABI's GDT
  * layout, a TSS whose I/O bitmap opens only the ABI's ports, copies the boot info to
  * LPV_BOOT_INFO_GPA and enters lpv_entry64 at CPL3 by iretq, as lparvisor starts vCPU 0.
+ *
+ * PCI: the BARs are wherever the BIOS (SeaBIOS under QEMU) assigned them. Before anything runs
+ * the firmware maps [storage end, 4 GiB) uncached and user-accessible (where 32-bit BARs live)
+ * and every memory BAR above 4 GiB the same way, records those ranges as the MMIO the drivers
+ * may touch, and sets LPV_BOOT_FLAG_PCI so that fw_main scans bus 0 as under lparvisor.
  */
 #include "fw.h"
 #include "layout.h"
@@ -24,6 +29,115 @@
 #define CALIBRATE_PIT_TICKS 23864u /* 20 ms */
 
 static struct lpv_boot_info mb_boot_info;
+
+/* ---- page tables for the MMIO mappings (entry.S built the 4 GiB identity map) ---- */
+#define PTE_P 0x1ull
+#define PTE_RW 0x2ull
+#define PTE_US 0x4ull
+#define PTE_PWT 0x8ull
+#define PTE_PCD 0x10ull
+#define PTE_PS 0x80ull
+#define PTE_ADDR 0x000ffffffffff000ull
+#define PAGE_2M 0x200000ull
+#define GIB (1ull << 30)
+#define PT_POOL_PAGES 8
+#define BAR_MAP_MAX GIB /* map at most this much of one BAR */
+
+static uint64_t pt_pool[PT_POOL_PAGES][512] __attribute__((aligned(4096)));
+static uint32_t pt_pool_used;
+
+static uint64_t *pt_next(uint64_t *table, uint32_t idx)
+{
+    if (!(table[idx] & PTE_P)) {
+        if (pt_pool_used == PT_POOL_PAGES)
+            return NULL;
+        uint64_t *t = pt_pool[pt_pool_used++];
+        memset(t, 0, 4096);
+        table[idx] = (uint64_t)(uintptr_t)t | PTE_P | PTE_RW | PTE_US;
+    }
+    if (table[idx] & PTE_PS)
+        return NULL;
+    return (uint64_t *)(uintptr_t)(table[idx] & PTE_ADDR);
+}
+
+/* Maps the 2 MiB page at `addr` identically: user, writable, uncached. CPL0 only. */
+static bool map_uc_2m(uint64_t addr)
+{
+    uint64_t cr3;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    uint64_t *pml4 = (uint64_t *)(uintptr_t)(cr3 & PTE_ADDR);
+    uint64_t *pdpt = pt_next(pml4, (uint32_t)((addr >> 39) & 511));
+    uint64_t *pd = pdpt ? pt_next(pdpt, (uint32_t)((addr >> 30) & 511)) : NULL;
+    if (!pd)
+        return false;
+    pd[(addr >> 21) & 511] = (addr & ~(PAGE_2M - 1)) | PTE_P | PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_PS;
+    return true;
+}
+
+static bool map_uc(uint64_t base, uint64_t size)
+{
+    for (uint64_t a = base & ~(PAGE_2M - 1); a < base + size; a += PAGE_2M)
+        if (!map_uc_2m(a))
+            return false;
+    return true;
+}
+
+/* Sizes 64-bit memory BAR `bar` (decoding off meanwhile); 0 if it does not answer. CPL0. */
+static uint64_t bar64_size(uint32_t bdf, unsigned bar)
+{
+    const uint32_t off = 0x10 + 4 * bar;
+    const uint32_t cmd = pci_read32(bdf, 0x04) & 0xffff;
+    pci_write32(bdf, 0x04, cmd & ~0x2u);
+    const uint32_t lo = pci_read32(bdf, off), hi = pci_read32(bdf, off + 4);
+    pci_write32(bdf, off, 0xffffffffu);
+    pci_write32(bdf, off + 4, 0xffffffffu);
+    const uint64_t mask = ((uint64_t)pci_read32(bdf, off + 4) << 32) | (pci_read32(bdf, off) & ~0xfu);
+    pci_write32(bdf, off, lo);
+    pci_write32(bdf, off + 4, hi);
+    pci_write32(bdf, 0x04, cmd);
+    return mask ? ~mask + 1 : 0;
+}
+
+/* Maps the memory BARs that lie above 4 GiB (those below are in [storage, 4 GiB) already). */
+static bool map_high_bars(uint32_t bdf, uint32_t id, void *arg)
+{
+    (void)id;
+    (void)arg;
+    if ((pci_read32(bdf, 0x0c) >> 16) & 0x7f) /* not a type-0 header (a bridge): skip */
+        return true;
+    for (unsigned bar = 0; bar < 6; bar++) {
+        uint64_t addr;
+        bool is64 = false;
+        if (pci_mem_bar(bdf, bar, &addr, &is64) && is64 && addr >= 4 * GIB) {
+            uint64_t size = bar64_size(bdf, bar);
+            if (size == 0 || size > BAR_MAP_MAX)
+                size = size ? BAR_MAP_MAX : PAGE_2M;
+            if (map_uc(addr, size)) {
+                fw_mmio_allow(addr, size);
+                fw_println("multiboot: mapped BAR %u of 00:%02x.%x at 0x%lx+0x%lx uncached", bar,
+                           (bdf >> 3) & 31, bdf & 7, addr, size);
+            } else {
+                fw_println("multiboot: no page-table space to map BAR %u of 00:%02x.%x at 0x%lx", bar,
+                           (bdf >> 3) & 31, bdf & 7, addr);
+            }
+        }
+        if (is64)
+            bar++;
+    }
+    return true;
+}
+
+static void map_pci_mmio(uint64_t storage)
+{
+    fw_mmio_reset();
+    if (map_uc(storage, 4 * GIB - storage))
+        fw_mmio_allow(storage, 4 * GIB - storage);
+    if (pci_present())
+        pci_scan(map_high_bars, NULL);
+    uint64_t cr3;
+    __asm__ volatile("mov %%cr3, %0\n\tmov %0, %%cr3" : "=r"(cr3) : : "memory"); /* flush the TLB */
+}
+
 static bool want_cpl3;
 
 /* ---- cpl3=1: the lparvisor entry state, built here ---- */
@@ -57,6 +171,7 @@ static __attribute__((noreturn)) void enter_cpl3(const struct lpv_boot_info *bi)
     iomap_open(cpl3_tss.iomap, LPV_PORT_COM1, 8);
     iomap_open(cpl3_tss.iomap, LPV_PORT_DEBUG_EXIT, 1);
     iomap_open(cpl3_tss.iomap, LPV_PORT_STORAGE_KEY, 4);
+    iomap_open(cpl3_tss.iomap, LPV_PORT_PCI_CONFIG, 8);
 
     const uint64_t base = (uint64_t)(uintptr_t)&cpl3_tss, limit = sizeof cpl3_tss - 1;
     cpl3_gdt[0] = 0;
@@ -230,7 +345,7 @@ void fw_multiboot_main(uint32_t magic, uint32_t mbi)
         storage = 4ull << 30;
     bi->storage_bytes = storage;
     bi->test_area_gpa = LPV_TEST_AREA_GPA;
-    bi->flags = 0; /* no storage keys under QEMU */
+    bi->flags = LPV_BOOT_FLAG_PCI; /* no storage keys under QEMU; PCI if config mechanism #1 answers */
     const char def_name[] = "QEMU";
     for (size_t i = 0; i < sizeof def_name; i++)
         bi->name[i] = def_name[i];
@@ -241,6 +356,7 @@ void fw_multiboot_main(uint32_t magic, uint32_t mbi)
     bi->tsc_khz = detect_tsc_khz(&how);
     fw_println("lparvisor-firmware: multiboot mem_upper=%uKiB tsc_khz=%lu (%s)",
                mbi_u32(mbi, MBI_OFF_MEM_UPPER), bi->tsc_khz, how);
+    map_pci_mmio(storage);
     if (want_cpl3)
         enter_cpl3(bi);
     fw_main(bi, 0);

@@ -16,8 +16,8 @@ namespace lparvisor::boot {
 
 namespace {
 
-constexpr std::uint64_t kPresent = 1, kWritable = 2, kUser = 4, kAccessed = 0x20, kDirty = 0x40,
-                        kLargePage = 0x80;
+constexpr std::uint64_t kPresent = 1, kWritable = 2, kUser = 4, kWriteThrough = 8,
+                        kCacheDisable = 0x10, kAccessed = 0x20, kDirty = 0x40, kLargePage = 0x80;
 constexpr std::uint64_t kTssSize = 104;
 constexpr std::uint64_t kIoBitmapBytes = 8192;
 
@@ -52,6 +52,9 @@ std::vector<std::uint16_t> firmware_ports() {
     for (std::uint16_t p = LPV_PORT_COM1; p < LPV_PORT_COM1 + 8; ++p) ports.push_back(p);
     ports.push_back(LPV_PORT_DEBUG_EXIT);
     for (std::uint16_t p = LPV_PORT_STORAGE_KEY; p < LPV_PORT_STORAGE_KEY + 4; ++p)
+        ports.push_back(p);
+    // PCI configuration mechanism #1: address 0xcf8-0xcfb, data 0xcfc-0xcff
+    for (std::uint16_t p = LPV_PORT_PCI_CONFIG; p < LPV_PORT_PCI_CONFIG + 8; ++p)
         ports.push_back(p);
     return ports;
 }
@@ -112,6 +115,10 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: the firmware needs at least 4 MiB of storage in 2 MiB units",
                                 params.lpar_name));
+    if (storage > LPV_MAX_STORAGE)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: {} MiB of storage reaches the PCI window at {:#x}",
+                                params.lpar_name, storage >> 20, LPV_PCI_MMIO_GPA));
     if (params.vcpus == 0 || params.vcpus > LPV_MAX_VCPUS)
         throw Error(ErrorKind::InvalidArgument, fmt::format("{}: the firmware runs 1 to {} vCPUs",
                                                             params.lpar_name, LPV_MAX_VCPUS));
@@ -143,9 +150,14 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
         tss[kTssSize + port / 8] &= static_cast<std::uint8_t>(~(1u << (port % 8)));
     write_or_throw(memory, LPV_TSS_GPA, tss.data(), tss.size(), "TSS");
 
-    // Identity page tables with 2 MiB pages, user-accessible (the firmware runs at CPL3).
+    // Identity page tables with 2 MiB pages, user-accessible (the firmware runs at CPL3): the
+    // storage write-back, the PCI window (the device BARs) uncached, so one PD per GiB up to the
+    // window's end even for a small LPAR.
     const std::uint64_t gib = 1024ull * 1024 * 1024;
-    const std::uint64_t directories = (storage + gib - 1) / gib;
+    const std::uint64_t page_2m = 2 * 1024 * 1024;
+    const std::uint64_t window_end = LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE;
+    const std::uint64_t directories =
+        std::max((storage + gib - 1) / gib, (window_end + gib - 1) / gib);
     const std::uint64_t pml4 = LPV_PAGE_TABLE_GPA, pdpt = pml4 + 0x1000, pd0 = pdpt + 0x1000;
     if (pd0 + directories * 0x1000 > LPV_PAGE_TABLE_END)
         throw Error(ErrorKind::InvalidArgument,
@@ -156,8 +168,11 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     tables[0] = pdpt | table_flags;
     for (std::uint64_t d = 0; d < directories; ++d)
         tables[512 + d] = (pd0 + d * 0x1000) | table_flags;
-    for (std::uint64_t page = 0; page < storage / (2 * 1024 * 1024); ++page)
-        tables[1024 + page] = page * 2 * 1024 * 1024 | table_flags | kDirty | kLargePage;
+    for (std::uint64_t page = 0; page < storage / page_2m; ++page)
+        tables[1024 + page] = page * page_2m | table_flags | kDirty | kLargePage;
+    for (std::uint64_t gpa = LPV_PCI_MMIO_GPA; gpa < window_end; gpa += page_2m)
+        tables[1024 + gpa / page_2m] =
+            gpa | table_flags | kDirty | kLargePage | kWriteThrough | kCacheDisable;
     write_or_throw(memory, pml4, tables.data(), tables.size() * 8, "page tables");
 
     lpv_boot_info info{};
@@ -169,7 +184,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     info.tsc_khz = params.tsc_khz;
     info.rewrite_pages_per_sec = params.rewrite_pages_per_sec;
     info.working_set_bytes = params.working_set_bytes;
-    info.flags = params.storage_keys ? LPV_BOOT_FLAG_STORAGE_KEYS : 0;
+    info.flags = (params.storage_keys ? LPV_BOOT_FLAG_STORAGE_KEYS : 0) |
+                 (params.pci_bus ? LPV_BOOT_FLAG_PCI : 0);
     info.round_limit = params.round_limit;
     std::snprintf(info.name, sizeof info.name, "%s", params.lpar_name.c_str());
     write_or_throw(memory, LPV_BOOT_INFO_GPA, &info, sizeof info, "boot info");

@@ -23,6 +23,12 @@ struct FirmwareParams {
     std::uint64_t working_set_bytes = 0;
     std::uint64_t round_limit = 0;  // 0: run forever; otherwise stop via debug-exit after N rounds
     bool storage_keys = true;
+    // The LPAR serves PCI config mechanism #1 (host bridge at 00:00.0, virtio-pci devices with
+    // BARs in the PCI window): sets LPV_BOOT_FLAG_PCI, and the firmware then scans bus 0 and
+    // drives its virtio-blk and virtio-rng. Off, the firmware never touches 0xcf8-0xcff (an
+    // unserved port stops the LPAR). The ports are open in the TSS and the window is mapped
+    // either way.
+    bool pci_bus = false;
 };
 
 // The smallest LPAR the firmware can run in: system area and image below 2 MiB, one 2 MiB page
@@ -40,7 +46,9 @@ LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory
 LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const std::string& what,
                                     const GuestMemory& memory);
 
-// Writes the GDT, TSS + I/O bitmap, identity page tables (2 MiB pages, user) and boot info.
+// Writes the GDT, TSS + I/O bitmap, identity page tables (2 MiB pages, user: the storage and,
+// uncached, the PCI window [LPV_PCI_MMIO_GPA, +LPV_PCI_MMIO_SIZE)) and boot info. Storage must
+// end at or below the window (LPV_MAX_STORAGE).
 void build_system_area(const GuestMemory& memory, const FirmwareParams& params);
 
 // The vCPU's registers for entry at CPL3 in long mode (vCPU `index` gets its own stack).

@@ -98,6 +98,9 @@ TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info"
     CHECK_FALSE(open(0x80));
     CHECK_FALSE(open(0x3f7));
     CHECK_FALSE(open(0x514));
+    for (unsigned port = 0xcf8; port < 0xd00; ++port) CHECK(open(port));  // PCI config #1
+    CHECK_FALSE(open(0xcf7));
+    CHECK_FALSE(open(0xd00));
     CHECK(bitmap[8192] == 0xff);
 
     // Page tables: 4 user 2 MiB pages mapping 0..8 MiB identically, nothing beyond.
@@ -110,10 +113,66 @@ TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info"
         CHECK((pde & 0x87) == 0x87);
     }
     CHECK(*memory.read_object<std::uint64_t>(GuestPhysAddr{pd + 4 * 8}) == 0);
+    CHECK((info->flags & LPV_BOOT_FLAG_PCI) == 0);  // pci_bus defaults to off
+
+    // The PCI window [3.5 GiB, 3.75 GiB): PDPT[3] -> a PD whose entries 256..383 map it
+    // identically with 2 MiB pages, user, writable, uncached (PCD|PWT); nothing around it.
+    auto pdpt = pml4 & ~0xfffull;
+    for (unsigned g = 1; g < 4; ++g) {
+        auto pdpte = *memory.read_object<std::uint64_t>(GuestPhysAddr{pdpt + g * 8});
+        CHECK((pdpte & 7) == 7);
+    }
+    CHECK(*memory.read_object<std::uint64_t>(GuestPhysAddr{pdpt + 4 * 8}) == 0);
+    auto pd3 = (*memory.read_object<std::uint64_t>(GuestPhysAddr{pdpt + 3 * 8})) & ~0xfffull;
+    const std::uint64_t first = (LPV_PCI_MMIO_GPA - 3ull * 1024 * kMiB) / (2 * kMiB);
+    const std::uint64_t count = LPV_PCI_MMIO_SIZE / (2 * kMiB);
+    REQUIRE(first == 256);
+    REQUIRE(count == 128);
+    for (std::uint64_t i = 0; i < 512; ++i) {
+        auto pde = *memory.read_object<std::uint64_t>(GuestPhysAddr{pd3 + i * 8});
+        if (i < first || i >= first + count) {
+            CHECK(pde == 0);
+            continue;
+        }
+        CHECK((pde & ~0x1fffffull) == LPV_PCI_MMIO_GPA + (i - first) * 2 * kMiB);
+        CHECK((pde & 0x9f) == 0x9f);  // P, RW, US, PWT, PCD, PS
+    }
+    // GiB 1 and 2 hold nothing for an 8 MiB LPAR.
+    for (unsigned g = 1; g < 3; ++g) {
+        auto pdg = (*memory.read_object<std::uint64_t>(GuestPhysAddr{pdpt + g * 8})) & ~0xfffull;
+        for (unsigned i = 0; i < 512; ++i)
+            CHECK(*memory.read_object<std::uint64_t>(GuestPhysAddr{pdg + i * 8}) == 0);
+    }
+    // The storage pages stay write-back.
+    for (unsigned i = 0; i < 4; ++i)
+        CHECK((*memory.read_object<std::uint64_t>(GuestPhysAddr{pd + i * 8}) & 0x18) == 0);
+
+    boot::FirmwareParams with_pci = params;
+    with_pci.pci_bus = true;
+    boot::build_system_area(memory, with_pci);
+    CHECK(memory.read_object<lpv_boot_info>(GuestPhysAddr{LPV_BOOT_INFO_GPA})->flags ==
+          (LPV_BOOT_FLAG_STORAGE_KEYS | LPV_BOOT_FLAG_PCI));
 
     boot::FirmwareParams too_many{"X", 9, 0, 0, 0, 0, true};
     CHECK_THROWS_WITH(boot::build_system_area(memory, too_many), Catch::Contains("1 to 8 vCPUs"));
     GuestWindow small(arena, {{8 * kMiB}, 2 * kMiB});
     CHECK_THROWS_WITH(boot::build_system_area(small.memory(), params),
                       Catch::Contains("at least 4 MiB"));
+}
+
+TEST_CASE("the firmware's DMA area lies between the image and the stacks", "[boot]") {
+    STATIC_REQUIRE(LPV_FW_DMA_GPA >= LPV_IMAGE_END);
+    STATIC_REQUIRE(LPV_FW_DMA_GPA + LPV_FW_DMA_SIZE <=
+                   LPV_STACK_TOP - LPV_MAX_VCPUS * LPV_STACK_SIZE);
+    STATIC_REQUIRE(LPV_MAX_STORAGE <= LPV_PCI_MMIO_GPA);
+}
+
+TEST_CASE("lpv_disk_word is deterministic and depends on name, block, pass and word", "[boot]") {
+    const auto w = lpv_disk_word("LPAR1", 5, 2, 7);
+    CHECK(w == lpv_disk_word("LPAR1", 5, 2, 7));
+    CHECK(w != lpv_disk_word("LPAR2", 5, 2, 7));
+    CHECK(w != lpv_disk_word("LPAR1", 6, 2, 7));
+    CHECK(w != lpv_disk_word("LPAR1", 5, 3, 7));
+    CHECK(w != lpv_disk_word("LPAR1", 5, 2, 8));
+    CHECK(lpv_disk_word_seeded(lpv_disk_block_seed(lpv_disk_name_hash("LPAR1"), 5, 2), 7) == w);
 }

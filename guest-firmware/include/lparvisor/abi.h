@@ -21,6 +21,11 @@
 #define LPV_STACK_SIZE 0x8000ull
 #define LPV_MAX_VCPUS 8
 #define LPV_TEST_AREA_GPA 0x200000ull   /* the firmware's pattern area: 2 MiB .. storage end */
+/* The firmware's DMA area: its virtqueues and I/O buffers, between the image and the lowest
+ * vCPU stack (LPV_STACK_TOP - LPV_MAX_VCPUS * LPV_STACK_SIZE = 0x1c0000). Devices read and
+ * write here; the pattern area is never a DMA target. */
+#define LPV_FW_DMA_GPA 0x180000ull
+#define LPV_FW_DMA_SIZE 0x40000ull
 
 /* GDT selectors (RPL 3 for the user ones). */
 #define LPV_SEL_KERNEL_CODE 0x08
@@ -48,6 +53,10 @@
 #define LPV_BOOT_MAGIC 0x3152535641504c4cull /* "LLPAVSR1" little-endian */
 #define LPV_BOOT_VERSION 1
 #define LPV_BOOT_FLAG_STORAGE_KEYS (1u << 0) /* the storage-key port is served */
+#define LPV_BOOT_FLAG_PCI (1u << 1)          /* PCI config mechanism #1 (0xcf8-0xcff) is served:
+                                              * the firmware scans bus 0 and drives its virtio
+                                              * devices. Without it the firmware never touches
+                                              * those ports (an unserved port stops the LPAR). */
 #define LPV_NAME_MAX 32
 
 struct lpv_boot_info {
@@ -99,5 +108,56 @@ struct lpv_skey_request {
     uint64_t key;        /* SET_RANGE only */
     uint64_t buffer_gpa; /* SET_EACH / GET_EACH: page_count bytes */
 };
+
+/* ---- the firmware's virtio-blk test: the content of the disk after pass P ----
+ * The firmware writes 4 KiB blocks (LPV_DISK_BLOCK_BYTES, 8 sectors) over the first
+ * min(capacity, LPV_DISK_TEST_BYTES) of the disk; 64-bit little-endian word w of block b after
+ * pass p is lpv_disk_word(name, b, p, w). Passes count from 1 (pass P runs after memory round
+ * P). Writes go one at a time in block order, so while pass P+1 is being written, blocks
+ * [0, k) hold pass P+1 and the rest pass P. Plain C that also compiles as C++ (the host-side
+ * checker includes it). */
+#define LPV_DISK_BLOCK_BYTES 4096u
+#define LPV_DISK_WORDS_PER_BLOCK (LPV_DISK_BLOCK_BYTES / 8u)
+#define LPV_DISK_TEST_BYTES 0x400000ull /* 4 MiB */
+
+static inline uint64_t lpv_disk_mix(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return x;
+}
+
+/* FNV-1a 64 of the NUL-terminated name (at most LPV_NAME_MAX bytes). */
+static inline uint64_t lpv_disk_name_hash(const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned i = 0; i < LPV_NAME_MAX && name[i] != '\0'; i++) {
+        const unsigned char c = (unsigned char)name[i];
+        h ^= c;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The per-block part: everything but the word index. */
+static inline uint64_t lpv_disk_block_seed(uint64_t name_hash, uint64_t block, uint64_t pass)
+{
+    return lpv_disk_mix(name_hash ^ lpv_disk_mix(block * 0x9e3779b97f4a7c15ull + pass));
+}
+
+static inline uint64_t lpv_disk_word_seeded(uint64_t block_seed, uint64_t word_index)
+{
+    return block_seed ^ ((word_index + 1) * 0xd1b54a32d192ed03ull);
+}
+
+static inline uint64_t lpv_disk_word(const char *name, uint64_t block, uint64_t pass,
+                                     uint64_t word_index)
+{
+    return lpv_disk_word_seeded(lpv_disk_block_seed(lpv_disk_name_hash(name), block, pass),
+                                word_index);
+}
 
 #endif

@@ -1,0 +1,19 @@
+// The host side of the firmware's virtio-blk test: whether a raw disk image holds exactly the
+// pattern the firmware wrote in a given pass (lpv_disk_word in lparvisor/abi.h, the function the
+// firmware itself uses). Check against the "DISK <name> final pass <P> blocks <N>" line.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace lparvisor::test {
+
+// nullopt if the first `blocks` 4 KiB blocks of the image hold pass `pass`'s pattern for
+// `lpar_name`; otherwise a description of the first problem (the image cannot be read or is too
+// short, or block, word, expected and found values of the first mismatch).
+std::optional<std::string> check_firmware_disk(const std::string& image_path,
+                                               const std::string& lpar_name, std::uint64_t pass,
+                                               std::uint64_t blocks);
+
+}  // namespace lparvisor::test
