@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -27,6 +28,21 @@ struct CpuidHeader {
 static_assert(sizeof(CpuidHeader) == 8);
 constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
 constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
+
+// The same trap for kvm_irq_routing: C++ sees sizeof 16 with the entries at offset 16, C sees
+// 8 and 8. The kernel reads the entries right after the 8-byte header and decodes the ioctl
+// number with size 8.
+struct IrqRoutingHeader {
+    std::uint32_t nr;
+    std::uint32_t flags;
+};
+static_assert(sizeof(IrqRoutingHeader) == 8);
+constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);
+static_assert(kSetGsiRouting == 0x4008ae6aul, "KVM_SET_GSI_ROUTING as C encodes it");
+static_assert(sizeof(kvm_irq_routing_entry) == 48 && alignof(kvm_irq_routing_entry) <= 8);
+// The other structs these ioctls take have no flexible array: C and C++ agree on them.
+static_assert(sizeof(kvm_irqfd) == 32 && sizeof(kvm_ioeventfd) == 64);
+static_assert(sizeof(kvm_pit_config) == 64 && sizeof(kvm_irq_level) == 8);
 
 // Header + entries in one block, as the two CPUID ioctls take them.
 std::vector<std::uint8_t> cpuid_block(std::uint32_t entries) {
@@ -286,6 +302,94 @@ std::unique_ptr<Vcpu> Vm::create_vcpu(unsigned index) {
         ::mmap(nullptr, system_.vcpu_mmap_size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (run == MAP_FAILED) throw_errno("mmap kvm_run of vCPU " + std::to_string(index));
     return std::make_unique<Vcpu>(std::move(fd), Mapping(run, system_.vcpu_mmap_size()), index);
+}
+
+void Vm::create_irqchip() {
+    if (::ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0) < 0) throw_errno("KVM_CREATE_IRQCHIP");
+}
+
+void Vm::create_pit2() {
+    kvm_pit_config config{};
+    config.flags = KVM_PIT_SPEAKER_DUMMY;
+    if (::ioctl(fd_.get(), KVM_CREATE_PIT2, &config) < 0) throw_errno("KVM_CREATE_PIT2");
+}
+
+bool Vm::set_irq_line(std::uint32_t irq, bool level) noexcept {
+    kvm_irq_level line{};
+    line.irq = irq;
+    line.level = level ? 1 : 0;
+    return ::ioctl(fd_.get(), KVM_IRQ_LINE, &line) == 0;
+}
+
+void Vm::set_gsi_routing(const std::vector<kvm_irq_routing_entry>& entries) {
+    // One buffer, header then entries, as the kernel copies it; uint64_t storage keeps the
+    // entries (which hold 64-bit fields) aligned.
+    std::size_t bytes = sizeof(IrqRoutingHeader) + entries.size() * sizeof(kvm_irq_routing_entry);
+    std::vector<std::uint64_t> block((bytes + 7) / 8, 0);
+    IrqRoutingHeader header{static_cast<std::uint32_t>(entries.size()), 0};
+    std::memcpy(block.data(), &header, sizeof header);
+    if (!entries.empty())
+        std::memcpy(block.data() + 1, entries.data(),  // the header is exactly one uint64_t
+                    entries.size() * sizeof(kvm_irq_routing_entry));
+    if (::ioctl(fd_.get(), kSetGsiRouting, block.data()) < 0)
+        throw_errno("KVM_SET_GSI_ROUTING (" + std::to_string(entries.size()) + " routes)");
+}
+
+namespace {
+
+kvm_irqfd make_irqfd(int eventfd, std::uint32_t gsi, std::uint32_t flags) {
+    kvm_irqfd irqfd{};
+    irqfd.fd = static_cast<std::uint32_t>(eventfd);
+    irqfd.gsi = gsi;
+    irqfd.flags = flags;
+    return irqfd;
+}
+
+kvm_ioeventfd make_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd,
+                             std::uint32_t flags) {
+    kvm_ioeventfd io{};
+    io.addr = gpa;
+    io.len = length;
+    io.fd = eventfd;
+    io.flags = flags;  // MMIO (no KVM_IOEVENTFD_FLAG_PIO), no datamatch
+    return io;
+}
+
+std::string irqfd_what(const char* op, int eventfd, std::uint32_t gsi) {
+    return std::string("KVM_IRQFD ") + op + " fd " + std::to_string(eventfd) + " gsi " +
+           std::to_string(gsi);
+}
+
+std::string ioeventfd_what(const char* op, std::uint64_t gpa, std::uint32_t length, int eventfd) {
+    char address[32];
+    std::snprintf(address, sizeof address, "%#llx", static_cast<unsigned long long>(gpa));
+    return std::string("KVM_IOEVENTFD ") + op + " " + address + "+" + std::to_string(length) +
+           " fd " + std::to_string(eventfd);
+}
+
+}  // namespace
+
+void Vm::assign_irqfd(int eventfd, std::uint32_t gsi) {
+    kvm_irqfd irqfd = make_irqfd(eventfd, gsi, 0);
+    if (::ioctl(fd_.get(), KVM_IRQFD, &irqfd) < 0) throw_errno(irqfd_what("assign", eventfd, gsi));
+}
+
+void Vm::deassign_irqfd(int eventfd, std::uint32_t gsi) {
+    kvm_irqfd irqfd = make_irqfd(eventfd, gsi, KVM_IRQFD_FLAG_DEASSIGN);
+    if (::ioctl(fd_.get(), KVM_IRQFD, &irqfd) < 0)
+        throw_errno(irqfd_what("deassign", eventfd, gsi));
+}
+
+void Vm::assign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd) {
+    kvm_ioeventfd io = make_ioeventfd(gpa, length, eventfd, 0);
+    if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0)
+        throw_errno(ioeventfd_what("assign", gpa, length, eventfd));
+}
+
+void Vm::deassign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd) {
+    kvm_ioeventfd io = make_ioeventfd(gpa, length, eventfd, KVM_IOEVENTFD_FLAG_DEASSIGN);
+    if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0)
+        throw_errno(ioeventfd_what("deassign", gpa, length, eventfd));
 }
 
 }  // namespace lparvisor::kvm

@@ -119,6 +119,29 @@ class Vm {
     // bit per 4 KiB page of the slot) and re-arms tracking. The slot needs KVM_MEM_LOG_DIRTY_PAGES.
     void get_dirty_log(std::uint32_t slot, std::vector<std::uint64_t>& bitmap);
 
+    // --- Interrupts: the in-kernel PIC/IOAPIC/PIT, routing, irqfd and ioeventfd ---
+    // KVM_CREATE_IRQCHIP: the in-kernel PIC, IOAPIC and local APICs. Call before any vCPU is
+    // created. KVM installs its default routing table (GSI 0-15 to the PICs, 0-23 to the
+    // IOAPIC); set_gsi_routing replaces it.
+    void create_irqchip();
+    // KVM_CREATE_PIT2 with KVM_PIT_SPEAKER_DUMMY (port 0x61 answered in the kernel). Needs the
+    // irqchip; the PIT raises GSI 0.
+    void create_pit2();
+    // KVM_IRQ_LINE: drives GSI `irq` (through the routing table) high or low. Called from vCPU
+    // threads for device interrupts, so it does not throw: false (errno kept) if KVM refused,
+    // which only happens without an irqchip.
+    bool set_irq_line(std::uint32_t irq, bool level) noexcept;
+    // KVM_SET_GSI_ROUTING: replaces the WHOLE table with `entries` (include the irqchip routes
+    // for GSI 0-23 or the PIC/IOAPIC pins lose their sources).
+    void set_gsi_routing(const std::vector<kvm_irq_routing_entry>& entries);
+    // KVM_IRQFD: a write to `eventfd` raises `gsi` (an edge, as MSI wants) without an exit.
+    void assign_irqfd(int eventfd, std::uint32_t gsi);
+    void deassign_irqfd(int eventfd, std::uint32_t gsi);
+    // KVM_IOEVENTFD on MMIO, no datamatch: a guest write of `length` bytes (0: any length) to
+    // `gpa` signals `eventfd` and completes in the kernel, with no MMIO exit.
+    void assign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd);
+    void deassign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd);
+
   private:
     const System& system_;
     Fd fd_;
