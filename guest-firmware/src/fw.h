@@ -139,6 +139,7 @@ bool fw_expired(uint64_t deadline);
 /* ---- virtio.c: modern virtio-pci transport, split virtqueues, polled ---- */
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_RNG 4
+#define VIRTIO_ID_MEM 24
 #define VIRTIO_F_VERSION_1_BIT 32
 #define VIRTIO_BLK_F_RO_BIT 5
 #define VIRTIO_BLK_F_FLUSH_BIT 9
@@ -177,6 +178,10 @@ struct virtio_dev {
     uint64_t device_features, features;
 };
 
+/* Finds the first virtio vendor capability of `cfg_type` (1 common, 2 notify, 3 isr, 4 device)
+ * without printing anything: its BAR, offset and length. */
+bool virtio_pci_find_cap(uint32_t bdf, uint8_t cfg_type, uint8_t *bar, uint32_t *offset,
+                         uint32_t *length);
 /* Recognises a virtio-pci device (modern id, or transitional id with the virtio capabilities)
  * and fills *d (type, capability addresses); prints a FAIL line for an unusable one. */
 bool virtio_pci_probe(uint32_t bdf, uint32_t id, struct virtio_dev *d);
@@ -201,6 +206,17 @@ bool virtio_blk_init(struct virtio_dev *d, const char *name);
 void virtio_blk_pass(uint64_t pass);   /* one write/flush/read-back pass (vCPU 0) */
 void virtio_blk_final(void);           /* at the round limit */
 void virtio_rng_test(struct virtio_dev *d, const char *name);
+
+/* ---- virtio_mem.c (vCPU 0): the hot-pluggable memory of an expandable LPAR ---- */
+/* Memory the page tables map write-back for hot-plug: under lparvisor [storage_bytes,
+ * max_storage_bytes) of the boot info (fw_devices_init), under Multiboot the region that
+ * multiboot.c mapped. The driver plugs only blocks inside these ranges. */
+void fw_hotplug_allow(uint64_t base, uint64_t size);
+/* The region [*addr, *addr + *size) of the virtio-mem device at bdf, read from its device
+ * configuration without changing the device's state (CPL0 or CPL3, its BAR mapped). */
+bool virtio_mem_region(uint32_t bdf, uint64_t *addr, uint64_t *size);
+bool virtio_mem_init(struct virtio_dev *d, const char *name, const struct lpv_boot_info *bi);
+void virtio_mem_round(uint64_t round); /* between memory rounds: plug, verify, unplug */
 
 /* ---- devices, from fw_main on vCPU 0 ---- */
 void fw_devices_init(const struct lpv_boot_info *bi, const char *name);

@@ -23,7 +23,7 @@ _Static_assert(LPV_TEST_AREA_GPA >= LPV_STACK_TOP, "stacks below the test area")
 #define PAGE_SIZE 4096ull
 #define PAGE_SHIFT 12
 #define UNIT_PAGES 512ull                   /* 2 MiB: the preferred slicing unit */
-#define PATTERN_MUL 0x9E3779B97F4A7C15ull
+#define PATTERN_MUL LPV_PATTERN_MUL
 #define REPORT_MAX 4                        /* detailed FAIL lines per kind, round and vCPU */
 #define KEY_CHUNK_PAGES 4096u               /* pages per storage-key request (16 MiB) */
 #define PACE_BATCH_PAGES 16u
@@ -79,26 +79,11 @@ static void note_failure(void)
     fw_note_failure();
 }
 
-/* Seed from the LPAR name: FNV-1a, then a 64-bit finaliser so that similar names differ in
- * many bits. */
-static uint64_t name_seed(const char *name)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < LPV_NAME_MAX && name[i]; i++) {
-        h ^= (uint8_t)name[i];
-        h *= 0x100000001b3ull;
-    }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
+/* Seed and pattern: lpv_pattern_seed / lpv_pattern_word (abi.h), shared with the virtio-mem
+ * driver (virtio_mem.c) and any host-side checker. */
 static inline uint64_t pattern(uint64_t gpa, uint64_t gen, uint64_t seed)
 {
-    return (gpa * PATTERN_MUL) ^ (gen << 48) ^ seed;
+    return lpv_pattern_word(gpa, gen, seed);
 }
 
 static inline uint8_t key_for(uint64_t pfn, uint64_t round)
@@ -354,7 +339,7 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
     struct ctx c = {
         .cpu = (uint32_t)cpu,
         .ncpu = ncpu,
-        .seed = name_seed(name),
+        .seed = lpv_pattern_seed(name),
         .tsc_khz = bi->tsc_khz,
         .rate = bi->rewrite_pages_per_sec,
         .round_limit = bi->round_limit,

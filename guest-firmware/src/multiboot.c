@@ -12,7 +12,9 @@
  * PCI: the BARs are wherever the BIOS (SeaBIOS under QEMU) assigned them. Before anything runs
  * the firmware maps [storage end, 4 GiB) uncached and user-accessible (where 32-bit BARs live)
  * and every memory BAR above 4 GiB the same way, records those ranges as the MMIO the drivers
- * may touch, and sets LPV_BOOT_FLAG_PCI so that fw_main scans bus 0 as under lparvisor.
+ * may touch, and sets LPV_BOOT_FLAG_PCI so that fw_main scans bus 0 as under lparvisor. A
+ * virtio-mem device's region (QEMU puts it above 4 GiB) is mapped write-back, user-accessible
+ * (at most HOTPLUG_MAP_MAX of it) and recorded as hot-plug memory for the virtio-mem driver.
  */
 #include "fw.h"
 #include "layout.h"
@@ -40,8 +42,10 @@ static struct lpv_boot_info mb_boot_info;
 #define PTE_ADDR 0x000ffffffffff000ull
 #define PAGE_2M 0x200000ull
 #define GIB (1ull << 30)
-#define PT_POOL_PAGES 8
+#define PT_POOL_PAGES 16
 #define BAR_MAP_MAX GIB /* map at most this much of one BAR */
+#define HOTPLUG_MAP_MAX (8 * GIB) /* map at most this much of a virtio-mem region */
+#define VIRTIO_MEM_PCI_ID 0x10581af4u /* vendor 0x1af4, modern device id 0x1040 + 24 */
 
 static uint64_t pt_pool[PT_POOL_PAGES][512] __attribute__((aligned(4096)));
 static uint32_t pt_pool_used;
@@ -60,8 +64,9 @@ static uint64_t *pt_next(uint64_t *table, uint32_t idx)
     return (uint64_t *)(uintptr_t)(table[idx] & PTE_ADDR);
 }
 
-/* Maps the 2 MiB page at `addr` identically: user, writable, uncached. CPL0 only. */
-static bool map_uc_2m(uint64_t addr)
+/* Maps the 2 MiB page at `addr` identically: user, writable, with `cache` (PWT|PCD for
+ * uncached, 0 for write-back). CPL0 only. */
+static bool map_2m(uint64_t addr, uint64_t cache)
 {
     uint64_t cr3;
     __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
@@ -70,16 +75,45 @@ static bool map_uc_2m(uint64_t addr)
     uint64_t *pd = pdpt ? pt_next(pdpt, (uint32_t)((addr >> 30) & 511)) : NULL;
     if (!pd)
         return false;
-    pd[(addr >> 21) & 511] = (addr & ~(PAGE_2M - 1)) | PTE_P | PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_PS;
+    pd[(addr >> 21) & 511] = (addr & ~(PAGE_2M - 1)) | PTE_P | PTE_RW | PTE_US | cache | PTE_PS;
+    return true;
+}
+
+static bool map_range(uint64_t base, uint64_t size, uint64_t cache)
+{
+    for (uint64_t a = base & ~(PAGE_2M - 1); a < base + size; a += PAGE_2M)
+        if (!map_2m(a, cache))
+            return false;
     return true;
 }
 
 static bool map_uc(uint64_t base, uint64_t size)
 {
-    for (uint64_t a = base & ~(PAGE_2M - 1); a < base + size; a += PAGE_2M)
-        if (!map_uc_2m(a))
-            return false;
-    return true;
+    return map_range(base, size, PTE_PWT | PTE_PCD);
+}
+
+/* A virtio-mem device: map its region write-back (after its BARs, to read the region from its
+ * device configuration) so that the driver can use the blocks it plugs. */
+static void map_virtio_mem(uint32_t bdf)
+{
+    pci_write32(bdf, 0x04, (pci_read32(bdf, 0x04) & 0xffff) | 0x2u); /* memory decoding on */
+    uint64_t addr, size;
+    if (!virtio_mem_region(bdf, &addr, &size)) {
+        fw_println("multiboot: virtio-mem 00:%02x.%x: region not readable", (bdf >> 3) & 31, bdf & 7);
+        return;
+    }
+    const uint64_t end = addr + size;
+    uint64_t lo = (addr + PAGE_2M - 1) & ~(PAGE_2M - 1), hi = end & ~(PAGE_2M - 1);
+    if (hi > lo && hi - lo > HOTPLUG_MAP_MAX)
+        hi = lo + HOTPLUG_MAP_MAX;
+    if (hi <= lo || lo != addr || !map_range(lo, hi - lo, 0)) {
+        fw_println("multiboot: virtio-mem 00:%02x.%x: region 0x%lx+0x%lx not mapped", (bdf >> 3) & 31,
+                   bdf & 7, addr, size);
+        return;
+    }
+    fw_hotplug_allow(lo, hi - lo);
+    fw_println("multiboot: mapped virtio-mem region of 00:%02x.%x at 0x%lx+0x%lx", (bdf >> 3) & 31,
+               bdf & 7, lo, hi - lo);
 }
 
 /* Sizes 64-bit memory BAR `bar` (decoding off meanwhile); 0 if it does not answer. CPL0. */
@@ -101,7 +135,6 @@ static uint64_t bar64_size(uint32_t bdf, unsigned bar)
 /* Maps the memory BARs that lie above 4 GiB (those below are in [storage, 4 GiB) already). */
 static bool map_high_bars(uint32_t bdf, uint32_t id, void *arg)
 {
-    (void)id;
     (void)arg;
     if ((pci_read32(bdf, 0x0c) >> 16) & 0x7f) /* not a type-0 header (a bridge): skip */
         return true;
@@ -124,6 +157,8 @@ static bool map_high_bars(uint32_t bdf, uint32_t id, void *arg)
         if (is64)
             bar++;
     }
+    if (id == VIRTIO_MEM_PCI_ID)
+        map_virtio_mem(bdf);
     return true;
 }
 

@@ -5,21 +5,23 @@
  * firmware never takes an interrupt). Everything here is unprivileged: config-space port I/O on
  * the ports the TSS opens, MMIO through the user-accessible uncached mapping of the BARs.
  *
- * vCPU 0 alone drives the devices: fw_devices_init after the banner, one disk pass per memory
- * round (fw_devices_round), the final disk line at the round limit (fw_devices_finish). Only
+ * vCPU 0 alone drives the devices: fw_devices_init after the banner, one disk pass and one
+ * virtio-mem step (plug / verify / unplug, virtio_mem.c) per memory round (fw_devices_round), the
+ * final disk line at the round limit (fw_devices_finish). Only
  * when the boot info has LPV_BOOT_FLAG_PCI (lparvisor sets it when it serves 0xcf8-0xcff; the
  * Multiboot path always, and then checks that 0xcf8 reads back).
  *
- * Serial lines (besides the FAIL lines, which all start with "FAIL virtio", "FAIL disk" or
- * "FAIL rng"):
- *   virtio 00:DD.F: id 0x<id> type <T> (blk|rng|other) common=0x<a> notify=0x<a>*<mult> device=0x<a>+0x<len>
- *   virtio 00:DD.F: not used by the firmware        (a second blk/rng, or another type)
+ * Serial lines (besides the FAIL lines, which all start with "FAIL virtio", "FAIL disk",
+ * "FAIL rng" or "FAIL mem"):
+ *   virtio 00:DD.F: id 0x<id> type <T> (blk|rng|mem|other) common=0x<a> notify=0x<a>*<mult> device=0x<a>+0x<len>
+ *   virtio 00:DD.F: not used by the firmware        (a second blk/rng/mem, or another type)
  *   pci: no configuration mechanism #1              (flag set, but 0xcf8 does not read back)
  *   DISK <name> capacity <sectors> sectors blocks <N> queue <Q> inflight <K> flush yes|no
  *   DISK <name> id "<serial>"                        (GET_ID; non-printable bytes shown as '?')
  *   DISK <name> pass <P> ok blocks <N>               (after each round P's write+flush+read-back)
  *   DISK <name> final pass <P> blocks <N>            (at the round limit, before the done line)
  *   RNG <name> ok <n> bytes
+ *   MEM <name> ...                                   (virtio-mem: see virtio_mem.c)
  */
 #include "fw.h"
 
@@ -89,6 +91,8 @@ static const char *type_name(uint16_t type)
         return "blk";
     case VIRTIO_ID_RNG:
         return "rng";
+    case VIRTIO_ID_MEM:
+        return "mem";
     default:
         return "other";
     }
@@ -121,6 +125,29 @@ static bool cap_address(struct virtio_dev *d, const char *what, uint8_t bar, uin
     }
     *out = a;
     return true;
+}
+
+bool virtio_pci_find_cap(uint32_t bdf, uint8_t cfg_type, uint8_t *bar, uint32_t *offset,
+                         uint32_t *length)
+{
+    if (!(pci_read32(bdf, PCI_COMMAND_OFF) & PCI_STATUS_CAP_LIST))
+        return false;
+    uint32_t ptr = pci_read32(bdf, PCI_CAP_PTR_OFF) & 0xfc;
+    for (unsigned guard = 0; ptr >= 0x40 && guard < 48; guard++) {
+        const uint32_t w0 = pci_read32(bdf, ptr);
+        if ((uint8_t)w0 == PCI_CAP_ID_VENDOR && (uint8_t)(w0 >> 16) >= 16 &&
+            (uint8_t)(w0 >> 24) == cfg_type) {
+            const uint8_t b = (uint8_t)pci_read32(bdf, ptr + 4);
+            if (b <= 5) {
+                *bar = b;
+                *offset = pci_read32(bdf, ptr + 8);
+                *length = pci_read32(bdf, ptr + 12);
+                return true;
+            }
+        }
+        ptr = (w0 >> 8) & 0xfc;
+    }
+    return false;
 }
 
 bool virtio_pci_probe(uint32_t bdf, uint32_t id, struct virtio_dev *d)
@@ -384,12 +411,14 @@ bool vq_poll(struct virtqueue *q, struct vring_used_elem *e)
 
 struct scan_state {
     const char *name;
-    bool blk_done, rng_done;
-    struct virtio_dev blk, rng;
+    const struct lpv_boot_info *bi;
+    bool blk_done, rng_done, mem_done;
+    struct virtio_dev blk, rng, mem;
     uint32_t others;
 };
 
 static bool disk_active __attribute__((section(".data")));
+static bool mem_active __attribute__((section(".data")));
 
 static bool scan_one(uint32_t bdf, uint32_t id, void *arg)
 {
@@ -405,6 +434,10 @@ static bool scan_one(uint32_t bdf, uint32_t id, void *arg)
         s->rng_done = true;
         s->rng = d;
         virtio_rng_test(&s->rng, s->name);
+    } else if (d.type == VIRTIO_ID_MEM && !s->mem_done) {
+        s->mem_done = true;
+        s->mem = d;
+        mem_active = virtio_mem_init(&s->mem, s->name, s->bi);
     } else {
         fw_println("virtio %s: not used by the firmware", d.label);
         s->others++;
@@ -415,6 +448,8 @@ static bool scan_one(uint32_t bdf, uint32_t id, void *arg)
 void fw_devices_init(const struct lpv_boot_info *bi, const char *name)
 {
     fw_set_tsc_khz(bi->tsc_khz);
+    if (bi->max_storage_bytes > bi->storage_bytes) /* lparvisor's map of an expandable LPAR */
+        fw_hotplug_allow(bi->storage_bytes, bi->max_storage_bytes - bi->storage_bytes);
     if (!(bi->flags & LPV_BOOT_FLAG_PCI))
         return;
     if (!pci_present()) {
@@ -424,6 +459,7 @@ void fw_devices_init(const struct lpv_boot_info *bi, const char *name)
     static struct scan_state s; /* .bss: keeps the device structures for the later passes */
     memset(&s, 0, sizeof s);
     s.name = name;
+    s.bi = bi;
     pci_scan(scan_one, &s);
 }
 
@@ -431,6 +467,8 @@ void fw_devices_round(uint64_t round)
 {
     if (disk_active)
         virtio_blk_pass(round);
+    if (mem_active)
+        virtio_mem_round(round);
 }
 
 void fw_devices_finish(void)

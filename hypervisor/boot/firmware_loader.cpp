@@ -119,6 +119,16 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: {} MiB of storage reaches the PCI window at {:#x}",
                                 params.lpar_name, storage >> 20, LPV_PCI_MMIO_GPA));
+    if (params.max_storage % (2 * 1024 * 1024) != 0)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: maximum storage {:#x} is not a multiple of 2 MiB",
+                                params.lpar_name, params.max_storage));
+    if (params.max_storage > LPV_MAX_STORAGE)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: {} MiB of maximum storage reaches the PCI window at {:#x}",
+                                params.lpar_name, params.max_storage >> 20, LPV_PCI_MMIO_GPA));
+    // What the page tables map write-back: the storage and the memory EXPAND may plug above it.
+    const std::uint64_t mapped = std::max(storage, params.max_storage);
     if (params.vcpus == 0 || params.vcpus > LPV_MAX_VCPUS)
         throw Error(ErrorKind::InvalidArgument, fmt::format("{}: the firmware runs 1 to {} vCPUs",
                                                             params.lpar_name, LPV_MAX_VCPUS));
@@ -151,24 +161,30 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     write_or_throw(memory, LPV_TSS_GPA, tss.data(), tss.size(), "TSS");
 
     // Identity page tables with 2 MiB pages, user-accessible (the firmware runs at CPL3): the
-    // storage write-back, the PCI window (the device BARs) uncached, so one PD per GiB up to the
-    // window's end even for a small LPAR.
+    // storage and the hot-pluggable memory above it (up to max_storage) write-back, the PCI
+    // window (the device BARs) uncached, so one PD per GiB up to the window's end even for a
+    // small LPAR. Everything ends at or below the window's end (LPV_MAX_STORAGE is its start),
+    // so the tables always fit [LPV_PAGE_TABLE_GPA, LPV_PAGE_TABLE_END).
     const std::uint64_t gib = 1024ull * 1024 * 1024;
     const std::uint64_t page_2m = 2 * 1024 * 1024;
     const std::uint64_t window_end = LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE;
     const std::uint64_t directories =
-        std::max((storage + gib - 1) / gib, (window_end + gib - 1) / gib);
+        std::max((mapped + gib - 1) / gib, (window_end + gib - 1) / gib);
+    static_assert(LPV_PAGE_TABLE_GPA + (2 + (LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE + (1ull << 30) -
+                                             1) / (1ull << 30)) * 0x1000 <=
+                      LPV_PAGE_TABLE_END,
+                  "the page-table area holds the tables for everything up to the PCI window's end");
     const std::uint64_t pml4 = LPV_PAGE_TABLE_GPA, pdpt = pml4 + 0x1000, pd0 = pdpt + 0x1000;
     if (pd0 + directories * 0x1000 > LPV_PAGE_TABLE_END)
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: {} MiB is more storage than the firmware's page tables map",
-                                params.lpar_name, storage >> 20));
+                                params.lpar_name, mapped >> 20));
     const std::uint64_t table_flags = kPresent | kWritable | kUser | kAccessed;
     std::vector<std::uint64_t> tables((2 + directories) * 512, 0);
     tables[0] = pdpt | table_flags;
     for (std::uint64_t d = 0; d < directories; ++d)
         tables[512 + d] = (pd0 + d * 0x1000) | table_flags;
-    for (std::uint64_t page = 0; page < storage / page_2m; ++page)
+    for (std::uint64_t page = 0; page < mapped / page_2m; ++page)
         tables[1024 + page] = page * page_2m | table_flags | kDirty | kLargePage;
     for (std::uint64_t gpa = LPV_PCI_MMIO_GPA; gpa < window_end; gpa += page_2m)
         tables[1024 + gpa / page_2m] =
@@ -187,6 +203,7 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     info.flags = (params.storage_keys ? LPV_BOOT_FLAG_STORAGE_KEYS : 0) |
                  (params.pci_bus ? LPV_BOOT_FLAG_PCI : 0);
     info.round_limit = params.round_limit;
+    info.max_storage_bytes = mapped > storage ? mapped : 0;
     std::snprintf(info.name, sizeof info.name, "%s", params.lpar_name.c_str());
     write_or_throw(memory, LPV_BOOT_INFO_GPA, &info, sizeof info, "boot info");
 }

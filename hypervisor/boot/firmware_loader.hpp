@@ -29,6 +29,11 @@ struct FirmwareParams {
     // unserved port stops the LPAR). The ports are open in the TSS and the window is mapped
     // either way.
     bool pci_bus = false;
+    // How far the LPAR may grow (EXPAND through its virtio-mem region right above the storage):
+    // the page tables map [0, max(storage, max_storage)) and the boot info's max_storage_bytes
+    // tells the firmware so. 0 = the storage size (nothing mapped above it). A multiple of
+    // 2 MiB, at most LPV_MAX_STORAGE.
+    std::uint64_t max_storage = 0;
 };
 
 // The smallest LPAR the firmware can run in: system area and image below 2 MiB, one 2 MiB page
@@ -46,9 +51,10 @@ LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory
 LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const std::string& what,
                                     const GuestMemory& memory);
 
-// Writes the GDT, TSS + I/O bitmap, identity page tables (2 MiB pages, user: the storage and,
-// uncached, the PCI window [LPV_PCI_MMIO_GPA, +LPV_PCI_MMIO_SIZE)) and boot info. Storage must
-// end at or below the window (LPV_MAX_STORAGE).
+// Writes the GDT, TSS + I/O bitmap, identity page tables (2 MiB pages, user: write-back
+// [0, max(storage, params.max_storage)) and, uncached, the PCI window [LPV_PCI_MMIO_GPA,
+// +LPV_PCI_MMIO_SIZE)) and boot info. Storage and max_storage must end at or below the window
+// (LPV_MAX_STORAGE).
 void build_system_area(const GuestMemory& memory, const FirmwareParams& params);
 
 // The vCPU's registers for entry at CPL3 in long mode (vCPU `index` gets its own stack).

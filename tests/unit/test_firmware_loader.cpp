@@ -87,6 +87,7 @@ TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info"
     CHECK(info->round_limit == 7);
     CHECK(std::string(info->name) == "LPARX");
     CHECK(info->flags == LPV_BOOT_FLAG_STORAGE_KEYS);
+    CHECK(info->max_storage_bytes == 0);  // max_storage defaults to the storage size
 
     // I/O bitmap: the firmware's ports open, others (e.g. 0x80, 0x3f7, 0x402) closed.
     auto bitmap = *memory.slice(GuestPhysAddr{LPV_TSS_GPA + 104}, 8193);
@@ -158,6 +159,77 @@ TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info"
     GuestWindow small(arena, {{8 * kMiB}, 2 * kMiB});
     CHECK_THROWS_WITH(boot::build_system_area(small.memory(), params),
                       Catch::Contains("at least 4 MiB"));
+}
+
+TEST_CASE("max_storage: the page tables also map the memory EXPAND may plug", "[boot]") {
+    Arena arena(16 * kMiB, HugePagePolicy::Off);
+    GuestWindow window(arena, {{0}, 8 * kMiB});
+    auto memory = window.memory();
+    auto pde = [&](std::uint64_t gpa) {
+        auto pml4 = *memory.read_object<std::uint64_t>(GuestPhysAddr{LPV_PAGE_TABLE_GPA});
+        auto pdpte = *memory.read_object<std::uint64_t>(
+            GuestPhysAddr{(pml4 & ~0xfffull) + (gpa >> 30) * 8});
+        REQUIRE((pdpte & 7) == 7);
+        return *memory.read_object<std::uint64_t>(
+            GuestPhysAddr{(pdpte & ~0xfffull) + ((gpa >> 21) & 511) * 8});
+    };
+    auto boot_info = [&] {
+        return *memory.read_object<lpv_boot_info>(GuestPhysAddr{LPV_BOOT_INFO_GPA});
+    };
+    boot::FirmwareParams params{"EXP", 1, 0, 0, 0, 0, true};
+
+    SECTION("an expandable LPAR: [0, max_storage) write-back, user, nothing above") {
+        params.max_storage = 1536 * kMiB;  // crosses a GiB boundary
+        boot::build_system_area(memory, params);
+        for (std::uint64_t gpa = 0; gpa < params.max_storage; gpa += 2 * kMiB) {
+            const auto e = pde(gpa);
+            CHECK((e & ~0x1fffffull) == gpa);
+            CHECK((e & 0x87) == 0x87);  // P, RW, US, PS
+            CHECK((e & 0x18) == 0);     // write-back
+        }
+        CHECK(pde(params.max_storage) == 0);
+        CHECK(pde(3ull * 1024 * kMiB - 2 * kMiB) == 0);
+        CHECK((pde(LPV_PCI_MMIO_GPA) & 0x9f) == 0x9f);  // the window stays uncached
+        const auto info = boot_info();
+        CHECK(info.storage_bytes == 8 * kMiB);
+        CHECK(info.max_storage_bytes == 1536 * kMiB);
+    }
+    SECTION("up to the PCI window") {
+        params.max_storage = LPV_MAX_STORAGE;
+        boot::build_system_area(memory, params);
+        CHECK((pde(LPV_MAX_STORAGE - 2 * kMiB) & 0x9f) == 0x87);
+        CHECK((pde(LPV_PCI_MMIO_GPA) & 0x9f) == 0x9f);
+        CHECK(boot_info().max_storage_bytes == LPV_MAX_STORAGE);
+    }
+    SECTION("max_storage at or below the storage maps the storage alone") {
+        params.max_storage = 4 * kMiB;
+        boot::build_system_area(memory, params);
+        CHECK((pde(6 * kMiB) & 0x87) == 0x87);
+        CHECK(pde(8 * kMiB) == 0);
+        CHECK(boot_info().max_storage_bytes == 0);
+        params.max_storage = 8 * kMiB;
+        boot::build_system_area(memory, params);
+        CHECK(pde(8 * kMiB) == 0);
+        CHECK(boot_info().max_storage_bytes == 0);
+    }
+    SECTION("refused: not in 2 MiB units, or reaching the PCI window") {
+        params.max_storage = 64 * kMiB + 4096;
+        CHECK_THROWS_WITH(boot::build_system_area(memory, params),
+                          Catch::Contains("not a multiple of 2 MiB"));
+        params.max_storage = LPV_MAX_STORAGE + 2 * kMiB;
+        CHECK_THROWS_WITH(boot::build_system_area(memory, params),
+                          Catch::Contains("reaches the PCI window"));
+    }
+}
+
+TEST_CASE("the firmware's memory pattern (abi.h) is the one the firmware always used", "[boot]") {
+    // The seed the firmware printed for "MEMT" before the pattern moved into abi.h.
+    CHECK(lpv_pattern_seed("MEMT") == 0x629d5757b12ddc39ull);
+    CHECK(lpv_pattern_seed("MEMT") != lpv_pattern_seed("MEMU"));
+    const std::uint64_t seed = lpv_pattern_seed("LPAR1");
+    CHECK(lpv_pattern_word(0x200000, 0, seed) == ((0x200000ull * LPV_PATTERN_MUL) ^ seed));
+    CHECK(lpv_pattern_word(0x200000, 3, seed) == ((0x200000ull * LPV_PATTERN_MUL) ^ (3ull << 48) ^ seed));
+    CHECK(lpv_pattern_word(0x200008, 0, seed) != lpv_pattern_word(0x200000, 0, seed));
 }
 
 TEST_CASE("the firmware's DMA area lies between the image and the stacks", "[boot]") {

@@ -75,7 +75,41 @@ struct lpv_boot_info {
      * leaves them zero. */
     uint64_t round_limit;           /* 0: run forever; N: after round N on every vCPU the
                                      * firmware writes 0 (no FAIL line) or 1 to LPV_PORT_DEBUG_EXIT */
+    uint64_t max_storage_bytes;     /* 0 or <= storage_bytes: nothing above the storage is mapped.
+                                     * Else the page tables also map [storage_bytes,
+                                     * max_storage_bytes) (write-back, user): hot-pluggable memory
+                                     * (a virtio-mem region) that the firmware touches only while
+                                     * its blocks are plugged (unplugged ones may be unbacked). */
 };
+
+/* ---- the firmware's memory pattern ----
+ * The 64-bit word at guest-physical address `gpa` (8-byte aligned) of generation `gen` is
+ * lpv_pattern_word(gpa, gen, lpv_pattern_seed(name)). The test area's words outside the
+ * working set and every plugged virtio-mem block keep generation 0. Plain C that also compiles
+ * as C++ (a host-side checker can include it). */
+#define LPV_PATTERN_MUL 0x9E3779B97F4A7C15ull
+
+/* FNV-1a 64 of the name (at most LPV_NAME_MAX bytes), then the murmur3 finaliser so that
+ * similar names differ in many bits. */
+static inline uint64_t lpv_pattern_seed(const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned i = 0; i < LPV_NAME_MAX && name[i] != '\0'; i++) {
+        h ^= (unsigned char)name[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h;
+}
+
+static inline uint64_t lpv_pattern_word(uint64_t gpa, uint64_t gen, uint64_t seed)
+{
+    return (gpa * LPV_PATTERN_MUL) ^ (gen << 48) ^ seed;
+}
 
 /* ---- storage keys: one byte per 4 KiB frame, s390 layout ---- */
 #define LPV_KEY_ACCESS_MASK 0xf0 /* access-control key, bits 7-4 */
