@@ -7,11 +7,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -73,7 +75,7 @@ struct Options {
     std::optional<std::string> firmware;
 
     std::string other_lpar;       // exchange
-    std::uint64_t extra_mib = 0;  // grow / make-room
+    std::uint64_t extra_mib = 0;  // grow / make-room / expand / shrink
     bool dry_run = false;
 
     std::size_t map_width = 72;
@@ -86,17 +88,26 @@ std::chrono::milliseconds to_ms(double seconds) {
 
 std::chrono::milliseconds timeout_for(const Options& options, const std::string& command) {
     if (options.timeout_seconds) return to_ms(*options.timeout_seconds);
-    if (command == "mvstor") {
-        // The daemon may wait the whole drain timeout before it even starts copying.
-        const double drain_seconds =
-            static_cast<double>(options.drain_timeout_ms.value_or(10000)) / 1000.0;
-        return to_ms(std::max(kDefaultMvstorTimeoutSeconds, drain_seconds + 50.0));
+    // --timeout-ms: mvstor's drain timeout, or how long expand/shrink/grow wait for the guest.
+    const double wait_seconds =
+        static_cast<double>(options.drain_timeout_ms.value_or(10000)) / 1000.0;
+    if (command == "mvstor" || command == "expand" || command == "shrink") {
+        // The daemon may wait that long before it even starts copying (scrubbing).
+        return to_ms(std::max(kDefaultMvstorTimeoutSeconds, wait_seconds + 50.0));
+    }
+    if (command == "grow" && !options.dry_run) {  // the room-making MVSTORs come first
+        return to_ms(std::max(kDefaultLongTimeoutSeconds, wait_seconds + 110.0));
     }
     if (command == "activate" || command == "reset" || command == "deactivate" ||
         command == "exchange" || command == "make-room") {
         return to_ms(kDefaultLongTimeoutSeconds);
     }
     return to_ms(kDefaultTimeoutSeconds);
+}
+
+// The commands that change LPAR sizes: their output ends with the storage table after.
+bool shows_table_after(const std::string& command, const Options& options) {
+    return command == "expand" || command == "shrink" || (command == "grow" && !options.dry_run);
 }
 
 // Prints the daemon's refusal and returns the exit code for it.
@@ -146,8 +157,14 @@ std::pair<std::string, json> request_for(const std::string& command, const Optio
         if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
         return {"storage.exchange", params};
     }
-    if (command == "grow") {
+    if (command == "grow" && options.dry_run) {
         return {"storage.plan_grow", {{"lpar", options.lpar}, {"mib", options.extra_mib}}};
+    }
+    if (command == "grow" || command == "expand" || command == "shrink") {
+        json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
+        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+        if (command == "grow" && options.live) params["mode"] = "live";
+        return {"storage." + command, params};
     }
     if (command == "make-room") {
         json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
@@ -176,13 +193,40 @@ void print_result(const std::string& command, const json& result, const Options&
         std::cout << format_storage_map(result, options.map_width);
     } else if (command == "exchange") {
         std::cout << format_exchange(result);
-    } else if (command == "grow" || command == "make-room") {
+    } else if ((command == "grow" && options.dry_run) || command == "make-room") {
         std::cout << format_grow_plan(result);
+    } else if (command == "grow") {
+        std::cout << format_grow(result);
+    } else if (command == "expand") {
+        std::cout << format_resize("EXPAND", result);
+    } else if (command == "shrink") {
+        std::cout << format_resize("SHRINK", result);
     } else if (command == "ping") {
         std::cout << fmt::format("lparvisor {} is answering on {}\n",
                                  result.at("version").get<std::string>(), options.socket_path);
     } else {
         std::cout << format_lpar_row(result);  // define and the lifecycle commands
+    }
+}
+
+// After a size change: a blank line and the storage table as it is now. The change is done
+// either way: a failure to list is only a note on stderr, not a failed command.
+void print_table_after(const Options& options) {
+    std::cout << '\n';
+    try {
+        const Reply reply =
+            call(options.socket_path, "lpar.list", json::object(), timeout_for(options, "lpars"));
+        if (reply.ok) {
+            std::cout << format_lpar_table(reply.result());
+            return;
+        }
+        std::cerr << fmt::format("svp: done, but lpar.list was refused: {}\n",
+                                 reply.error().value("message", std::string("?")));
+    } catch (const Failure& failure) {
+        std::cerr << fmt::format("svp: done, but cannot list the LPARs: {}\n", failure.what());
+    } catch (const json::exception& error) {
+        std::cerr << fmt::format("svp: done, but lpar.list's result is unexpected: {}\n",
+                                 error.what());
     }
 }
 
@@ -208,6 +252,7 @@ int run_single(const std::string& command, const Options& options) {
         throw Failure(kExitProtocol, fmt::format("unexpected {} result from {}: {}", method,
                                                  options.socket_path, error.what()));
     }
+    if (!options.json_output && shows_table_after(command, options)) print_table_after(options);
     std::cout.flush();
     return kExitOk;
 }
@@ -390,7 +435,9 @@ int run_mvstor(const Options& options) {
 
 int main_with_exceptions(int argc, char** argv) {
     Options options;
-    CLI::App app{"svp: the operator console of lparvisor (LPARs, MVSTOR, events, console)", "svp"};
+    CLI::App app{
+        "svp: the operator console of lparvisor (LPARs, MVSTOR, EXCHANGE, EXPAND, events, console)",
+        "svp"};
     app.fallthrough();  // global options are accepted after the subcommand too
     app.require_subcommand(1, 1);
     app.add_option("--socket", options.socket_path,
@@ -399,11 +446,13 @@ int main_with_exceptions(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--json", options.json_output, "print the raw JSON result instead of a table");
     app.add_option("--timeout", options.timeout_seconds,
-                   "seconds to wait for each answer (default: 60 for mvstor, 120 for activate, "
-                   "reset and deactivate, 10 otherwise)")
+                   "seconds to wait for each answer (default: 60 for mvstor, expand and shrink, "
+                   "120 for activate, reset, deactivate, exchange, make-room and grow, 10 "
+                   "otherwise; longer when --timeout-ms asks for more)")
         ->check(CLI::PositiveNumber);
 
-    auto* lpars = app.add_subcommand("lpars", "list the LPARs and main storage (Fig. 3A table)");
+    auto* lpars = app.add_subcommand(
+        "lpars", "list the LPARs and main storage (Fig. 3A table, with guest kind and max size)");
     auto* mvstor = app.add_subcommand(
         "mvstor", "move an LPAR's main storage to a new origin (no re-IPL); progress on stderr");
     mvstor->add_option("LPAR", options.lpar, "the LPAR to move")->required();
@@ -465,15 +514,53 @@ int main_with_exceptions(int argc, char** argv) {
         ->add_option("--timeout-ms", options.drain_timeout_ms,
                      "how long to wait for the LPARs' devices to go idle (default 10000)")
         ->check(CLI::Range(1, 600000));
+    // EXPAND: sizes are whole 2 MiB blocks (the daemon refuses anything else too).
+    const auto block_multiple = CLI::Validator(
+        [](std::string& value) -> std::string {
+            try {
+                const auto mib = std::stoull(value);
+                if (mib < 2 || mib % 2 != 0 || mib > (std::uint64_t{1} << 44) - 1)
+                    return "expected a multiple of 2 MiB, at least 2";
+                return {};
+            } catch (const std::exception&) {
+                return "expected a number of MiB";
+            }
+        },
+        "MIB (multiple of 2)");
+    const char* guest_timeout_help =
+        "how long to wait for the guest to plug or unplug the memory (default 10000)";
     auto* grow = app.add_subcommand(
-        "grow", "plan the cheapest MVSTORs of other LPARs that free MIB directly above LPAR");
+        "grow",
+        "make room above LPAR with the cheapest MVSTORs of other LPARs, then EXPAND it by MIB "
+        "(--dry-run: only show the plan)");
     grow->add_option("LPAR", options.lpar, "the LPAR that needs to grow")->required();
     grow->add_option("MIB", options.extra_mib, "how much more storage, MiB (a multiple of 2)")
-        ->required();
-    grow->add_flag("--dry-run", options.dry_run,
-                   "show the plan only (required for now: growing the LPAR itself needs "
-                   "virtio-mem; use make-room to carry the moves out)")
-        ->required();
+        ->required()
+        ->check(block_multiple);
+    grow->add_flag("--dry-run", options.dry_run, "show the plan only; nothing moves or grows");
+    grow->add_flag("--live", options.live, "make the room-making MVSTORs live (short stops)");
+    grow->add_option("--timeout-ms", options.drain_timeout_ms, guest_timeout_help)
+        ->check(CLI::Range(1, 600000));
+    auto* expand = app.add_subcommand(
+        "expand",
+        "EXPAND: grow LPAR by MIB into the free storage directly above it (virtio-mem; the "
+        "guest plugs it)");
+    expand->add_option("LPAR", options.lpar, "the LPAR to grow")->required();
+    expand->add_option("MIB", options.extra_mib, "how much more storage, MiB (a multiple of 2)")
+        ->required()
+        ->check(block_multiple);
+    expand->add_option("--timeout-ms", options.drain_timeout_ms, guest_timeout_help)
+        ->check(CLI::Range(1, 600000));
+    auto* shrink = app.add_subcommand(
+        "shrink", "give back the top MIB of an expanded LPAR (the guest unplugs them first)");
+    shrink->add_option("LPAR", options.lpar, "the LPAR to shrink")->required();
+    shrink
+        ->add_option("MIB", options.extra_mib,
+                     "how much storage to give back, MiB (a multiple of 2)")
+        ->required()
+        ->check(block_multiple);
+    shrink->add_option("--timeout-ms", options.drain_timeout_ms, guest_timeout_help)
+        ->check(CLI::Range(1, 600000));
     auto* make_room = app.add_subcommand(
         "make-room", "carry out grow's plan: move other LPARs so MIB are free above LPAR");
     make_room->add_option("LPAR", options.lpar, "the LPAR that needs room above it")->required();
@@ -500,7 +587,8 @@ int main_with_exceptions(int argc, char** argv) {
     if (command == "console" && options.follow) return run_console_follow(options);
     if (command == "mvstor") return run_mvstor(options);
     (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
-        (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room;
+        (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room, (void)expand,
+        (void)shrink;
     return run_single(command, options);
 }
 

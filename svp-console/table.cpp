@@ -19,14 +19,20 @@ struct Column {
     bool right_aligned;
 };
 
-// Fig. 3A's columns. Widths grow with the data; the headings fix the minimum.
-constexpr std::array<Column, 5> kColumns{{
+// Fig. 3A's columns first, in the patent's order (scripts read them by position), then MAX SIZE
+// (how far EXPAND may grow the LPAR; only when some LPAR can grow), the guest kind and the state.
+// Widths grow with the data; the headings fix the minimum.
+enum ColumnId : std::size_t { kName, kOrigin, kSize, kGap, kMax, kGuest, kState, kColumnCount };
+constexpr std::array<Column, kColumnCount> kColumns{{
     {"LPAR NAME", "", false},
     {"MS AREA ORIGIN", "(MiB)", true},
     {"MS AREA SIZE", "(MiB)", true},
     {"MS GAP", "(MiB)", true},
+    {"MAX SIZE", "(MiB)", true},
+    {"GUEST", "", false},
     {"STATE", "", false},
 }};
+using Cells = std::array<std::string, kColumnCount>;
 
 std::string state_text(const nlohmann::json& lpar) {
     std::string state = lpar.at("state").get<std::string>();
@@ -35,11 +41,20 @@ std::string state_text(const nlohmann::json& lpar) {
     return state;
 }
 
-void append_row(std::string& out, const std::array<std::string, kColumns.size()>& cells,
-                const std::array<std::size_t, kColumns.size()>& widths, bool data_row) {
+// Whether the LPAR has a virtio-mem region: room to grow, or some of it plugged already.
+bool can_grow(const nlohmann::json& lpar) {
+    const auto size = lpar.at("size_mib").get<std::uint64_t>();
+    return lpar.value("max_size_mib", std::uint64_t{0}) > size ||
+           lpar.value("plugged_mib", std::uint64_t{0}) > 0;
+}
+
+void append_row(std::string& out, const Cells& cells,
+                const std::array<std::size_t, kColumnCount>& widths,
+                const std::array<bool, kColumnCount>& shown, bool data_row) {
     std::string line;
     for (std::size_t i = 0; i < cells.size(); ++i) {
-        if (i > 0) line += kColumnGap;
+        if (!shown[i]) continue;
+        if (i > 0) line += kColumnGap;  // the name column is always shown
         const bool right = data_row && kColumns[i].right_aligned;
         line += right ? fmt::format("{:>{}}", cells[i], widths[i])
                       : fmt::format("{:<{}}", cells[i], widths[i]);
@@ -50,31 +65,41 @@ void append_row(std::string& out, const std::array<std::string, kColumns.size()>
 }
 
 // The headings and one line per LPAR. An LPAR without storage ("defined") has no origin or gap
-// yet: "-" (its definition's origin, if any, is only a wish).
+// yet: "-" (its definition's origin, if any, is only a wish). MAX SIZE is "-" for an LPAR that
+// cannot grow.
 std::string format_rows(const nlohmann::json& lpars) {
-    std::vector<std::array<std::string, kColumns.size()>> rows;
+    std::vector<Cells> rows;
+    std::array<bool, kColumnCount> shown;
+    shown.fill(true);
+    shown[kMax] = false;
     for (const auto& lpar : lpars) {
         const bool placed = lpar.value("has_storage", true);
-        rows.push_back({lpar.at("name").get<std::string>(),
-                        placed ? std::to_string(lpar.at("origin_mib").get<std::uint64_t>()) : "-",
-                        std::to_string(lpar.at("size_mib").get<std::uint64_t>()),
-                        placed ? std::to_string(lpar.at("gap_mib").get<std::uint64_t>()) : "-",
-                        state_text(lpar)});
+        const bool grows = can_grow(lpar);
+        shown[kMax] = shown[kMax] || grows;
+        Cells row;
+        row[kName] = lpar.at("name").get<std::string>();
+        row[kOrigin] = placed ? std::to_string(lpar.at("origin_mib").get<std::uint64_t>()) : "-";
+        row[kSize] = std::to_string(lpar.at("size_mib").get<std::uint64_t>());
+        row[kMax] = grows ? std::to_string(lpar.at("max_size_mib").get<std::uint64_t>()) : "-";
+        row[kGap] = placed ? std::to_string(lpar.at("gap_mib").get<std::uint64_t>()) : "-";
+        row[kGuest] = lpar.value("guest", std::string("-"));
+        row[kState] = state_text(lpar);
+        rows.push_back(std::move(row));
     }
-    std::array<std::size_t, kColumns.size()> widths{};
-    for (std::size_t i = 0; i < kColumns.size(); ++i) {
+    std::array<std::size_t, kColumnCount> widths{};
+    for (std::size_t i = 0; i < kColumnCount; ++i) {
         widths[i] = std::max(kColumns[i].title.size(), kColumns[i].unit.size());
         for (const auto& row : rows) widths[i] = std::max(widths[i], row[i].size());
     }
     std::string out;
-    std::array<std::string, kColumns.size()> titles, units;
-    for (std::size_t i = 0; i < kColumns.size(); ++i) {
+    Cells titles, units;
+    for (std::size_t i = 0; i < kColumnCount; ++i) {
         titles[i] = kColumns[i].title;
         units[i] = kColumns[i].unit;
     }
-    append_row(out, titles, widths, false);
-    append_row(out, units, widths, false);
-    for (const auto& row : rows) append_row(out, row, widths, true);
+    append_row(out, titles, widths, shown, false);
+    append_row(out, units, widths, shown, false);
+    for (const auto& row : rows) append_row(out, row, widths, shown, true);
     return out;
 }
 
@@ -161,15 +186,40 @@ std::string format_grow_plan(const nlohmann::json& result) {
             fmt::format("{}: {} {} MiB above it with {} MVSTOR(s), {} copied\n", lpar,
                         result.at("carried_out").get<bool>() ? "freed" : "to free", mib,
                         steps.size(), format_bytes(result.at("bytes_copied").get<std::uint64_t>()));
-        for (const auto& step : steps)
+        // Carried out: each step with its MVSTOR's pause and total (the moves are in step order).
+        const auto moves = result.value("moves", nlohmann::json::array());
+        for (std::size_t i = 0; i < steps.size(); ++i) {
+            const auto& step = steps[i];
             out += fmt::format(
-                "  MVSTOR {} {} -> {} MiB ({} MiB)\n", step.at("lpar").get<std::string>(),
+                "  MVSTOR {} {} -> {} MiB ({} MiB)", step.at("lpar").get<std::string>(),
                 step.at("from_mib").get<std::uint64_t>(), step.at("to_mib").get<std::uint64_t>(),
                 step.at("size_mib").get<std::uint64_t>());
+            if (i < moves.size()) {
+                out += fmt::format(", pause {}, total {}",
+                                   format_ms(moves[i].at("pause_us").get<std::uint64_t>()),
+                                   format_ms(moves[i].at("total_us").get<std::uint64_t>()));
+            }
+            out += '\n';
+        }
     }
     const auto reason = result.value("reason", std::string());
     if (!reason.empty()) out += "  note: " + reason + "\n";
     return out;
+}
+
+std::string format_resize(const std::string& verb, const nlohmann::json& result) {
+    const auto old_size = result.at("old_size_mib").get<std::uint64_t>();
+    const auto new_size = result.at("new_size_mib").get<std::uint64_t>();
+    const bool grew = new_size >= old_size;
+    return fmt::format("{} {}: {} -> {} MiB ({}{} MiB), {} MiB plugged, total {}\n", verb,
+                       result.at("lpar").get<std::string>(), old_size, new_size, grew ? '+' : '-',
+                       grew ? new_size - old_size : old_size - new_size,
+                       result.at("plugged_mib").get<std::uint64_t>(),
+                       format_ms(result.at("total_us").get<std::uint64_t>()));
+}
+
+std::string format_grow(const nlohmann::json& result) {
+    return format_grow_plan(result.at("plan")) + format_resize("EXPAND", result.at("expansion"));
 }
 
 }  // namespace lparvisor::svp

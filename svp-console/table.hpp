@@ -7,7 +7,8 @@
 
 namespace lparvisor::svp {
 
-// The lpar.list result as the Fig. 3A table, ending in the AVAILABLE ... line and a newline.
+// The lpar.list result as the Fig. 3A table (with MAX SIZE when some LPAR can grow, and the
+// guest kind), ending in the AVAILABLE ... line and a newline.
 // Throws nlohmann::json::exception when the result lacks a field.
 [[nodiscard]] std::string format_lpar_table(const nlohmann::json& list_result);
 
@@ -25,7 +26,13 @@ namespace lparvisor::svp {
 
 // EXCHANGE's result: who went where, bytes moved, the pause.
 std::string format_exchange(const nlohmann::json& result);
-// storage.plan_grow / storage.make_room: the MVSTORs (planned or made) or why it is impossible.
+// storage.plan_grow / storage.make_room: the MVSTORs (planned or made, with each one's pause and
+// total once made) or why it is impossible.
 std::string format_grow_plan(const nlohmann::json& result);
+// storage.expand / storage.shrink: "EXPAND LPAR1: 128 -> 192 MiB (+64 MiB), 64 MiB plugged, total
+// 4.2 ms". `verb` is EXPAND or SHRINK.
+std::string format_resize(const std::string& verb, const nlohmann::json& result);
+// storage.grow: the room-making moves (as make-room), then the EXPAND line.
+std::string format_grow(const nlohmann::json& result);
 
 }  // namespace lparvisor::svp

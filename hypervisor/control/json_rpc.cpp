@@ -116,6 +116,17 @@ class Params {
         return text;
     }
 
+    // "mode": "stop-and-copy" (the default) or "live".
+    [[nodiscard]] MvstorMode mode() const {
+        const auto text = optional_string("mode", 32);
+        if (text == "live") return MvstorMode::Live;
+        if (!text.empty() && text != "stop-and-copy") {
+            fail_param("mode", "expected \"stop-and-copy\" or \"live\", got \"" +
+                                   sanitize_utf8(text) + "\"");
+        }
+        return MvstorMode::StopAndCopy;
+    }
+
     [[nodiscard]] bool optional_bool(std::string_view key, bool fallback) const {
         const json* value = find(key);
         if (value == nullptr) return fallback;
@@ -180,14 +191,7 @@ Call parse_mvstor(const json& params) {
     call.request.origin_mib = checked.required_integer("origin_mib", 0, kMaxOriginMib);
     call.request.drain_timeout = std::chrono::milliseconds(
         checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
-    auto mode = checked.optional_string("mode", 32);
-    if (mode == "live") {
-        call.request.mode = MvstorMode::Live;
-    } else if (!mode.empty() && mode != "stop-and-copy") {
-        throw RpcFailure(
-            RpcErrorCode::InvalidParams,
-            "mode: expected \"stop-and-copy\" or \"live\", got \"" + sanitize_utf8(mode) + "\"");
-    }
+    call.request.mode = checked.mode();
     auto& policy = call.request.policy;
     policy.target_pause = std::chrono::microseconds(checked.optional_integer(
         "target_pause_us", 1, 10'000'000, static_cast<std::uint64_t>(policy.target_pause.count())));
@@ -208,10 +212,9 @@ Call parse_console(const json& params) {
 }
 
 Call parse_define(const json& params) {
-    Params checked(params,
-                   {"name", "size_mib", "origin_mib", "vcpus", "firmware", "rewrite_pages_per_sec",
-                    "working_set_mib", "round_limit", "kernel", "initrd", "cmdline", "disks",
-                    "rng"});
+    Params checked(params, {"name", "size_mib", "origin_mib", "vcpus", "firmware",
+                            "rewrite_pages_per_sec", "working_set_mib", "round_limit", "kernel",
+                            "initrd", "cmdline", "disks", "rng", "max_size_mib"});
     LparDefinition definition;
     definition.name = checked.required_name("name");
     definition.size_mib = checked.required_integer("size_mib", 1, kMaxSizeMib);
@@ -227,9 +230,10 @@ Call parse_define(const json& params) {
     definition.initrd = checked.optional_string("initrd", kMaxPathBytes);
     definition.cmdline = checked.optional_string("cmdline", kMaxCmdlineBytes);
     definition.rng = checked.optional_bool("rng", true);
+    // 0 or absent: no virtio-mem region. The hypervisor checks it against size_mib.
+    definition.max_size_mib = checked.optional_integer("max_size_mib", 0, kMaxSizeMib, 0);
     try {
-        if (params.contains("disks"))
-            definition.disks = parse_disk_list(params["disks"], "disks");
+        if (params.contains("disks")) definition.disks = parse_disk_list(params["disks"], "disks");
         check_boot_source(definition);
     } catch (const std::invalid_argument& e) {
         std::string what = e.what();
@@ -278,15 +282,25 @@ Call parse_grow(const json& params) {
     call.lpar = checked.required_name("lpar");
     call.extra_mib = checked.required_integer("mib", 2, kMaxSizeMib);
     call.carry_out = carry_out;
-    if constexpr (carry_out) {
-        auto mode = checked.optional_string("mode", 32);
-        if (mode == "live") {
-            call.mode = MvstorMode::Live;
-        } else if (!mode.empty() && mode != "stop-and-copy") {
-            throw RpcFailure(RpcErrorCode::InvalidParams,
-                             "mode: expected \"stop-and-copy\" or \"live\"");
-        }
-    }
+    if constexpr (carry_out) call.mode = checked.mode();
+    return call;
+}
+
+// storage.expand, storage.shrink, storage.grow. The hypervisor works in 2 MiB blocks (its
+// virtio-mem block size): an odd mib is refused here, so that it never half-plugs a block.
+template <Resize operation>
+Call parse_resize(const json& params) {
+    Params checked = operation == Resize::Grow
+                         ? Params(params, {"lpar", "mib", "timeout_ms", "mode"})
+                         : Params(params, {"lpar", "mib", "timeout_ms"});
+    ResizeCall call;
+    call.operation = operation;
+    call.request.lpar = checked.required_name("lpar");
+    call.request.mib = checked.required_integer("mib", 2, kMaxSizeMib);
+    if (call.request.mib % 2 != 0) fail_param("mib", "expected a multiple of 2 (2 MiB blocks)");
+    call.request.timeout = std::chrono::milliseconds(
+        checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
+    if constexpr (operation == Resize::Grow) call.mode = checked.mode();
     return call;
 }
 
@@ -325,9 +339,24 @@ constexpr std::array kMethods{
     MethodEntry{"storage.exchange", Execution::LongRunning, parse_exchange},
     MethodEntry{"storage.plan_grow", Execution::Query, parse_grow<false>},
     MethodEntry{"storage.make_room", Execution::LongRunning, parse_grow<true>},
+    MethodEntry{"storage.expand", Execution::LongRunning, parse_resize<Resize::Expand>},
+    MethodEntry{"storage.shrink", Execution::LongRunning, parse_resize<Resize::Shrink>},
+    MethodEntry{"storage.grow", Execution::LongRunning, parse_resize<Resize::Grow>},
     MethodEntry{"events.subscribe", Execution::Session, parse_subscription<true>},
     MethodEntry{"events.unsubscribe", Execution::Session, parse_subscription<false>},
 };
+
+json run_resize(Api& api, const ResizeCall& call) {
+    switch (call.operation) {
+        case Resize::Expand:
+            return to_json(api.expand(call.request));
+        case Resize::Shrink:
+            return to_json(api.shrink(call.request));
+        case Resize::Grow:
+            return to_json(api.grow(call.request, call.mode));
+    }
+    throw std::logic_error("unknown resize operation");
+}
 
 LparStatus run_lifecycle(Api& api, const LifecycleCall& call) {
     switch (call.operation) {
@@ -529,6 +558,8 @@ std::string execute(Api& api, const ParsedCall& parsed) {
                     return to_json(call.carry_out
                                        ? api.make_room(call.lpar, call.extra_mib, call.mode)
                                        : api.plan_grow(call.lpar, call.extra_mib));
+                } else if constexpr (std::is_same_v<T, ResizeCall>) {
+                    return run_resize(api, call);
                 } else if constexpr (std::is_same_v<T, ConsoleCall>) {
                     std::string text = api.console(call.lpar, call.max_bytes);
                     // The contract is "the most recent max_bytes": hold the Api to it.
@@ -582,10 +613,17 @@ std::string handle_line(Api& api, std::string_view line) {
 }
 
 json to_json(const LparStatus& lpar) {
-    return json{{"name", lpar.name},         {"origin_mib", lpar.origin_mib},
-                {"size_mib", lpar.size_mib}, {"gap_mib", lpar.gap_mib},
-                {"state", lpar.state},       {"has_storage", lpar.has_storage},
-                {"reason", lpar.reason},     {"vcpus", lpar.vcpus}};
+    return json{{"name", lpar.name},
+                {"origin_mib", lpar.origin_mib},
+                {"size_mib", lpar.size_mib},
+                {"gap_mib", lpar.gap_mib},
+                {"state", lpar.state},
+                {"has_storage", lpar.has_storage},
+                {"reason", lpar.reason},
+                {"vcpus", lpar.vcpus},
+                {"guest", lpar.guest},
+                {"max_size_mib", lpar.max_size_mib},
+                {"plugged_mib", lpar.plugged_mib}};
 }
 
 json to_json(const SystemStatus& status) {
@@ -648,6 +686,18 @@ json to_json(const GrowPlanResult& result) {
                 {"reason", result.reason},
                 {"carried_out", result.carried_out},
                 {"moves", std::move(moves)}};
+}
+
+json to_json(const ResizeResult& result) {
+    return json{{"lpar", result.lpar},
+                {"old_size_mib", result.old_size_mib},
+                {"new_size_mib", result.new_size_mib},
+                {"plugged_mib", result.plugged_mib},
+                {"total_us", result.total_us}};
+}
+
+json to_json(const GrowResult& result) {
+    return json{{"plan", to_json(result.plan)}, {"expansion", to_json(result.expansion)}};
 }
 
 std::string event_notification(const Event& event) {

@@ -98,9 +98,17 @@ struct GrowCall {
     bool carry_out = false;  // storage.make_room; storage.plan_grow only plans
     MvstorMode mode = MvstorMode::StopAndCopy;
 };
+// storage.expand / storage.shrink / storage.grow: `request.mib` is how much to add (or give
+// back), a multiple of 2; storage.grow first makes room as storage.make_room would, in `mode`.
+enum class Resize { Expand, Shrink, Grow };
+struct ResizeCall {
+    Resize operation = Resize::Expand;
+    ResizeRequest request;
+    MvstorMode mode = MvstorMode::StopAndCopy;  // storage.grow's room-making MVSTORs
+};
 using Call =
     std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall, RemoveCall,
-                 ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall>;
+                 ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall, ResizeCall>;
 
 // Where the server should run a call. Anything that enters the Api leaves the I/O thread, so that
 // a hypervisor lock held during a relocation can never stall the socket.
@@ -159,7 +167,9 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 [[nodiscard]] nlohmann::json to_json(const MvstorResult& result);
 [[nodiscard]] nlohmann::json to_json(const ExchangeResult& result);
 [[nodiscard]] nlohmann::json to_json(const GrowPlanResult& result);
-[[nodiscard]] nlohmann::json to_json(const LparStatus& lpar);  // one row of lpar.list
+[[nodiscard]] nlohmann::json to_json(const ResizeResult& result);
+[[nodiscard]] nlohmann::json to_json(const GrowResult& result);  // {"plan": ..., "expansion": ...}
+[[nodiscard]] nlohmann::json to_json(const LparStatus& lpar);    // one row of lpar.list
 
 // The notification line (without '\n') that carries `event` to a subscribed client:
 // {"jsonrpc":"2.0","method":"event","params":{"event":TYPE,"lpar":NAME,...data}}. Members of

@@ -3,6 +3,8 @@
 // is cancelled or released) so that tests can show the socket keeps answering during a
 // relocation. The lifecycle methods keep simple in-memory states (defined / running / stopped) in
 // `status`; emit() sends an Event to every subscriber, and mvstor emits its events when asked.
+// expand / shrink / grow change `status` as the hypervisor would (size, plugged, gaps) and refuse
+// what it would refuse (no room above, beyond max_size_mib, more than is plugged).
 #pragma once
 
 #include <algorithm>
@@ -26,9 +28,10 @@ inline SystemStatus fig3a_status() {
     SystemStatus status;
     status.main_storage_mib = 509;
     status.free_mib = 125;
+    // max_size_mib == size_mib, as the hypervisor reports an LPAR without a virtio-mem region.
     status.lpars = {
-        {"LPAR1", 0, 128, 0, "running", true, "", 1},
-        {"LPAR2", 128, 256, 125, "running", true, "", 2},
+        {"LPAR1", 0, 128, 0, "running", true, "", 1, "firmware", 128, 0},
+        {"LPAR2", 128, 256, 125, "running", true, "", 2, "firmware", 256, 0},
     };
     return status;
 }
@@ -112,6 +115,8 @@ class FakeApi : public Api {
         lpar.state = "defined";
         lpar.has_storage = false;
         lpar.vcpus = definition.vcpus;
+        lpar.guest = definition.kernel.empty() ? "firmware" : "linux";
+        lpar.max_size_mib = std::max(definition.max_size_mib, definition.size_mib);
         status.lpars.push_back(lpar);
         recompute();
         return *find(definition.name);
@@ -191,6 +196,59 @@ class FakeApi : public Api {
         plan.carried_out = true;
         plan.moves.push_back(mvstor_result);
         return plan;
+    }
+
+    ResizeResult expand(const ResizeRequest& request) override {
+        std::lock_guard lock(mutex_);
+        expand_requests.push_back(request);
+        maybe_throw();
+        return resize_locked(request, true);
+    }
+    ResizeResult shrink(const ResizeRequest& request) override {
+        std::lock_guard lock(mutex_);
+        shrink_requests.push_back(request);
+        maybe_throw();
+        return resize_locked(request, false);
+    }
+    // The fake's plan: when the gap above is too small, the LPAR directly above moves up by what
+    // is missing (if its own gap allows), then the EXPAND.
+    GrowResult grow(const ResizeRequest& request, MvstorMode mode) override {
+        std::lock_guard lock(mutex_);
+        grow_requests.emplace_back(request, mode);
+        maybe_throw();
+        const LparStatus& lpar = placed(request.lpar);
+        GrowResult result;
+        result.plan.lpar = request.lpar;
+        result.plan.extra_mib = request.mib;
+        result.plan.possible = true;
+        result.plan.carried_out = true;
+        if (lpar.gap_mib < request.mib) {
+            const std::uint64_t missing = request.mib - lpar.gap_mib;
+            const std::uint64_t top = lpar.origin_mib + lpar.size_mib + lpar.gap_mib;
+            LparStatus* above = nullptr;
+            for (auto& other : status.lpars) {
+                if (other.has_storage && other.origin_mib == top) above = &other;
+            }
+            if (above == nullptr || above->gap_mib < missing) {
+                throw Error(ErrorKind::Refused, request.lpar + ": no MVSTORs free " +
+                                                    std::to_string(request.mib) + " MiB above it");
+            }
+            GrowPlanStep step{above->name, above->origin_mib, above->origin_mib + missing,
+                              above->size_mib};
+            MvstorResult move = mvstor_result;
+            move.lpar = step.lpar;
+            move.old_origin_mib = step.from_mib;
+            move.new_origin_mib = step.to_mib;
+            move.bytes_copied = step.size_mib << 20;
+            move.mode = mode == MvstorMode::Live ? "live" : "stop-and-copy";
+            result.plan.steps.push_back(step);
+            result.plan.bytes_copied = move.bytes_copied;
+            result.plan.moves.push_back(move);
+            above->origin_mib = step.to_mib;
+            recompute();
+        }
+        result.expansion = resize_locked(request, true);
+        return result;
     }
 
     void cancel_mvstor(const std::string& name) override {
@@ -300,6 +358,10 @@ class FakeApi : public Api {
     std::vector<LparDefinition> defined;
     std::vector<std::string> lifecycle_calls;  // "activate LPAR3", ...
     std::vector<std::string> cancel_calls;
+    std::vector<ResizeRequest> expand_requests;
+    std::vector<ResizeRequest> shrink_requests;
+    std::vector<std::pair<ResizeRequest, MvstorMode>> grow_requests;
+    std::uint64_t resize_total_us = 4200;  // every expand/shrink's total_us
 
   private:
     struct Subscribers {
@@ -379,6 +441,50 @@ class FakeApi : public Api {
         emit({"lpar.state", row.name,
               R"({"state":")" + row.state + R"(","reason":")" + row.reason + R"("})"});
         return row;
+    }
+
+    // An LPAR that has storage, or the hypervisor's refusal.
+    LparStatus& placed(const std::string& name) {
+        LparStatus* lpar = find(name);
+        if (lpar == nullptr) throw Error(ErrorKind::NotFound, name + ": no such LPAR");
+        if (!lpar->has_storage) {
+            throw Error(ErrorKind::Refused, name + ": is defined, activate it first");
+        }
+        return *lpar;
+    }
+
+    // EXPAND (grow) or shrink by request.mib, refused as the hypervisor would.
+    ResizeResult resize_locked(const ResizeRequest& request, bool grow) {
+        LparStatus& lpar = placed(request.lpar);
+        const std::uint64_t mib = request.mib;
+        ResizeResult result{request.lpar, lpar.size_mib, 0, 0, resize_total_us};
+        if (grow) {
+            if (lpar.size_mib + mib > lpar.max_size_mib) {
+                throw Error(ErrorKind::Refused, request.lpar + ": " +
+                                                    std::to_string(lpar.size_mib + mib) +
+                                                    " MiB is beyond its max_size_mib " +
+                                                    std::to_string(lpar.max_size_mib));
+            }
+            if (lpar.gap_mib < mib) {
+                throw Error(
+                    ErrorKind::Refused,
+                    request.lpar + ": only " + std::to_string(lpar.gap_mib) + " MiB free above it");
+            }
+            lpar.size_mib += mib;
+            lpar.plugged_mib += mib;
+        } else {
+            if (lpar.plugged_mib < mib) {
+                throw Error(ErrorKind::Refused, request.lpar + ": only " +
+                                                    std::to_string(lpar.plugged_mib) +
+                                                    " MiB are plugged");
+            }
+            lpar.size_mib -= mib;
+            lpar.plugged_mib -= mib;
+        }
+        result.new_size_mib = lpar.size_mib;
+        result.plugged_mib = lpar.plugged_mib;
+        recompute();
+        return result;
     }
 
     // First fit (or the defined origin) among the LPARs that have storage.

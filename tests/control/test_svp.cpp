@@ -119,10 +119,10 @@ TEST_CASE("svp lpars prints the Fig. 3A table", "[svp]") {
     CHECK(outcome.exit_code == 0);
     CHECK(outcome.err.empty());
     CHECK(outcome.out ==
-          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   STATE\n"
+          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   GUEST      STATE\n"
           "            (MiB)            (MiB)          (MiB)\n"
-          "LPAR1                    0            128        0   running\n"
-          "LPAR2                  128            256      125   running\n"
+          "LPAR1                    0            128        0   firmware   running\n"
+          "LPAR2                  128            256      125   firmware   running\n"
           "\n"
           "AVAILABLE PHYSICAL MAIN STORAGE AREA: 509 MiB (free 125 MiB)\n");
 }
@@ -135,10 +135,11 @@ TEST_CASE("svp lpars shows why an LPAR stopped and widens for long names", "[svp
     const Outcome outcome = run_svp_on(fixture, {"lpars"});
     CHECK(outcome.exit_code == 0);
     CHECK(outcome.out ==
-          "LPAR NAME          MS AREA ORIGIN   MS AREA SIZE   MS GAP   STATE\n"
+          "LPAR NAME          MS AREA ORIGIN   MS AREA SIZE   MS GAP   GUEST      STATE\n"
           "                   (MiB)            (MiB)          (MiB)\n"
-          "LONG-LPAR-NAME-1                0            128        0   running\n"
-          "LPAR2                         128            256      125   stopped (guest exit 0)\n"
+          "LONG-LPAR-NAME-1                0            128        0   firmware   running\n"
+          "LPAR2                         128            256      125   firmware   stopped (guest "
+          "exit 0)\n"
           "\n"
           "AVAILABLE PHYSICAL MAIN STORAGE AREA: 509 MiB (free 125 MiB)\n");
 }
@@ -345,22 +346,24 @@ TEST_CASE("svp define, the lifecycle commands, remove and config", "[svp]") {
         fixture, {"define", "LPAR3", "--size", "100", "--vcpus", "2", "--firmware", "/fw.elf"});
     CHECK(defined.exit_code == 0);
     CHECK(defined.out ==
-          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   STATE\n"
+          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   GUEST      STATE\n"
           "            (MiB)            (MiB)          (MiB)\n"
-          "LPAR3                    -            100        -   defined\n");
+          "LPAR3                    -            100        -   firmware   defined\n");
     REQUIRE(fixture.api.defined.size() == 1);
     CHECK(fixture.api.defined[0].vcpus == 2);
     CHECK(fixture.api.defined[0].firmware == "/fw.elf");
     CHECK(!fixture.api.defined[0].origin_mib.has_value());
 
     const Outcome listed = run_svp_on(fixture, {"lpars"});
-    CHECK_THAT(listed.out,
-               Catch::Contains("LPAR3                    -            100        -   defined"));
+    CHECK_THAT(
+        listed.out,
+        Catch::Contains("LPAR3                    -            100        -   firmware   defined"));
 
     const Outcome activated = run_svp_on(fixture, {"activate", "LPAR3"});
     CHECK(activated.exit_code == 0);
-    CHECK_THAT(activated.out,
-               Catch::Contains("LPAR3                  384            100       25   running"));
+    CHECK_THAT(
+        activated.out,
+        Catch::Contains("LPAR3                  384            100       25   firmware   running"));
     CHECK_THAT(run_svp_on(fixture, {"stop", "LPAR3"}).out,
                Catch::Contains("stopped (operator stop)"));
     CHECK_THAT(run_svp_on(fixture, {"start", "LPAR3"}).out, Catch::Contains("running"));
@@ -530,4 +533,158 @@ TEST_CASE("svp exits 4 when the daemon's query timeout answers", "[svp]") {
     const Outcome outcome = run_svp_on(fixture, {"lpars"});
     CHECK(outcome.exit_code == 4);
     CHECK(outcome.err == "svp: timed out after 0.1 s (System, code -32005)\n");
+}
+
+TEST_CASE("svp lpars shows MAX SIZE once an LPAR can grow", "[svp][resize]") {
+    ServerFixture fixture;
+    fixture.api.status.lpars[0].max_size_mib = 512;
+    fixture.api.status.lpars[0].guest = "linux";
+    fixture.api.status.lpars[1].state = "stopped";
+    fixture.api.status.lpars[1].reason = "guest exit 0";
+    const Outcome outcome = run_svp_on(fixture, {"lpars"});
+    CHECK(outcome.exit_code == 0);
+    CHECK(outcome.out ==
+          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   MAX SIZE   GUEST      STATE\n"
+          "            (MiB)            (MiB)          (MiB)    (MiB)\n"
+          "LPAR1                    0            128        0        512   linux      running\n"
+          "LPAR2                  128            256      125          -   firmware   stopped "
+          "(guest exit 0)\n"
+          "\n"
+          "AVAILABLE PHYSICAL MAIN STORAGE AREA: 509 MiB (free 125 MiB)\n");
+}
+
+TEST_CASE("svp expand and shrink print the change and the table after", "[svp][resize]") {
+    ServerFixture fixture;
+    fixture.api.status.lpars[1].max_size_mib = 512;  // LPAR2 128..384, 125 MiB free above
+    const Outcome expanded = run_svp_on(fixture, {"expand", "LPAR2", "64", "--timeout-ms", "500"});
+    CHECK(expanded.exit_code == 0);
+    CHECK(expanded.err.empty());
+    CHECK(expanded.out ==
+          "EXPAND LPAR2: 256 -> 320 MiB (+64 MiB), 64 MiB plugged, total 4.2 ms\n"
+          "\n"
+          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   MAX SIZE   GUEST      STATE\n"
+          "            (MiB)            (MiB)          (MiB)    (MiB)\n"
+          "LPAR1                    0            128        0          -   firmware   running\n"
+          "LPAR2                  128            320       61        512   firmware   running\n"
+          "\n"
+          "AVAILABLE PHYSICAL MAIN STORAGE AREA: 509 MiB (free 61 MiB)\n");
+    REQUIRE(fixture.api.expand_requests.size() == 1);
+    CHECK(fixture.api.expand_requests[0].lpar == "LPAR2");
+    CHECK(fixture.api.expand_requests[0].mib == 64);
+    CHECK(fixture.api.expand_requests[0].timeout == 500ms);
+
+    const Outcome shrunk = run_svp_on(fixture, {"shrink", "LPAR2", "32"});
+    CHECK(shrunk.exit_code == 0);
+    CHECK_THAT(shrunk.out,
+               Catch::StartsWith(
+                   "SHRINK LPAR2: 320 -> 288 MiB (-32 MiB), 32 MiB plugged, total 4.2 ms\n\n") &&
+                   Catch::Contains("LPAR2                  128            288       93        "
+                                   "512   firmware   running\n"));
+    REQUIRE(fixture.api.shrink_requests.size() == 1);
+    CHECK(fixture.api.shrink_requests[0].timeout == 10000ms);
+
+    // --json: the raw result only, no table.
+    const Outcome raw = run_svp_on(fixture, {"--json", "expand", "LPAR2", "2"});
+    CHECK(raw.exit_code == 0);
+    CHECK(json::parse(raw.out) == json{{"lpar", "LPAR2"},
+                                       {"old_size_mib", 288},
+                                       {"new_size_mib", 290},
+                                       {"plugged_mib", 34},
+                                       {"total_us", 4200}});
+
+    // The daemon's refusals: exit 1 with its message; nothing printed on stdout.
+    const Outcome beyond = run_svp_on(fixture, {"expand", "LPAR1", "64"});
+    CHECK(beyond.exit_code == 1);
+    CHECK(beyond.out.empty());
+    CHECK(beyond.err ==
+          "svp: LPAR1: 192 MiB is beyond its max_size_mib 128 (Refused, code -32003)\n");
+    const Outcome unplugged = run_svp_on(fixture, {"shrink", "LPAR1", "2"});
+    CHECK(unplugged.exit_code == 1);
+    CHECK(unplugged.err == "svp: LPAR1: only 0 MiB are plugged (Refused, code -32003)\n");
+    fixture.api.throw_next(ErrorKind::Busy, "LPAR2: the guest did not plug within 0.5 s");
+    const Outcome busy = run_svp_on(fixture, {"--json", "expand", "LPAR2", "2"});
+    CHECK(busy.exit_code == 1);
+    CHECK(json::parse(busy.out).at("error").at("code") == -32004);
+
+    // Usage errors (exit 2) never reach the daemon: odd, zero or missing MIB, bad --timeout-ms.
+    const std::size_t expands = fixture.api.expand_requests.size();
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"expand", "LPAR2", "63"},
+             {"expand", "LPAR2", "0"},
+             {"expand", "LPAR2", "x"},
+             {"expand", "LPAR2"},
+             {"shrink", "LPAR2", "3"},
+             {"shrink", "LPAR2", "2", "--timeout-ms", "0"},
+             {"expand", "LPAR2", "2", "--timeout-ms", "600001"},
+         }) {
+        const Outcome usage = run_svp_on(fixture, args);
+        INFO(args[0] << " " << (args.size() > 2 ? args[2] : ""));
+        CHECK(usage.exit_code == 2);
+    }
+    CHECK(fixture.api.expand_requests.size() == expands);
+    CHECK(fixture.api.shrink_requests.size() == 2);  // the one that succeeded, LPAR1's refusal
+}
+
+TEST_CASE("svp grow: --dry-run plans, without it storage.grow moves and expands", "[svp][resize]") {
+    ServerFixture fixture;
+    fixture.api.status.lpars[0].max_size_mib = 256;  // LPAR1 0..128, LPAR2 right above it
+
+    const Outcome planned = run_svp_on(fixture, {"grow", "LPAR1", "64", "--dry-run"});
+    CHECK(planned.exit_code == 0);
+    CHECK(planned.out ==
+          "LPAR1: to free 64 MiB above it with 1 MVSTOR(s), 256 MiB copied\n"
+          "  MVSTOR LPAR2 128 -> 192 MiB (256 MiB)\n");
+    CHECK(fixture.api.grow_requests.empty());
+
+    const Outcome grown = run_svp_on(fixture, {"grow", "LPAR1", "64", "--timeout-ms", "800"});
+    CHECK(grown.exit_code == 0);
+    CHECK(grown.err.empty());
+    CHECK(grown.out ==
+          "LPAR1: freed 64 MiB above it with 1 MVSTOR(s), 256 MiB copied\n"
+          "  MVSTOR LPAR2 128 -> 192 MiB (256 MiB), pause 31.2 ms, total 58.0 ms\n"
+          "EXPAND LPAR1: 128 -> 192 MiB (+64 MiB), 64 MiB plugged, total 4.2 ms\n"
+          "\n"
+          "LPAR NAME   MS AREA ORIGIN   MS AREA SIZE   MS GAP   MAX SIZE   GUEST      STATE\n"
+          "            (MiB)            (MiB)          (MiB)    (MiB)\n"
+          "LPAR1                    0            192        0        256   firmware   running\n"
+          "LPAR2                  192            256       61          -   firmware   running\n"
+          "\n"
+          "AVAILABLE PHYSICAL MAIN STORAGE AREA: 509 MiB (free 61 MiB)\n");
+    REQUIRE(fixture.api.grow_requests.size() == 1);
+    CHECK(fixture.api.grow_requests[0].first.lpar == "LPAR1");
+    CHECK(fixture.api.grow_requests[0].first.mib == 64);
+    CHECK(fixture.api.grow_requests[0].first.timeout == 800ms);
+    CHECK(fixture.api.grow_requests[0].second == MvstorMode::StopAndCopy);
+
+    // --live makes the moves live; --json prints {plan, expansion}.
+    const Outcome live = run_svp_on(fixture, {"--json", "grow", "LPAR1", "60", "--live"});
+    CHECK(live.exit_code == 0);
+    const json result = json::parse(live.out);
+    CHECK(result.at("plan").at("moves").at(0).at("mode") == "live");
+    CHECK(result.at("expansion").at("new_size_mib") == 252);
+    REQUIRE(fixture.api.grow_requests.size() == 2);
+    CHECK(fixture.api.grow_requests[1].second == MvstorMode::Live);
+
+    // Refused (no plan frees that much): exit 1, the message on stderr.
+    const Outcome refused = run_svp_on(fixture, {"grow", "LPAR2", "128"});
+    CHECK(refused.exit_code == 1);
+    CHECK(refused.out.empty());
+    CHECK(refused.err == "svp: LPAR2: no MVSTORs free 128 MiB above it (Refused, code -32003)\n");
+    CHECK(run_svp_on(fixture, {"grow", "LPAR1", "63"}).exit_code == 2);
+    CHECK(run_svp_on(fixture, {"grow", "LPAR1", "63", "--dry-run"}).exit_code == 2);
+}
+
+TEST_CASE("svp --help lists expand, shrink and grow", "[svp][resize]") {
+    const Outcome help = run_svp({"--help"});
+    CHECK(help.exit_code == 0);
+    CHECK_THAT(help.out, Catch::Contains("expand") && Catch::Contains("shrink") &&
+                             Catch::Contains("grow") && Catch::Contains("make-room"));
+    for (const char* command : {"expand", "shrink", "grow"}) {
+        INFO(command);
+        const Outcome sub_help = run_svp({command, "--help"});
+        CHECK(sub_help.exit_code == 0);
+        CHECK_THAT(sub_help.out, Catch::Contains("MIB") && Catch::Contains("--timeout-ms"));
+    }
+    CHECK_THAT(run_svp({"grow", "--help"}).out,
+               Catch::Contains("--dry-run") && Catch::Contains("--live"));
 }
