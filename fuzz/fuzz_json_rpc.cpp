@@ -79,6 +79,17 @@ class FuzzApi : public Api {
     GrowPlanResult make_room(const std::string& name, std::uint64_t mib, MvstorMode) override {
         return plan_grow(name, mib);
     }
+    ResizeResult expand(const ResizeRequest& request) override {
+        maybe_throw();
+        return {request.lpar, 128, 128 + request.mib, request.mib, 1000};
+    }
+    ResizeResult shrink(const ResizeRequest& request) override {
+        maybe_throw();
+        return {request.lpar, 192, 192 - request.mib, 0, 1000};
+    }
+    GrowResult grow(const ResizeRequest& request, MvstorMode mode) override {
+        return {make_room(request.lpar, request.mib, mode), expand(request)};
+    }
     std::unique_ptr<Subscription> subscribe(EventSink) override {
         maybe_throw();
         return std::make_unique<Subscription>();

@@ -15,6 +15,8 @@ if [[ "${1:-}" == "--sanitize" ]]; then
 fi
 
 scripts/install-deps.sh --qemu
+# The Linux guest (Debian cloud kernel + busybox initramfs) for test_linux_guest; cached.
+scripts/build-linux-guest.sh
 jobs=$(nproc)
 cmake -S . -B "$build_dir" "${cmake_args[@]}" >/dev/null
 cmake --build "$build_dir" -j"$jobs"

@@ -22,6 +22,11 @@ struct LparStatus {
     bool has_storage = true;    // false for "defined": origin/size/gap are then the definition's
     std::string reason;         // why it stopped ("guest exit 0", "triple fault ...")
     unsigned vcpus = 0;
+    std::string guest = "firmware";  // or "linux"
+    // EXPAND: how far the LPAR may grow (its virtio-mem region ends there; == size_mib when it
+    // has none), and how much of the region the guest has plugged.
+    std::uint64_t max_size_mib = 0;
+    std::uint64_t plugged_mib = 0;
 };
 
 struct SystemStatus {
@@ -129,6 +134,32 @@ struct LparDefinition {
     std::string cmdline;
     std::vector<DiskDefinition> disks;
     bool rng = true;  // a virtio-rng device
+    // Above size_mib up to here the LPAR gets a virtio-mem region that storage.expand fills
+    // (0: no region, the LPAR cannot grow).
+    std::uint64_t max_size_mib = 0;
+};
+
+// EXPAND and shrink (claim 6): the LPAR's storage grows into the free storage directly above it
+// (or gives its top back); the guest learns of it through its virtio-mem device and plugs (or
+// unplugs) the blocks. `timeout` bounds the wait for the guest.
+struct ResizeRequest {
+    std::string lpar;
+    std::uint64_t mib = 0;
+    std::chrono::milliseconds timeout{10000};
+};
+
+struct ResizeResult {
+    std::string lpar;
+    std::uint64_t old_size_mib = 0;
+    std::uint64_t new_size_mib = 0;
+    std::uint64_t plugged_mib = 0;  // of the virtio-mem region, when the guest was done
+    std::uint64_t total_us = 0;     // request accepted -> guest done (and the top scrubbed)
+};
+
+// storage.grow: the room-making moves (as storage.make_room), then the EXPAND.
+struct GrowResult {
+    GrowPlanResult plan;
+    ResizeResult expansion;
 };
 
 // Something that happened, pushed to subscribed clients as a JSON-RPC notification
@@ -188,6 +219,11 @@ class Api {
 
     // Events from now on, on any thread; the sink must not block or call back into the Api.
     [[nodiscard]] virtual std::unique_ptr<Subscription> subscribe(EventSink sink) = 0;
+
+    // storage.expand / storage.shrink / storage.grow (claim 6).
+    virtual ResizeResult expand(const ResizeRequest& request) = 0;
+    virtual ResizeResult shrink(const ResizeRequest& request) = 0;
+    virtual GrowResult grow(const ResizeRequest& request, MvstorMode mode) = 0;
 };
 
 }  // namespace lparvisor::control

@@ -69,6 +69,7 @@ SystemConfig fig3a_config() {
         lpar.name = name;
         lpar.origin_mib = origin;
         lpar.size_mib = size;
+        if (std::string(name) == "LPAR1") lpar.max_size_mib = 256;  // Fig. 4B: room to grow
         config.lpars.push_back(lpar);
     }
     return config;
@@ -87,7 +88,7 @@ SystemConfig parse_config(const json& document) {
             check_keys(entry, where,
                        {"name", "origin_mib", "size_mib", "vcpus", "firmware",
                         "rewrite_pages_per_sec", "working_set_mib", "round_limit", "active",
-                        "kernel", "initrd", "cmdline", "disks", "rng"});
+                        "kernel", "initrd", "cmdline", "disks", "rng", "max_size_mib"});
             for (const char* required : {"name", "size_mib"})
                 if (!entry.contains(required)) refuse(where + "." + required, "missing");
             LparConfig lpar;
@@ -113,9 +114,12 @@ SystemConfig parse_config(const json& document) {
                     unsigned_value(entry, "working_set_mib", where, 0, lpar.size_mib);
             if (entry.contains("round_limit"))
                 lpar.round_limit = unsigned_value(entry, "round_limit", where, 0, 1'000'000'000);
-            for (auto [key, field] : {std::pair{"kernel", &lpar.kernel},
-                                      std::pair{"initrd", &lpar.initrd},
-                                      std::pair{"cmdline", &lpar.cmdline}})
+            if (entry.contains("max_size_mib"))
+                lpar.max_size_mib = unsigned_value(entry, "max_size_mib", where, lpar.size_mib,
+                                                   LPV_MAX_STORAGE / kMiB);
+            for (auto [key, field] :
+                 {std::pair{"kernel", &lpar.kernel}, std::pair{"initrd", &lpar.initrd},
+                  std::pair{"cmdline", &lpar.cmdline}})
                 if (entry.contains(key)) *field = string_value(entry, key, where);
             if (entry.contains("rng")) {
                 if (!entry["rng"].is_boolean()) refuse(where + ".rng", "expected true or false");
@@ -127,8 +131,9 @@ SystemConfig parse_config(const json& document) {
                 control::check_boot_source(lpar);
             } catch (const std::invalid_argument& e) {
                 std::string what = e.what();
-                throw Error(ErrorKind::InvalidArgument,
-                            "configuration: " + (what.starts_with(where) ? what : where + "." + what));
+                throw Error(
+                    ErrorKind::InvalidArgument,
+                    "configuration: " + (what.starts_with(where) ? what : where + "." + what));
             }
             if (lpar.size_mib * kMiB > LPV_MAX_STORAGE)
                 refuse(where + ".size_mib",
@@ -183,6 +188,7 @@ json to_json(const SystemConfig& config) {
         if (!l.cmdline.empty()) entry["cmdline"] = l.cmdline;
         if (!l.disks.empty()) entry["disks"] = control::disk_list_to_json(l.disks);
         if (!l.rng) entry["rng"] = false;
+        if (l.max_size_mib) entry["max_size_mib"] = l.max_size_mib;
         lpars.push_back(entry);
     }
     return {{"main_storage_mib", config.main_storage_mib}, {"lpars", lpars}};

@@ -3,6 +3,7 @@
 #include <lparvisor/abi.h>
 
 #include "control/definition_json.hpp"
+#include "devices/virtio/virtio_mem.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -65,12 +66,22 @@ std::vector<StorageRow> Hypervisor::storage_table() const {
     return map_.rows();
 }
 
+namespace {
+
+void describe_definition(const LparConfig& d, control::LparStatus& s) {
+    s.vcpus = d.vcpus;
+    s.guest = d.kernel.empty() ? "firmware" : "linux";
+    s.max_size_mib = std::max(d.max_size_mib, d.size_mib);
+}
+
+}  // namespace
+
 control::SystemStatus Hypervisor::list() {
     std::vector<StorageRow> rows;
     struct Active {
         std::shared_ptr<Lpar> lpar;
         const char* transition;
-        unsigned vcpus;
+        LparConfig definition;  // a copy: used after map_mutex_ is released
     };
     std::vector<Active> active;
     std::vector<LparConfig> defined;
@@ -85,7 +96,7 @@ control::SystemStatus Hypervisor::list() {
         for (const auto& row : rows)
             for (auto& r : records_)
                 if (r.definition.name == row.lpar)
-                    active.push_back({r.lpar, r.transition, r.definition.vcpus});
+                    active.push_back({r.lpar, r.transition, r.definition});
         for (const auto& r : records_)
             if (!r.lpar) defined.push_back(r.definition);
     }
@@ -96,7 +107,8 @@ control::SystemStatus Hypervisor::list() {
         s.size_mib = rows[i].size / kMiB;
         s.gap_mib = rows[i].gap / kMiB;
         const auto& l = active[i].lpar;
-        s.vcpus = active[i].vcpus;
+        describe_definition(active[i].definition, s);
+        if (l && l->memory_device()) s.plugged_mib = l->memory_device()->plugged_size() / kMiB;
         if (!l) {
             s.state = active[i].transition != nullptr ? active[i].transition : "defined";
         } else if (l->state() == LparState::Stopped) {
@@ -113,7 +125,7 @@ control::SystemStatus Hypervisor::list() {
         s.origin_mib = d.origin_mib.value_or(0);
         s.size_mib = d.size_mib;
         s.state = "defined";
-        s.vcpus = d.vcpus;
+        describe_definition(d, s);
         s.has_storage = false;
         status.lpars.push_back(std::move(s));
     }
@@ -195,6 +207,7 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         spec.cmdline = d.cmdline;
         spec.disks = d.disks;
         spec.rng = d.rng;
+        spec.max_storage = std::max(d.max_size_mib, d.size_mib) * kMiB;
         auto listener = [this, name = d.name](LparState state, const std::string& why) {
             events_.publish("lpar.state", name, {{"state", to_string(state)}, {"reason", why}});
         };
@@ -249,6 +262,13 @@ control::LparStatus Hypervisor::define(const control::LparDefinition& definition
                     fmt::format("{}: size {} MiB: an LPAR's storage must end below the PCI "
                                 "window at {} MiB",
                                 definition.name, definition.size_mib, LPV_MAX_STORAGE / kMiB));
+    if (definition.max_size_mib != 0 &&
+        (definition.max_size_mib < definition.size_mib || definition.max_size_mib % 2 != 0 ||
+         definition.max_size_mib * kMiB > LPV_MAX_STORAGE))
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("{}: max_size_mib {}: a multiple of 2 from size_mib ({}) up to {}",
+                                definition.name, definition.max_size_mib, definition.size_mib,
+                                LPV_MAX_STORAGE / kMiB));
     try {
         control::check_boot_source(definition);
     } catch (const std::invalid_argument& e) {

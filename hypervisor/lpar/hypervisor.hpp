@@ -54,6 +54,10 @@ class Hypervisor final : public control::Api {
     control::GrowPlanResult plan_grow(const std::string& lpar, std::uint64_t extra_mib) override;
     control::GrowPlanResult make_room(const std::string& lpar, std::uint64_t extra_mib,
                                       control::MvstorMode mode) override;
+    control::ResizeResult expand(const control::ResizeRequest& request) override;
+    control::ResizeResult shrink(const control::ResizeRequest& request) override;
+    control::GrowResult grow(const control::ResizeRequest& request,
+                             control::MvstorMode mode) override;
 
     // The running LPAR of that name; throws NotFound (unknown) or Refused (only defined).
     Lpar& lpar(const std::string& name);

@@ -8,9 +8,18 @@
 #include <spdlog/spdlog.h>
 
 #include "boot/firmware_loader.hpp"
+#include "boot/linux_loader.hpp"
 #include "devices/debug_exit.hpp"
+#include "devices/i8042.hpp"
+#include "devices/pci/kvm_pci_platform.hpp"
+#include "devices/pci/pci_bus.hpp"
+#include "devices/power_port.hpp"
 #include "devices/storage_key_port.hpp"
 #include "devices/uart8250.hpp"
+#include "devices/virtio/virtio_blk.hpp"
+#include "devices/virtio/virtio_mem.hpp"
+#include "devices/virtio/virtio_pci.hpp"
+#include "devices/virtio/virtio_rng.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor {
@@ -18,6 +27,10 @@ namespace lparvisor {
 namespace {
 
 constexpr std::size_t kConsoleCapacity = 1024 * 1024;
+constexpr std::uint32_t kCom1Irq = 4;
+// What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT and
+// some vector instructions (KVM-NOTES.md).
+constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f";
 
 // The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
 // that the ioctl returns EINTR (installed without SA_RESTART).
@@ -56,13 +69,32 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
            StateListener listener)
     : spec_(spec),
       listener_(std::move(listener)),
-      window_(arena, spec.storage),
+      window_(arena, spec.storage, spec.max_storage),
       console_(std::make_shared<ConsoleLog>(spec.name, kConsoleCapacity, spec.console_file)),
       vm_(system) {
     install_kick_handler();
-    vm_.set_memory_region(0, 0, spec.storage.size, window_.host_base());
+    if (spec.is_linux()) {
+        // Linux wants its interrupt controllers and timer where a PC has them; the polling
+        // firmware runs without them (and its secondary vCPUs need no INIT/SIPI then).
+        vm_.create_irqchip();
+        vm_.create_pit2();
+    }
+    // The memslot covers the whole reservation: an EXPAND maps more of it, never resizes it
+    // (KVM refuses a new size for a live slot).
+    vm_.set_memory_region(0, 0, window_.size(), window_.host_base());
+    add_port_devices(keys);
+    add_pci_devices();
+    if (spec.is_linux())
+        boot_linux(system);
+    else
+        boot_firmware(system);
+}
 
-    bus_.add(LPV_PORT_COM1, Uart8250::kPortCount, std::make_shared<Uart8250>(console_));
+void Lpar::add_port_devices(StorageKeys& keys) {
+    Uart8250::IrqCallback uart_irq;
+    if (spec_.is_linux()) uart_irq = [this](bool level) { vm_.set_irq_line(kCom1Irq, level); };
+    bus_.add(LPV_PORT_COM1, Uart8250::kPortCount,
+             std::make_shared<Uart8250>(console_, std::move(uart_irq)));
     bus_.add(LPV_PORT_DEBUG_EXIT, 1, std::make_shared<DebugExit>([this](int code) {
                  stop(fmt::format("guest exit {}", code));
              }));
@@ -70,11 +102,52 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
              std::make_shared<StorageKeyPort>(window_.memory(), keys, [this](GuestPhysAddr gpa) {
                  return window_.arena_offset_of(gpa);
              }));
+    if (spec_.is_linux()) {
+        auto guest_event = [this](const std::string& what) { stop("guest " + what); };
+        bus_.add(PowerPort::kBase, PowerPort::kPortCount, std::make_shared<PowerPort>(guest_event));
+        bus_.add(I8042::kBase, I8042::kPortCount, std::make_shared<I8042>(guest_event));
+    }
+}
 
-    auto image = boot::load_firmware_elf(spec.firmware, window_.memory());
+void Lpar::add_pci_devices() {
+    pci_platform_ = std::make_shared<pci::KvmPciPlatform>(
+        vm_, spec_.is_linux() ? pci::KvmPciPlatform::Interrupts::InKernelIrqchip
+                              : pci::KvmPciPlatform::Interrupts::None);
+    pci_ = std::make_shared<pci::PciBus>();
+    bus_.add(pci::PciBus::kConfigPort, pci::PciBus::kConfigPortCount, pci_);
+    unsigned slot = 1;
+    auto add = [&](std::shared_ptr<virtio::VirtioDevice> device) {
+        pci_->add(slot, std::make_shared<virtio::VirtioPciDevice>(device, pci_platform_));
+        spdlog::info("{}: {} at PCI 00:{:02x}.0", spec_.name, device->name(), slot);
+        virtio_devices_.push_back(std::move(device));
+        ++slot;
+    };
+    for (std::size_t i = 0; i < spec_.disks.size(); ++i) {
+        const auto& disk = spec_.disks[i];
+        add(std::make_shared<virtio::VirtioBlk>(
+            fmt::format("virtio-blk{}", i), window_.memory(),
+            virtio::DiskSpec{disk.path, disk.read_only, disk.latency_ms}));
+    }
+    if (spec_.rng) add(std::make_shared<virtio::VirtioRng>("virtio-rng0", window_.memory()));
+    if (spec_.max_storage > spec_.storage.size) {
+        // EXPAND (claim 6): a virtio-mem region right above the boot storage; the blocks the
+        // guest may plug are those the window already maps (the arena right above the LPAR).
+        const std::uint64_t boot = spec_.storage.size;
+        memory_device_ = std::make_shared<virtio::VirtioMem>(
+            "virtio-mem0", window_.memory(),
+            virtio::VirtioMemRegion{GuestPhysAddr{boot}, spec_.max_storage - boot});
+        memory_device_->set_before_plug([this, boot](std::uint64_t offset, std::uint64_t bytes) {
+            return boot + offset + bytes <= window_.storage_size();
+        });
+        add(memory_device_);
+    }
+}
+
+void Lpar::boot_firmware(const kvm::System& system) {
+    auto image = boot::load_firmware_elf(spec_.firmware, window_.memory());
     auto cpuid = system.supported_cpuid();
     std::uint64_t tsc_khz = 0;
-    for (unsigned i = 0; i < spec.vcpus; ++i) {
+    for (unsigned i = 0; i < spec_.vcpus; ++i) {
         auto vcpu = vm_.create_vcpu(i);
         vcpu->set_cpuid(cpuid_for_vcpu(cpuid, i));
         boot::set_cpl3_entry_state(*vcpu, image.entry, i);
@@ -82,16 +155,58 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
         vcpus_.push_back(std::move(vcpu));
     }
     boot::FirmwareParams params;
-    params.lpar_name = spec.name;
-    params.vcpus = spec.vcpus;
+    params.lpar_name = spec_.name;
+    params.vcpus = spec_.vcpus;
     params.tsc_khz = tsc_khz;
-    params.rewrite_pages_per_sec = spec.rewrite_pages_per_sec;
-    params.working_set_bytes = spec.working_set_bytes;
-    params.round_limit = spec.round_limit;
+    params.rewrite_pages_per_sec = spec_.rewrite_pages_per_sec;
+    params.working_set_bytes = spec_.working_set_bytes;
+    params.round_limit = spec_.round_limit;
+    params.pci_bus = true;                   // the firmware drives the LPAR's virtio-pci devices
+    params.max_storage = spec_.max_storage;  // mapped, so it can use what EXPAND adds
     boot::build_system_area(window_.memory(), params);
-    spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec.name,
-                 spec.vcpus, format_mib(spec.storage.size), format_mib(spec.storage.start.value),
-                 spec.firmware, image.entry);
+    spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec_.name,
+                 spec_.vcpus, format_mib(spec_.storage.size), format_mib(spec_.storage.start.value),
+                 spec_.firmware, image.entry);
+}
+
+void Lpar::boot_linux(const kvm::System& system) {
+    boot::LinuxBootSpec boot_spec;
+    boot_spec.lpar_name = spec_.name;
+    boot_spec.kernel = spec_.kernel;
+    boot_spec.initrd = spec_.initrd;
+    boot_spec.cmdline = spec_.cmdline;
+    boot_spec.vcpus = spec_.vcpus;
+    auto cpuid = system.supported_cpuid();
+    if (kvm::detect_flavour() == kvm::Flavour::Pvm) {
+        // PVM emulates guest kernel code and cannot emulate some instructions at all
+        // (KVM-NOTES.md): hide what can be hidden so the kernel takes other paths.
+        boot_spec.cmdline += std::string(boot_spec.cmdline.empty() ? "" : " ") + kPvmCmdline;
+        for (auto& e : cpuid)
+            if (e.function == 1) e.ecx &= ~(1u << 13);  // CX16: cmpxchg16b in SLUB
+        spdlog::warn(
+            "{}: this KVM is PVM, which emulates guest kernel code (slowly): added "
+            "'{}' to the command line and hid CMPXCHG16B",
+            spec_.name, kPvmCmdline);
+    }
+    auto boot = boot::load_linux(boot_spec, window_.memory());
+    for (unsigned i = 0; i < spec_.vcpus; ++i) {
+        auto vcpu = vm_.create_vcpu(i);
+        vcpu->set_cpuid(cpuid_for_vcpu(cpuid, i));
+        if (i == 0) {
+            // The others wait for the kernel's INIT/SIPI in the in-kernel local APIC.
+            auto sregs = vcpu->get_sregs();
+            kvm_regs regs{};
+            boot::apply_linux_entry(sregs, regs, boot);
+            vcpu->set_sregs(sregs);
+            vcpu->set_regs(regs);
+        }
+        vcpus_.push_back(std::move(vcpu));
+    }
+    spdlog::info("{}: {} vCPU(s), storage {} at origin {}, Linux {} {} (entry {:#x}){}{}",
+                 spec_.name, spec_.vcpus, format_mib(spec_.storage.size),
+                 format_mib(spec_.storage.start.value), boot.kind, spec_.kernel, boot.entry,
+                 spec_.initrd.empty() ? "" : ", initrd " + spec_.initrd,
+                 boot_spec.cmdline.empty() ? "" : ", command line '" + boot_spec.cmdline + "'");
 }
 
 Lpar::~Lpar() {
@@ -106,7 +221,8 @@ Lpar::~Lpar() {
 
 std::vector<std::shared_ptr<Quiescable>> Lpar::devices() const {
     std::vector<std::shared_ptr<Quiescable>> all;
-    for (auto& d : bus_.devices()) all.push_back(d);
+    for (auto& d : bus_.devices())
+        if (d != pci_) all.push_back(d);  // the PCI functions are listed by name below
     for (auto& d : virtio_devices_) all.push_back(d);
     return all;
 }
@@ -120,13 +236,13 @@ void Lpar::ipl() {
 void Lpar::set_dirty_tracking(bool on) {
     // Turn the device log on first and off last, so no device write falls between the two.
     if (on) window_.device_dirty_log().set_tracking(true);
-    vm_.set_memory_region(0, 0, spec_.storage.size, window_.host_base(),
+    vm_.set_memory_region(0, 0, window_.size(), window_.host_base(),
                           on ? KVM_MEM_LOG_DIRTY_PAGES : 0);
     if (!on) window_.device_dirty_log().set_tracking(false);
 }
 
 std::vector<std::uint64_t> Lpar::harvest_dirty() {
-    std::vector<std::uint64_t> bitmap((spec_.storage.size / kPageSize + 63) / 64, 0);
+    std::vector<std::uint64_t> bitmap((window_.size() / kPageSize + 63) / 64, 0);
     vm_.get_dirty_log(0, bitmap);
     window_.device_dirty_log().harvest_into(bitmap);
     return bitmap;
@@ -223,6 +339,14 @@ std::string Lpar::describe_fault(kvm::Vcpu& vcpu, const std::string& what) {
     }
 }
 
+void Lpar::note_unclaimed(const char* what, std::uint64_t address, bool is_write) {
+    // Logged once per address, so a probing kernel does not flood the log.
+    std::lock_guard lock(mutex_);
+    if (unclaimed_.size() < 256 && unclaimed_.insert(address).second)
+        spdlog::debug("{}: {} {:#x} {} with no device there (ignored)", spec_.name, what, address,
+                      is_write ? "write" : "read");
+}
+
 void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
     std::visit(
         [&](const auto& exit) {
@@ -232,16 +356,28 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
                     auto part = exit.data.subspan(std::size_t{i} * exit.size, exit.size);
                     bool served =
                         exit.is_write ? bus_.write(exit.port, part) : bus_.read(exit.port, part);
-                    if (!served) {
-                        stop(describe_fault(
-                            vcpu,
-                            fmt::format("unhandled I/O port {:#x} ({} of {} "
-                                        "byte(s))",
-                                        exit.port, exit.is_write ? "write" : "read", exit.size)));
-                        return;
+                    if (served) continue;
+                    if (spec_.is_linux()) {
+                        // A kernel probes ports a PC may have (CMOS, floppy, more UARTs): no
+                        // device there answers with all ones, as on real hardware.
+                        if (!exit.is_write) std::fill(part.begin(), part.end(), 0xff);
+                        note_unclaimed("I/O port", exit.port, exit.is_write);
+                        continue;
                     }
+                    stop(describe_fault(
+                        vcpu, fmt::format("unhandled I/O port {:#x} ({} of {} byte(s))", exit.port,
+                                          exit.is_write ? "write" : "read", exit.size)));
+                    return;
                 }
             } else if constexpr (std::is_same_v<T, kvm::MmioExit>) {
+                bool served = exit.is_write ? pci_->mmio_write(exit.address, exit.data)
+                                            : pci_->mmio_read(exit.address, exit.data);
+                if (served) return;
+                if (spec_.is_linux()) {
+                    if (!exit.is_write) std::fill(exit.data.begin(), exit.data.end(), 0xff);
+                    note_unclaimed("MMIO address", exit.address, exit.is_write);
+                    return;
+                }
                 stop(describe_fault(vcpu,
                                     fmt::format("MMIO {} at guest-physical {:#x} with no "
                                                 "device there",
@@ -249,7 +385,9 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
             } else if constexpr (std::is_same_v<T, kvm::HltExit>) {
                 stop(describe_fault(vcpu, "halted"));
             } else if constexpr (std::is_same_v<T, kvm::ShutdownExit>) {
-                stop(describe_fault(vcpu, "triple fault"));
+                // Linux with reboot=t resets this way; anything else is a crash.
+                stop(describe_fault(vcpu, spec_.is_linux() ? "triple fault (guest reset or crash)"
+                                                           : "triple fault"));
             } else if constexpr (std::is_same_v<T, kvm::InternalErrorExit>) {
                 auto bytes = exit.instruction_bytes;
                 if (bytes.empty()) {

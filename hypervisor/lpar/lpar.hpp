@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,9 +28,18 @@
 
 namespace lparvisor {
 
+namespace pci {
+class KvmPciPlatform;
+class PciBus;
+}  // namespace pci
+namespace virtio {
+class VirtioMem;
+}  // namespace virtio
+
 struct LparSpec {
     std::string name;
     ArenaRange storage;
+    std::uint64_t max_storage = 0;  // how far EXPAND may grow it (0: storage.size, no growth)
     unsigned vcpus = 1;
     std::string firmware;      // ELF path of the test firmware
     std::string console_file;  // mirror of the serial output, empty for none
@@ -88,13 +98,20 @@ class Lpar {
     std::vector<std::uint64_t> harvest_dirty();
 
     GuestWindow& window() noexcept { return window_; }
+    // The virtio-mem device EXPAND and shrink drive; null when the LPAR cannot grow.
+    virtio::VirtioMem* memory_device() const noexcept { return memory_device_.get(); }
     GuestMemory memory() const noexcept { return window_.memory(); }
     ConsoleLog& console() noexcept { return *console_; }
     // Every device MVSTOR must quiesce (step 202): the port devices and the virtio devices.
     std::vector<std::shared_ptr<Quiescable>> devices() const;
 
   private:
+    void add_port_devices(StorageKeys& keys);
+    void add_pci_devices();
+    void boot_firmware(const kvm::System& system);
+    void boot_linux(const kvm::System& system);
     void vcpu_loop(unsigned index);
+    void note_unclaimed(const char* what, std::uint64_t address, bool is_write);
     void handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result);
     std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);
     void kick_all();
@@ -106,7 +123,12 @@ class Lpar {
     kvm::Vm vm_;
     std::vector<std::unique_ptr<kvm::Vcpu>> vcpus_;
     IoBus bus_;
+    // Destroyed before the VM and the window (members go in reverse): the device threads stop
+    // first, then the transports detach their irqfds and ioeventfds.
+    std::shared_ptr<pci::KvmPciPlatform> pci_platform_;
+    std::shared_ptr<pci::PciBus> pci_;
     std::vector<std::shared_ptr<virtio::VirtioDevice>> virtio_devices_;
+    std::shared_ptr<virtio::VirtioMem> memory_device_;
 
     mutable std::mutex mutex_;
     std::condition_variable changed_;
@@ -115,6 +137,7 @@ class Lpar {
     unsigned parked_ = 0;
     LparState state_ = LparState::Running;
     std::string stop_reason_;
+    std::set<std::uint64_t> unclaimed_;  // I/O ports and MMIO addresses a Linux guest probed
     std::vector<std::thread> threads_;
 };
 

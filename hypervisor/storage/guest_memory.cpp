@@ -8,28 +8,55 @@
 
 namespace lparvisor {
 
-GuestWindow::GuestWindow(const Arena& arena, ArenaRange range)
+GuestWindow::GuestWindow(const Arena& arena, ArenaRange range, std::uint64_t reserve_bytes)
     : arena_(arena),
-      units_(std::max<std::uint64_t>(1, (range.size + kOriginAlignment - 1) / kOriginAlignment)),
-      dirty_(std::make_shared<DeviceDirtyLog>(range.size)) {
+      units_(std::max<std::uint64_t>(
+          1, (std::max(range.size, reserve_bytes) + kOriginAlignment - 1) / kOriginAlignment)),
+      dirty_(std::make_shared<DeviceDirtyLog>(std::max(range.size, reserve_bytes))),
+      accessible_(std::make_shared<std::atomic<std::uint64_t>>(range.size)) {
     arena.bytes(range);  // bounds check: throws for a range outside main storage
+    const std::uint64_t window = units_.size() * kOriginAlignment;
     // Reserve the address range first, aligned to 2 MiB so that huge pages (hugetlb or THP) and
-    // KVM's large mappings line up, then map the arena into it.
-    std::uint64_t reserve = range.size + kOriginAlignment;
+    // KVM's large mappings line up, then map the arena into it. Above the storage the
+    // reservation stays PROT_NONE until an EXPAND maps it.
+    std::uint64_t reserve = window + kOriginAlignment;
     void* raw =
         ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (raw == MAP_FAILED) throw_errno("reserve guest window of " + format_mib(range.size));
+    if (raw == MAP_FAILED) throw_errno("reserve guest window of " + format_mib(window));
     auto start = reinterpret_cast<std::uintptr_t>(raw);
     auto aligned = (start + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
     if (aligned > start) ::munmap(raw, aligned - start);
-    std::uint64_t tail = (start + reserve) - (aligned + range.size);
-    if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + range.size), tail);
-    mapping_ = Mapping(reinterpret_cast<void*>(aligned), range.size);
+    std::uint64_t tail = (start + reserve) - (aligned + window);
+    if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + window), tail);
+    mapping_ = Mapping(reinterpret_cast<void*>(aligned), window);
     remap_part(0, range.size, range.start);
 }
 
 void GuestWindow::remap(ArenaOffset new_origin) {
-    remap_part(0, size(), new_origin);
+    remap_part(0, storage_size(), new_origin);
+}
+
+void GuestWindow::grow(std::uint64_t bytes) {
+    const std::uint64_t now = storage_size();
+    if (bytes > size() - now)
+        throw Error(ErrorKind::Refused, "guest window: " + format_mib(now + bytes) +
+                                            " is more than the LPAR's maximum of " +
+                                            format_mib(size()));
+    const ArenaOffset above{arena_offset_of(GuestPhysAddr{now - 1}).value + 1};
+    remap_part(now, bytes, above);
+    accessible_->store(now + bytes, std::memory_order_release);
+}
+
+void GuestWindow::shrink(std::uint64_t bytes) {
+    const std::uint64_t now = storage_size();
+    if (bytes >= now || bytes % kOriginAlignment != 0)
+        throw Error(ErrorKind::InvalidArgument,
+                    "guest window: cannot shrink " + format_mib(now) + " by " + format_mib(bytes));
+    accessible_->store(now - bytes, std::memory_order_release);
+    void* at = mapping_.data() + (now - bytes);
+    if (::mmap(at, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+               0) == MAP_FAILED)
+        throw_errno("guest window: unmap the top " + format_mib(bytes));
 }
 
 void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,

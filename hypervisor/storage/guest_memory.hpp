@@ -7,6 +7,7 @@
 // still take a fresh view per request rather than caching spans.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -48,12 +49,18 @@ class DeviceDirtyLog {
 class GuestMemory {
   public:
     GuestMemory() = default;
-    GuestMemory(std::uint8_t* base, std::uint64_t size, std::shared_ptr<DeviceDirtyLog> dirty = {})
-        : base_(base), size_(size), dirty_(std::move(dirty)) {}
+    GuestMemory(std::uint8_t* base, std::uint64_t size, std::shared_ptr<DeviceDirtyLog> dirty = {},
+                std::shared_ptr<const std::atomic<std::uint64_t>> accessible = {})
+        : base_(base), size_(size), dirty_(std::move(dirty)), accessible_(std::move(accessible)) {}
 
-    std::uint64_t size() const noexcept { return size_; }
+    // The LPAR's storage now: its boot storage plus what EXPAND added. An expandable LPAR's
+    // view shares this limit with its window, so a shrink takes effect for every device at once.
+    std::uint64_t size() const noexcept {
+        return accessible_ ? std::min(size_, accessible_->load(std::memory_order_acquire)) : size_;
+    }
     bool contains(GuestPhysAddr address, std::uint64_t length) const noexcept {
-        return address.value <= size_ && length <= size_ - address.value;
+        const std::uint64_t limit = size();
+        return address.value <= limit && length <= limit - address.value;
     }
 
     // [address, address + length) or nullopt if any byte is outside the LPAR's storage. The range
@@ -109,8 +116,9 @@ class GuestMemory {
     }
 
     std::uint8_t* base_ = nullptr;
-    std::uint64_t size_ = 0;
+    std::uint64_t size_ = 0;  // the most it can ever be (the window's reservation)
     std::shared_ptr<DeviceDirtyLog> dirty_;
+    std::shared_ptr<const std::atomic<std::uint64_t>> accessible_;
 };
 
 // An LPAR's guest RAM as one fixed host-virtual window, MAP_SHARED|MAP_FIXED onto its range of
@@ -118,31 +126,47 @@ class GuestMemory {
 // new origin (KVM follows through its MMU notifier), so neither ever sees a new host address.
 class GuestWindow {
   public:
-    GuestWindow(const Arena& arena, ArenaRange range);
+    // Maps `range` at guest-physical 0. `reserve_bytes` (>= range.size, 2 MiB units) is how far
+    // the LPAR may grow (EXPAND): the window keeps that much address space, unmapped above the
+    // storage, so that growing never moves it.
+    GuestWindow(const Arena& arena, ArenaRange range, std::uint64_t reserve_bytes = 0);
 
     std::uint8_t* host_base() const noexcept { return mapping_.data(); }
+    // The reservation: what the KVM memslot covers.
     std::uint64_t size() const noexcept { return mapping_.size(); }
+    // The storage mapped now, from guest-physical 0 (boot storage plus expansions).
+    std::uint64_t storage_size() const noexcept {
+        return accessible_->load(std::memory_order_acquire);
+    }
     // Where guest-physical 0 lives in main storage (the LPAR's origin once a move is complete).
     ArenaOffset origin() const noexcept { return units_.front(); }
     // Where a guest-physical address lives in main storage right now (parts of the window point
-    // at different places in the middle of a chunked live move). `gpa` must be < size().
+    // at different places in the middle of a chunked live move). `gpa` must be < storage_size().
     ArenaOffset arena_offset_of(GuestPhysAddr gpa) const noexcept {
         return ArenaOffset{units_[gpa.value / kOriginAlignment].value +
                            gpa.value % kOriginAlignment};
     }
-    GuestMemory memory() const noexcept { return {mapping_.data(), mapping_.size(), dirty_}; }
+    GuestMemory memory() const noexcept {
+        return {mapping_.data(), mapping_.size(), dirty_, accessible_};
+    }
     DeviceDirtyLog& device_dirty_log() noexcept { return *dirty_; }
 
-    // Points the whole window at the arena from `new_origin` on.
+    // Points the whole storage at the arena from `new_origin` on.
     void remap(ArenaOffset new_origin);
     // Points [guest_offset, +length) (2 MiB aligned) at the arena from `arena_offset` on.
     void remap_part(std::uint64_t guest_offset, std::uint64_t length, ArenaOffset arena_offset);
+
+    // EXPAND: maps `bytes` more right above the storage onto the arena right above the LPAR's
+    // range, then lets devices see them. SHRINK: the reverse; devices stop seeing the top first.
+    void grow(std::uint64_t bytes);
+    void shrink(std::uint64_t bytes);
 
   private:
     const Arena& arena_;
     Mapping mapping_;
     std::vector<ArenaOffset> units_;  // arena offset of each 2 MiB unit of the window
     std::shared_ptr<DeviceDirtyLog> dirty_;
+    std::shared_ptr<std::atomic<std::uint64_t>> accessible_;
 };
 
 }  // namespace lparvisor

@@ -89,6 +89,18 @@ void StorageMap::move(const std::string& lpar, ArenaOffset new_origin) {
         if (area.lpar == lpar) area.range = target;
 }
 
+ArenaRange StorageMap::check_resize(const std::string& lpar, std::uint64_t new_size) const {
+    ArenaRange target{find(lpar).range.start, new_size};
+    check_placement(lpar, target, "grown area");
+    return target;
+}
+
+void StorageMap::resize(const std::string& lpar, std::uint64_t new_size) {
+    ArenaRange target = check_resize(lpar, new_size);
+    for (auto& area : areas_)
+        if (area.lpar == lpar) area.range = target;
+}
+
 void StorageMap::reassign(const std::string& a, ArenaOffset a_origin, const std::string& b,
                           ArenaOffset b_origin) {
     auto saved = areas_;

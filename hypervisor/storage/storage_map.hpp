@@ -44,6 +44,11 @@ class StorageMap {
     ArenaRange check_move(const std::string& lpar, ArenaOffset new_origin) const;
     void move(const std::string& lpar, ArenaOffset new_origin);  // check_move, then commit
 
+    // EXPAND / shrink (claim 6): the LPAR keeps its origin and ends at origin + new_size.
+    // check_resize throws, naming the neighbour or the end of main storage, if it cannot.
+    ArenaRange check_resize(const std::string& lpar, std::uint64_t new_size) const;
+    void resize(const std::string& lpar, std::uint64_t new_size);
+
     // Gives `a` and `b` new origins at once (EXCHANGE); throws, changing nothing, if the result
     // would be invalid.
     void reassign(const std::string& a, ArenaOffset a_origin, const std::string& b,

@@ -29,6 +29,17 @@ guest_args=()
 for arg in "$@"; do
   if [[ -e "$arg" ]]; then guest_args+=("/work/$(basename "$arg")"); else guest_args+=("$arg"); fi
 done
+# A Linux guest image (scripts/build-linux-guest.sh) goes in too when the test names one.
+guest_env=()
+if [[ -n "${LPARVISOR_LINUX_GUEST_ENV:-}" && -f "$LPARVISOR_LINUX_GUEST_ENV" ]]; then
+  # shellcheck disable=SC1090
+  . "$LPARVISOR_LINUX_GUEST_ENV"
+  extra+=(--file "$LPARVISOR_LINUX_GUEST_ENV" --file "$LINUX_BZIMAGE" --file "$LINUX_INITRD")
+  guest_env+=(LPARVISOR_LINUX_GUEST_ENV=/work/"$(basename "$LPARVISOR_LINUX_GUEST_ENV")"
+              LPARVISOR_LINUX_BZIMAGE=/work/"$(basename "$LINUX_BZIMAGE")"
+              LPARVISOR_LINUX_INITRD=/work/"$(basename "$LINUX_INITRD")")
+fi
 echo "nested-kvm: no /dev/kvm here; running $(basename "$command_file") inside QEMU TCG with nested SVM"
 exec "$here/run.sh" --timeout "$timeout_s" --file "$command_file" --file "$firmware" "${extra[@]}" -- \
-  env LPARVISOR_FIRMWARE=/work/"$(basename "$firmware")" ./"$(basename "$command_file")" "${guest_args[@]}"
+  env LPARVISOR_FIRMWARE=/work/"$(basename "$firmware")" "${guest_env[@]}" \
+  ./"$(basename "$command_file")" "${guest_args[@]}"

@@ -73,7 +73,7 @@ TEST_CASE("step 202: the drain waits for busy devices and names them at the dead
           "[devices]") {
     auto held = std::make_shared<HeldDevice>();
     auto console = std::make_shared<ConsoleLog>("T", 8);
-    std::vector<std::shared_ptr<PortDevice>> devices{std::make_shared<Uart8250>(console), held};
+    std::vector<std::shared_ptr<Quiescable>> devices{std::make_shared<Uart8250>(console), held};
     auto start = std::chrono::steady_clock::now();
     auto busy = drain_devices(devices, std::chrono::milliseconds(100));
     CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(100));

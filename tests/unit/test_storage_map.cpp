@@ -116,3 +116,24 @@ TEST_CASE("adding areas: size 0, misaligned size, overlap and duplicates are ref
     CHECK(map.rows()[2].gap == 1 * MiB);
     CHECK(map.free_bytes() == 17 * MiB);
 }
+
+TEST_CASE("EXPAND grows an LPAR into the gap above it, and only there (Fig. 4A -> 4B)",
+          "[storage_map]") {
+    auto map = fig3a();
+    // Fig. 3A: LPAR1 has no room above it; the refusal names LPAR2 and changes nothing.
+    CHECK_THROWS_WITH(map.resize("LPAR1", 192 * MiB), Catch::Contains("overlaps LPAR2 at 128-384"));
+    CHECK(map.find("LPAR1").range.size == 128 * MiB);
+    map.move("LPAR2", ArenaOffset{192 * MiB});
+    map.resize("LPAR1", 192 * MiB);
+    auto rows = map.rows();
+    CHECK(rows[0].size == 192 * MiB);
+    CHECK(rows[0].gap == 0);
+    CHECK(map.free_bytes() == 61 * MiB);
+    // LPAR2 cannot grow past the end of main storage (61 MiB free above it: 62 is too much).
+    CHECK_THROWS_WITH(map.resize("LPAR2", 318 * MiB), Catch::Contains("ends beyond main storage"));
+    CHECK_THROWS_WITH(map.resize("LPAR2", 257 * MiB), Catch::Contains("not a multiple of 2 MiB"));
+    // Shrinking gives the top back.
+    map.resize("LPAR1", 128 * MiB);
+    CHECK(map.rows()[0].gap == 64 * MiB);
+    CHECK(map.free_bytes() == 125 * MiB);
+}

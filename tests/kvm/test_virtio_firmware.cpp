@@ -1,0 +1,189 @@
+// virtio-pci devices of firmware LPARs under real KVM. The firmware drives its virtio-blk disk
+// (write a pass, flush, read back and compare) and its virtio-rng while it verifies its memory;
+// the disk image itself is the second witness: after the moves it must hold exactly what the
+// guest wrote (lpv_disk_word of abi.h, block by block).
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <regex>
+#include <thread>
+
+#include <lparvisor/abi.h>
+
+#include "lpar/hypervisor.hpp"
+#include "support/guest_console.hpp"
+#include "support/lpar_checks.hpp"
+#include "util/error.hpp"
+
+using namespace lparvisor;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kDiskBytes = 4 * kMiB;
+constexpr std::uint64_t kBlockBytes = 4096;
+
+struct TempDir {
+    std::filesystem::path path;
+    TempDir() {
+        char pattern[] = "/tmp/lparvisor-virtio-XXXXXX";
+        REQUIRE(::mkdtemp(pattern) != nullptr);
+        path = pattern;
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+std::string make_disk(const TempDir& dir, const std::string& name, std::uint64_t bytes) {
+    auto path = (dir.path / (name + ".img")).string();
+    int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
+    ::close(fd);
+    return path;
+}
+
+LparConfig lpar_with_disk(const std::string& name, std::uint64_t origin, std::uint64_t size,
+                          const std::string& disk, std::uint32_t latency_ms = 0) {
+    auto lpar = test::firmware_lpar(name, origin, size);
+    lpar.disks.push_back({disk, false, latency_ms});
+    return lpar;
+}
+
+// The highest "DISK <name> pass <P> ok" the firmware has printed (0: none yet).
+std::uint64_t last_disk_pass(const std::string& console, const std::string& name) {
+    static const std::regex line("DISK (\\S+) pass (\\d+) ok");
+    std::uint64_t last = 0;
+    for (std::sregex_iterator it(console.begin(), console.end(), line), end; it != end; ++it)
+        if ((*it)[1] == name) last = std::max<std::uint64_t>(last, std::stoull((*it)[2]));
+    return last;
+}
+
+// Waits until the firmware has finished `more` disk passes beyond what it reported so far.
+void require_disk_passes(Hypervisor& hv, const std::string& name, std::uint64_t more) {
+    Lpar& lpar = hv.lpar(name);
+    auto target = last_disk_pass(lpar.console().tail(256 * 1024), name) + more;
+    auto deadline = std::chrono::steady_clock::now() + 600s;
+    std::string text;
+    while (std::chrono::steady_clock::now() < deadline) {
+        text = lpar.console().tail(256 * 1024);
+        if (last_disk_pass(text, name) >= target) break;
+        if (!test::parse_firmware_console(text).first_failure.empty()) break;
+        std::this_thread::sleep_for(50ms);
+    }
+    INFO(name << " console tail:\n" << lpar.console().tail(3000));
+    REQUIRE(test::parse_firmware_console(text).first_failure.empty());
+    REQUIRE(last_disk_pass(text, name) >= target);
+}
+
+// The image holds pass `pass` everywhere, except that a prefix of blocks may already hold pass
+// `pass + 1` (the pass in progress when the LPAR stopped): exactly what the guest wrote.
+void require_disk_image(const std::string& path, const std::string& name, std::uint64_t pass) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    std::vector<std::uint64_t> block(kBlockBytes / 8);
+    bool in_next_pass = true;
+    std::uint64_t next_pass_blocks = 0;
+    for (std::uint64_t b = 0; b < kDiskBytes / kBlockBytes; ++b) {
+        REQUIRE(::pread(fd, block.data(), kBlockBytes, static_cast<off_t>(b * kBlockBytes)) ==
+                static_cast<ssize_t>(kBlockBytes));
+        auto holds = [&](std::uint64_t p) {
+            for (std::uint64_t w = 0; w < block.size(); ++w)
+                if (block[w] != lpv_disk_word(name.c_str(), b, p, w)) return false;
+            return true;
+        };
+        if (in_next_pass && holds(pass + 1)) {
+            ++next_pass_blocks;
+            continue;
+        }
+        in_next_pass = false;
+        INFO(path << " block " << b << " (pass " << pass << ", " << next_pass_blocks
+                  << " blocks of pass " << pass + 1 << " before it)");
+        REQUIRE(holds(pass));
+    }
+    ::close(fd);
+}
+
+}  // namespace
+
+TEST_CASE("two firmware LPARs use their virtio-blk disks while MVSTOR moves them up and down",
+          "[kvm][virtio][mvstor]") {
+    TempDir dir;
+    auto disk_a = make_disk(dir, "A", kDiskBytes);
+    auto disk_b = make_disk(dir, "B", kDiskBytes);
+    SystemConfig config{160,
+                        {lpar_with_disk("A", 0, 32, disk_a), lpar_with_disk("B", 64, 32, disk_b)}};
+    Hypervisor hv(config, test::firmware_options((dir.path / "consoles").string()));
+    for (const char* name : {"A", "B"}) {
+        require_disk_passes(hv, name, 1);
+        auto console = hv.lpar(name).console().tail(256 * 1024);
+        CHECK_THAT(console, Catch::Contains(std::string("RNG ") + name + " ok"));
+    }
+
+    // Up and down, overlapping and disjoint, stop-and-copy and live: after each, both guests
+    // finish another disk pass (write, flush, read back, compare) and verify their memory.
+    struct Step {
+        const char* lpar;
+        std::uint64_t origin;
+        control::MvstorMode mode;
+    };
+    const Step steps[] = {
+        {"B", 96, control::MvstorMode::StopAndCopy}, {"A", 10, control::MvstorMode::Live},
+        {"B", 70, control::MvstorMode::Live},        {"A", 0, control::MvstorMode::StopAndCopy},
+        {"B", 120, control::MvstorMode::Live},       {"B", 64, control::MvstorMode::StopAndCopy}};
+    for (const auto& step : steps) {
+        INFO("MVSTOR " << step.lpar << " -> " << step.origin << " MiB");
+        control::MvstorRequest request{step.lpar, step.origin, 10s, step.mode};
+        auto result = hv.mvstor(request);
+        CHECK(result.new_origin_mib == step.origin);
+        CHECK(test::origin_mib_of(hv, step.lpar) == step.origin);
+        for (const char* name : {"A", "B"}) {
+            require_disk_passes(hv, name, 1);
+            test::require_clean_rounds(hv, name, 1);
+        }
+    }
+
+    // Stop both, let the devices finish what they hold, and read the images.
+    for (const char* name : {"A", "B"}) {
+        hv.stop(name);
+        auto devices = hv.lpar(name).devices();
+        REQUIRE(drain_devices(devices, 10s).empty());
+        resume_devices(devices);
+        auto console = hv.lpar(name).console().tail(256 * 1024);
+        require_disk_image(name == std::string("A") ? disk_a : disk_b, name,
+                           last_disk_pass(console, name));
+    }
+}
+
+TEST_CASE("a device busy past the drain timeout fails the MVSTOR, naming it; nothing moves",
+          "[kvm][virtio][mvstor]") {
+    TempDir dir;
+    auto disk = make_disk(dir, "SLOW", kDiskBytes);
+    // Every request of this disk takes 1.5 s: the firmware always has one in flight.
+    SystemConfig config{96, {lpar_with_disk("SLOW", 0, 32, disk, 1500)}};
+    Hypervisor hv(config, test::firmware_options((dir.path / "consoles").string()));
+    test::require_clean_rounds(hv, "SLOW", 1);
+    auto before = test::origin_mib_of(hv, "SLOW");
+
+    control::MvstorRequest request{"SLOW", 40, 300ms};
+    try {
+        hv.mvstor(request);
+        FAIL("the MVSTOR should have failed on the busy disk");
+    } catch (const Error& e) {
+        CHECK(e.kind() == ErrorKind::Busy);
+        CHECK_THAT(e.what(), Catch::Contains("virtio-blk0"));
+    }
+    CHECK(test::origin_mib_of(hv, "SLOW") == before);
+    // The guest runs on at its old origin, its memory intact, and its disk keeps working.
+    test::require_clean_rounds(hv, "SLOW", 2);
+    auto console = hv.lpar("SLOW").console().tail(256 * 1024);
+    CHECK(test::parse_firmware_console(console).first_failure.empty());
+
+    // With a timeout longer than a request, the same move succeeds.
+    control::MvstorRequest patient{"SLOW", 40, 10s};
+    CHECK(hv.mvstor(patient).new_origin_mib == 40);
+    test::require_clean_rounds(hv, "SLOW", 1);
+}
