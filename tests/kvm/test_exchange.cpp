@@ -1,8 +1,12 @@
-// EXCHANGE (claim 7) and making room for a growing LPAR (claim 6's first half) under real KVM,
+// EXCHANGE (claim 7) and growing an LPAR (claim 6: make room, then EXPAND) under real KVM,
 // the firmware in every LPAR verifying its storage and keys throughout.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <regex>
 #include <thread>
+
+#include "support/guest_console.hpp"
 
 #include "lpar/hypervisor.hpp"
 #include "support/lpar_checks.hpp"
@@ -47,7 +51,25 @@ TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exch
     require_clean_rounds(hv, "A", 1);
 }
 
-TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB", "[kvm][grow]") {
+// The firmware's virtio-mem driver: "MEM <name> verify ok <MiB> MiB round <N>" once it has
+// plugged and filled what EXPAND offered.
+void require_plugged_and_verified(Hypervisor& hv, const std::string& name, std::uint64_t mib) {
+    Lpar& lpar = hv.lpar(name);
+    const std::regex verified("MEM " + name + " verify ok " + std::to_string(mib) + " MiB round");
+    auto deadline = std::chrono::steady_clock::now() + 600s;
+    std::string text;
+    while (std::chrono::steady_clock::now() < deadline) {
+        text = lpar.console().tail(64 * 1024);
+        if (std::regex_search(text, verified)) break;
+        std::this_thread::sleep_for(50ms);
+    }
+    INFO(name << " console tail:\n" << lpar.console().tail(3000));
+    REQUIRE(std::regex_search(text, verified));
+    REQUIRE(test::parse_firmware_console(text).first_failure.empty());
+}
+
+TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: svp grow LPAR1 64 moves LPAR2 and expands LPAR1",
+          "[kvm][grow]") {
     Hypervisor hv(fig3a_config(), test::firmware_options());
     require_clean_rounds(hv, "LPAR1", 1);
     require_clean_rounds(hv, "LPAR2", 1);
@@ -58,37 +80,62 @@ TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: room for LPAR1 to grow by 64 MiB"
     CHECK(plan.steps[0].to_mib == 192);
     CHECK(origin_mib_of(hv, "LPAR2") == 128);  // planning changes nothing
 
-    auto done = hv.make_room("LPAR1", 64, control::MvstorMode::Live);
-    CHECK(done.carried_out);
-    REQUIRE(done.moves.size() == 1);
-    CHECK(done.moves[0].mode == "live");
+    // EXPAND alone is refused while LPAR2 sits right above LPAR1, and changes nothing.
+    CHECK_THROWS_WITH(hv.expand({"LPAR1", 64}), Catch::Contains("overlaps LPAR2"));
+    CHECK(hv.storage_table()[0].size == 128 * kMiB);
+
+    auto grown = hv.grow({"LPAR1", 64}, control::MvstorMode::Live);
+    CHECK(grown.plan.carried_out);
+    REQUIRE(grown.plan.moves.size() == 1);
+    CHECK(grown.plan.moves[0].mode == "live");
+    CHECK(grown.expansion.old_size_mib == 128);
+    CHECK(grown.expansion.new_size_mib == 192);
+    CHECK(grown.expansion.plugged_mib == 64);
     auto table = hv.storage_table();
-    CHECK(table[0].gap == 64 * kMiB);  // Fig. 4A
+    CHECK(table[0].size == 192 * kMiB);  // Fig. 4B: LPAR1 0-192
+    CHECK(table[0].gap == 0);
     CHECK(table[1].origin == 192 * kMiB);
     CHECK(table[1].gap == 61 * kMiB);
+    // LPAR1's firmware fills and verifies the 64 MiB it plugged; LPAR2 never noticed.
+    require_plugged_and_verified(hv, "LPAR1", 64);
+    require_clean_rounds(hv, "LPAR1", 1);
     require_clean_rounds(hv, "LPAR2", 2);
+
+    // Shrink gives the top back, scrubbed; an expand beyond the maximum is refused.
+    auto shrunk = hv.shrink({"LPAR1", 32});
+    CHECK(shrunk.new_size_mib == 160);
+    CHECK(hv.storage_table()[0].gap == 32 * kMiB);
+    auto freed = hv.arena().bytes({{160 * kMiB}, 32 * kMiB});
+    CHECK(std::all_of(freed.begin(), freed.end(), [](std::uint8_t b) { return b == 0; }));
+    require_plugged_and_verified(hv, "LPAR1", 32);
+    CHECK_THROWS_WITH(hv.expand({"LPAR1", 128}), Catch::Contains("more than its maximum"));
+    CHECK_THROWS_WITH(hv.expand({"LPAR2", 2}), Catch::Contains("no virtio-mem region"));
+    // The expanded LPAR moves like any other, the plugged part with it.
+    CHECK(hv.mvstor({"LPAR1", 2, 10s}).new_origin_mib == 2);
+    require_plugged_and_verified(hv, "LPAR1", 32);
     require_clean_rounds(hv, "LPAR1", 1);
 
-    auto impossible = hv.plan_grow("LPAR1", 200);
+    auto impossible = hv.plan_grow("LPAR2", 200);
     CHECK_FALSE(impossible.possible);
     CHECK_THAT(impossible.reason, Catch::Contains("missing"));
-    CHECK_THROWS_WITH(hv.make_room("LPAR1", 200, control::MvstorMode::StopAndCopy),
-                      Catch::Contains("no way to free 200 MiB"));
 }
 
-TEST_CASE("room gathered from two moves in a four-LPAR layout", "[kvm][grow]") {
+TEST_CASE("storage.grow gathers the room from two moves in a four-LPAR layout", "[kvm][grow]") {
     // W 0-16, X 16-32, free 32-40, Y 40-56, free 56-64, Z 64-96, free 96-128.
+    auto w = test::firmware_lpar("W", 0, 16, 1);
+    w.max_size_mib = 64;
     SystemConfig config{128,
-                        {test::firmware_lpar("W", 0, 16, 1),
-                         test::firmware_lpar("X", 16, 16, 1),
+                        {w, test::firmware_lpar("X", 16, 16, 1),
                          test::firmware_lpar("Y", 40, 16, 1),
                          test::firmware_lpar("Z", 64, 32, 1)}};
     Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 1);
-    auto done = hv.make_room("W", 32, control::MvstorMode::StopAndCopy);
-    CHECK(done.moves.size() >= 2);
+    auto done = hv.grow({"W", 32}, control::MvstorMode::StopAndCopy);
+    CHECK(done.plan.moves.size() >= 2);
+    CHECK(done.expansion.new_size_mib == 48);
     auto table = hv.storage_table();
     CHECK(table[0].lpar == "W");
-    CHECK(table[0].gap >= 32 * kMiB);
+    CHECK(table[0].size == 48 * kMiB);
+    require_plugged_and_verified(hv, "W", 32);
     for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 2);
 }
