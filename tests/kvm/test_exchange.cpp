@@ -19,10 +19,8 @@ using test::require_clean_rounds;
 
 TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exchange]") {
     SystemConfig config{128,
-                        {test::firmware_lpar("A", 0, 16, 1),
-                         test::firmware_lpar("B", 32, 16, 2),
-                         test::firmware_lpar("C", 64, 8, 1),
-                         test::firmware_lpar("D", 72, 24, 1)}};
+                        {test::firmware_lpar("A", 0, 16, 1), test::firmware_lpar("B", 32, 16, 2),
+                         test::firmware_lpar("C", 64, 8, 1), test::firmware_lpar("D", 72, 24, 1)}};
     Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"A", "B", "C", "D"}) require_clean_rounds(hv, name, 1);
 
@@ -126,8 +124,7 @@ TEST_CASE("storage.grow gathers the room from two moves in a four-LPAR layout", 
     w.max_size_mib = 64;
     SystemConfig config{128,
                         {w, test::firmware_lpar("X", 16, 16, 1),
-                         test::firmware_lpar("Y", 40, 16, 1),
-                         test::firmware_lpar("Z", 64, 32, 1)}};
+                         test::firmware_lpar("Y", 40, 16, 1), test::firmware_lpar("Z", 64, 32, 1)}};
     Hypervisor hv(config, test::firmware_options());
     for (const char* name : {"W", "X", "Y", "Z"}) require_clean_rounds(hv, name, 1);
     auto done = hv.grow({"W", 32}, control::MvstorMode::StopAndCopy);

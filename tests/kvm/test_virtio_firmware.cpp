@@ -162,15 +162,16 @@ TEST_CASE("two firmware LPARs use their virtio-blk disks while MVSTOR moves them
 TEST_CASE("a device busy past the drain timeout fails the MVSTOR, naming it; nothing moves",
           "[kvm][virtio][mvstor]") {
     TempDir dir;
-    // A small disk (8 blocks: a pass is ten requests), each request taking 3 s.
+    // A small disk (8 blocks: a pass is ten requests), each request taking 1.5 s (the firmware
+    // reads 8 at once: 12 s, under its 30 s timeout).
     auto disk = make_disk(dir, "SLOW", 32 * 1024);
-    SystemConfig config{96, {lpar_with_disk("SLOW", 0, 32, disk, 3000)}};
+    SystemConfig config{96, {lpar_with_disk("SLOW", 0, 32, disk, 1500)}};
     Hypervisor hv(config, test::firmware_options((dir.path / "consoles").string()));
     test::require_clean_rounds(hv, "SLOW", 1);
     auto before = test::origin_mib_of(hv, "SLOW");
 
     // Catch a request as it starts (the device goes from idle to busy), so nearly all of its
-    // 3 s are still to come when the drain's 300 ms run out.
+    // 1.5 s are still to come when the drain's 300 ms run out.
     std::shared_ptr<Quiescable> blk;
     for (auto& d : hv.lpar("SLOW").devices())
         if (d->name() == "virtio-blk0") blk = d;
