@@ -250,6 +250,17 @@ void Vcpu::set_mp_state(std::uint32_t state) {
     if (::ioctl(fd_.get(), KVM_SET_MP_STATE, &mp) < 0) throw_errno("KVM_SET_MP_STATE");
 }
 
+bool Vcpu::inject_exception(std::uint8_t vector) noexcept {
+    kvm_vcpu_events events{};
+    if (::ioctl(fd_.get(), KVM_GET_VCPU_EVENTS, &events) < 0) return false;
+    events.exception.injected = 1;
+    events.exception.nr = vector;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    events.flags = 0;  // only the exception: leave NMI, SIPI and the shadow as they are
+    return ::ioctl(fd_.get(), KVM_SET_VCPU_EVENTS, &events) == 0;
+}
+
 std::uint64_t Vcpu::tsc_khz() const {
     int khz = ::ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
     return khz > 0 ? static_cast<std::uint64_t>(khz) : 0;

@@ -95,6 +95,9 @@ class Vcpu {
     void set_sregs(const kvm_sregs& sregs);
     void set_cpuid(const std::vector<kvm_cpuid_entry2>& entries);
     void set_mp_state(std::uint32_t state);
+    // Delivers exception `vector` (no error code) on the next KVM_RUN, as the instruction at
+    // RIP would have (KVM_SET_VCPU_EVENTS). For guest-triggered paths: false if KVM refused.
+    [[nodiscard]] bool inject_exception(std::uint8_t vector) noexcept;
     std::uint64_t tsc_khz() const;  // 0 if KVM cannot tell
     // Guest-virtual to guest-physical through the vCPU's current page tables (KVM_TRANSLATE).
     std::optional<std::uint64_t> translate(std::uint64_t guest_virtual) const;

@@ -112,6 +112,7 @@ class Lpar {
     void boot_linux(const kvm::System& system);
     void vcpu_loop(unsigned index);
     void note_unclaimed(const char* what, std::uint64_t address, bool is_write);
+    bool complete_unemulated(kvm::Vcpu& vcpu, std::uint8_t opcode);
     void handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result);
     std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);
     void kick_all();
@@ -137,7 +138,9 @@ class Lpar {
     unsigned parked_ = 0;
     LparState state_ = LparState::Running;
     std::string stop_reason_;
-    std::set<std::uint64_t> unclaimed_;  // I/O ports and MMIO addresses a Linux guest probed
+    std::set<std::uint64_t> unclaimed_;
+    std::atomic<std::uint64_t> unemulated_completed_{
+        0};  // I/O ports and MMIO addresses a Linux guest probed
     std::vector<std::thread> threads_;
 };
 
