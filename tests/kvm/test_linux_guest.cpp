@@ -127,6 +127,20 @@ unsigned count_matches(const std::string& text, const std::regex& pattern) {
 
 constexpr std::uint64_t kLinuxMib = 256;
 
+// The LINUX LPAR of the boot tests: 256 MiB at 0 with one disk, the workload looping.
+LparConfig linux_lpar_config(const GuestImage& image, const std::string& disk, unsigned vcpus) {
+    LparConfig lpar;
+    lpar.name = "LINUX";
+    lpar.origin_mib = 0;
+    lpar.size_mib = kLinuxMib;
+    lpar.vcpus = vcpus;
+    lpar.kernel = image.kernel;
+    lpar.initrd = image.initrd;
+    lpar.cmdline = image.cmdline + " LPV_MIB=32 LPV_LOOP=0";
+    lpar.disks.push_back({disk});
+    return lpar;
+}
+
 }  // namespace
 
 TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR", "[kvm][linux]") {
@@ -135,18 +149,9 @@ TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR
     TempDir dir;
     auto disk = make_disk(dir, 8 * kMiB);
 
-    LparConfig linux_lpar;
-    linux_lpar.name = "LINUX";
-    linux_lpar.origin_mib = 0;
-    linux_lpar.size_mib = kLinuxMib;
     // One vCPU: with two, the kernel hangs bringing up the second one under the nested harness
     // (issue 3's open part; see the [.full-boot] case below).
-    linux_lpar.vcpus = 1;
-    linux_lpar.kernel = image.kernel;
-    linux_lpar.initrd = image.initrd;
-    linux_lpar.cmdline = image.cmdline + " LPV_MIB=32 LPV_LOOP=0";
-    linux_lpar.disks.push_back({disk});
-    Hypervisor hv({640, {linux_lpar}}, test::firmware_options());
+    Hypervisor hv({640, {linux_lpar_config(image, disk, 1)}}, test::firmware_options());
     Lpar& lpar = hv.lpar("LINUX");
 
     wait_for(lpar, std::regex("Linux version 6\\.[0-9]+"), 300s, "kernel banner");
@@ -198,16 +203,7 @@ TEST_CASE("the Debian kernel boots to its workload and uses memory and disk acro
     auto image = guest_image(pvm);
     TempDir dir;
     auto disk = make_disk(dir, 8 * kMiB);
-    LparConfig linux_lpar;
-    linux_lpar.name = "LINUX";
-    linux_lpar.origin_mib = 0;
-    linux_lpar.size_mib = kLinuxMib;
-    linux_lpar.vcpus = 2;
-    linux_lpar.kernel = image.kernel;
-    linux_lpar.initrd = image.initrd;
-    linux_lpar.cmdline = image.cmdline + " LPV_MIB=32 LPV_LOOP=0";
-    linux_lpar.disks.push_back({disk});
-    Hypervisor hv({640, {linux_lpar}}, test::firmware_options());
+    Hypervisor hv({640, {linux_lpar_config(image, disk, 2)}}, test::firmware_options());
     Lpar& lpar = hv.lpar("LINUX");
     wait_for(lpar, std::regex("pci 0000:00:01\\.0: \\[1af4:1042\\]"), 600s,
              "the virtio-blk device");
