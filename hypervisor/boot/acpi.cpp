@@ -1,10 +1,13 @@
 #include "boot/acpi.hpp"
 
+#include <lparvisor/abi.h>
+
 #include <cstring>
 
 #include <fmt/format.h>
 
 #include "devices/power_port.hpp"
+#include "devices/uart8250.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor::boot {
@@ -27,6 +30,7 @@ class Bytes {
     void zeros(std::size_t n) { b_.insert(b_.end(), n, 0); }
     std::size_t size() const { return b_.size(); }
     std::vector<std::uint8_t>& vec() { return b_; }
+    std::span<const std::uint8_t> view() const { return b_; }
     void set_u32(std::size_t at, std::uint32_t v) {
         for (int i = 0; i < 4; ++i) b_.at(at + i) = static_cast<std::uint8_t>(v >> (8 * i));
     }
@@ -183,22 +187,216 @@ std::vector<std::uint8_t> acpi_madt(unsigned vcpus) {
     return finish(t);
 }
 
-std::vector<std::uint8_t> acpi_dsdt() {
-    // Name (_S5_, Package (0x02) { 0x05, Zero }), hand-assembled AML: ACPICA reads SLP_TYPa
-    // from element 0 and Linux writes it to the sleep control register to power off.
-    static_assert(PowerPort::kS5SleepType == 5);
-    const std::uint8_t s5[] = {
-        0x08,                  // NameOp
-        '_',  'S',  '5', '_',  // NameString
-        0x12,                  // PackageOp
-        0x05,                  // PkgLength: this byte + NumElements + 3 bytes of elements
-        0x02,                  // NumElements
-        0x0a, 0x05,            // BytePrefix 5
-        0x00,                  // ZeroOp
+namespace {
+
+// AML, hand-encoded (ACPI 6.5 chapter 20), only the few terms the DSDT needs.
+constexpr std::uint8_t kAmlZero = 0x00, kAmlNameOp = 0x08, kAmlBytePrefix = 0x0a,
+                       kAmlDWordPrefix = 0x0c, kAmlScopeOp = 0x10, kAmlBufferOp = 0x11,
+                       kAmlPackageOp = 0x12, kAmlExtOpPrefix = 0x5b, kAmlDeviceOp = 0x82,
+                       kAmlRootChar = 0x5c;
+
+// PkgLength counts itself and everything after it in the term: 1 byte up to 63, else a lead
+// byte (bits 7:6 = how many more bytes, bits 3:0 = the low nibble) and the rest 8 bits each.
+void aml_pkg_length(Bytes& out, std::size_t content) {
+    if (content + 1 < 0x40) {
+        out.u8(static_cast<std::uint8_t>(content + 1));
+        return;
+    }
+    for (std::size_t extra = 1; extra <= 3; ++extra) {
+        std::size_t total = content + 1 + extra;
+        if (total >= (std::size_t{1} << (4 + 8 * extra))) continue;
+        out.u8(static_cast<std::uint8_t>((extra << 6) | (total & 0xf)));
+        for (std::size_t i = 0; i < extra; ++i)
+            out.u8(static_cast<std::uint8_t>(total >> (4 + 8 * i)));
+        return;
+    }
+    throw Error(ErrorKind::InvalidArgument, "AML package longer than 256 MiB");
+}
+
+void aml_name_seg(Bytes& out, const char (&seg)[5]) {
+    out.text(seg, 4);
+}
+
+// Name (SEG, <data>): `data` is already-encoded AML.
+void aml_name(Bytes& out, const char (&seg)[5], const Bytes& data) {
+    out.u8(kAmlNameOp);
+    aml_name_seg(out, seg);
+    out.raw(data.view());
+}
+
+Bytes aml_zero() {
+    Bytes b;
+    b.u8(kAmlZero);
+    return b;
+}
+
+// EisaId ("PNPxxxx"): three letters of 5 bits each, then four hex digits, as a big-endian
+// DWord (so "PNP0A03" reads 41 D0 0A 03 in the table).
+Bytes aml_eisa_id(const char (&id)[8]) {
+    auto letter = [&](int i) { return static_cast<std::uint32_t>(id[i] - '@') & 0x1f; };
+    auto hex = [&](int i) {
+        char c = id[i];
+        return static_cast<std::uint32_t>(c <= '9' ? c - '0' : c - 'A' + 10);
     };
+    std::uint32_t be = (letter(0) << 26) | (letter(1) << 21) | (letter(2) << 16) | (hex(3) << 12) |
+                       (hex(4) << 8) | (hex(5) << 4) | hex(6);
+    Bytes b;
+    b.u8(kAmlDWordPrefix);
+    for (int shift = 24; shift >= 0; shift -= 8) b.u8(static_cast<std::uint8_t>(be >> shift));
+    return b;
+}
+
+// A named object with a body: Scope/Device/Buffer/Package-style terms.
+void aml_term(Bytes& out, std::span<const std::uint8_t> opcode, const Bytes& body) {
+    out.raw(opcode);
+    aml_pkg_length(out, body.size());
+    out.raw(body.view());
+}
+
+// Buffer (<size>) { <resource descriptors>, EndTag }: a ResourceTemplate.
+Bytes aml_resource_template(Bytes descriptors) {
+    descriptors.u8(0x79);  // End Tag, checksum 0 ("treat as summed to zero")
+    descriptors.u8(0);
+    Bytes body;
+    if (descriptors.size() > 0xff) throw Error(ErrorKind::InvalidArgument, "_CRS too long");
+    body.u8(kAmlBytePrefix);
+    body.u8(static_cast<std::uint8_t>(descriptors.size()));
+    body.raw(descriptors.vec());
+    Bytes out;
+    const std::uint8_t op[] = {kAmlBufferOp};
+    aml_term(out, op, body);
+    return out;
+}
+
+// Resource descriptors (ACPI 6.5 section 6.4). General flags 0x0c of the address-space
+// descriptors: a producer (the bridge decodes the range for its children), positive decode,
+// fixed minimum and maximum.
+constexpr std::uint8_t kProducerFixed = 0x0c;
+
+void io_port_descriptor(Bytes& d, std::uint16_t port, std::uint8_t length) {
+    d.u8(0x47);  // I/O port descriptor, 7 bytes
+    d.u8(1);     // decodes 16 address bits
+    d.u16(port);
+    d.u16(port);
+    d.u8(1);  // alignment
+    d.u8(length);
+}
+
+void word_io_window(Bytes& d, std::uint16_t first, std::uint16_t last) {
+    d.u8(0x88);  // Word Address Space descriptor
+    d.u16(13);
+    d.u8(1);  // I/O range
+    d.u8(kProducerFixed);
+    d.u8(3);   // ISA and non-ISA ranges
+    d.u16(0);  // granularity
+    d.u16(first);
+    d.u16(last);
+    d.u16(0);  // translation
+    d.u16(static_cast<std::uint16_t>(last - first + 1));
+}
+
+void word_bus_range(Bytes& d, std::uint16_t first, std::uint16_t last) {
+    d.u8(0x88);
+    d.u16(13);
+    d.u8(2);  // bus number range
+    d.u8(kProducerFixed);
+    d.u8(0);
+    d.u16(0);
+    d.u16(first);
+    d.u16(last);
+    d.u16(0);
+    d.u16(static_cast<std::uint16_t>(last - first + 1));
+}
+
+void dword_memory_window(Bytes& d, std::uint32_t first, std::uint32_t size) {
+    d.u8(0x87);  // DWord Address Space descriptor
+    d.u16(23);
+    d.u8(0);  // memory range
+    d.u8(kProducerFixed);
+    d.u8(1);  // read-write, non-cacheable
+    d.u32(0);
+    d.u32(first);
+    d.u32(first + size - 1);
+    d.u32(0);
+    d.u32(size);
+}
+
+void irq_descriptor(Bytes& d, unsigned irq) {
+    d.u8(0x22);  // IRQ descriptor without flags: edge-triggered, active high, exclusive
+    d.u16(static_cast<std::uint16_t>(1u << irq));
+}
+
+Bytes aml_device(const char (&seg)[5], const Bytes& body_terms) {
+    Bytes body;
+    aml_name_seg(body, seg);
+    body.raw(body_terms.view());
+    Bytes out;
+    const std::uint8_t op[] = {kAmlExtOpPrefix, kAmlDeviceOp};
+    aml_term(out, op, body);
+    return out;
+}
+
+// The PCI root bridge. Without one, Linux with ACPI never scans bus 0 (pci_acpi_init leaves
+// the scan to the ACPI root driver): it decodes configuration mechanism #1, bus 0, all I/O
+// ports but 0xCF8-0xCFF, and the memory window the host assigns BARs in (devices/pci).
+Bytes aml_pci_root() {
+    Bytes crs;
+    word_bus_range(crs, 0, 0);
+    io_port_descriptor(crs, LPV_PORT_PCI_CONFIG, 8);
+    word_io_window(crs, 0x0000, LPV_PORT_PCI_CONFIG - 1);
+    word_io_window(crs, LPV_PORT_PCI_CONFIG + 8, 0xffff);
+    static_assert(LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE <= 0x100000000ull);
+    dword_memory_window(crs, static_cast<std::uint32_t>(LPV_PCI_MMIO_GPA),
+                        static_cast<std::uint32_t>(LPV_PCI_MMIO_SIZE));
+    Bytes terms;
+    aml_name(terms, "_HID", aml_eisa_id("PNP0A03"));
+    aml_name(terms, "_UID", aml_zero());
+    aml_name(terms, "_SEG", aml_zero());
+    aml_name(terms, "_BBN", aml_zero());
+    aml_name(terms, "_CRS", aml_resource_template(std::move(crs)));
+    return aml_device("PCI0", terms);
+}
+
+// COM1 as a PNP0501 device. On a hardware-reduced platform Linux sets up no legacy ISA IRQs,
+// so the 8250 driver's built-in COM1 cannot get IRQ 4 (the kernel's own printk, polled, still
+// works; every user-space write to the console waits for a THR-empty interrupt forever). ACPI's
+// _CRS registers GSI 4 for it, as on Cloud Hypervisor.
+Bytes aml_com1() {
+    Bytes crs;
+    io_port_descriptor(crs, LPV_PORT_COM1, 8);
+    irq_descriptor(crs, Uart8250::kCom1Irq);
+    Bytes terms;
+    aml_name(terms, "_HID", aml_eisa_id("PNP0501"));
+    aml_name(terms, "_UID", aml_zero());
+    aml_name(terms, "_CRS", aml_resource_template(std::move(crs)));
+    return aml_device("COM1", terms);
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> acpi_dsdt() {
     Bytes t;
     header(t, "DSDT", 2, "LPVDSDT");  // revision 2: 64-bit integers
-    t.raw(s5);
+    // Name (_S5_, Package (0x02) { 0x05, Zero }): ACPICA reads SLP_TYPa from element 0 and
+    // Linux writes it to the sleep control register to power off.
+    static_assert(PowerPort::kS5SleepType == 5);
+    Bytes s5_elements;
+    s5_elements.u8(2);  // NumElements
+    s5_elements.u8(kAmlBytePrefix);
+    s5_elements.u8(PowerPort::kS5SleepType);
+    s5_elements.u8(kAmlZero);
+    Bytes s5;
+    const std::uint8_t package[] = {kAmlPackageOp};
+    aml_term(s5, package, s5_elements);
+    aml_name(t, "_S5_", s5);
+    // Scope (\_SB) { Device (PCI0) {...} Device (COM1) {...} }
+    Bytes sb;
+    sb.u8(kAmlRootChar);
+    aml_name_seg(sb, "_SB_");
+    sb.raw(aml_pci_root().view());
+    sb.raw(aml_com1().view());
+    const std::uint8_t scope[] = {kAmlScopeOp};
+    aml_term(t, scope, sb);
     return finish(t);
 }
 

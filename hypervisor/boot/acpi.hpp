@@ -6,7 +6,8 @@
 //
 // Everything lives in the BIOS area [kAcpiRsdpGpa, kAcpiAreaEnd), which the Linux e820 map
 // (linux_loader.hpp) reports as reserved: RSDP (revision 2), XSDT, FADT (revision 6), MADT and a
-// DSDT whose only object is \_S5_.
+// DSDT with \_S5_, the PCI root bridge (PNP0A03: without it Linux does not scan bus 0) and COM1
+// (PNP0501: without it the 8250 driver gets no IRQ on a hardware-reduced platform).
 #pragma once
 
 #include <cstdint>

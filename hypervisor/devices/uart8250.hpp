@@ -31,6 +31,7 @@ class Uart8250 final : public PortDevice {
   public:
     static constexpr std::uint16_t kPortCount = 8;
     static constexpr std::size_t kFifoSize = 16;
+    static constexpr std::uint32_t kCom1Irq = 4;  // ISA IRQ 4 = IOAPIC pin 4 (no MADT override)
     // Called with the new level whenever the interrupt line changes, never with the register
     // lock held (but serialized, so levels arrive in order). It must not call into the UART.
     using IrqCallback = std::function<void(bool level)>;

@@ -27,7 +27,6 @@ namespace lparvisor {
 namespace {
 
 constexpr std::size_t kConsoleCapacity = 1024 * 1024;
-constexpr std::uint32_t kCom1Irq = 4;
 // What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT and
 // some vector instructions (KVM-NOTES.md).
 constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f";
@@ -98,7 +97,8 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
 
 void Lpar::add_port_devices(StorageKeys& keys) {
     Uart8250::IrqCallback uart_irq;
-    if (spec_.is_linux()) uart_irq = [this](bool level) { vm_.set_irq_line(kCom1Irq, level); };
+    if (spec_.is_linux())
+        uart_irq = [this](bool level) { vm_.set_irq_line(Uart8250::kCom1Irq, level); };
     bus_.add(LPV_PORT_COM1, Uart8250::kPortCount,
              std::make_shared<Uart8250>(console_, std::move(uart_irq)));
     bus_.add(LPV_PORT_DEBUG_EXIT, 1, std::make_shared<DebugExit>([this](int code) {
@@ -183,6 +183,13 @@ void Lpar::boot_linux(const kvm::System& system) {
     boot_spec.cmdline = spec_.cmdline;
     boot_spec.vcpus = spec_.vcpus;
     auto cpuid = system.supported_cpuid();
+    // The TSC-deadline timer: KVM emulates it but leaves it out of what it reports as supported
+    // (the VMM decides, as QEMU and Firecracker do). With it Linux programs its local APIC
+    // timer in TSC ticks it knows from kvmclock; without it, the kernel calibrates the APIC
+    // timer against the TSC at boot, which a busy or nested host can skew badly.
+    if (system.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0)
+        for (auto& e : cpuid)
+            if (e.function == 1) e.ecx |= 1u << 24;
     if (kvm::detect_flavour() == kvm::Flavour::Pvm) {
         // PVM emulates guest kernel code and cannot emulate some instructions at all
         // (KVM-NOTES.md): hide what can be hidden so the kernel takes other paths.

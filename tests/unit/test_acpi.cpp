@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <lparvisor/abi.h>
+
 #include "boot/acpi.hpp"
 #include "devices/power_port.hpp"
 #include "util/error.hpp"
@@ -155,15 +157,78 @@ TEST_CASE("the MADT has one enabled local APIC per vCPU, the IOAPIC and IRQ0 -> 
     }
 }
 
-TEST_CASE("the DSDT holds Name (_S5_, Package () {5, 0}) as AML", "[acpi]") {
+// AML PkgLength at `at`: {the length it encodes, how many bytes the encoding takes}.
+std::pair<std::size_t, std::size_t> pkg_length(const std::vector<std::uint8_t>& t, std::size_t at) {
+    std::size_t extra = t.at(at) >> 6;
+    if (extra == 0) return {t[at] & 0x3fu, 1};
+    std::size_t length = t[at] & 0x0fu;
+    for (std::size_t i = 0; i < extra; ++i) length |= std::size_t{t.at(at + 1 + i)} << (4 + 8 * i);
+    return {length, 1 + extra};
+}
+
+// Where the ASCII `what` first occurs in `t` at or after `from` (t.size() if nowhere).
+std::size_t find(const std::vector<std::uint8_t>& t, const std::string& what,
+                 std::size_t from = 0) {
+    auto it = std::search(t.begin() + static_cast<std::ptrdiff_t>(from), t.end(), what.begin(),
+                          what.end(),
+                          [](std::uint8_t a, char b) { return a == static_cast<std::uint8_t>(b); });
+    return static_cast<std::size_t>(it - t.begin());
+}
+
+TEST_CASE("the DSDT holds \\_S5_, the PCI root bridge and COM1 as well-formed AML", "[acpi]") {
     auto dsdt = acpi_dsdt();
     check_header(dsdt, "DSDT", 2);
-    const std::vector<std::uint8_t> aml = {0x08, '_',  'S',  '5',  '_', 0x12,
-                                           0x05, 0x02, 0x0a, 0x05, 0x00};
-    REQUIRE(dsdt.size() == 36 + aml.size());
-    CHECK(std::vector<std::uint8_t>(dsdt.begin() + 36, dsdt.end()) == aml);
-    // PkgLength counts itself and everything after it in the package.
-    CHECK(dsdt[36 + 6] == aml.size() - 6);
+    // Name (_S5_, Package () {5, 0}): the sleep type Linux writes to power off.
+    const std::vector<std::uint8_t> s5 = {0x08, '_',  'S',  '5',  '_', 0x12,
+                                          0x05, 0x02, 0x0a, 0x05, 0x00};
+    REQUIRE(std::equal(s5.begin(), s5.end(), dsdt.begin() + 36));
+    CHECK(dsdt[36 + 10] == 0);
+
+    // Scope (\_SB) runs to the end of the table; Device (PCI0) and Device (COM1) fill it
+    // exactly, each PkgLength ending where the next term starts.
+    std::size_t scope = 36 + s5.size();
+    REQUIRE(dsdt.at(scope) == 0x10);
+    auto [scope_len, scope_len_bytes] = pkg_length(dsdt, scope + 1);
+    CHECK(scope + 1 + scope_len == dsdt.size());
+    CHECK(text(dsdt, scope + 1 + scope_len_bytes, 5) == "\\_SB_");
+    std::size_t pci0 = scope + 1 + scope_len_bytes + 5;
+    REQUIRE(dsdt.at(pci0) == 0x5b);
+    REQUIRE(dsdt.at(pci0 + 1) == 0x82);
+    auto [pci0_len, pci0_len_bytes] = pkg_length(dsdt, pci0 + 2);
+    CHECK(text(dsdt, pci0 + 2 + pci0_len_bytes, 4) == "PCI0");
+    std::size_t com1 = pci0 + 2 + pci0_len;
+    REQUIRE(dsdt.at(com1) == 0x5b);
+    REQUIRE(dsdt.at(com1 + 1) == 0x82);
+    auto [com1_len, com1_len_bytes] = pkg_length(dsdt, com1 + 2);
+    CHECK(text(dsdt, com1 + 2 + com1_len_bytes, 4) == "COM1");
+    CHECK(com1 + 2 + com1_len == dsdt.size());
+
+    // PCI0 is a PNP0A03 (EisaId 41 D0 0A 03) whose _CRS gives bus 0, config mechanism #1 and
+    // the BAR window the host assigns in.
+    std::vector<std::uint8_t> pci0_bytes(dsdt.begin() + static_cast<std::ptrdiff_t>(pci0),
+                                         dsdt.begin() + static_cast<std::ptrdiff_t>(com1));
+    CHECK(find(pci0_bytes, std::string("_HID\x0c\x41\xd0\x0a\x03", 9)) < pci0_bytes.size());
+    std::size_t window = find(pci0_bytes, std::string("\x87\x17\x00", 3));
+    REQUIRE(window + 26 <= pci0_bytes.size());
+    CHECK(le(pci0_bytes, window + 10, 4) == LPV_PCI_MMIO_GPA);
+    CHECK(le(pci0_bytes, window + 14, 4) == LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE - 1);
+    CHECK(le(pci0_bytes, window + 22, 4) == LPV_PCI_MMIO_SIZE);
+    std::size_t config = find(pci0_bytes, std::string("\x47\x01\xf8\x0c\xf8\x0c", 6));
+    CHECK(config < pci0_bytes.size());
+
+    // COM1 is a PNP0501 at 0x3F8 with ISA IRQ 4 (mask bit 4), so Linux's 8250 gets its IRQ.
+    std::vector<std::uint8_t> com1_bytes(dsdt.begin() + static_cast<std::ptrdiff_t>(com1),
+                                         dsdt.end());
+    CHECK(find(com1_bytes, std::string("_HID\x0c\x41\xd0\x05\x01", 9)) < com1_bytes.size());
+    CHECK(find(com1_bytes, std::string("\x47\x01\xf8\x03\xf8\x03", 6)) < com1_bytes.size());
+    CHECK(find(com1_bytes, std::string("\x22\x10\x00", 3)) < com1_bytes.size());
+    // The buffer's declared size matches its bytes, End Tag last.
+    std::size_t crs = find(com1_bytes, "_CRS");
+    REQUIRE(crs + 8 < com1_bytes.size());
+    CHECK(com1_bytes[crs + 4] == 0x11);
+    CHECK(com1_bytes[crs + 6] == 0x0a);
+    CHECK(crs + 8 + com1_bytes[crs + 7] == com1_bytes.size());
+    CHECK(com1_bytes[com1_bytes.size() - 2] == 0x79);
 }
 
 TEST_CASE("build_acpi_tables links RSDP -> XSDT -> FADT/MADT -> DSDT in the BIOS area", "[acpi]") {
