@@ -11,7 +11,7 @@
 #   run.sh [options] -- COMMAND [ARGS...]
 # Options:
 #   --mem MiB            guest memory (default 2048)
-#   --smp N              guest vCPUs (default 2)
+#   --smp N              guest vCPUs (default 1: see README.md, "Gotchas")
 #   --timeout S          wall-clock limit for the whole run (default 600);
 #                        exit status 124 when it is hit
 #   --file HOST[:GUEST]  copy HOST (file or directory) into the guest.
@@ -58,7 +58,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # are dropped by QEMU with a warning each, which we filter out.
 DEFAULT_CPU="EPYC-Rome,+svm,+npt"
 
-mem=2048 smp=2 timeout_s=600 cpu=$DEFAULT_CPU accel=tcg,thread=single kvm_amd_params="" append=""
+mem=2048 smp=1 timeout_s=600 cpu=$DEFAULT_CPU accel=tcg,thread=single kvm_amd_params="" append=""
 flavour=cloud keep=0 quiet=quiet
 files=()
 usage() { sed -n '2,50p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }

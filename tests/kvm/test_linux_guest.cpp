@@ -1,15 +1,18 @@
 // The stock Debian cloud kernel in an LPAR (guest image: scripts/build-linux-guest.sh). The
-// kernel's own console is the witness: its banner, the e820 map it was given, the CPUs it found
-// in the MADT, and the virtio-pci devices of its PCI scan; an MVSTOR in the middle of the boot,
-// after which it keeps booting. Where KVM is hardware-backed the kernel boots to the
-// initramfs, whose workload checksums its memory and uses the disk across several moves.
-// Under PVM (guest kernel code emulated, KVM-NOTES.md) that part says SKIPPED with the reason.
+// kernel's own console is the witness.
+//   [early-boot] (ctest test_linux_guest): its banner, the e820 map it was given, the CPUs it
+//     found in the MADT and brought up, and the virtio-pci devices of its PCI scan; an MVSTOR in
+//     the middle of the boot, after which it keeps booting. Runs on every KVM, nested included.
+//   [full-boot] (ctest test_linux_guest_full): the initramfs workload checksums its memory and
+//     uses the disk across several moves; its power-off stops the LPAR. Needs hardware-backed
+//     KVM: under PVM it exits with the skip code, saying why.
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -143,15 +146,17 @@ LparConfig linux_lpar_config(const GuestImage& image, const std::string& disk, u
 
 }  // namespace
 
-TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR", "[kvm][linux]") {
+TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR",
+          "[kvm][linux][early-boot]") {
     const bool pvm = kvm::detect_flavour() == kvm::Flavour::Pvm;
     auto image = guest_image(pvm);
     TempDir dir;
     auto disk = make_disk(dir, 8 * kMiB);
 
-    // One vCPU: with two, the kernel hangs bringing up the second one under the nested harness
-    // (issue 3's open part; see the [.full-boot] case below).
-    Hypervisor hv({640, {linux_lpar_config(image, disk, 1)}}, test::firmware_options());
+    // Two vCPUs where KVM runs guest kernel code natively; under PVM one, as KVM-NOTES.md
+    // measured it (whether PVM's emulator gets an AP through its real-mode start is untested).
+    const unsigned vcpus = pvm ? 1 : 2;
+    Hypervisor hv({640, {linux_lpar_config(image, disk, vcpus)}}, test::firmware_options());
     Lpar& lpar = hv.lpar("LINUX");
 
     wait_for(lpar, std::regex("Linux version 6\\.[0-9]+"), 300s, "kernel banner");
@@ -173,42 +178,43 @@ TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR
     CHECK(usable_end == kLinuxMib * kMiB);
     CHECK(usable_bytes == kLinuxMib * kMiB - (0x100000 - 0x9fc00));  // less the EBDA/BIOS hole
 
-    // The CPUs come from the MADT, the devices from the PCI scan.
+    // The CPUs come from the MADT; the second one comes up through INIT/SIPI.
     wait_for(lpar, std::regex("Using ACPI \\(MADT\\) for SMP configuration"), 300s, "ACPI SMP");
-    wait_for(lpar, std::regex("Allowing 1 CPUs"), 300s, "the vCPU from the MADT");
-    // Not yet: the kernel does not scan bus 0 (no PCI root in the DSDT; "PCI: Using ACPI for
-    // IRQ routing" and no "pci 0000:00:0x" lines), so the PCI-scan checks are in [.full-boot].
+    wait_for(lpar, std::regex("Allowing " + std::to_string(vcpus) + " CPUs"), 300s,
+             "the vCPUs from the MADT");
+    if (vcpus > 1)
+        wait_for(lpar, std::regex("Brought up 1 node, " + std::to_string(vcpus) + " CPUs"), 300s,
+                 "the second vCPU up");
+    // The PCI scan through the DSDT's root bridge: the host bridge, then the virtio-pci
+    // devices (vendor 0x1af4, modern ids 0x1040 + type) in the slots the LPAR gave them.
+    wait_for(lpar, std::regex("pci 0000:00:00\\.0: \\[1b36:0008\\]"), 300s, "the host bridge");
+    wait_for(lpar, std::regex("pci 0000:00:01\\.0: \\[1af4:1042\\]"), 300s,
+             "the virtio-blk device");
+    wait_for(lpar, std::regex("pci 0000:00:02\\.0: \\[1af4:1044\\]"), 300s,
+             "the virtio-rng device");
     CHECK(lpar.state() == LparState::Running);
+}
 
-    if (pvm)
-        WARN(
-            "SKIPPED: the full boot (the initramfs workload: virtio drivers, memory checksums "
-            "and the disk across several moves) needs hardware-backed KVM; this host's KVM is "
-            "PVM, which emulates guest kernel code too slowly to get there (KVM-NOTES.md). The "
-            "kernel reached its PCI scan.");
-    else
-        WARN(
-            "NOT RUN: the PCI scan and full boot are the hidden case [.full-boot], not passing yet "
-            "yet: the guest's user-space console output (8250 THR-empty interrupts) does not "
-            "arrive and a second vCPU does not come up (issue 3 stays open for this)");
+// The full boot: a separate ctest entry (test_linux_guest_full), which says SKIPPED where KVM is
+// PVM (it emulates guest kernel code far too slowly to get there, KVM-NOTES.md).
+static void skip_full_boot_under_pvm() {
+    if (kvm::detect_flavour() != kvm::Flavour::Pvm) return;
+    std::fprintf(stderr,
+                 "\n*** SKIPPED: the full Linux boot needs hardware-backed KVM; this host's KVM is "
+                 "PVM, which emulates guest kernel code (about 1.3 M instructions/s) and gets "
+                 "only through early boot (test_linux_guest checks that) ***\n\n");
+    std::exit(LPARVISOR_SKIP_CODE);
 }
 
 TEST_CASE("the Debian kernel boots to its workload and uses memory and disk across moves",
-          "[.full-boot][kvm][linux]") {
-    const bool pvm = kvm::detect_flavour() == kvm::Flavour::Pvm;
-    if (pvm) {
-        WARN("SKIPPED: needs hardware-backed KVM; this host's KVM is PVM (KVM-NOTES.md)");
-        return;
-    }
-    auto image = guest_image(pvm);
+          "[kvm][linux][full-boot]") {
+    skip_full_boot_under_pvm();
+    auto image = guest_image(false);
     TempDir dir;
     auto disk = make_disk(dir, 8 * kMiB);
     Hypervisor hv({640, {linux_lpar_config(image, disk, 2)}}, test::firmware_options());
     Lpar& lpar = hv.lpar("LINUX");
-    wait_for(lpar, std::regex("pci 0000:00:01\\.0: \\[1af4:1042\\]"), 600s,
-             "the virtio-blk device");
-    wait_for(lpar, std::regex("pci 0000:00:02\\.0: \\[1af4:1044\\]"), 600s,
-             "the virtio-rng device");
+    wait_for(lpar, std::regex("LPARVISOR-GUEST: cpus 2"), 600s, "the initramfs with both vCPUs");
     wait_for(lpar, std::regex("LPARVISOR-GUEST: modules loaded"), 600s, "virtio drivers loaded");
     wait_for(lpar,
              std::regex("LPARVISOR-GUEST: pci 0000:00:01.0 vendor 0x1af4 .* driver virtio-pci"),
@@ -216,10 +222,12 @@ TEST_CASE("the Debian kernel boots to its workload and uses memory and disk acro
     wait_for(lpar, std::regex("LPARVISOR-WORKLOAD: memory ok"), 300s, "the workload's checksum");
     wait_for(lpar, std::regex("LPARVISOR-WORKLOAD: disk ok"), 300s, "the workload's disk test");
 
-    // Several moves while the workload keeps re-verifying memory and disk.
+    // Several moves while the workload keeps re-verifying memory (every round) and the disk
+    // (every eighth round): after each move, two more clean rounds and one more disk pass.
     const std::regex round_ok("LPARVISOR-WORKLOAD: round [0-9]+ ok");
+    const std::regex disk_ok("LPARVISOR-WORKLOAD: disk ok");
     const std::pair<std::uint64_t, control::MvstorMode> moves[] = {
-        {0, control::MvstorMode::StopAndCopy},
+        {320, control::MvstorMode::StopAndCopy},
         {100, control::MvstorMode::Live},
         {2, control::MvstorMode::Live},
         {384, control::MvstorMode::StopAndCopy}};
@@ -227,26 +235,25 @@ TEST_CASE("the Debian kernel boots to its workload and uses memory and disk acro
         INFO("MVSTOR LINUX -> " << origin << " MiB");
         control::MvstorRequest request{"LINUX", origin, 20s, mode};
         CHECK(hv.mvstor(request).new_origin_mib == origin);
-        auto before = count_matches(lpar.console().tail(1024 * 1024), round_ok);
+        auto count = [&](const std::regex& what) {
+            return count_matches(lpar.console().tail(1024 * 1024), what);
+        };
+        auto rounds_before = count(round_ok), disks_before = count(disk_ok);
         auto deadline = std::chrono::steady_clock::now() + 300s;
-        while (count_matches(lpar.console().tail(1024 * 1024), round_ok) < before + 2 &&
+        while ((count(round_ok) < rounds_before + 2 || count(disk_ok) < disks_before + 1) &&
                std::chrono::steady_clock::now() < deadline && lpar.state() == LparState::Running)
             std::this_thread::sleep_for(100ms);
         INFO(lpar.console().tail(4000));
-        REQUIRE(count_matches(lpar.console().tail(1024 * 1024), round_ok) >= before + 2);
+        REQUIRE(count(round_ok) >= rounds_before + 2);
+        REQUIRE(count(disk_ok) >= disks_before + 1);
     }
     auto console = lpar.console().tail(1024 * 1024);
     CHECK(console.find("FAIL") == std::string::npos);
 }
 
 TEST_CASE("a Linux guest's power-off stops its LPAR with the reason; the daemon runs on",
-          "[kvm][linux]") {
-    if (kvm::detect_flavour() == kvm::Flavour::Pvm) {
-        WARN(
-            "SKIPPED: a Linux guest reaches its power-off only where KVM is hardware-backed; "
-            "this host's KVM is PVM (guest kernel code emulated, KVM-NOTES.md)");
-        return;
-    }
+          "[kvm][linux][full-boot]") {
+    skip_full_boot_under_pvm();
     auto image = guest_image(false);
     LparConfig linux_lpar;
     linux_lpar.name = "SHORT";
