@@ -20,12 +20,14 @@
 # The guest's /init prints lines that tests look for:
 #   LPARVISOR-GUEST: init started | kernel <ver> | MemTotal: <n> kB | cpus <n>
 #   LPARVISOR-GUEST: modules loaded | pci <slot> vendor <id> device <id> class <c> driver <d>
+#   LPARVISOR-GUEST: MemTotal: <n> kB (again each time virtio-mem changes it)
 #   LPARVISOR-GUEST: workload exit <rc> | powering off
 # then the workload's LPARVISOR-WORKLOAD: lines, and powers off (poweroff -f: ACPI S5).
 # Kernel command line knobs (the kernel hands var=value to /init's environment):
 #   LPV_MIB=<MiB>      memory the workload fills and verifies (default 64)
 #   LPV_LOOP=<rounds>  loop mode for live moves (0: until powered off); default: one pass
 #   LPV_DISK=<dev>     disk for the disk test (default /dev/vda); LPV_DISK=none skips it
+#   LPV_GROW_MIB=<MiB> after EXPAND (virtio-mem) grows MemTotal, a second workload of that size
 #   LPV_SHELL=1        a shell on the console instead of the power-off at the end
 #
 # Needs: apt-get (download only, no root), dpkg -x, cpio, gzip, gcc (static libc), and
@@ -199,6 +201,25 @@ else
     set -- -D
 fi
 [ -n "${LPV_LOOP:-}" ] && set -- "$@" -l "$LPV_LOOP"
+# EXPAND: the virtio-mem driver adds what the host plugs (onlined as the command line's
+# memhp_default_state says). Report each new MemTotal; with LPV_GROW_MIB, run a second workload
+# of that size once the memory grew (its lines say LPARVISOR-GROWN:).
+if ls -d /sys/bus/virtio/drivers/virtio_mem/virtio* >/dev/null 2>&1; then
+    (
+        last=$(grep MemTotal /proc/meminfo)
+        grown=0
+        while sleep 0.5; do
+            now=$(grep MemTotal /proc/meminfo)
+            [ "$now" = "$last" ] && continue
+            last=$now
+            say "$now"
+            if [ -n "${LPV_GROW_MIB:-}" ] && [ $grown = 0 ]; then
+                grown=1
+                /bin/workload -m "$LPV_GROW_MIB" -l 1 -D | sed 's/^LPARVISOR-WORKLOAD:/LPARVISOR-GROWN:/'
+            fi
+        done
+    ) &
+fi
 /bin/workload -m "${LPV_MIB:-64}" "$@"
 say "workload exit $?"
 if [ "${LPV_SHELL:-0}" = 1 ]; then

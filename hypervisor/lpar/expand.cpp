@@ -4,6 +4,8 @@
 // LPAR into the window (so its storage stays one contiguous range of main storage), lets the
 // guest plug that much, and waits until it has. Shrink asks the guest to unplug the top, waits
 // until exactly the top is free, then unmaps, scrubs and returns it to the storage map.
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -22,6 +24,18 @@ void check_resize_request(const control::ResizeRequest& request, const char* wha
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: {} by {} MiB: a positive multiple of 2 MiB", request.lpar,
                                 what, request.mib));
+}
+
+// The usable region offered with `plugged_target` bytes requested: rounded up to Linux's memory
+// block (128 MiB on x86-64), as QEMU's usable extent is. Linux adds hotplugged memory one whole
+// block at a time and plugs nothing in a block that the usable region does not cover entirely,
+// so an exact usable region of 64 MiB would get no plug at all. The guest still cannot plug
+// beyond what the window maps: the LPAR's before_plug hook NACKs that (lpar.cpp).
+std::uint64_t usable_extent(const virtio::VirtioMem& device, std::uint64_t plugged_target) {
+    constexpr std::uint64_t kLinuxMemoryBlock = 128 * kMiB;
+    const std::uint64_t rounded =
+        (plugged_target + kLinuxMemoryBlock - 1) / kLinuxMemoryBlock * kLinuxMemoryBlock;
+    return std::min(rounded, device.region().region_size);
 }
 
 virtio::VirtioMem& memory_device_of(Lpar& lpar) {
@@ -66,7 +80,7 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
     }
     lpar->window().grow(extra);
     const std::uint64_t target = new_range.size - boot;
-    device.set_usable_region_size(target);
+    device.set_usable_region_size(usable_extent(device, target));
     device.set_requested_size(target);
     spdlog::info("{}: EXPAND by {} MiB to {}: waiting for the guest to plug {}", request.lpar,
                  request.mib, format_mib(new_range.size), format_mib(target));
@@ -79,7 +93,7 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
         if (plugged + boot <= old_range.size) {
             // The guest took none of it: everything goes back as it was.
             device.set_requested_size(old_range.size - boot);
-            device.set_usable_region_size(old_range.size - boot);
+            device.set_usable_region_size(usable_extent(device, old_range.size - boot));
             lpar->window().shrink(extra);
             {
                 std::lock_guard lock(map_mutex_);
@@ -154,7 +168,7 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
                                 request.lpar, request.mib, request.timeout.count(),
                                 format_mib(old_range.size)));
     }
-    device.set_usable_region_size(target);
+    device.set_usable_region_size(usable_extent(device, target));
     lpar->window().shrink(less);
     const ArenaRange freed{ArenaOffset{old_range.end() - less}, less};
     {

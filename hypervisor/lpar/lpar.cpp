@@ -30,6 +30,7 @@ constexpr std::size_t kConsoleCapacity = 1024 * 1024;
 // What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT and
 // some vector instructions (KVM-NOTES.md).
 constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f";
+constexpr const char* kOnlineHotplugged = "memhp_default_state=online_movable";
 
 // The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
 // that the ioctl returns EINTR (installed without SA_RESTART).
@@ -182,6 +183,15 @@ void Lpar::boot_linux(const kvm::System& system) {
     boot_spec.initrd = spec_.initrd;
     boot_spec.cmdline = spec_.cmdline;
     boot_spec.vcpus = spec_.vcpus;
+    if (spec_.max_storage > spec_.storage.size &&
+        spec_.cmdline.find("memhp_default_state=") == std::string::npos) {
+        // EXPAND hands memory to the kernel's virtio-mem driver, which adds it as memory
+        // blocks; the Debian kernel leaves new blocks offline unless told otherwise. Movable, so
+        // that shrink can take them back.
+        boot_spec.cmdline += std::string(boot_spec.cmdline.empty() ? "" : " ") + kOnlineHotplugged;
+        spdlog::info("{}: has a virtio-mem region (max {}): added '{}' to the command line",
+                     spec_.name, format_mib(spec_.max_storage), kOnlineHotplugged);
+    }
     auto cpuid = system.supported_cpuid();
     // The TSC-deadline timer: KVM emulates it but leaves it out of what it reports as supported
     // (the VMM decides, as QEMU and Firecracker do). With it Linux programs its local APIC

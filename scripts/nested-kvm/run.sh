@@ -217,14 +217,14 @@ cmdline="console=ttyS0 panic=-1 $quiet loglevel=3 mitigations=off nokaslr rdinit
 log "booting $KERNEL_VERSION under QEMU -accel $accel: -cpu $cpu -smp $smp -m $mem, timeout ${timeout_s}s"
 start=$(date +%s.%N)
 set +e
-# thread=single: see --accel above.
+# thread=single: see --accel above. stdbuf: line by line, so a long run shows its progress.
 timeout -k 5 "$timeout_s" "$QEMU" \
     -accel "$accel" -machine q35 -cpu "$cpu" -smp "$smp" -m "$mem" \
     -kernel "$KERNEL_VMLINUZ" -initrd "$work/initramfs.cpio" -append "$cmdline" \
     -display none -monitor none -no-reboot \
     -chardev stdio,id=ser0,signal=off -serial chardev:ser0 \
     -nodefaults </dev/null 2> "$work/qemu.stderr" |
-    tr -d '\r' | tee "$serial_log"
+    stdbuf -oL tr -d '\r' | tee "$serial_log"
 qemu_rc=${PIPESTATUS[0]}
 set -e
 end=$(date +%s.%N)

@@ -279,3 +279,63 @@ TEST_CASE("a Linux guest's power-off stops its LPAR with the reason; the daemon 
     // The neighbour never noticed.
     test::require_clean_rounds(hv, "FW", 1);
 }
+
+// Claim 6 with Linux (issue 5): the LPAR boots with 128 MiB and a virtio-mem region up to
+// 256 MiB; EXPAND by 64 MiB and the kernel's virtio-mem driver plugs and onlines it, MemTotal
+// grows by exactly that, and a second workload needing more than the boot memory had free fills
+// and verifies it.
+TEST_CASE("a Linux guest onlines what EXPAND gives it and a program uses it",
+          "[kvm][linux][full-boot][expand]") {
+    skip_full_boot_under_pvm();
+    auto image = guest_image(false);
+    LparConfig linux_lpar;
+    linux_lpar.name = "GROW";
+    linux_lpar.origin_mib = 0;
+    linux_lpar.size_mib = 128;  // a memory block (128 MiB) boundary: where Linux adds memory
+    linux_lpar.max_size_mib = 256;
+    linux_lpar.kernel = image.kernel;
+    linux_lpar.initrd = image.initrd;
+    // No memhp_default_state here: the LPAR adds it because it has a virtio-mem region.
+    linux_lpar.cmdline = image.cmdline + " LPV_MIB=16 LPV_LOOP=0 LPV_DISK=none LPV_GROW_MIB=96";
+    Hypervisor hv({384, {linux_lpar}}, test::firmware_options());
+    Lpar& lpar = hv.lpar("GROW");
+    wait_for(lpar, std::regex("pci [0-9a-f:.]+ vendor 0x1af4 device 0x1058 .* driver virtio-pci"),
+             600s, "virtio-pci bound to the virtio-mem device");
+    wait_for(lpar, std::regex("LPARVISOR-WORKLOAD: round 2 ok"), 300s, "the workload running");
+    const std::regex mem_total("LPARVISOR-GUEST: MemTotal: +([0-9]+) kB");
+    auto totals = [&] {
+        std::vector<std::uint64_t> kb;
+        auto text = lpar.console().tail(1024 * 1024);
+        for (std::sregex_iterator it(text.begin(), text.end(), mem_total), end; it != end; ++it)
+            kb.push_back(std::stoull((*it)[1]));
+        return kb;
+    };
+    REQUIRE(totals().size() == 1);
+    const std::uint64_t boot_kb = totals().front();
+    // 96 MiB is more than a 128 MiB LPAR has free with its kernel and first workload in it.
+    CHECK(boot_kb < 112 * 1024);
+
+    auto grown = hv.expand({"GROW", 64, 120s});
+    CHECK(grown.new_size_mib == 192);
+    CHECK(grown.plugged_mib == 64);
+    // The guest reports each new MemTotal (polled every 0.5 s by its /init).
+    auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (totals().size() < 2 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(200ms);
+    INFO("console tail:\n" << lpar.console().tail(3000));
+    REQUIRE(totals().size() >= 2);
+    auto kb = totals();
+    INFO("MemTotal lines: " << kb.size() << ", boot " << boot_kb << " kB, now " << kb.back()
+                            << " kB");
+    CHECK(kb.back() == boot_kb + 64 * 1024);
+    wait_for(lpar, std::regex("LPARVISOR-GROWN: done|LPARVISOR-GROWN: FAIL"), 300s,
+             "the second workload");
+    auto console = lpar.console().tail(1024 * 1024);
+    CHECK(console.find("LPARVISOR-GROWN: memory ok 96 MiB") != std::string::npos);
+    CHECK(console.find("LPARVISOR-GROWN: done") != std::string::npos);
+    CHECK(console.find("FAIL") == std::string::npos);
+    // The main workload never noticed.
+    auto rounds = count_matches(console, std::regex("LPARVISOR-WORKLOAD: round [0-9]+ ok"));
+    wait_for(lpar, std::regex("LPARVISOR-WORKLOAD: round " + std::to_string(rounds + 2) + " ok"),
+             120s, "two more rounds of the first workload");
+}
