@@ -38,6 +38,37 @@ struct Outcome {
     std::string err;
 };
 
+// The svp binary started with `args` and environment `envp`, its stdout and stderr on pipes.
+struct SpawnedSvp {
+    pid_t pid = -1;
+    Fd out;
+    Fd err;
+};
+
+SpawnedSvp spawn_svp(const std::vector<std::string>& args, char* const* envp) {
+    std::vector<std::string> argv_storage{SVP_PATH};
+    argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& arg : argv_storage) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    int out_pipe[2], err_pipe[2];
+    REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+    posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+    SpawnedSvp spawned;
+    const int rc = ::posix_spawn(&spawned.pid, SVP_PATH, &actions, nullptr, argv.data(), envp);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+    spawned.out = Fd(out_pipe[0]);
+    spawned.err = Fd(err_pipe[0]);
+    REQUIRE(rc == 0);
+    return spawned;
+}
+
 // Runs svp with `args`; `socket_env` set -> $LPARVISOR_SOCKET, else it is removed.
 Outcome run_svp(const std::vector<std::string>& args, std::optional<std::string> socket_env = {}) {
     std::vector<std::string> environment;
@@ -50,28 +81,8 @@ Outcome run_svp(const std::vector<std::string>& args, std::optional<std::string>
     for (auto& entry : environment) envp.push_back(entry.data());
     envp.push_back(nullptr);
 
-    std::vector<std::string> argv_storage{SVP_PATH};
-    argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& arg : argv_storage) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-
-    int out_pipe[2], err_pipe[2];
-    REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
-    posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
-    pid_t pid = 0;
-    const int spawned = ::posix_spawn(&pid, SVP_PATH, &actions, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(out_pipe[1]);
-    ::close(err_pipe[1]);
-    REQUIRE(spawned == 0);
-
+    auto [pid, out_fd, err_fd] = spawn_svp(args, envp.data());
     Outcome outcome;
-    Fd out_fd(out_pipe[0]), err_fd(err_pipe[0]);
     const auto deadline = std::chrono::steady_clock::now() + 30s;
     bool out_open = true, err_open = true;
     while ((out_open || err_open) && std::chrono::steady_clock::now() < deadline) {
@@ -262,25 +273,10 @@ namespace {
 class BackgroundSvp {
   public:
     explicit BackgroundSvp(const std::vector<std::string>& args) {
-        std::vector<std::string> argv_storage{SVP_PATH};
-        argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-        std::vector<char*> argv;
-        for (auto& arg : argv_storage) argv.push_back(arg.data());
-        argv.push_back(nullptr);
-        int out_pipe[2], err_pipe[2];
-        REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
-        REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
-        posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
-        const int spawned = ::posix_spawn(&pid_, SVP_PATH, &actions, nullptr, argv.data(), environ);
-        posix_spawn_file_actions_destroy(&actions);
-        ::close(out_pipe[1]);
-        ::close(err_pipe[1]);
-        REQUIRE(spawned == 0);
-        out_fd_ = Fd(out_pipe[0]);
-        err_fd_ = Fd(err_pipe[0]);
+        auto spawned = spawn_svp(args, environ);
+        pid_ = spawned.pid;
+        out_fd_ = std::move(spawned.out);
+        err_fd_ = std::move(spawned.err);
     }
     ~BackgroundSvp() {
         if (pid_ > 0) {
