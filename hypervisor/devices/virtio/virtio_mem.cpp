@@ -107,14 +107,7 @@ void VirtioMem::reset() {
 
 void VirtioMem::system_reset() {
     reset();
-    std::vector<Run> runs;
-    UnpluggedHook hook;
-    {
-        std::lock_guard lock(mutex_);
-        runs = plugged_runs();
-        hook = on_unplugged_;
-    }
-    unplug_runs(runs, hook);
+    unplug_all();
 }
 
 // --- the hypervisor's side ---
