@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "devices/virtio/virtio_blk.hpp"
+#include "support/split_queue_driver.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
@@ -33,9 +34,6 @@ namespace {
 constexpr std::uint64_t kLparBytes = 1024 * 1024;
 constexpr std::uint64_t kNeighbourBytes = 64 * 1024;
 constexpr std::uint16_t kQueueSize = 16;
-constexpr GuestPhysAddr kDescTable{0x0};
-constexpr GuestPhysAddr kAvailRing{0x1000};
-constexpr GuestPhysAddr kUsedRing{0x2000};
 constexpr GuestPhysAddr kHeaders{0x3000};  // 16 bytes per request
 constexpr GuestPhysAddr kStatus{0x4000};   // 1 byte per request
 constexpr std::uint64_t kImageSectors = 128;
@@ -118,32 +116,8 @@ struct Buffer {
 };
 
 // The guest driver's side of the request queue.
-struct BlkDriver {
-    explicit BlkDriver(const GuestMemory& guest) : memory(guest) {}
-
-    QueueConfig config() const { return {kQueueSize, true, kDescTable, kAvailRing, kUsedRing}; }
-    void set_desc(std::uint16_t index, std::uint64_t addr, std::uint32_t len, std::uint16_t flags,
-                  std::uint16_t next = 0) {
-        REQUIRE(memory.write_object(GuestPhysAddr{kDescTable.value + 16ull * index},
-                                    VirtqDesc{addr, len, flags, next}));
-    }
-    void set_avail_idx(std::uint16_t idx) {
-        REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 2}, idx));
-    }
-    void push(std::uint16_t head) {
-        REQUIRE(memory.write_object(
-            GuestPhysAddr{kAvailRing.value + 4 + 2ull * (avail_idx % kQueueSize)}, head));
-        set_avail_idx(++avail_idx);
-    }
-    std::uint16_t used_idx() const {
-        return memory.read_object<std::uint16_t>(GuestPhysAddr{kUsedRing.value + 2}).value();
-    }
-    VirtqUsedElem used(std::uint16_t n) const {
-        return memory
-            .read_object<VirtqUsedElem>(
-                GuestPhysAddr{kUsedRing.value + 4 + 8ull * (n % kQueueSize)})
-            .value();
-    }
+struct BlkDriver : test::SplitQueueDriver {
+    explicit BlkDriver(const GuestMemory& guest) : SplitQueueDriver(guest, kQueueSize) {}
 
     // Header, data buffers, status byte: returns the request number (for status()).
     int submit(std::uint32_t type, std::uint64_t sector, const std::vector<Buffer>& data) {
@@ -175,8 +149,6 @@ struct BlkDriver {
             .value();
     }
 
-    GuestMemory memory;
-    std::uint16_t avail_idx = 0;
     std::uint16_t next_desc = 0;
     int next_request = 0;
 };

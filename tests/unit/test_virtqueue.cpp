@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "devices/virtio/virtqueue.hpp"
+#include "support/split_queue_driver.hpp"
 
 using namespace lparvisor;
 using namespace lparvisor::virtio;
@@ -18,9 +19,6 @@ namespace {
 
 constexpr std::uint64_t kLparBytes = 1024 * 1024;
 constexpr std::uint64_t kNeighbourBytes = 64 * 1024;
-constexpr GuestPhysAddr kDescTable{0x0};
-constexpr GuestPhysAddr kAvailRing{0x1000};
-constexpr GuestPhysAddr kUsedRing{0x2000};
 
 std::uint8_t neighbour_pattern(std::size_t i) {
     return static_cast<std::uint8_t>(i * 7 + 3);
@@ -42,38 +40,7 @@ struct Storage {
     GuestMemory memory;
 };
 
-// The driver's side of one queue.
-struct Driver {
-    Driver(const GuestMemory& guest, std::uint16_t queue_size) : memory(guest), size(queue_size) {}
-
-    QueueConfig config() const { return {size, true, kDescTable, kAvailRing, kUsedRing}; }
-    void set_desc(std::uint16_t index, std::uint64_t addr, std::uint32_t len, std::uint16_t flags,
-                  std::uint16_t next = 0) {
-        REQUIRE(memory.write_object(GuestPhysAddr{kDescTable.value + 16ull * index},
-                                    VirtqDesc{addr, len, flags, next}));
-    }
-    void set_avail_idx(std::uint16_t idx) {
-        REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 2}, idx));
-    }
-    void set_avail_flags(std::uint16_t flags) { REQUIRE(memory.write_object(kAvailRing, flags)); }
-    // Puts `head` in the next avail slot and publishes it.
-    void push(std::uint16_t head) {
-        REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 4 + 2ull * (avail_idx % size)},
-                                    head));
-        set_avail_idx(++avail_idx);
-    }
-    std::uint16_t used_idx() const {
-        return memory.read_object<std::uint16_t>(GuestPhysAddr{kUsedRing.value + 2}).value();
-    }
-    VirtqUsedElem used(std::uint16_t slot) const {
-        return memory.read_object<VirtqUsedElem>(GuestPhysAddr{kUsedRing.value + 4 + 8ull * slot})
-            .value();
-    }
-
-    GuestMemory memory;
-    std::uint16_t size;
-    std::uint16_t avail_idx = 0;
-};
+using Driver = test::SplitQueueDriver;
 
 QueueError error_of(const PopResult& result) {
     REQUIRE(std::holds_alternative<DriverError>(result));
