@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "devices/virtio/virtio_blk.hpp"
-#include "support/split_queue_driver.hpp"
 #include "util/error.hpp"
+#include "virtio_test_driver.hpp"
 
 using namespace lparvisor;
 using namespace lparvisor::virtio;
@@ -116,8 +116,8 @@ struct Buffer {
 };
 
 // The guest driver's side of the request queue.
-struct BlkDriver : test::SplitQueueDriver {
-    explicit BlkDriver(const GuestMemory& guest) : SplitQueueDriver(guest, kQueueSize) {}
+struct BlkDriver : testing::QueueDriver {
+    explicit BlkDriver(const GuestMemory& guest) : QueueDriver(guest, kQueueSize) {}
 
     // Header, data buffers, status byte: returns the request number (for status()).
     int submit(std::uint32_t type, std::uint64_t sector, const std::vector<Buffer>& data) {
@@ -149,7 +149,6 @@ struct BlkDriver : test::SplitQueueDriver {
             .value();
     }
 
-    std::uint16_t next_desc = 0;
     int next_request = 0;
 };
 
@@ -247,7 +246,7 @@ TEST_CASE("virtio-blk reads, writes, flushes and reports its id", "[virtio_blk]"
     std::memcpy(rig.storage.host.data() + 0x10000, payload.data(), 512);
     std::memcpy(rig.storage.host.data() + 0x11000, payload.data() + 512, 512);
     CHECK(rig.run(kBlkTypeOut, 2, {{0x10000, 512, false}, {0x11000, 512, false}}) == kBlkStatusOk);
-    CHECK(rig.driver.used(0).len == 1);  // only the status byte written
+    CHECK(rig.driver.used_elem(0).len == 1);  // only the status byte written
 
     auto on_disk = image.contents();
     CHECK(std::equal(payload.begin(), payload.end(), on_disk.begin() + 1024));
@@ -258,7 +257,7 @@ TEST_CASE("virtio-blk reads, writes, flushes and reports its id", "[virtio_blk]"
 
     CHECK(rig.run(kBlkTypeIn, 2, {{0x20000, 1024, true}}) == kBlkStatusOk);
     CHECK(guest_bytes(rig.storage, 0x20000, 1024) == payload);
-    CHECK(rig.driver.used(2).len == 1025);
+    CHECK(rig.driver.used_elem(2).len == 1025);
 
     // A sector nobody wrote reads back as the image was made.
     CHECK(rig.run(kBlkTypeIn, 100, {{0x30000, 512, true}}) == kBlkStatusOk);
@@ -268,7 +267,7 @@ TEST_CASE("virtio-blk reads, writes, flushes and reports its id", "[virtio_blk]"
     const std::string basename = image.path.substr(image.path.rfind('/') + 1);
     const std::string id(reinterpret_cast<const char*>(rig.storage.host.data() + 0x40000), 20);
     CHECK(id == basename.substr(0, 20));
-    CHECK(rig.driver.used(4).len == 21);
+    CHECK(rig.driver.used_elem(4).len == 21);
 
     const BlkStats stats = rig.device->stats();
     CHECK(stats.requests == 5);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "devices/virtio/virtqueue.hpp"
-#include "support/split_queue_driver.hpp"
+#include "virtio_test_driver.hpp"
 
 using namespace lparvisor;
 using namespace lparvisor::virtio;
@@ -40,7 +40,7 @@ struct Storage {
     GuestMemory memory;
 };
 
-using Driver = test::SplitQueueDriver;
+using Driver = testing::QueueDriver;
 
 QueueError error_of(const PopResult& result) {
     REQUIRE(std::holds_alternative<DriverError>(result));
@@ -130,11 +130,11 @@ TEST_CASE("pop returns the chains the driver made available and add_used returns
     CHECK(driver.used_idx() == 0);
     CHECK_FALSE(queue.add_used(storage.memory, 5, 513));
     CHECK(driver.used_idx() == 1);
-    CHECK(driver.used(0).id == 5);
-    CHECK(driver.used(0).len == 513);
+    CHECK(driver.used_elem(0).id == 5);
+    CHECK(driver.used_elem(0).len == 513);
     CHECK_FALSE(queue.add_used(storage.memory, 0, 0));
     CHECK(driver.used_idx() == 2);
-    CHECK(driver.used(1).id == 0);
+    CHECK(driver.used_elem(1).id == 0);
 
     auto bad_head = queue.add_used(storage.memory, 8, 0);
     REQUIRE(bad_head);

@@ -84,6 +84,8 @@ struct QueueDriver {
     void set_avail_idx(std::uint16_t idx) {
         REQUIRE(memory.write_object(GuestPhysAddr{avail.value + 2}, idx));
     }
+    void set_avail_flags(std::uint16_t flags) { REQUIRE(memory.write_object(avail, flags)); }
+    // Puts `head` in the next avail slot and publishes it.
     void push(std::uint16_t head) {
         REQUIRE(
             memory.write_object(GuestPhysAddr{avail.value + 4 + 2ull * (avail_idx % size)}, head));
