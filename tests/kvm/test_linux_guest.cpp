@@ -144,6 +144,19 @@ LparConfig linux_lpar_config(const GuestImage& image, const std::string& disk, u
     return lpar;
 }
 
+// A 128 MiB Linux LPAR at origin 0 with one vCPU and no disk; `knobs` go to its /init.
+LparConfig small_linux_lpar(const GuestImage& image, const std::string& name,
+                            const std::string& knobs) {
+    LparConfig lpar;
+    lpar.name = name;
+    lpar.origin_mib = 0;
+    lpar.size_mib = 128;
+    lpar.kernel = image.kernel;
+    lpar.initrd = image.initrd;
+    lpar.cmdline = image.cmdline + " " + knobs;
+    return lpar;
+}
+
 }  // namespace
 
 TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR",
@@ -255,13 +268,7 @@ TEST_CASE("a Linux guest's power-off stops its LPAR with the reason; the daemon 
           "[kvm][linux][full-boot]") {
     skip_full_boot_under_pvm();
     auto image = guest_image(false);
-    LparConfig linux_lpar;
-    linux_lpar.name = "SHORT";
-    linux_lpar.origin_mib = 0;
-    linux_lpar.size_mib = 128;
-    linux_lpar.kernel = image.kernel;
-    linux_lpar.initrd = image.initrd;
-    linux_lpar.cmdline = image.cmdline + " LPV_MIB=16 LPV_DISK=none";
+    auto linux_lpar = small_linux_lpar(image, "SHORT", "LPV_MIB=16 LPV_DISK=none");
     Hypervisor hv({256, {linux_lpar, test::firmware_lpar("FW", 128, 16)}},
                   test::firmware_options());
     Lpar& lpar = hv.lpar("SHORT");
@@ -288,15 +295,11 @@ TEST_CASE("a Linux guest onlines what EXPAND gives it and a program uses it",
           "[kvm][linux][full-boot][expand]") {
     skip_full_boot_under_pvm();
     auto image = guest_image(false);
-    LparConfig linux_lpar;
-    linux_lpar.name = "GROW";
-    linux_lpar.origin_mib = 0;
-    linux_lpar.size_mib = 128;  // a memory block (128 MiB) boundary: where Linux adds memory
+    // No memhp_default_state here: the LPAR adds it because it has a virtio-mem region. 128 MiB
+    // is a Linux memory block, so the region starts where Linux can add memory.
+    auto linux_lpar =
+        small_linux_lpar(image, "GROW", "LPV_MIB=16 LPV_LOOP=0 LPV_DISK=none LPV_GROW_MIB=96");
     linux_lpar.max_size_mib = 256;
-    linux_lpar.kernel = image.kernel;
-    linux_lpar.initrd = image.initrd;
-    // No memhp_default_state here: the LPAR adds it because it has a virtio-mem region.
-    linux_lpar.cmdline = image.cmdline + " LPV_MIB=16 LPV_LOOP=0 LPV_DISK=none LPV_GROW_MIB=96";
     Hypervisor hv({384, {linux_lpar}}, test::firmware_options());
     Lpar& lpar = hv.lpar("GROW");
     wait_for(lpar, std::regex("pci [0-9a-f:.]+ vendor 0x1af4 device 0x1058 .* driver virtio-pci"),
