@@ -269,12 +269,16 @@ TEST_CASE("a Linux guest's power-off stops its LPAR with the reason; the daemon 
     skip_full_boot_under_pvm();
     auto image = guest_image(false);
     auto linux_lpar = small_linux_lpar(image, "SHORT", "LPV_MIB=16 LPV_DISK=none");
-    Hypervisor hv({256, {linux_lpar, test::firmware_lpar("FW", 128, 16)}},
-                  test::firmware_options());
+    Hypervisor hv({256, {linux_lpar}}, test::firmware_options());
     Lpar& lpar = hv.lpar("SHORT");
     // The guest's /init ends with poweroff -f: ACPI S5 through the FADT's sleep control
     // register, which stops the LPAR.
     wait_for(lpar, std::regex("Run /init as init process"), 600s, "the kernel starting /init");
+    // A firmware neighbour runs across the power-off. It starts only now: under the nested
+    // harness, a busy firmware vCPU next to the booting kernel once stalled that boot for good
+    // (1 run in 6; cause not found, the harness guest's timer delivery is the suspect).
+    hv.define(test::firmware_lpar("FW", 128, 16));
+    hv.activate("FW");
     auto deadline = std::chrono::steady_clock::now() + 600s;
     while (lpar.state() == LparState::Running && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(100ms);
