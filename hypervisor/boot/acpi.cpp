@@ -230,7 +230,7 @@ Bytes aml_zero() {
     return b;
 }
 
-// EisaId ("PNPxxxx"): three letters of 5 bits each, then four hex digits, as a big-endian
+// EisaId ("PNP0A03"): the three letters 5 bits each, then the four hex digits, as a big-endian
 // DWord (so "PNP0A03" reads 41 D0 0A 03 in the table).
 Bytes aml_eisa_id(const char (&id)[8]) {
     auto letter = [&](int i) { return static_cast<std::uint32_t>(id[i] - '@') & 0x1f; };
@@ -282,29 +282,18 @@ void io_port_descriptor(Bytes& d, std::uint16_t port, std::uint8_t length) {
     d.u8(length);
 }
 
-void word_io_window(Bytes& d, std::uint16_t first, std::uint16_t last) {
-    d.u8(0x88);  // Word Address Space descriptor
+// Word Address Space descriptor: an I/O or bus-number range [first, last] the bridge decodes.
+constexpr std::uint8_t kIoRange = 1, kBusNumberRange = 2;
+void word_range(Bytes& d, std::uint8_t resource_type, std::uint16_t first, std::uint16_t last) {
+    d.u8(0x88);
     d.u16(13);
-    d.u8(1);  // I/O range
+    d.u8(resource_type);
     d.u8(kProducerFixed);
-    d.u8(3);   // ISA and non-ISA ranges
-    d.u16(0);  // granularity
+    d.u8(resource_type == kIoRange ? 3 : 0);  // I/O: both ISA and non-ISA ranges
+    d.u16(0);                                 // granularity
     d.u16(first);
     d.u16(last);
     d.u16(0);  // translation
-    d.u16(static_cast<std::uint16_t>(last - first + 1));
-}
-
-void word_bus_range(Bytes& d, std::uint16_t first, std::uint16_t last) {
-    d.u8(0x88);
-    d.u16(13);
-    d.u8(2);  // bus number range
-    d.u8(kProducerFixed);
-    d.u8(0);
-    d.u16(0);
-    d.u16(first);
-    d.u16(last);
-    d.u16(0);
     d.u16(static_cast<std::uint16_t>(last - first + 1));
 }
 
@@ -341,10 +330,10 @@ Bytes aml_device(const char (&seg)[5], const Bytes& body_terms) {
 // ports but 0xCF8-0xCFF, and the memory window the host assigns BARs in (devices/pci).
 Bytes aml_pci_root() {
     Bytes crs;
-    word_bus_range(crs, 0, 0);
+    word_range(crs, kBusNumberRange, 0, 0);
     io_port_descriptor(crs, LPV_PORT_PCI_CONFIG, 8);
-    word_io_window(crs, 0x0000, LPV_PORT_PCI_CONFIG - 1);
-    word_io_window(crs, LPV_PORT_PCI_CONFIG + 8, 0xffff);
+    word_range(crs, kIoRange, 0x0000, LPV_PORT_PCI_CONFIG - 1);
+    word_range(crs, kIoRange, LPV_PORT_PCI_CONFIG + 8, 0xffff);
     static_assert(LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE <= 0x100000000ull);
     dword_memory_window(crs, static_cast<std::uint32_t>(LPV_PCI_MMIO_GPA),
                         static_cast<std::uint32_t>(LPV_PCI_MMIO_SIZE));

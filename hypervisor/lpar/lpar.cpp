@@ -32,6 +32,12 @@ constexpr std::size_t kConsoleCapacity = 1024 * 1024;
 constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f";
 constexpr const char* kOnlineHotplugged = "memhp_default_state=online_movable";
 
+// Adds `argument` to a kernel command line, space-separated.
+void append_argument(std::string& cmdline, const char* argument) {
+    if (!cmdline.empty()) cmdline += ' ';
+    cmdline += argument;
+}
+
 // The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
 // that the ioctl returns EINTR (installed without SA_RESTART).
 int kick_signal() {
@@ -188,7 +194,7 @@ void Lpar::boot_linux(const kvm::System& system) {
         // EXPAND hands memory to the kernel's virtio-mem driver, which adds it as memory
         // blocks; the Debian kernel leaves new blocks offline unless told otherwise. Movable, so
         // that shrink can take them back.
-        boot_spec.cmdline += std::string(boot_spec.cmdline.empty() ? "" : " ") + kOnlineHotplugged;
+        append_argument(boot_spec.cmdline, kOnlineHotplugged);
         spdlog::info("{}: has a virtio-mem region (max {}): added '{}' to the command line",
                      spec_.name, format_mib(spec_.max_storage), kOnlineHotplugged);
     }
@@ -203,7 +209,7 @@ void Lpar::boot_linux(const kvm::System& system) {
     if (kvm::detect_flavour() == kvm::Flavour::Pvm) {
         // PVM emulates guest kernel code and cannot emulate some instructions at all
         // (KVM-NOTES.md): hide what can be hidden so the kernel takes other paths.
-        boot_spec.cmdline += std::string(boot_spec.cmdline.empty() ? "" : " ") + kPvmCmdline;
+        append_argument(boot_spec.cmdline, kPvmCmdline);
         for (auto& e : cpuid)
             if (e.function == 1) e.ecx &= ~(1u << 13);  // CX16: cmpxchg16b in SLUB
         spdlog::warn(
