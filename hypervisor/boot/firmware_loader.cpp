@@ -96,7 +96,7 @@ LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const
             throw fail(
                 fmt::format("segment {} at {:#x}+{:#x} is outside the image area {:#x}-{:#x}", i,
                             ph.p_paddr, ph.p_memsz, LPV_IMAGE_GPA, LPV_IMAGE_END));
-        auto target = memory.slice(GuestPhysAddr{ph.p_paddr}, ph.p_memsz);
+        auto target = memory.write_span(GuestPhysAddr{ph.p_paddr}, ph.p_memsz);
         if (!target) throw fail(fmt::format("segment {} does not fit the LPAR's storage", i));
         std::memcpy(target->data(), file.data() + ph.p_offset, ph.p_filesz);
         std::memset(target->data() + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);

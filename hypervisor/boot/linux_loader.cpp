@@ -248,7 +248,7 @@ class Loader {
         // Low memory and the BIOS area start clean, so that a reboot rebuilds the same state.
         write(0, std::vector<std::uint8_t>(kLinuxHighMemory, 0), "low memory");
         for (const Piece& p : k.pieces) {
-            auto target = memory_.slice(GuestPhysAddr{p.gpa}, p.memsz);
+            auto target = memory_.write_span(GuestPhysAddr{p.gpa}, p.memsz);
             if (!target) kernel_fail(fmt::format("segment at {:#x} does not fit", p.gpa));
             std::memcpy(target->data(), p.bytes.data(), p.bytes.size());
             std::memset(target->data() + p.bytes.size(), 0, p.memsz - p.bytes.size());

@@ -61,10 +61,11 @@ lpv_skey_status StorageKeyPort::execute(const lpv_skey_request& request) {
             return LPV_SKEY_OK;
         }
         case LPV_SKEY_GET_EACH: {
-            auto buffer = memory_.slice(GuestPhysAddr{request.buffer_gpa}, request.page_count);
+            // Marked written when `buffer` goes, after the keys are in it.
+            auto buffer = memory_.write_span(GuestPhysAddr{request.buffer_gpa}, request.page_count);
             if (!buffer) return LPV_SKEY_BAD_BUFFER;
             for (std::uint64_t page = 0; page < request.page_count; ++page)
-                (*buffer)[page] = key_of(page);
+                buffer->bytes()[page] = key_of(page);
             return LPV_SKEY_OK;
         }
         default:

@@ -59,6 +59,13 @@ void GuestWindow::shrink(std::uint64_t bytes) {
         throw_errno("guest window: unmap the top " + format_mib(bytes));
 }
 
+void GuestWindow::detach() {
+    accessible_->store(0, std::memory_order_release);
+    if (::mmap(mapping_.data(), mapping_.size(), PROT_NONE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+        throw_errno("guest window: detach " + format_mib(mapping_.size()));
+}
+
 void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
                              ArenaOffset arena_offset) {
     if (guest_offset > size() || length > size() - guest_offset)

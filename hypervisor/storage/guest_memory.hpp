@@ -5,16 +5,22 @@
 // The view points at the LPAR's guest window (see GuestWindow), whose host address never
 // changes when the LPAR moves: MVSTOR re-maps the window onto the new origin underneath. Devices
 // still take a fresh view per request rather than caching spans.
+//
+// Writes are marked in the device dirty log after they land, never before (see DeviceDirtyLog):
+// write() copies and then marks, and a device that fills a buffer itself takes a GuestWriteSpan,
+// which marks when it is released. GuestMemory offers no other way to write.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "storage/address.hpp"
@@ -25,25 +31,103 @@ namespace lparvisor {
 
 // Pages the hypervisor's own code wrote into guest memory (devices, paravirtual requests): KVM's
 // dirty log only sees the guest's writes, so a live relocation ORs this in (as Firecracker and
-// Cloud Hypervisor do). Marking is lock-free and costs one relaxed load while tracking is off.
+// Cloud Hypervisor do).
+//
+// The rule: a page is marked AFTER its bytes are written, never when a buffer is handed out (as
+// rust-vmm vm-memory marks after the copy). A live relocation harvests and re-copies while the
+// devices run. Were the mark first, a harvest between the mark and the write would clear the
+// bit and copy the old bytes, and no later harvest would see the page again: the guest would
+// lose the device's write. Marked after, a harvest in between only misses a write that has not
+// happened yet, and a later one (at the latest the final stop's, which follows the device
+// drain) sees it. GuestMemory enforces the order: its writable ranges are GuestWriteSpans,
+// which mark when they are released.
+//
+// Marking is lock-free and costs one relaxed load while tracking is off. A mark is a release
+// and a harvest an acquire, so whoever harvests a bit also sees the bytes written before it.
 class DeviceDirtyLog {
   public:
+    using HandOutHook = std::function<void(std::uint64_t gpa, std::uint64_t length)>;
+
     explicit DeviceDirtyLog(std::uint64_t bytes) : words_((bytes / 4096 + 63) / 64) {}
     void set_tracking(bool on) { tracking_.store(on, std::memory_order_seq_cst); }
-    void mark(std::uint64_t gpa, std::uint64_t length) {
-        if (length == 0 || !tracking_.load(std::memory_order_relaxed)) return;
+    // [gpa, gpa + length) has been written: call only once the bytes are in guest memory.
+    void mark(std::uint64_t gpa, std::uint64_t length) noexcept {
+        if (length == 0) return;
+        // The bytes written before this mark must be visible before tracking_ is read: a write
+        // that sees tracking off is then certain to be in memory when the relocation, which
+        // turns tracking on first, takes its first copy (x86 may otherwise let the load pass the
+        // stores still in the store buffer). One fence per written buffer, not per page.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (!tracking_.load(std::memory_order_relaxed)) return;
         for (std::uint64_t page = gpa / 4096; page <= (gpa + length - 1) / 4096; ++page)
-            words_[page / 64].fetch_or(std::uint64_t{1} << (page % 64), std::memory_order_relaxed);
+            words_[page / 64].fetch_or(std::uint64_t{1} << (page % 64), std::memory_order_release);
     }
     // ORs the marked pages into `bitmap` (one bit per 4 KiB page) and clears them.
     void harvest_into(std::vector<std::uint64_t>& bitmap) {
         for (std::size_t i = 0; i < words_.size() && i < bitmap.size(); ++i)
-            bitmap[i] |= words_[i].exchange(0, std::memory_order_relaxed);
+            bitmap[i] |= words_[i].exchange(0, std::memory_order_acquire);
+    }
+
+    // Test seam: `hook` runs on the device's thread whenever GuestMemory hands out a writable
+    // range, before anything is written into it, so a test can harvest (or block) right there.
+    // Set it before any device uses the log and leave it; unset, as in every normal run, it
+    // costs one acquire load (a plain load on x86).
+    void set_hand_out_hook_for_testing(HandOutHook hook) {
+        hand_out_hook_ = std::move(hook);
+        hook_set_.store(static_cast<bool>(hand_out_hook_), std::memory_order_release);
+    }
+    void handed_out(std::uint64_t gpa, std::uint64_t length) const {
+        if (hook_set_.load(std::memory_order_acquire)) hand_out_hook_(gpa, length);
     }
 
   private:
     std::atomic<bool> tracking_{false};
     std::vector<std::atomic<std::uint64_t>> words_;
+    std::atomic<bool> hook_set_{false};
+    HandOutHook hand_out_hook_;
+};
+
+// A range of guest memory for a device to fill. It marks the range in the device dirty log when
+// it is released (destroyed, or overwritten by a move-assignment), i.e. after the device wrote
+// it: keep it alive until the last byte has landed, and no longer than the request (like any
+// span into guest memory, it is valid only while the LPAR's window exists). Move-only, so the
+// duty to mark has exactly one owner; a moved-from span is empty and marks nothing.
+class GuestWriteSpan {
+  public:
+    GuestWriteSpan(const GuestWriteSpan&) = delete;
+    GuestWriteSpan& operator=(const GuestWriteSpan&) = delete;
+    GuestWriteSpan(GuestWriteSpan&& other) noexcept
+        : bytes_(std::exchange(other.bytes_, {})),
+          address_(other.address_),
+          dirty_(std::exchange(other.dirty_, nullptr)) {}
+    GuestWriteSpan& operator=(GuestWriteSpan&& other) noexcept {
+        if (this != &other) {
+            release();
+            bytes_ = std::exchange(other.bytes_, {});
+            address_ = other.address_;
+            dirty_ = std::exchange(other.dirty_, nullptr);
+        }
+        return *this;
+    }
+    ~GuestWriteSpan() { release(); }
+
+    std::span<std::uint8_t> bytes() const noexcept { return bytes_; }
+    std::uint8_t* data() const noexcept { return bytes_.data(); }
+    std::size_t size() const noexcept { return bytes_.size(); }
+
+  private:
+    friend class GuestMemory;
+    GuestWriteSpan(std::span<std::uint8_t> bytes, GuestPhysAddr address,
+                   DeviceDirtyLog* dirty) noexcept
+        : bytes_(bytes), address_(address), dirty_(dirty) {}
+    void release() noexcept {
+        if (dirty_) dirty_->mark(address_.value, bytes_.size());
+        dirty_ = nullptr;
+    }
+
+    std::span<std::uint8_t> bytes_;
+    GuestPhysAddr address_;
+    DeviceDirtyLog* dirty_;  // the window's, which outlives every span; null: nothing to mark
 };
 
 class GuestMemory {
@@ -63,13 +147,15 @@ class GuestMemory {
         return address.value <= limit && length <= limit - address.value;
     }
 
-    // [address, address + length) or nullopt if any byte is outside the LPAR's storage. The range
-    // counts as written (device dirty log): use read() for reading.
-    [[nodiscard]] std::optional<std::span<std::uint8_t>> slice(GuestPhysAddr address,
-                                                               std::uint64_t length) const {
+    // [address, address + length) to write into, or nullopt if any byte is outside the LPAR's
+    // storage. The range is marked in the device dirty log when the span is released, after the
+    // caller has filled it (see DeviceDirtyLog for why never before).
+    [[nodiscard]] std::optional<GuestWriteSpan> write_span(GuestPhysAddr address,
+                                                           std::uint64_t length) const {
         auto bytes = view(address, length);
-        if (bytes && dirty_) dirty_->mark(address.value, length);
-        return bytes;
+        if (!bytes) return std::nullopt;
+        if (dirty_) dirty_->handed_out(address.value, length);
+        return GuestWriteSpan(*bytes, address, dirty_.get());
     }
 
     // The same range for reading only: not marked written.
@@ -86,8 +172,9 @@ class GuestMemory {
         std::memcpy(out.data(), src->data(), out.size());
         return true;
     }
+    // Copies first; the range is marked when `dst` is released, after the copy.
     [[nodiscard]] bool write(GuestPhysAddr address, std::span<const std::uint8_t> in) const {
-        auto dst = slice(address, in.size());
+        auto dst = write_span(address, in.size());
         if (!dst) return false;
         std::memcpy(dst->data(), in.data(), in.size());
         return true;
@@ -105,6 +192,7 @@ class GuestMemory {
     template <typename T>
     [[nodiscard]] bool write_object(GuestPhysAddr address, const T& value) const {
         static_assert(std::is_trivially_copyable_v<T>);
+        // SAFETY: T is trivially copyable; write() checks the guest range (and marks after).
         return write(address, {reinterpret_cast<const std::uint8_t*>(&value), sizeof(T)});
     }
 
@@ -160,6 +248,9 @@ class GuestWindow {
     // range, then lets devices see them. SHRINK: the reverse; devices stop seeing the top first.
     void grow(std::uint64_t bytes);
     void shrink(std::uint64_t bytes);
+    // Teardown: devices see no storage any more and the whole window becomes PROT_NONE, so a
+    // holder of this LPAR that outlives its deactivation cannot reach the next owner's storage.
+    void detach();
 
   private:
     const Arena& arena_;

@@ -90,7 +90,7 @@ TEST_CASE("the system area: GDT, TSS I/O bitmap, user page tables and boot info"
     CHECK(info->max_storage_bytes == 0);  // max_storage defaults to the storage size
 
     // I/O bitmap: the firmware's ports open, others (e.g. 0x80, 0x3f7, 0x402) closed.
-    auto bitmap = *memory.slice(GuestPhysAddr{LPV_TSS_GPA + 104}, 8193);
+    auto bitmap = *memory.read_slice(GuestPhysAddr{LPV_TSS_GPA + 104}, 8193);
     auto open = [&](unsigned port) { return (bitmap[port / 8] & (1u << (port % 8))) == 0; };
     for (unsigned port = 0x3f8; port < 0x400; ++port) CHECK(open(port));
     CHECK(open(0x501));

@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "storage/arena.hpp"
 #include "storage/guest_memory.hpp"
@@ -12,13 +15,17 @@ TEST_CASE("GuestMemory checks address + length, including overflow", "[guest_mem
     GuestWindow window(arena, {{2 * kMiB}, 4 * kMiB});
     GuestMemory memory = window.memory();
     CHECK(memory.size() == 4 * kMiB);
-    CHECK(memory.slice(GuestPhysAddr{0}, 4 * kMiB));
-    CHECK(memory.slice(GuestPhysAddr{4 * kMiB - 1}, 1));
-    CHECK(memory.slice(GuestPhysAddr{4 * kMiB}, 0));
-    CHECK_FALSE(memory.slice(GuestPhysAddr{4 * kMiB}, 1));
-    CHECK_FALSE(memory.slice(GuestPhysAddr{4 * kMiB - 4}, 8));
-    CHECK_FALSE(memory.slice(GuestPhysAddr{~0ull - 3}, 8));  // address + length wraps
-    CHECK_FALSE(memory.slice(GuestPhysAddr{8}, ~0ull));
+    CHECK(memory.write_span(GuestPhysAddr{0}, 4 * kMiB).has_value());
+    CHECK(memory.write_span(GuestPhysAddr{4 * kMiB - 1}, 1).has_value());
+    CHECK(memory.write_span(GuestPhysAddr{4 * kMiB}, 0).has_value());
+    CHECK_FALSE(memory.write_span(GuestPhysAddr{4 * kMiB}, 1).has_value());
+    CHECK_FALSE(memory.write_span(GuestPhysAddr{4 * kMiB - 4}, 8).has_value());
+    // address + length wraps
+    CHECK_FALSE(memory.write_span(GuestPhysAddr{~0ull - 3}, 8).has_value());
+    CHECK_FALSE(memory.write_span(GuestPhysAddr{8}, ~0ull).has_value());
+    CHECK(memory.read_slice(GuestPhysAddr{4 * kMiB - 1}, 1).has_value());
+    CHECK_FALSE(memory.read_slice(GuestPhysAddr{4 * kMiB - 4}, 8).has_value());
+    CHECK_FALSE(memory.read_slice(GuestPhysAddr{~0ull - 3}, 8).has_value());
     std::uint32_t value = 0x11223344;
     CHECK_FALSE(memory.write_object(GuestPhysAddr{4 * kMiB - 2}, value));
     CHECK(memory.write_object(GuestPhysAddr{4 * kMiB - 4}, value));
@@ -44,4 +51,144 @@ TEST_CASE("a guest window shows its own range of the arena and follows a remap",
     CHECK(window.memory().read_object<std::uint8_t>(GuestPhysAddr{100}) == 0xaa);
     CHECK_THROWS(window.remap(ArenaOffset{15 * kMiB}));  // would run past the arena
     CHECK(window.memory().read_object<std::uint8_t>(GuestPhysAddr{100}) == 0xaa);
+}
+
+namespace {
+
+// One pre-copy round's view of the device dirty log: the pages marked since the last harvest.
+std::vector<std::uint64_t> harvest(DeviceDirtyLog& log, std::uint64_t bytes) {
+    std::vector<std::uint64_t> bitmap((bytes / kPageSize + 63) / 64, 0);
+    log.harvest_into(bitmap);
+    return bitmap;
+}
+bool page_dirty(const std::vector<std::uint64_t>& bitmap, std::uint64_t gpa) {
+    const std::uint64_t page = gpa / kPageSize;
+    return (bitmap[page / 64] >> (page % 64)) & 1;
+}
+std::size_t dirty_pages(const std::vector<std::uint64_t>& bitmap) {
+    std::size_t count = 0;
+    for (std::uint64_t word : bitmap) count += static_cast<std::size_t>(__builtin_popcountll(word));
+    return count;
+}
+
+}  // namespace
+
+TEST_CASE("a device write is dirty in the harvest after the one taken while it was under way",
+          "[guest_memory][dirty]") {
+    Arena arena(8 * kMiB, HugePagePolicy::Off);
+    GuestWindow window(arena, {{2 * kMiB}, 4 * kMiB});
+    GuestMemory memory = window.memory();
+    DeviceDirtyLog& log = window.device_dirty_log();
+    log.set_tracking(true);
+
+    // A buffer over three pages; a pre-copy round harvests while the device still holds it.
+    const GuestPhysAddr gpa{3 * kPageSize + 100};
+    std::vector<std::uint64_t> precopy;
+    {
+        auto buffer = memory.write_span(gpa, 2 * kPageSize);
+        REQUIRE(buffer);
+        precopy = harvest(log, window.size());
+        std::memset(buffer->data(), 0x5a, buffer->size());
+    }
+    CHECK(dirty_pages(precopy) == 0);  // nothing had landed yet
+    // The final stop must see every page the device wrote.
+    const auto final_stop = harvest(log, window.size());
+    CHECK(page_dirty(final_stop, 3 * kPageSize));
+    CHECK(page_dirty(final_stop, 4 * kPageSize));
+    CHECK(page_dirty(final_stop, 5 * kPageSize));
+    CHECK(dirty_pages(final_stop) == 3);
+}
+
+TEST_CASE("GuestMemory::write() marks its pages after the copy, not before",
+          "[guest_memory][dirty]") {
+    Arena arena(8 * kMiB, HugePagePolicy::Off);
+    GuestWindow window(arena, {{2 * kMiB}, 4 * kMiB});
+    GuestMemory memory = window.memory();
+    DeviceDirtyLog& log = window.device_dirty_log();
+    log.set_tracking(true);
+
+    // The seam runs between the hand-out and the copy: what a concurrent harvest sees there.
+    const GuestPhysAddr gpa{7 * kPageSize + 16};
+    const std::uint32_t value = 0xfeedf00d;
+    std::vector<std::uint64_t> precopy;
+    bool seam_ran = false, landed_at_seam = true;
+    log.set_hand_out_hook_for_testing([&](std::uint64_t address, std::uint64_t length) {
+        seam_ran = address == gpa.value && length == sizeof value;
+        landed_at_seam = memory.read_object<std::uint32_t>(gpa) == value;
+        precopy = harvest(log, window.size());
+    });
+    REQUIRE(memory.write_object(gpa, value));
+    CHECK(seam_ran);
+    CHECK_FALSE(landed_at_seam);
+    CHECK(dirty_pages(precopy) == 0);
+    const auto final_stop = harvest(log, window.size());
+    CHECK(page_dirty(final_stop, gpa.value));
+    CHECK(dirty_pages(final_stop) == 1);
+    CHECK(memory.read_object<std::uint32_t>(gpa) == value);
+}
+
+TEST_CASE("a write span marks once, when its last owner releases it", "[guest_memory][dirty]") {
+    Arena arena(8 * kMiB, HugePagePolicy::Off);
+    GuestWindow window(arena, {{2 * kMiB}, 4 * kMiB});
+    GuestMemory memory = window.memory();
+    DeviceDirtyLog& log = window.device_dirty_log();
+    log.set_tracking(true);
+
+    // Outside the LPAR: no span, nothing marked.
+    CHECK_FALSE(memory.write_span(GuestPhysAddr{4 * kMiB - 8}, 16).has_value());
+    CHECK(dirty_pages(harvest(log, window.size())) == 0);
+
+    // Moved: the moved-from span is empty and marks nothing; the new owner marks when it goes.
+    std::optional<GuestWriteSpan> moved;
+    {
+        auto first = memory.write_span(GuestPhysAddr{10 * kPageSize}, 8);
+        REQUIRE(first);
+        moved.emplace(std::move(*first));
+        CHECK(first->size() == 0);
+        CHECK(first->data() == nullptr);
+    }
+    CHECK(dirty_pages(harvest(log, window.size())) == 0);  // not written yet
+    REQUIRE(moved->size() == 8);
+    std::memset(moved->data(), 0x77, moved->size());
+    moved.reset();
+    auto bitmap = harvest(log, window.size());
+    CHECK(page_dirty(bitmap, 10 * kPageSize));
+    CHECK(dirty_pages(bitmap) == 1);
+    CHECK(dirty_pages(harvest(log, window.size())) == 0);  // and only once
+
+    // Move-assigned over a live span: the span it replaces is released (marked) there and then.
+    auto a = memory.write_span(GuestPhysAddr{20 * kPageSize}, 8);
+    auto b = memory.write_span(GuestPhysAddr{30 * kPageSize}, 8);
+    REQUIRE(a);
+    REQUIRE(b);
+    *a = std::move(*b);
+    bitmap = harvest(log, window.size());
+    CHECK(page_dirty(bitmap, 20 * kPageSize));
+    CHECK(dirty_pages(bitmap) == 1);
+    a.reset();
+    b.reset();  // moved-from
+    bitmap = harvest(log, window.size());
+    CHECK(page_dirty(bitmap, 30 * kPageSize));
+    CHECK(dirty_pages(bitmap) == 1);
+
+    // With tracking off nothing is marked (and nothing is remembered for later).
+    log.set_tracking(false);
+    REQUIRE(memory.write_object(GuestPhysAddr{40 * kPageSize}, std::uint64_t{1}));
+    log.set_tracking(true);
+    CHECK(dirty_pages(harvest(log, window.size())) == 0);
+}
+
+TEST_CASE("a GuestMemory without a dirty log writes through spans too", "[guest_memory]") {
+    std::vector<std::uint8_t> host(64 * 1024, 0);
+    GuestMemory memory(host.data(), host.size());
+    {
+        auto span = memory.write_span(GuestPhysAddr{100}, 4);
+        REQUIRE(span);
+        CHECK(span->bytes().data() == host.data() + 100);
+        std::memset(span->data(), 0xab, span->size());
+    }
+    CHECK(host[100] == 0xab);
+    CHECK(host[103] == 0xab);
+    CHECK(host[104] == 0);
+    CHECK_FALSE(memory.write_span(GuestPhysAddr{64 * 1024 - 3}, 4).has_value());
 }

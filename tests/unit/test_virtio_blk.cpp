@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -519,4 +520,53 @@ TEST_CASE("a write to the queue's eventfd (the guest's ioeventfd notify) wakes t
     REQUIRE(wait_for([&] { return rig.driver.used_idx() == 1; }));
     CHECK(rig.driver.status(request) == kBlkStatusOk);
     CHECK(rig.storage.host[0x10000 + 9] == image_pattern(7 * 512 + 9));
+}
+
+TEST_CASE("a pre-copy harvest in the middle of a virtio-blk read does not lose the data",
+          "[virtio_blk][dirty]") {
+    TempImage image;
+    Storage storage;
+    auto log = std::make_shared<DeviceDirtyLog>(kLparBytes);
+    log->set_tracking(true);
+    const GuestMemory memory(storage.host.data(), kLparBytes, log);
+    VirtioBlk device("virtio-blk0", memory, {image.path});
+    BlkDriver driver(memory);
+    auto harvest = [&] {
+        std::vector<std::uint64_t> bitmap((kLparBytes / kPageSize + 63) / 64, 0);
+        log->harvest_into(bitmap);
+        return bitmap;
+    };
+    auto dirty = [](const std::vector<std::uint64_t>& bitmap, std::uint64_t gpa) {
+        const std::uint64_t page = gpa / kPageSize;
+        return ((bitmap[page / 64] >> (page % 64)) & 1) != 0;
+    };
+
+    // Two sectors into a buffer across a page boundary. The worker stops at the seam once it
+    // holds the buffer, before pread() fills it, until a pre-copy round has harvested.
+    const std::uint64_t buffer = 0x20000 - 512;
+    std::promise<void> taken, harvested, completed;
+    auto harvested_future = harvested.get_future();
+    log->set_hand_out_hook_for_testing([&](std::uint64_t gpa, std::uint64_t) {
+        if (gpa != buffer) return;  // the status byte and the used ring
+        taken.set_value();
+        harvested_future.wait();
+    });
+    InterruptSink sink{[&](std::uint16_t) { completed.set_value(); }, [] {}};
+    REQUIRE(device.activate(device.device_features(), {driver.config()}, sink));
+    const int request = driver.submit(kBlkTypeIn, 3, {{buffer, 1024, true}});
+    (void)harvest();  // the relocation starts: what the driver wrote is copied in round 1
+
+    device.notify(0);
+    REQUIRE(taken.get_future().wait_for(10s) == std::future_status::ready);
+    const auto precopy = harvest();
+    harvested.set_value();
+    REQUIRE(completed.get_future().wait_for(10s) == std::future_status::ready);
+    CHECK(driver.status(request) == kBlkStatusOk);
+    CHECK(guest_bytes(storage, buffer + 600, 1)[0] == image_pattern(3 * 512 + 600));
+
+    // The final stop: both pages of the buffer must be there to be copied again.
+    const auto final_stop = harvest();
+    CHECK_FALSE(dirty(precopy, buffer));  // nothing had landed when the round ran
+    CHECK(dirty(final_stop, buffer));
+    CHECK(dirty(final_stop, buffer + 1023));
 }

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <future>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -71,4 +73,55 @@ TEST_CASE("virtio-rng fills device-writable buffers up to its limit", "[virtio_r
     const std::size_t filled_large = kRngMaxBytesPerRequest - 256;
     CHECK(zeros(large, filled_large) < filled_large / 64);
     CHECK(zeros(large + filled_large, 128 * 1024 - filled_large) == 128 * 1024 - filled_large);
+}
+
+TEST_CASE("a pre-copy harvest in the middle of a virtio-rng request does not lose its write",
+          "[virtio_rng][dirty]") {
+    std::vector<std::uint8_t> host(kLparBytes, 0);
+    auto log = std::make_shared<DeviceDirtyLog>(kLparBytes);
+    log->set_tracking(true);
+    GuestMemory memory(host.data(), kLparBytes, log);
+    VirtioRng device("virtio-rng0", memory);
+    auto harvest = [&] {
+        std::vector<std::uint64_t> bitmap((kLparBytes / kPageSize + 63) / 64, 0);
+        log->harvest_into(bitmap);
+        return bitmap;
+    };
+    auto dirty = [](const std::vector<std::uint64_t>& bitmap, std::uint64_t gpa) {
+        const std::uint64_t page = gpa / kPageSize;
+        return ((bitmap[page / 64] >> (page % 64)) & 1) != 0;
+    };
+
+    // One writable buffer across a page boundary. The worker stops at the seam once it holds the
+    // buffer, until the test has harvested (a pre-copy round running alongside the device).
+    const std::uint64_t buffer = 0x30000 - 64;
+    std::promise<void> taken, harvested, completed;
+    auto harvested_future = harvested.get_future();
+    log->set_hand_out_hook_for_testing([&](std::uint64_t gpa, std::uint64_t) {
+        if (gpa != buffer) return;  // the used ring
+        taken.set_value();
+        harvested_future.wait();
+    });
+    InterruptSink sink{[&](std::uint16_t) { completed.set_value(); }, [] {}};
+    REQUIRE(device.activate(kFeatureVersion1,
+                            {{kQueueSize, true, kDescTable, kAvailRing, kUsedRing}}, sink));
+    REQUIRE(memory.write_object(GuestPhysAddr{0}, VirtqDesc{buffer, 128, kDescFlagWrite, 0}));
+    REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 4}, std::uint16_t{0}));
+    REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 2}, std::uint16_t{1}));
+    (void)harvest();  // the relocation starts: what the driver wrote is copied in round 1
+
+    device.notify(0);
+    REQUIRE(taken.get_future().wait_for(10s) == std::future_status::ready);
+    const auto precopy = harvest();
+    harvested.set_value();
+    REQUIRE(completed.get_future().wait_for(10s) == std::future_status::ready);
+    CHECK(memory.read_object<VirtqUsedElem>(GuestPhysAddr{kUsedRing.value + 4})->len == 128);
+
+    // The final stop: both pages of the buffer must be there to be copied again.
+    const auto final_stop = harvest();
+    CHECK_FALSE(dirty(precopy, buffer));  // nothing had landed when the round ran
+    CHECK(dirty(final_stop, buffer));
+    CHECK(dirty(final_stop, buffer + 127));
+    CHECK(dirty(final_stop, kUsedRing.value));
+    CHECK(std::count(host.begin() + buffer, host.begin() + buffer + 128, 0) < 16);
 }

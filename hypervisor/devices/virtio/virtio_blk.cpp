@@ -167,9 +167,9 @@ std::uint32_t VirtioBlk::serve_request(const DescriptorChain& chain) {
             for (const Descriptor& segment : segments) {
                 bool ok = false;
                 if (is_read) {
-                    // slice(): the device dirty log must see what we write into the guest.
-                    auto target = memory().slice(segment.addr, segment.len);
-                    ok = target && pread_all(file_.get(), *target, position);
+                    // The span marks the pages written when it goes, after pread has filled it.
+                    auto target = memory().write_span(segment.addr, segment.len);
+                    ok = target && pread_all(file_.get(), target->bytes(), position);
                 } else {
                     auto source = memory().read_slice(segment.addr, segment.len);
                     ok = source && pwrite_all(file_.get(), *source, position);

@@ -34,7 +34,8 @@ std::uint32_t VirtioRng::serve_request(const DescriptorChain& chain) {
         if (!descriptor.device_writable) continue;
         const std::uint32_t want = std::min(descriptor.len, kRngMaxBytesPerRequest - written);
         if (want == 0) break;
-        auto target = memory().slice(descriptor.addr, want);
+        // Marked written when `target` goes, after getrandom() has filled it.
+        auto target = memory().write_span(descriptor.addr, want);
         if (!target) break;  // pop() checked the range; cannot happen
         std::size_t filled = 0;
         while (filled < target->size()) {
