@@ -6,11 +6,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
+#include <thread>
 #include <iostream>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <nlohmann/json.hpp>
 
@@ -19,6 +22,7 @@
 #include "lpar/config.hpp"
 #include "lpar/hypervisor.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 
 using namespace lparvisor;
 
@@ -101,18 +105,44 @@ int main(int argc, char** argv) {
             ::chmod(socket_dir.c_str(), 0700);
         }
 
+        if (const char* spec = std::getenv("LPARVISOR_FAULTS"); spec != nullptr && *spec != 0) {
+            fault::arm_from_spec(spec);
+            spdlog::warn("fault injection armed (LPARVISOR_FAULTS={}): for tests only", spec);
+        }
         Hypervisor hypervisor(config, options);
         boost::asio::io_context io;
         control::ControlServer server(io, socket_path, hypervisor);
+        // The first SIGINT/SIGTERM shuts down in order: new requests are refused, a running
+        // storage operation is cancelled (before its first stop) or finishes without pre-copy
+        // (after it), which takes at most one copy of the LPAR plus two drain timeouts; then the
+        // LPARs stop. A second signal exits at once.
         boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-        signals.async_wait([&](const boost::system::error_code& error, int signal) {
-            if (error) return;
-            spdlog::info("signal {}: stopping the LPARs and removing {}", signal, socket_path);
-            server.stop();
-        });
+        std::thread stopper;
+        std::function<void(const boost::system::error_code&, int)> on_signal =
+            [&](const boost::system::error_code& error, int signal) {
+                if (error) return;
+                if (stopper.joinable()) {
+                    spdlog::warn("second signal {}: exiting now, without waiting for the running "
+                                 "operation",
+                                 signal);
+                    spdlog::default_logger()->flush();
+                    std::_Exit(128 + signal);
+                }
+                spdlog::info("signal {}: shutting down (a second signal exits at once): stopping "
+                             "the LPARs and removing {}",
+                             signal, socket_path);
+                hypervisor.request_shutdown();
+                signals.async_wait(on_signal);
+                stopper = std::thread([&] {
+                    server.stop();  // waits for the running requests, now bounded
+                    boost::asio::post(io, [&] { signals.cancel(); });
+                });
+            };
+        signals.async_wait(on_signal);
         log_table(hypervisor.list());
         spdlog::info("control socket {} ready (svp --socket {} lpars)", socket_path, socket_path);
         io.run();
+        if (stopper.joinable()) stopper.join();
         spdlog::info("lparvisor stopped");
         return 0;
     } catch (const Error& e) {

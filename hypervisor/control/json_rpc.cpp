@@ -198,7 +198,7 @@ Call parse_mvstor(const json& params) {
     policy.max_rounds =
         static_cast<unsigned>(checked.optional_integer("max_rounds", 1, 10'000, policy.max_rounds));
     policy.max_total = std::chrono::milliseconds(checked.optional_integer(
-        "max_total_ms", 1, 3'600'000, static_cast<std::uint64_t>(policy.max_total.count())));
+        "max_total_ms", 0, 3'600'000, static_cast<std::uint64_t>(policy.max_total.count())));
     return call;
 }
 

@@ -1,4 +1,6 @@
 // EXCHANGE (the patent's claim 7) and the room-making half of storage.grow (claim 6).
+#include <optional>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
@@ -8,6 +10,7 @@
 #include "storage/page_swapper.hpp"
 #include "storage/planner.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 #include "util/time.hpp"
 
 namespace lparvisor {
@@ -18,8 +21,8 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
         throw Error(ErrorKind::InvalidArgument,
                     request.a + ": cannot exchange an LPAR with itself");
     auto operation = begin_storage_operation(request.a, "EXCHANGE");
-    auto lpar_a = active_lpar(request.a);
-    auto lpar_b = active_lpar(request.b);
+    auto lpar_a = operable_lpar(request.a, "EXCHANGE");
+    auto lpar_b = operable_lpar(request.b, "EXCHANGE");
     control::ExchangeResult result;
     result.a = request.a;
     result.b = request.b;
@@ -64,58 +67,86 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
                  equal ? "equal sizes" : "neighbours", format_mib(a.start.value),
                  format_mib(a_new.value), format_mib(b.start.value), format_mib(b_new.value));
 
-    // Stop both LPARs and quiesce their devices (steps 201-202 for each).
+    // Stop both LPARs and quiesce their devices (steps 201-202 for each). The guards resume
+    // both on every way out, or fence them if the exchange could be neither finished nor undone.
     const auto paused_at = Clock::now();
-    lpar_a->pause();
-    lpar_b->pause();
+    std::optional<Quiesce> stop_a, stop_b;
+    stop_a.emplace(*lpar_a, request.drain_timeout);
+    if (stop_a->drained()) stop_b.emplace(*lpar_b, request.drain_timeout);
     phase("stop_vcpus", paused_at);
-    t = Clock::now();
-    auto devices_a = lpar_a->devices();
-    auto devices_b = lpar_b->devices();
-    auto busy = drain_devices(devices_a, request.drain_timeout);
-    auto busy_b = drain_devices(devices_b, request.drain_timeout);
-    busy.insert(busy.end(), busy_b.begin(), busy_b.end());
-    if (!busy.empty()) {
-        resume_devices(devices_a);
-        resume_devices(devices_b);
-        lpar_a->resume();
-        lpar_b->resume();
-        std::string names;
-        for (const auto& n : busy) names += (names.empty() ? "" : ", ") + n;
+    if (!stop_a->drained() || !stop_b->drained()) {
+        const std::string names = !stop_a->drained() ? stop_a->busy_names() : stop_b->busy_names();
+        stop_b.reset();
+        stop_a.reset();
         throw Error(ErrorKind::Busy,
                     fmt::format("EXCHANGE {} {} abandoned: device(s) still busy after {} ms: {}; "
                                 "both run on where they were, nothing was moved",
                                 request.a, request.b, request.drain_timeout.count(), names));
     }
-    phase("drain_io", t);
+    const std::string at_risk = fmt::format(
+        "EXCHANGE {} {} failed and could not be undone; its storage may be either LPAR's",
+        request.a, request.b);
+    stop_a->at_risk(at_risk);
+    stop_b->at_risk(at_risk);
 
     // Page by page with the keys, through one bounded buffer: no second copy of either LPAR.
-    t = Clock::now();
-    result.bytes_moved = equal ? swap_equal_ranges(arena_, keys_, a, b)
-                               : rotate_adjacent_ranges(arena_, keys_, lower, upper);
-    phase("exchange", t);
-
+    // Swapping is its own inverse; a rotation of neighbours is undone by rotating back.
+    bool swapped = false;
+    auto exchange_storage = [&] {
+        return equal ? swap_equal_ranges(arena_, keys_, a, b)
+                     : rotate_adjacent_ranges(arena_, keys_, lower, upper);
+    };
+    auto exchange_back = [&] {
+        if (equal) {
+            swap_equal_ranges(arena_, keys_, a, b);
+        } else {
+            const ArenaRange upper_now{lower.start, upper.size};
+            const ArenaRange lower_now{ArenaOffset{lower.start.value + upper.size}, lower.size};
+            rotate_adjacent_ranges(arena_, keys_, upper_now, lower_now);
+        }
+    };
     t = Clock::now();
     try {
+        result.bytes_moved = exchange_storage();
+        swapped = true;
+        fault::point("exchange.copy");
+        phase("exchange", t);
+        t = Clock::now();
+        fault::point("exchange.first_remap");
         lpar_a->window().remap(a_new);
+        fault::point("exchange.second_remap");
         lpar_b->window().remap(b_new);
         std::lock_guard lock(map_mutex_);
         map_.reassign(request.a, a_new, request.b, b_new);
-    } catch (const Error& e) {
-        lpar_a->stop(std::string("EXCHANGE failed after the copy: ") + e.what());
-        lpar_b->stop(std::string("EXCHANGE failed after the copy: ") + e.what());
-        resume_devices(devices_a);
-        resume_devices(devices_b);
-        lpar_a->resume();
-        lpar_b->resume();
-        throw;
+    } catch (const std::exception& e) {
+        // Undo inside the same stops: the storage goes back, and both windows point at their
+        // old origins again (either re-map may have happened or failed half-way).
+        const std::string failure =
+            fmt::format("EXCHANGE {} {} failed ({})", request.a, request.b, e.what());
+        try {
+            fault::point("exchange.rollback");
+            if (swapped) exchange_back();
+            lpar_a->window().remap(a.start);
+            lpar_b->window().remap(b.start);
+        } catch (const std::exception& undo) {
+            const std::string reason =
+                fmt::format("{}; undoing it failed too ({})", failure, undo.what());
+            stop_a->at_risk(reason);
+            stop_b->at_risk(reason);
+            spdlog::error("{}", reason);
+            throw Error(ErrorKind::System, reason + "; both are fenced");
+        }
+        stop_a->safe();
+        stop_b->safe();
+        spdlog::warn("{}; undone, both run on where they were", failure);
+        throw Error(ErrorKind::System, failure + "; undone: both run on where they were");
     }
-    resume_devices(devices_a);
-    resume_devices(devices_b);
+    stop_a->safe();
+    stop_b->safe();
     phase("remap", t);
     t = Clock::now();
-    lpar_a->resume();
-    lpar_b->resume();
+    stop_b.reset();
+    stop_a.reset();
     phase("resume", t);
     result.pause_us = microseconds_since(paused_at);
     result.total_us = microseconds_since(accepted);

@@ -13,6 +13,7 @@
 #include "lpar/hypervisor.hpp"
 #include "storage/page_mover.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 #include "util/time.hpp"
 
 namespace lparvisor {
@@ -48,13 +49,27 @@ virtio::VirtioMem& memory_device_of(Lpar& lpar) {
     return *device;
 }
 
+// Waits for the guest's virtio-mem driver, in short slices so that a shutdown ends the wait.
+bool wait_for_plugged(virtio::VirtioMem& device, std::uint64_t target,
+                      std::chrono::milliseconds timeout, const Hypervisor& hypervisor) {
+    const auto deadline = Clock::now() + timeout;
+    for (;;) {
+        const auto now = Clock::now();
+        if (now >= deadline || hypervisor.shutting_down()) return false;
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+        if (device.wait_for_plugged(target, std::clamp(left, std::chrono::milliseconds(1),
+                                                       std::chrono::milliseconds(100))))
+            return true;
+    }
+}
+
 }  // namespace
 
 control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) {
     check_resize_request(request, "expand");
     auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "expand");
-    auto lpar = active_lpar(request.lpar);
+    auto lpar = operable_lpar(request.lpar, "expand");
     auto& device = memory_device_of(*lpar);
     const std::uint64_t extra = request.mib * kMiB;
     const std::uint64_t boot = lpar->spec().storage.size;
@@ -78,23 +93,54 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
         std::lock_guard lock(map_mutex_);
         map_.resize(request.lpar, new_range.size);  // checked again: nothing moved in between
     }
-    lpar->window().grow(extra);
+    try {
+        lpar->window().grow(extra);
+    } catch (...) {
+        {
+            std::lock_guard lock(map_mutex_);
+            map_.resize(request.lpar, old_range.size);
+        }
+        scrub(arena_, keys_, added);
+        throw;
+    }
     const std::uint64_t target = new_range.size - boot;
-    device.set_usable_region_size(usable_extent(device, target));
-    device.set_requested_size(target);
+    // The fault point "expand.plug": a guest that never plugs (it is not even asked).
+    const bool never_plugs = fault::triggered("expand.plug");
+    if (!never_plugs) {
+        device.set_usable_region_size(usable_extent(device, target));
+        device.set_requested_size(target);
+    }
     spdlog::info("{}: EXPAND by {} MiB to {}: waiting for the guest to plug {}", request.lpar,
                  request.mib, format_mib(new_range.size), format_mib(target));
 
     control::ResizeResult result;
     result.lpar = request.lpar;
     result.old_size_mib = old_range.size / kMiB;
-    if (!device.wait_for_plugged(target, request.timeout)) {
+    if (never_plugs || !wait_for_plugged(device, target, request.timeout, *this)) {
         const std::uint64_t plugged = device.plugged_size();
         if (plugged + boot <= old_range.size) {
             // The guest took none of it: everything goes back as it was.
+            // Unmapped with the LPAR quiesced: no device may be inside the range when it goes.
             device.set_requested_size(old_range.size - boot);
             device.set_usable_region_size(usable_extent(device, old_range.size - boot));
-            lpar->window().shrink(extra);
+            {
+                Quiesce stop(*lpar, request.timeout);
+                stop.at_risk(fmt::format("EXPAND of {} by {} MiB could not be undone",
+                                         request.lpar, request.mib));
+                if (stop.drained() && device.plugged_size() + boot <= old_range.size) {
+                    lpar->window().shrink(extra);
+                    stop.safe();
+                } else {
+                    // It cannot be taken back safely now: the LPAR keeps it (consistent).
+                    stop.safe();
+                    throw Error(ErrorKind::Busy,
+                                fmt::format("{}: the guest did not plug the {} MiB within {} ms, "
+                                            "and it could not be taken back now; the LPAR keeps "
+                                            "{} assigned (storage.shrink gives it back)",
+                                            request.lpar, request.mib, request.timeout.count(),
+                                            format_mib(new_range.size)));
+                }
+            }
             {
                 std::lock_guard lock(map_mutex_);
                 map_.resize(request.lpar, old_range.size);
@@ -129,7 +175,7 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
     check_resize_request(request, "shrink");
     auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "shrink");
-    auto lpar = active_lpar(request.lpar);
+    auto lpar = operable_lpar(request.lpar, "shrink");
     auto& device = memory_device_of(*lpar);
     const std::uint64_t less = request.mib * kMiB;
     const std::uint64_t boot = lpar->spec().storage.size;
@@ -152,9 +198,10 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
     // The guest chooses which blocks it gives back; only the top can leave the LPAR's range.
     auto deadline = Clock::now() + request.timeout;
     bool released = false;
-    while (Clock::now() < deadline) {
+    while (Clock::now() < deadline && !shutting_down()) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (device.wait_for_plugged(target, std::max(left, std::chrono::milliseconds(1))) &&
+        if (wait_for_plugged(device, target, std::max(left, std::chrono::milliseconds(1)),
+                             *this) &&
             device.plugged_range_is_prefix()) {
             released = true;
             break;
@@ -168,8 +215,41 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
                                 request.lpar, request.mib, request.timeout.count(),
                                 format_mib(old_range.size)));
     }
-    device.set_usable_region_size(usable_extent(device, target));
-    lpar->window().shrink(less);
+    // The top leaves the window only while the LPAR is quiesced: a device that passed its
+    // bounds check just before must not find the page gone (vCPUs paused, devices drained).
+    {
+        Quiesce stop(*lpar, request.timeout);
+        if (!stop.drained()) {
+            device.set_requested_size(old_target);
+            throw Error(ErrorKind::Busy,
+                        fmt::format("{}: shrink abandoned: device(s) still busy after {} ms: {}; "
+                                    "its storage stays {}",
+                                    request.lpar, request.timeout.count(), stop.busy_names(),
+                                    format_mib(old_range.size)));
+        }
+        // The guest may have plugged again since: checked once more with everything stopped.
+        const bool still_released =
+            device.plugged_size() == target && device.plugged_range_is_prefix();
+        try {
+            if (!still_released)
+                throw Error(ErrorKind::Busy, "the guest plugged part of the top again");
+            fault::point("shrink.unmap");
+            device.set_usable_region_size(usable_extent(device, target));
+            lpar->window().shrink(less);
+        } catch (const std::exception& e) {
+            if (lpar->window().storage_size() != old_range.size) {
+                stop.at_risk(fmt::format("{}: shrink failed while unmapping the top ({})",
+                                         request.lpar, e.what()));
+                throw;  // the guard fences the LPAR
+            }
+            device.set_usable_region_size(usable_extent(device, old_target));
+            device.set_requested_size(old_target);  // the guest plugs back what it gave up
+            throw Error(dynamic_cast<const Error*>(&e) ? dynamic_cast<const Error&>(e).kind()
+                                                       : ErrorKind::System,
+                        fmt::format("{}: shrink failed ({}); its storage stays {}", request.lpar,
+                                    e.what(), format_mib(old_range.size)));
+        }
+    }
     const ArenaRange freed{ArenaOffset{old_range.end() - less}, less};
     {
         std::lock_guard lock(map_mutex_);
@@ -197,7 +277,7 @@ control::GrowResult Hypervisor::grow(const control::ResizeRequest& request,
     check_resize_request(request, "grow");
     {
         // Refuse an LPAR that cannot grow before moving anybody for it.
-        auto lpar = active_lpar(request.lpar);
+        auto lpar = operable_lpar(request.lpar, "grow");
         memory_device_of(*lpar);
         std::lock_guard lock(map_mutex_);
         auto size = map_.find(request.lpar).range.size;

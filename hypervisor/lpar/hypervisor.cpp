@@ -32,13 +32,30 @@ Hypervisor::Hypervisor(const SystemConfig& config, const HypervisorOptions& opti
 }
 
 Hypervisor::~Hypervisor() {
-    // vCPU threads end before the arena goes away.
+    // Every LPAR's threads end and its window is unmapped before the arena goes away, whoever
+    // still holds the object.
     std::vector<std::shared_ptr<Lpar>> running;
     {
         std::lock_guard lock(map_mutex_);
         for (auto& r : records_) running.push_back(std::move(r.lpar));
     }
+    for (auto& l : running)
+        if (l) l->shutdown();
     running.clear();
+}
+
+void Hypervisor::request_shutdown() {
+    if (shutting_down_.exchange(true)) return;
+    std::string relocating;
+    {
+        std::lock_guard lock(map_mutex_);
+        relocating = relocating_;
+    }
+    spdlog::info("shutdown requested{}", relocating.empty()
+                                            ? std::string()
+                                            : ": MVSTOR of " + relocating +
+                                                  " is cancelled before its first stop, or "
+                                                  "finishes without pre-copy after it");
 }
 
 Hypervisor::Record& Hypervisor::record(const std::string& name) {
@@ -55,6 +72,15 @@ std::shared_ptr<Lpar> Hypervisor::active_lpar(const std::string& name) {
     auto& r = record(name);
     if (!r.lpar) throw Error(ErrorKind::Refused, name + " is defined but not active");
     return r.lpar;
+}
+
+std::shared_ptr<Lpar> Hypervisor::operable_lpar(const std::string& name, const char* what) {
+    auto l = active_lpar(name);
+    if (l->state() == LparState::Failed)
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{}: cannot {}: it is fenced ({}); deactivate it first", name, what,
+                                l->stop_reason()));
+    return l;
 }
 
 Lpar& Hypervisor::lpar(const std::string& name) {
@@ -111,8 +137,8 @@ control::SystemStatus Hypervisor::list() {
         if (l && l->memory_device()) s.plugged_mib = l->memory_device()->plugged_size() / kMiB;
         if (!l) {
             s.state = active[i].transition != nullptr ? active[i].transition : "defined";
-        } else if (l->state() == LparState::Stopped) {
-            s.state = "stopped";
+        } else if (auto state = l->state(); state != LparState::Running) {
+            s.state = to_string(state);  // "stopped", or "failed" (fenced)
             s.reason = l->stop_reason();
         } else {
             s.state = s.name == relocating ? "relocating" : "running";
@@ -150,6 +176,9 @@ std::string Hypervisor::console(const std::string& name, std::size_t max_bytes) 
 
 std::unique_lock<std::mutex> Hypervisor::begin_storage_operation(const std::string& lpar,
                                                                  const char* what) {
+    if (shutting_down_.load())
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{}: cannot {} now: the daemon is shutting down", lpar, what));
     std::unique_lock operation(storage_operation_mutex_, std::try_to_lock);
     if (!operation.owns_lock()) {
         std::lock_guard lock(map_mutex_);
@@ -229,15 +258,19 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
 
 void Hypervisor::deactivate_locked(Record& r) {
     std::shared_ptr<Lpar> lpar;
-    ArenaRange range;
+    std::vector<ArenaRange> ranges;  // two while it is fenced half-moved
     {
         std::lock_guard lock(map_mutex_);
         lpar = std::move(r.lpar);
-        range = map_.find(r.definition.name).range;
+        ranges = map_.ranges_of(r.definition.name);
         r.transition = "deactivating";
     }
-    lpar.reset();                 // joins the vCPU threads, closes the VM and unmaps the window
-    scrub(arena_, keys_, range);  // nothing of this guest may reach the next owner
+    // Joins its vCPU and device threads and unmaps its window now, not when the last holder
+    // (a concurrent lpar.list or lpar.console) lets go of the object.
+    lpar->shutdown();
+    lpar.reset();
+    for (const auto& range : ranges)
+        scrub(arena_, keys_, range);  // nothing of this guest may reach the next owner
     std::lock_guard lock(map_mutex_);
     map_.remove(r.definition.name);
     r.transition = nullptr;
@@ -324,17 +357,34 @@ control::LparStatus Hypervisor::reset(const std::string& name) {
         if (!r->lpar) throw Error(ErrorKind::Refused, name + " is not active: activate it instead");
         origin = map_.find(name).range.start;
     }
-    // A clear reset: the same storage range, scrubbed, and a fresh IPL.
-    auto definition = r->definition;
+    // A clear reset: the same storage range, scrubbed, and a fresh IPL. The definition is
+    // written under map_mutex_, which lpar.list and system.config read it under.
+    std::optional<std::uint64_t> defined_origin;
+    {
+        std::lock_guard lock(map_mutex_);
+        if (r->lpar->state() == LparState::Failed)
+            throw Error(ErrorKind::Refused,
+                        name + " is fenced (" + r->lpar->stop_reason() +
+                            "): deactivate it, which scrubs and frees all it holds, then "
+                            "activate it");
+        defined_origin = r->definition.origin_mib;
+    }
     deactivate_locked(*r);
-    r->definition.origin_mib = origin.value / kMiB;
+    auto restore_origin = [&] {
+        std::lock_guard lock(map_mutex_);
+        r->definition.origin_mib = defined_origin;
+    };
+    {
+        std::lock_guard lock(map_mutex_);
+        r->definition.origin_mib = origin.value / kMiB;
+    }
     try {
         activate_locked(*r, "reset");
     } catch (...) {
-        r->definition = definition;
+        restore_origin();
         throw;
     }
-    r->definition = definition;
+    restore_origin();
     spdlog::info("{}: reset (re-IPL at {})", name, format_mib(origin.value));
     return status_of(name);
 }

@@ -18,9 +18,11 @@
 #include "lpar/config.hpp"
 #include "lpar/events.hpp"
 #include "lpar/lpar.hpp"
+#include "lpar/quiesce.hpp"
 #include "storage/arena.hpp"
 #include "storage/storage_keys.hpp"
 #include "storage/storage_map.hpp"
+#include "util/error.hpp"
 
 namespace lparvisor {
 
@@ -59,6 +61,12 @@ class Hypervisor final : public control::Api {
     control::GrowResult grow(const control::ResizeRequest& request,
                              control::MvstorMode mode) override;
 
+    // SIGTERM: a move before its first stop is cancelled, one past it copies the rest in its
+    // stops without pre-copying (bounded by one copy of the LPAR), EXPAND and SHRINK stop
+    // waiting for the guest and undo; new storage operations are refused. Returns at once.
+    void request_shutdown();
+    bool shutting_down() const noexcept { return shutting_down_.load(); }
+
     // The running LPAR of that name; throws NotFound (unknown) or Refused (only defined).
     Lpar& lpar(const std::string& name);
     const Arena& arena() const noexcept { return arena_; }
@@ -82,14 +90,27 @@ class Hypervisor final : public control::Api {
     ArenaOffset first_fit(std::uint64_t size) const;  // caller holds map_mutex_
     std::unique_lock<std::mutex> begin_storage_operation(const std::string& lpar, const char* what);
 
+    // The running or stopped LPAR an operation may change; throws Refused for a fenced one.
+    std::shared_ptr<Lpar> operable_lpar(const std::string& name, const char* what);
+
     // One MVSTOR in progress (mvstor.cpp): shared by the stop-and-copy and the live procedure.
     struct Move;
+    struct Chunk;
     void stop_and_copy(Move& move);
     void live_move(Move& move);
+    void populate_target(Move& move);
     // The first stop of a move: from here on it cannot be cancelled. Throws if it was.
     void begin_final_stop(Move& move);
-    // Steps 201-202 for one stop; false (LPAR running again) when devices stayed busy.
-    bool stop_and_drain(Move& move, std::vector<std::string>& busy, bool record_phases);
+    bool move_cancelled();  // by the operator or by a shutdown
+    void throw_if_cancelled(Move& move);
+    void stop_for_chunk(Move& move, std::optional<Quiesce>& stop, std::size_t index,
+                        std::size_t count);
+    [[noreturn]] void roll_back(Move& move, const std::vector<Chunk>& moved,
+                                const std::optional<Chunk>& in_stop, std::optional<Quiesce>& stop,
+                                const std::exception& cause);
+    // Scrubs the target (LPAR whole at its old origin) or holds it (LPAR fenced); the error to
+    // throw, saying which.
+    Error failed_move(Move& move, const std::exception& cause);
 
     HypervisorOptions options_;
     kvm::System kvm_;
@@ -105,17 +126,12 @@ class Hypervisor final : public control::Api {
     std::string relocating_;     // the LPAR an MVSTOR is moving, shown as "relocating"
     bool cancel_requested_ = false;
     bool final_stop_begun_ = false;
+    // Set once by request_shutdown(): operations end early (see there), new ones are refused.
+    std::atomic<bool> shutting_down_{false};
 
     // Serializes operations that change storage ownership (activate, deactivate, reset, MVSTOR),
     // so a range vacated by one is scrubbed before another can take it.
     std::mutex storage_operation_mutex_;
 };
-
-// Step 202: tell every device to stop taking requests and wait until all are idle. Returns the
-// names of those still busy at the deadline (empty: all idle). On a non-empty result the caller
-// must call resume_devices().
-std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<Quiescable>>& devices,
-                                       std::chrono::milliseconds timeout);
-void resume_devices(const std::vector<std::shared_ptr<Quiescable>>& devices);
 
 }  // namespace lparvisor

@@ -21,6 +21,7 @@
 #include "devices/virtio/virtio_pci.hpp"
 #include "devices/virtio/virtio_rng.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 
 namespace lparvisor {
 
@@ -74,7 +75,12 @@ std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::vector<kvm_cpuid_entry2> entri
 }  // namespace
 
 const char* to_string(LparState state) {
-    return state == LparState::Running ? "running" : "stopped";
+    switch (state) {
+        case LparState::Running: return "running";
+        case LparState::Stopped: return "stopped";
+        case LparState::Failed: return "failed";
+    }
+    return "unknown";
 }
 
 Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec,
@@ -239,13 +245,28 @@ void Lpar::boot_linux(const kvm::System& system) {
 }
 
 Lpar::~Lpar() {
+    shutdown();
+}
+
+void Lpar::shutdown() {
     {
         std::lock_guard lock(mutex_);
+        if (shut_down_) return;
+        shut_down_ = true;
         exit_requested_ = true;
     }
     changed_.notify_all();
     kick_all();
-    for (auto& t : threads_) t.join();
+    for (auto& t : threads_)
+        if (t.joinable()) t.join();
+    // Device workers next (a request waiting out its latency is cut short), then the window:
+    // from here no thread and no view of this LPAR reaches main storage.
+    for (auto& d : virtio_devices_) d->reset();
+    try {
+        window_.detach();
+    } catch (const Error& e) {
+        spdlog::error("{}: {}", spec_.name, e.what());
+    }
 }
 
 std::vector<std::shared_ptr<Quiescable>> Lpar::devices() const {
@@ -291,7 +312,9 @@ void Lpar::pause() {
     pause_requested_ = true;
     kick_all();
     // Threads not started yet count as parked.
-    changed_.wait(lock, [&] { return threads_.empty() || parked_ == threads_.size(); });
+    changed_.wait(lock, [&] {
+        return exit_requested_ || threads_.empty() || parked_ == threads_.size();
+    });
 }
 
 void Lpar::resume() {
@@ -315,7 +338,7 @@ std::string Lpar::stop_reason() const {
 void Lpar::stop(const std::string& reason) {
     {
         std::lock_guard lock(mutex_);
-        if (state_ == LparState::Stopped) return;
+        if (state_ != LparState::Running) return;
         state_ = LparState::Stopped;
         stop_reason_ = reason;
         kick_all();
@@ -325,9 +348,28 @@ void Lpar::stop(const std::string& reason) {
     if (listener_) listener_(LparState::Stopped, reason);
 }
 
+void Lpar::fence(const std::string& reason) {
+    {
+        std::lock_guard lock(mutex_);
+        if (state_ == LparState::Failed) return;
+        state_ = LparState::Failed;
+        stop_reason_ = reason;
+        kick_all();
+    }
+    changed_.notify_all();
+    for (const auto& d : devices()) d->stop_accepting();
+    spdlog::error("{}: fenced (failed): {}; deactivate it to free its storage", spec_.name, reason);
+    if (listener_) listener_(LparState::Failed, reason);
+}
+
 void Lpar::restart() {
     {
         std::lock_guard lock(mutex_);
+        if (state_ == LparState::Failed)
+            throw Error(ErrorKind::Refused,
+                        fmt::format("{} is fenced ({}): it cannot be started; deactivate it, "
+                                    "which scrubs and frees its storage, then activate it again",
+                                    spec_.name, stop_reason_));
         if (state_ == LparState::Running) return;
         state_ = LparState::Running;
         stop_reason_.clear();
@@ -354,7 +396,17 @@ void Lpar::vcpu_loop(unsigned index) {
             if (exit_requested_) return;
             vcpu.set_immediate_exit(false);
         }
-        handle_exit(vcpu, vcpu.run());
+        // Whatever goes wrong while serving this LPAR stops this LPAR, not the daemon: nothing
+        // may throw through the loop (an escaping exception would end every LPAR).
+        try {
+            fault::point("vcpu.exit");
+            handle_exit(vcpu, vcpu.run());
+        } catch (const std::exception& e) {
+            fence(describe_fault(vcpu, fmt::format("internal error serving vCPU {}: {}", index,
+                                                   e.what())));
+        } catch (...) {
+            fence(fmt::format("internal error serving vCPU {} (unknown exception)", index));
+        }
     }
 }
 

@@ -53,7 +53,11 @@ struct LparSpec {
     bool is_linux() const { return !kernel.empty(); }
 };
 
-enum class LparState { Running, Stopped };
+// Failed: fenced. A storage operation on the LPAR could neither complete nor be undone, or the
+// hypervisor itself failed serving it (an exception on its vCPU thread). Its vCPUs stay parked
+// and its devices stay stopped; start is refused; its storage stays its own until the operator
+// deactivates it (docs/ARCHITECTURE.md, "Nothing lost").
+enum class LparState { Running, Stopped, Failed };
 const char* to_string(LparState state);
 
 // Told of every state change ("running" / "stopped", reason); called on the thread that caused
@@ -77,8 +81,13 @@ class Lpar {
     void ipl();  // start the vCPU threads
 
     // Operator start after a stop (operator stop, guest exit or fault): the vCPUs carry on
-    // from where they stopped. No effect on a running LPAR.
+    // from where they stopped. No effect on a running LPAR; throws Refused for a fenced one.
     void restart();
+
+    // Stops and joins every thread of the LPAR (vCPUs, device workers) and unmaps its guest
+    // window, so that nothing of it can touch main storage any more, however many holders the
+    // object still has. Idempotent. The Hypervisor calls it before it scrubs the storage.
+    void shutdown();
 
     // --- LIP controlling section (MVSTOR steps 201 and 210) ---
     // Stops every vCPU and waits until all are parked outside KVM_RUN.
@@ -90,6 +99,9 @@ class Lpar {
     // A vCPU exit the hypervisor cannot serve, or the guest's own exit: the LPAR stops, the
     // daemon and the other LPARs run on.
     void stop(const std::string& reason);
+    // Fences the LPAR (LparState::Failed) with the reason: vCPUs park at their next exit (or
+    // stay parked if paused), devices stop taking requests. Never undone but by deactivation.
+    void fence(const std::string& reason);
 
     // Dirty-page tracking for a live relocation: KVM's log for the guest's own writes plus the
     // window's device log for the hypervisor's. harvest_dirty() returns one bit per 4 KiB page
@@ -135,6 +147,7 @@ class Lpar {
     std::condition_variable changed_;
     bool pause_requested_ = false;
     bool exit_requested_ = false;
+    bool shut_down_ = false;
     unsigned parked_ = 0;
     LparState state_ = LparState::Running;
     std::string stop_reason_;

@@ -1,8 +1,13 @@
 // The LPAR controlling section: MVSTOR, following the patent's steps 201-211 (GB 2256513 A,
 // Fig. 2) with the arena/window mapping of DESIGN.md, as stop-and-copy (the patent) or live
 // (pre-copy with dirty logging, then short stops; DESIGN.md "MVSTOR, live").
+//
+// Nothing lost (docs/ARCHITECTURE.md): a move either completes, or leaves the storage map, the
+// window and the guest's data as they were (a failed copy or re-map is undone inside the stop;
+// the chunks a failed live move had moved are moved back), or, where even that fails, fences the
+// LPAR, which then holds both its old and its new range until it is deactivated.
 #include <algorithm>
-#include <bit>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -10,28 +15,13 @@
 #include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
+#include "lpar/quiesce.hpp"
 #include "storage/page_mover.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 #include "util/time.hpp"
 
 namespace lparvisor {
-
-std::vector<std::string> drain_devices(const std::vector<std::shared_ptr<Quiescable>>& devices,
-                                       std::chrono::milliseconds timeout) {
-    for (const auto& d : devices) d->stop_accepting();
-    auto deadline = Clock::now() + timeout;
-    for (;;) {
-        std::vector<std::string> busy;
-        for (const auto& d : devices)
-            if (!d->idle()) busy.push_back(d->name());
-        if (busy.empty() || Clock::now() >= deadline) return busy;
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-}
-
-void resume_devices(const std::vector<std::shared_ptr<Quiescable>>& devices) {
-    for (const auto& d : devices) d->resume_accepting();
-}
 
 struct Hypervisor::Move {
     const control::MvstorRequest& request;
@@ -39,39 +29,18 @@ struct Hypervisor::Move {
     ArenaRange from;
     ArenaRange to;
     control::MvstorResult result;
-    std::vector<std::shared_ptr<Quiescable>> devices;
     EventHub& events;
 
-    void phase(const char* name, Clock::time_point since) {
-        result.phases.push_back({name, microseconds_since(since)});
-        events.publish("mvstor.phase", request.lpar,
-                       {{"phase", name}, {"us", result.phases.back().microseconds}});
+    void phase(const char* name, Clock::time_point since) { record(name, microseconds_since(since)); }
+    void record(const char* name, std::uint64_t us) {
+        result.phases.push_back({name, us});
+        events.publish("mvstor.phase", request.lpar, {{"phase", name}, {"us", us}});
     }
-    Error fail(ErrorKind kind, const std::string& message) {
-        events.publish("mvstor.failed", request.lpar, {{"message", message}});
-        return Error(kind, message);
+    std::string busy_message(const std::string& names) const {
+        return fmt::format("{}: MVSTOR abandoned: device(s) still busy after {} ms: {}",
+                           request.lpar, request.drain_timeout.count(), names);
     }
-    // SALE and SIE with the new MSO: points (part of) the guest window, which the memslot and
-    // every device use, at its new place. The old range may already be partly overwritten, so
-    // if that fails the guest cannot go on: it is stopped with the reason.
-    void remap(std::uint64_t guest_offset, std::uint64_t length, ArenaOffset arena_offset) {
-        try {
-            lpar->window().remap_part(guest_offset, length, arena_offset);
-        } catch (const Error& e) {
-            lpar->stop(std::string("MVSTOR failed re-mapping the guest window: ") + e.what());
-            resume_devices(devices);
-            lpar->resume();
-            throw fail(e.kind(), e.what());
-        }
-    }
-    std::string busy_message(const std::vector<std::string>& busy) const {
-        std::string names;
-        for (const auto& b : busy) names += (names.empty() ? "" : ", ") + b;
-        return fmt::format(
-            "{}: MVSTOR abandoned: device(s) still busy after {} ms: {}; the LPAR "
-            "runs on at its old origin {} MiB, nothing was moved",
-            request.lpar, request.drain_timeout.count(), names, from.start.value / kMiB);
-    }
+    std::string target() const { return format_range_mib(to.start.value, to.size); }
 };
 
 namespace {
@@ -102,8 +71,14 @@ class RelocatingMark {
     bool& final_stop_;
 };
 
-// Populating costs 1.2 ms/MiB on 4 KiB shmem: in slices, so that a cancel is seen quickly.
-constexpr std::uint64_t kPopulateSlice = 16 * kMiB;
+// Populating costs 1.2 ms/MiB on 4 KiB shmem, and a pre-copy round copies at memory speed: both
+// in slices, so that a cancel is seen quickly.
+constexpr std::uint64_t kCancelSlice = 16 * kMiB;
+
+ErrorKind kind_of(const std::exception& e) {
+    if (const auto* error = dynamic_cast<const Error*>(&e)) return error->kind();
+    return ErrorKind::System;
+}
 
 std::uint64_t count_bits(const std::vector<std::uint64_t>& bitmap, std::uint64_t first_page,
                          std::uint64_t pages) {
@@ -131,12 +106,31 @@ std::uint64_t copy_dirty_pages(Arena& arena, const std::vector<std::uint64_t>& b
     return copied;
 }
 
+void copy_keys(StorageKeys& keys, ArenaOffset src, ArenaOffset dst, std::uint64_t length) {
+    auto src_keys = keys.frames({src, length});
+    auto dst_keys = keys.frames({dst, length});
+    std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());
+}
+
 }  // namespace
+
+bool Hypervisor::move_cancelled() {
+    std::lock_guard lock(map_mutex_);
+    return cancel_requested_ || shutting_down_.load();
+}
+
+void Hypervisor::throw_if_cancelled(Move& move) {
+    if (!move_cancelled()) return;
+    throw Error(ErrorKind::Busy,
+                fmt::format("{}: MVSTOR cancelled {} before its final stop", move.request.lpar,
+                            shutting_down_.load() ? "because the daemon is shutting down"
+                                                  : "by the operator"));
+}
 
 control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) {
     const auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "MVSTOR");
-    Move move{request, active_lpar(request.lpar), {}, {}, {}, {}, events_};
+    Move move{request, operable_lpar(request.lpar, "MVSTOR"), {}, {}, {}, events_};
     move.result.lpar = request.lpar;
     move.result.mode = request.mode == control::MvstorMode::Live ? "live" : "stop-and-copy";
 
@@ -151,18 +145,20 @@ control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) 
     move.phase("check_target", t);
     move.result.old_origin_mib = move.from.start.value / kMiB;
     move.result.new_origin_mib = move.to.start.value / kMiB;
-    move.devices = move.lpar->devices();
 
     RelocatingMark mark(map_mutex_, relocating_, cancel_requested_, final_stop_begun_,
                         request.lpar);
     spdlog::info("MVSTOR {} ({}): {} -> {}", request.lpar, move.result.mode,
-                 format_range_mib(move.from.start.value, move.from.size),
-                 format_range_mib(move.to.start.value, move.to.size));
+                 format_range_mib(move.from.start.value, move.from.size), move.target());
 
-    if (request.mode == control::MvstorMode::Live)
-        live_move(move);
-    else
-        stop_and_copy(move);
+    try {
+        if (request.mode == control::MvstorMode::Live)
+            live_move(move);
+        else
+            stop_and_copy(move);
+    } catch (const std::exception& e) {
+        throw failed_move(move, e);
+    }
 
     // The LPAR owns its new range from here; scrub what it vacated, after the resume and
     // before anyone else can own it.
@@ -194,6 +190,7 @@ control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) 
                      {"bytes_copied", result.bytes_copied},
                      {"bytes_recopied", result.bytes_recopied},
                      {"stops_us", result.stops_us},
+                     {"rounds", result.rounds},
                      {"policy_branch", result.policy_branch},
                      {"pause_us", result.pause_us},
                      {"total_us", result.total_us},
@@ -201,83 +198,147 @@ control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) 
     return result;
 }
 
-void Hypervisor::begin_final_stop(Move& move) {
-    bool cancelled;
-    {
-        std::lock_guard lock(map_mutex_);
-        cancelled = cancel_requested_;
-        if (!cancelled) final_stop_begun_ = true;
+// Every way a move can fail ends here, with the LPAR either whole at its old origin (the
+// procedures undo what they did) or fenced. The message says which.
+Error Hypervisor::failed_move(Move& move, const std::exception& cause) {
+    const std::string& name = move.request.lpar;
+    std::string outcome;
+    if (move.lpar->state() == LparState::Failed) {
+        // Its storage may be at either place: it keeps both until it is deactivated.
+        try {
+            std::lock_guard lock(map_mutex_);
+            map_.hold(name, move.to);
+        } catch (const std::exception& e) {
+            spdlog::error("{}: fenced, but cannot hold {}: {}", name, move.target(), e.what());
+        }
+        outcome = fmt::format(
+            "{} is fenced (state failed) and holds {} and {} until it is deactivated", name,
+            format_range_mib(move.from.start.value, move.from.size), move.target());
+    } else {
+        // Whatever a pre-copy or an undone copy left in the free target range goes.
+        scrub(arena_, keys_, newly_occupied_range(move.from, move.to.start));
+        outcome = fmt::format("the LPAR runs on at its old origin {}, as before",
+                              format_mib(move.from.start.value));
     }
-    if (!cancelled) return;
-    // Nothing has changed but the backing of the free target range: give it back unbacked.
-    scrub(arena_, keys_, newly_occupied_range(move.from, move.to.start));
-    spdlog::info("MVSTOR {}: cancelled before the stop; nothing moved", move.request.lpar);
-    throw move.fail(ErrorKind::Busy, move.request.lpar +
-                                         ": MVSTOR cancelled by the operator "
-                                         "before its final stop; nothing was moved");
+    const std::string message = fmt::format("{}; {}", cause.what(), outcome);
+    spdlog::warn("{}", message);
+    events_.publish("mvstor.failed", name, {{"message", message}});
+    return Error(kind_of(cause), message);
 }
 
-bool Hypervisor::stop_and_drain(Move& move, std::vector<std::string>& busy, bool record_phases) {
+void Hypervisor::begin_final_stop(Move& move) {
+    std::lock_guard lock(map_mutex_);
+    if (cancel_requested_ || shutting_down_.load())
+        throw Error(ErrorKind::Busy,
+                    fmt::format("{}: MVSTOR cancelled {} before its final stop", move.request.lpar,
+                                shutting_down_.load() ? "because the daemon is shutting down"
+                                                      : "by the operator"));
+    final_stop_begun_ = true;
+}
+
+void Hypervisor::populate_target(Move& move) {
+    // Populate the part of the target the LPAR does not occupy yet, so the copy inside the stop
+    // does not fault pages in (KVM-NOTES.md). The operator may cancel until the stop.
     auto t = Clock::now();
-    move.lpar->pause();  // step 201
-    if (record_phases) move.phase("stop_vcpus", t);
-    t = Clock::now();
-    busy = drain_devices(move.devices, move.request.drain_timeout);  // step 202
-    if (busy.empty()) {
-        if (record_phases) move.phase("drain_io", t);
-        return true;
+    const ArenaRange grown = newly_occupied_range(move.from, move.to.start);
+    for (std::uint64_t done = 0; done < grown.size; done += kCancelSlice) {
+        fault::point("mvstor.populate");
+        throw_if_cancelled(move);
+        arena_.populate({{grown.start.value + done}, std::min(kCancelSlice, grown.size - done)});
     }
-    resume_devices(move.devices);
-    move.lpar->resume();
-    return false;
+    move.phase("populate_target", t);
 }
 
 void Hypervisor::stop_and_copy(Move& move) {
     auto& result = move.result;
     result.policy_branch = "stop-and-copy";
-
-    // Populate the part of the target the LPAR does not occupy yet, so the copy inside the stop
-    // does not fault pages in (KVM-NOTES.md). The operator may cancel until the stop.
-    auto t = Clock::now();
-    const ArenaRange grown = newly_occupied_range(move.from, move.to.start);
-    for (std::uint64_t done = 0; done < grown.size; done += kPopulateSlice) {
-        {
-            std::lock_guard lock(map_mutex_);
-            if (cancel_requested_) break;
-        }
-        arena_.populate({{grown.start.value + done}, std::min(kPopulateSlice, grown.size - done)});
-    }
-    move.phase("populate_target", t);
+    populate_target(move);
     begin_final_stop(move);
 
     // Steps 201-202.
     const auto paused_at = Clock::now();
-    std::vector<std::string> busy;
-    if (!stop_and_drain(move, busy, true)) {
-        scrub(arena_, keys_, grown);
-        spdlog::warn("MVSTOR {}: devices still busy; resumed at the old origin", move.request.lpar);
-        throw move.fail(ErrorKind::Busy, move.busy_message(busy));
+    Quiesce stop(*move.lpar, move.request.drain_timeout);
+    move.record("stop_vcpus", stop.stop_vcpus_us());
+    if (!stop.drained()) throw Error(ErrorKind::Busy, move.busy_message(stop.busy_names()));
+    move.record("drain_io", stop.drain_us());
+    stop.at_risk(fmt::format("MVSTOR to {} failed during its stop and could not be undone",
+                             move.target()));
+
+    // Steps 204-209: transfer page by page with the storage keys, in the overlap-safe order;
+    // then SALE / SIE with the new MSO: the window, which the memslot and every device use,
+    // points at the new place.
+    auto t = Clock::now();
+    std::uint64_t copied = 0;
+    try {
+        result.bytes_copied =
+            move_pages(arena_, keys_, move.from, move.to.start,
+                       [&](std::uint64_t done, std::uint64_t total) {
+                           copied = done;
+                           fault::point("mvstor.copy");
+                           events_.publish("mvstor.progress", move.request.lpar,
+                                           {{"copied", done}, {"total", total}});
+                       });
+        move.phase("copy", t);
+        t = Clock::now();
+        fault::point("mvstor.remap");
+        move.lpar->window().remap_part(0, move.from.size, move.to.start);
+    } catch (const std::exception& e) {
+        // Undo inside the same stop: the pages copied so far go back (what the copy had not
+        // reached is intact at the old origin), and the window points at the old origin again
+        // (a failed re-map may have left part of it anywhere). If that fails too, the guard
+        // fences the LPAR.
+        const std::string failure = fmt::format("{}: MVSTOR failed during its stop ({})",
+                                                move.request.lpar, e.what());
+        try {
+            fault::point("mvstor.rollback");
+            move_pages_back(arena_, keys_, move.from, move.to.start, copied);
+            move.lpar->window().remap_part(0, move.from.size, move.from.start);
+        } catch (const std::exception& undo) {
+            stop.at_risk(fmt::format("{}; undoing it failed too ({})", failure, undo.what()));
+            throw Error(kind_of(e), fmt::format("{}; undoing it failed too ({})", failure,
+                                                undo.what()));
+        }
+        stop.safe();
+        throw Error(kind_of(e), failure + "; the copy was undone");
     }
-
-    // Steps 204-209: transfer page by page with the storage keys, in the overlap-safe order.
-    t = Clock::now();
-    result.bytes_copied = move_pages(arena_, keys_, move.from, move.to.start,
-                                     [&](std::uint64_t copied, std::uint64_t total) {
-                                         events_.publish("mvstor.progress", move.request.lpar,
-                                                         {{"copied", copied}, {"total", total}});
-                                     });
-    move.phase("copy", t);
-
-    t = Clock::now();
-    move.remap(0, move.from.size, move.to.start);
-    resume_devices(move.devices);
+    stop.safe();
     move.phase("remap", t);
 
     // Step 210: restart the logical processors.
     t = Clock::now();
-    move.lpar->resume();
+    stop.release();
     move.phase("resume", t);
     result.pause_us = microseconds_since(paused_at);
+}
+
+// One chunk of a live move (guest offsets, and where it is in the arena before and after).
+struct Hypervisor::Chunk {
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+    ArenaOffset src, dst;
+};
+
+// The stop of a live move's chunk: a drained Quiesce in `stop`. The first chunk's stop gives up
+// at once when devices stay busy (nothing has moved: the move is abandoned); a later chunk's
+// retries until one more drain timeout has passed, then throws, and the move is undone.
+void Hypervisor::stop_for_chunk(Move& move, std::optional<Quiesce>& stop, std::size_t index,
+                                std::size_t count) {
+    const auto deadline = Clock::now() + move.request.drain_timeout;
+    for (;;) {
+        stop.emplace(*move.lpar, move.request.drain_timeout);
+        if (stop->drained()) return;
+        const std::string names = stop->busy_names();
+        stop.reset();
+        if (index == 0) throw Error(ErrorKind::Busy, move.busy_message(names));
+        if (Clock::now() >= deadline)
+            throw Error(ErrorKind::Busy,
+                        fmt::format("{}: MVSTOR: device(s) still busy at the stop for chunk {} "
+                                    "of {}, twice {} ms: {}",
+                                    move.request.lpar, index + 1, count,
+                                    move.request.drain_timeout.count(), names));
+        spdlog::warn("MVSTOR {}: device(s) busy at chunk {} of {} ({}); retrying",
+                     move.request.lpar, index + 1, count, names);
+    }
 }
 
 // Live: the LPAR is moved in chunks of at most the distance moved (the whole LPAR at once when
@@ -285,7 +346,8 @@ void Hypervisor::stop_and_copy(Move& move) {
 // storage or storage an earlier chunk already vacated. Each chunk is pre-copied while the guest
 // runs, re-copying what it dirties (KVM's log plus the devices' log) until the rest fits the
 // target pause; then a short stop copies the last dirty pages and the chunk's storage keys and
-// re-maps just that chunk of the guest window.
+// re-maps just that chunk of the guest window. Once policy.max_total has passed (or the daemon
+// is shutting down), the remaining chunks are not pre-copied: each stop copies its whole chunk.
 void Hypervisor::live_move(Move& move) {
     auto& result = move.result;
     const auto& policy = move.request.policy;
@@ -294,10 +356,14 @@ void Hypervisor::live_move(Move& move) {
     const bool up = move.to.start.value > move.from.start.value;
     const std::uint64_t delta = up ? move.to.start.value - move.from.start.value
                                    : move.from.start.value - move.to.start.value;
-    const std::uint64_t chunk = std::min(size, delta);  // both 2 MiB multiples
-    std::vector<std::uint64_t> offsets;
-    for (std::uint64_t offset = 0; offset < size; offset += chunk) offsets.push_back(offset);
-    if (up) std::reverse(offsets.begin(), offsets.end());  // top down when moving up
+    const std::uint64_t chunk_size = std::min(size, delta);  // both 2 MiB multiples
+    std::vector<Chunk> chunks;
+    for (std::uint64_t offset = 0; offset < size; offset += chunk_size) {
+        const std::uint64_t length = std::min(chunk_size, size - offset);
+        chunks.push_back({offset, length, ArenaOffset{move.from.start.value + offset},
+                          ArenaOffset{move.to.start.value + offset}});
+    }
+    if (up) std::reverse(chunks.begin(), chunks.end());  // top down when moving up
 
     auto t = Clock::now();
     move.lpar->set_dirty_tracking(true);
@@ -316,76 +382,111 @@ void Hypervisor::live_move(Move& move) {
     double bytes_per_us = 5000.0;  // first guess (5 GB/s); measured on the first chunk
     std::string fallback;
     std::uint64_t copied_total = 0;
-    for (std::size_t index = 0; index < offsets.size(); ++index) {
-        const std::uint64_t offset = offsets[index];
-        const std::uint64_t length = std::min(chunk, size - offset);
-        const ArenaOffset src{move.from.start.value + offset};
-        const ArenaOffset dst{move.to.start.value + offset};
-        const std::uint64_t first_page = offset / kPageSize, pages = length / kPageSize;
+    std::vector<Chunk> moved;   // chunks whose part of the window points at their new place
+    std::optional<Quiesce> stop;
+    std::optional<Chunk> in_stop;  // the chunk being moved inside `stop`
+    try {
+        for (std::size_t index = 0; index < chunks.size(); ++index) {
+            const Chunk& c = chunks[index];
+            const std::uint64_t first_page = c.offset / kPageSize, pages = c.length / kPageSize;
+            // Before the first stop a cancel abandons the move; after it, the rest is copied in
+            // the stops (bounded) rather than pre-copied.
+            auto check_cancel = [&] {
+                if (index == 0) throw_if_cancelled(move);
+            };
+            // After the first stop: true once the daemon shuts down (no more rounds).
+            auto stop_precopy = [&] { return index > 0 && move_cancelled(); };
+            const bool precopy = Clock::now() - started < policy.max_total && !move_cancelled();
+            unsigned rounds = 0;
+            if (precopy) {
+                // Pre-copy round 1: everything that has backing (holes cost nothing).
+                t = Clock::now();
+                fault::point("mvstor.precopy");
+                check_cancel();
+                fault::point("mvstor.harvest");
+                (void)move.lpar->harvest_dirty();  // from now on, every write is seen
+                std::uint64_t copied = 0;
+                for (std::uint64_t done = 0; done < c.length; done += kCancelSlice) {
+                    check_cancel();
+                    const std::uint64_t slice = std::min(kCancelSlice, c.length - done);
+                    copied += copy_populated(arena_, ArenaOffset{c.src.value + done},
+                                             ArenaOffset{c.dst.value + done}, slice);
+                }
+                auto elapsed = std::max<std::uint64_t>(1, microseconds_since(t));
+                if (copied >= 4 * kMiB) bytes_per_us = static_cast<double>(copied) / elapsed;
+                result.bytes_copied += copied;
+                rounds = 1;
 
-        // Pre-copy round 1: everything that has backing (holes cost nothing).
-        t = Clock::now();
-        (void)move.lpar->harvest_dirty();  // from now on, every write is seen
-        std::uint64_t copied = copy_populated(arena_, src, dst, length);
-        auto elapsed = std::max<std::uint64_t>(1, microseconds_since(t));
-        if (copied >= 4 * kMiB) bytes_per_us = static_cast<double>(copied) / elapsed;
-        result.bytes_copied += copied;
-        copied_total += length;
-        events_.publish("mvstor.progress", move.request.lpar,
-                        {{"copied", copied_total}, {"total", size}});
-        unsigned rounds = 1;
+                // Further rounds until what is dirty fits half the target pause (the other half
+                // is the remap and the resume), or the policy gives up and the stop copies what
+                // is left.
+                const double budget_bytes = bytes_per_us * policy.target_pause.count() / 2.0;
+                for (;;) {
+                    fault::point("mvstor.precopy");
+                    check_cancel();
+                    if (stop_precopy()) break;  // the stop copies what the last harvest missed
+                    fault::point("mvstor.harvest");
+                    auto dirty = move.lpar->harvest_dirty();
+                    std::uint64_t dirty_bytes = count_bits(dirty, first_page, pages) * kPageSize;
+                    // Copied now, still running: the stop then only sees what is written later.
+                    result.bytes_recopied +=
+                        copy_dirty_pages(arena_, dirty, c.offset, c.length, c.src, c.dst);
+                    if (static_cast<double>(dirty_bytes) <= budget_bytes) break;
+                    if (rounds >= policy.max_rounds || Clock::now() - started >= policy.max_total) {
+                        if (fallback.empty())
+                            fallback = fmt::format(
+                                "fallback: chunk {} of {} still had {} dirty after {} "
+                                "rounds; copied in the stop",
+                                index + 1, chunks.size(), format_mib(dirty_bytes), rounds);
+                        break;
+                    }
+                    ++rounds;
+                }
+            } else if (fallback.empty()) {
+                fallback = fmt::format(
+                    "fallback: {} before chunk {} of {}; the rest was copied in its stops",
+                    move_cancelled() ? "the daemon is shutting down"
+                                     : fmt::format("max_total ({} ms) reached",
+                                                   policy.max_total.count()),
+                    index + 1, chunks.size());
+            }
+            result.rounds += rounds;
+            copied_total += c.length;
+            events_.publish("mvstor.progress", move.request.lpar,
+                            {{"copied", copied_total}, {"total", size}});
 
-        // Further rounds until what is dirty fits half the target pause (the other half is the
-        // remap and the resume), or the policy gives up and the stop copies what is left.
-        const double budget_bytes = bytes_per_us * policy.target_pause.count() / 2.0;
-        for (;;) {
+            // The stop for this chunk.
+            if (index == 0) begin_final_stop(move);
+            const auto paused_at = Clock::now();
+            stop_for_chunk(move, stop, index, chunks.size());
+            in_stop = c;
+            stop->at_risk(fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be "
+                                      "undone",
+                                      move.target(), index + 1, chunks.size()));
+            fault::point("mvstor.harvest");
             auto dirty = move.lpar->harvest_dirty();
-            std::uint64_t dirty_bytes = count_bits(dirty, first_page, pages) * kPageSize;
-            if (static_cast<double>(dirty_bytes) <= budget_bytes) {
-                // Put the harvested bits back in effect: copy them now, still running; the stop
-                // then only sees what is written after this point.
-                result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
-                break;
-            }
-            if (rounds >= policy.max_rounds || Clock::now() - started >= policy.max_total) {
-                result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
-                if (fallback.empty())
-                    fallback = fmt::format(
-                        "fallback: chunk {} of {} still had {} dirty after {} "
-                        "rounds; copied in the stop",
-                        index + 1, offsets.size(), format_mib(dirty_bytes), rounds);
-                break;
-            }
-            result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
-            ++rounds;
+            fault::point("mvstor.copy");
+            if (precopy)
+                result.bytes_recopied +=
+                    copy_dirty_pages(arena_, dirty, c.offset, c.length, c.src, c.dst);
+            else
+                result.bytes_copied += copy_populated(arena_, c.src, c.dst, c.length);
+            // The chunk's storage keys, with whatever the guest set during the pre-copy.
+            copy_keys(keys_, c.src, c.dst, c.length);
+            fault::point("mvstor.remap");
+            move.lpar->window().remap_part(c.offset, c.length, c.dst);
+            moved.push_back(c);
+            in_stop.reset();
+            stop->safe();
+            stop->release();
+            stop.reset();
+            auto stop_us = microseconds_since(paused_at);
+            result.stops_us.push_back(stop_us);
+            result.pause_us += stop_us;
         }
-        result.rounds += rounds;
-
-        // The stop for this chunk.
-        if (index == 0) begin_final_stop(move);
-        const auto paused_at = Clock::now();
-        std::vector<std::string> busy;
-        while (!stop_and_drain(move, busy, false)) {
-            if (index == 0) {
-                scrub(arena_, keys_, newly_occupied_range(move.from, move.to.start));
-                throw move.fail(ErrorKind::Busy, move.busy_message(busy));
-            }
-            // Part of the LPAR has moved already: it cannot go back, so wait for the devices.
-            spdlog::warn("MVSTOR {}: devices busy at chunk {}; retrying", move.request.lpar,
-                         index + 1);
-        }
-        auto dirty = move.lpar->harvest_dirty();
-        result.bytes_recopied += copy_dirty_pages(arena_, dirty, offset, length, src, dst);
-        // The chunk's storage keys, with whatever the guest set during the pre-copy.
-        auto src_keys = keys_.frames({src, length});
-        auto dst_keys = keys_.frames({dst, length});
-        std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());
-        move.remap(offset, length, dst);
-        resume_devices(move.devices);
-        move.lpar->resume();
-        auto stop_us = microseconds_since(paused_at);
-        result.stops_us.push_back(stop_us);
-        result.pause_us += stop_us;
+    } catch (const std::exception& e) {
+        if (moved.empty() && !in_stop) throw;  // nothing has changed but the free target range
+        roll_back(move, moved, in_stop, stop, e);
     }
     move.phase("live_copy", started);
 
@@ -397,6 +498,53 @@ void Hypervisor::live_move(Move& move) {
         move.phase("remap_whole", t);
     }
     result.policy_branch = fallback.empty() ? "converged" : fallback;
+}
+
+// A live move failed after it had begun to move chunks: move them back, newest first (each
+// chunk's source is free again once the chunk moved after it is back), inside one stop. If the
+// LPAR cannot be stopped with its devices drained, or moving back fails, it is fenced.
+void Hypervisor::roll_back(Move& move, const std::vector<Chunk>& moved,
+                           const std::optional<Chunk>& in_stop, std::optional<Quiesce>& stop,
+                           const std::exception& cause) {
+    const std::string& name = move.request.lpar;
+    const std::string failure =
+        moved.empty()
+            ? fmt::format("{}: MVSTOR failed in its first stop ({})", name, cause.what())
+            : fmt::format("{}: MVSTOR failed after moving {} of its chunks ({})", name,
+                          moved.size(), cause.what());
+    spdlog::warn("{}; undoing it", failure);
+    if (!stop) {
+        stop.emplace(*move.lpar, move.request.drain_timeout);
+        if (!stop->drained()) {
+            const std::string reason = fmt::format(
+                "{}; its devices stayed busy ({}), so it could not be stopped to move them back",
+                failure, stop->busy_names());
+            stop.reset();
+            move.lpar->fence(reason);
+            throw Error(kind_of(cause), reason);
+        }
+    }
+    stop->at_risk(failure + "; moving them back failed");
+    try {
+        fault::point("mvstor.rollback");
+        // The chunk in the stop had not moved: its source is intact; point the window at it
+        // again in case a failed re-map left that part anywhere.
+        if (in_stop) move.lpar->window().remap_part(in_stop->offset, in_stop->length, in_stop->src);
+        for (auto c = moved.rbegin(); c != moved.rend(); ++c) {
+            copy_populated(arena_, c->dst, c->src, c->length);
+            copy_keys(keys_, c->dst, c->src, c->length);
+            move.lpar->window().remap_part(c->offset, c->length, c->src);
+        }
+    } catch (const std::exception& undo) {
+        const std::string reason =
+            fmt::format("{}; moving them back failed too ({})", failure, undo.what());
+        stop->at_risk(reason);
+        stop.reset();  // fences
+        throw Error(kind_of(cause), reason);
+    }
+    stop->safe();
+    stop.reset();  // resumes at the old origin
+    throw Error(kind_of(cause), failure + (moved.empty() ? "; undone" : "; they were moved back"));
 }
 
 }  // namespace lparvisor

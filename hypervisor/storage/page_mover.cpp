@@ -54,6 +54,15 @@ std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, Arena
     return copied;
 }
 
+void move_pages_back(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
+                     std::uint64_t copied) {
+    copied = std::min(copied, from.size);
+    if (copied == 0 || to == from.start) return;
+    // move_pages copied the top `copied` bytes when moving up, the bottom ones when moving down.
+    const std::uint64_t offset = to.value > from.start.value ? from.size - copied : 0;
+    move_pages(arena, keys, {{to.value + offset}, copied}, ArenaOffset{from.start.value + offset});
+}
+
 std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std::uint64_t bytes) {
     auto source = arena.bytes({src, bytes});
     auto target = arena.bytes({dst, bytes});

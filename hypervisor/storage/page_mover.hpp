@@ -20,6 +20,12 @@ using CopyProgress = std::function<void(std::uint64_t copied, std::uint64_t tota
 std::uint64_t move_pages(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
                          const CopyProgress& progress = {});
 
+// Undoes the first `copied` bytes of move_pages(from, to) (what its progress had reported when
+// it stopped): moves exactly that part back, pages with their keys, in the overlap-safe order.
+// What move_pages had not reached yet is still intact at `from`, so `from` is whole again.
+void move_pages_back(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffset to,
+                     std::uint64_t copied);
+
 // Copies [src, +bytes) to [dst, +bytes) (disjoint) where the source has backing, and punches the
 // destination where the source is a hole (never-touched storage reads as zeros: moving it costs
 // nothing). Returns the bytes actually copied. Keys are not touched. On hugetlb backing the

@@ -72,6 +72,48 @@ void StorageMap::remove(const std::string& lpar) {
     std::erase_if(areas_, [&](const StorageArea& a) { return a.lpar == lpar; });
 }
 
+void StorageMap::hold(const std::string& lpar, ArenaRange range) {
+    find(lpar);
+    if (range.size == 0) return;
+    if (range.start.value >= total_ || range.size > total_ - range.start.value)
+        throw Error(ErrorKind::Refused, lpar + ": cannot hold " +
+                                            format_range_mib(range.start.value, range.size) +
+                                            ": beyond main storage");
+    if (auto other = first_overlap(range, lpar))
+        throw Error(ErrorKind::Refused,
+                    lpar + ": cannot hold " + format_range_mib(range.start.value, range.size) +
+                        ": overlaps " + other->lpar);
+    // Merge with every own area it overlaps or touches (a hull stays inside what is held:
+    // nothing of another LPAR lies between two touching ranges).
+    ArenaRange merged = range;
+    bool changed = true;
+    while (changed) {
+        changed = false;
+        for (auto it = areas_.begin(); it != areas_.end(); ++it) {
+            if (it->lpar != lpar) continue;
+            const bool touches = it->range.start.value <= merged.end() &&
+                                 merged.start.value <= it->range.end();
+            if (!touches) continue;
+            const std::uint64_t start = std::min(it->range.start.value, merged.start.value);
+            const std::uint64_t end = std::max(it->range.end(), merged.end());
+            merged = {ArenaOffset{start}, end - start};
+            areas_.erase(it);
+            changed = true;
+            break;
+        }
+    }
+    areas_.push_back({lpar, merged});
+}
+
+std::vector<ArenaRange> StorageMap::ranges_of(const std::string& lpar) const {
+    std::vector<ArenaRange> ranges;
+    for (const auto& area : areas_)
+        if (area.lpar == lpar) ranges.push_back(area.range);
+    std::sort(ranges.begin(), ranges.end(),
+              [](const ArenaRange& a, const ArenaRange& b) { return a.start < b.start; });
+    return ranges;
+}
+
 ArenaRange StorageMap::check_move(const std::string& lpar, ArenaOffset new_origin) const {
     const auto& area = find(lpar);
     if (new_origin == area.range.start)

@@ -35,7 +35,15 @@ class StorageMap {
     // Adds an area; throws Error naming the problem (empty, misaligned, outside, overlap,
     // duplicate name). The map is unchanged on error.
     void add(const std::string& lpar, ArenaRange range);
-    void remove(const std::string& lpar);
+    void remove(const std::string& lpar);  // every area the LPAR holds
+
+    // A fenced LPAR (one whose storage operation could neither complete nor be undone) keeps
+    // every range it may occupy until it is deactivated: `range` joins its holding, merged with
+    // an area of its own that it overlaps or touches, else as a second area of the same name.
+    // Throws, changing nothing, if `range` is outside main storage or overlaps another LPAR.
+    void hold(const std::string& lpar, ArenaRange range);
+    // Every range the LPAR holds (one, or two while it is fenced half-moved), by origin.
+    std::vector<ArenaRange> ranges_of(const std::string& lpar) const;
 
     const StorageArea& find(const std::string& lpar) const;  // throws NotFound with the known names
     bool contains(const std::string& lpar) const;

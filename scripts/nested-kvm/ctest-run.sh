@@ -39,6 +39,10 @@ if [[ -n "${LPARVISOR_LINUX_GUEST_ENV:-}" && -f "$LPARVISOR_LINUX_GUEST_ENV" ]];
               LPARVISOR_LINUX_BZIMAGE=/work/"$(basename "$LINUX_BZIMAGE")"
               LPARVISOR_LINUX_INITRD=/work/"$(basename "$LINUX_INITRD")")
 fi
+# The stress test's seed and length (tests/kvm/test_stress.cpp) go in when set.
+for var in LPARVISOR_STRESS_SEED LPARVISOR_STRESS_OPS; do
+  if [[ -n "${!var:-}" ]]; then guest_env+=("$var=${!var}"); fi
+done
 echo "nested-kvm: no /dev/kvm here; running $(basename "$command_file") inside QEMU TCG with nested SVM"
 exec "$here/run.sh" --timeout "$timeout_s" --file "$command_file" --file "$firmware" "${extra[@]}" -- \
   env LPARVISOR_FIRMWARE=/work/"$(basename "$firmware")" "${guest_env[@]}" \

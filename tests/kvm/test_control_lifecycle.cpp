@@ -1,6 +1,7 @@
 // The control plane end to end under real KVM: a real Hypervisor behind the real socket server,
 // driven by JSON-RPC clients — the whole lifecycle, events seen by a second client, a conflicting
-// request refused while an MVSTOR runs, and a cancelled MVSTOR that changes nothing.
+// request refused while an MVSTOR runs, a cancelled MVSTOR that changes nothing, and a shutdown
+// (SIGTERM) that cancels a move before its first stop.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "lpar/hypervisor.hpp"
 #include "support/control_client.hpp"
 #include "support/lpar_checks.hpp"
+#include "util/fault.hpp"
 
 using namespace lparvisor;
 using namespace std::chrono_literals;
@@ -96,22 +98,24 @@ TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it 
     Hypervisor hv({1024, {test::firmware_lpar("BIG", 0, 512, 1)}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::require_clean_rounds(hv, "BIG", 1);
+    // Held while it populates its target: the move is still running, and holds BIG, on any
+    // machine.
+    fault::arm("mvstor.populate", fault::Action::Hold);
     auto move = std::async(std::launch::async, [&] {
         return test::rpc_call(socket.path(), "storage.mvstor",
                               {{"lpar", "BIG"}, {"origin_mib", 512}});
     });
-    for (;;) {
-        auto list = test::rpc_call(socket.path(), "lpar.list");
-        if (row_of(list, "BIG")["state"] == "relocating") break;
-    }
-    // Populating 512 MiB of target takes a while: the move is still running, and holds BIG.
+    REQUIRE(fault::wait_until_held("mvstor.populate", 120s));
+    CHECK(row_of(test::rpc_call(socket.path(), "lpar.list"), "BIG")["state"] == "relocating");
     auto conflict = test::rpc_call(socket.path(), "lpar.deactivate", {{"lpar", "BIG"}});
     REQUIRE(conflict.contains("error"));
     CHECK(conflict["error"]["code"] == -32004);
     CHECK_THAT(conflict["error"]["message"].get<std::string>(), Catch::Contains("MVSTOR of BIG"));
     auto cancelled = test::rpc_call(socket.path(), "storage.cancel", {{"lpar", "BIG"}});
     CHECK(cancelled["result"]["cancelled"] == "BIG");
+    fault::release("mvstor.populate");
     auto refused = move.get();
+    fault::disarm_all();
     REQUIRE(refused.contains("error"));
     CHECK(refused["error"]["code"] == -32004);
     CHECK_THAT(refused["error"]["message"].get<std::string>(), Catch::Contains("cancelled"));
@@ -119,4 +123,34 @@ TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it 
     CHECK(row_of(list, "BIG")["origin_mib"] == 0);
     CHECK(row_of(list, "BIG")["state"] == "running");
     test::require_clean_rounds(hv, "BIG", 2);
+}
+
+TEST_CASE("a shutdown cancels a move before its first stop and refuses new operations",
+          "[kvm][control]") {
+    TempDir dir;
+    Hypervisor hv({256, {test::firmware_lpar("A", 0, 64, 1, 0, 16)}}, test::firmware_options());
+    test::SocketFixture socket(hv, dir.path / "control.sock");
+    test::require_clean_rounds(hv, "A", 1);
+    // A live move held in its first pre-copy round when the shutdown (SIGTERM) comes.
+    fault::arm("mvstor.precopy", fault::Action::Hold);
+    auto move = std::async(std::launch::async, [&] {
+        return test::rpc_call(socket.path(), "storage.mvstor",
+                              {{"lpar", "A"}, {"origin_mib", 128}, {"mode", "live"}});
+    });
+    REQUIRE(fault::wait_until_held("mvstor.precopy", 120s));
+    hv.request_shutdown();
+    fault::release("mvstor.precopy");
+    auto ended = move.get();
+    fault::disarm_all();
+    REQUIRE(ended.contains("error"));
+    CHECK_THAT(ended["error"]["message"].get<std::string>(),
+               Catch::Contains("cancelled because the daemon is shutting down") &&
+                   Catch::Contains("runs on at its old origin 0 MiB"));
+    auto list = test::rpc_call(socket.path(), "lpar.list");
+    CHECK(row_of(list, "A")["origin_mib"] == 0);
+    auto refused = test::rpc_call(socket.path(), "storage.mvstor",
+                                  {{"lpar", "A"}, {"origin_mib", 128}});
+    REQUIRE(refused.contains("error"));
+    CHECK_THAT(refused["error"]["message"].get<std::string>(), Catch::Contains("shutting down"));
+    test::require_clean_rounds(hv, "A", 2);
 }

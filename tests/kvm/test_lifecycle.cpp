@@ -14,6 +14,7 @@
 #include "support/guest_console.hpp"
 #include "support/lpar_checks.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 
 using namespace lparvisor;
 using namespace std::chrono_literals;
@@ -138,10 +139,15 @@ TEST_CASE("an MVSTOR cancelled before its final stop changes nothing", "[kvm][li
     test::require_clean_rounds(hv, "BIG", 1);
     CHECK_THROWS_WITH(hv.cancel_mvstor("BIG"), Catch::Contains("no MVSTOR of BIG is running"));
 
+    // Held while it populates its target, so the cancel lands before the stop on any machine.
+    fault::arm("mvstor.populate", fault::Action::Hold);
     auto move = std::async(std::launch::async, [&] { return hv.mvstor({"BIG", 512, 10s}); });
-    while (row(hv, "BIG").state != "relocating") std::this_thread::sleep_for(100us);
+    REQUIRE(fault::wait_until_held("mvstor.populate", 120s));
+    CHECK(row(hv, "BIG").state == "relocating");
     hv.cancel_mvstor("BIG");
+    fault::release("mvstor.populate");
     CHECK_THROWS_WITH(move.get(), Catch::Contains("cancelled by the operator"));
+    fault::disarm_all();
 
     auto after = row(hv, "BIG");
     CHECK(after.origin_mib == 0);

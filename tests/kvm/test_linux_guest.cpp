@@ -110,7 +110,7 @@ std::smatch wait_for(Lpar& lpar, const std::regex& pattern, std::chrono::seconds
     for (;;) {
         text = lpar.console().tail(1024 * 1024);
         if (std::regex_search(text, match, pattern)) return match;
-        bool stopped = lpar.state() == LparState::Stopped;
+        bool stopped = lpar.state() != LparState::Running;
         if (stopped || std::chrono::steady_clock::now() > deadline) {
             INFO("waiting for " << what
                                 << (stopped ? ": the LPAR stopped: " + lpar.stop_reason()
@@ -291,11 +291,13 @@ TEST_CASE("a Linux guest's power-off stops its LPAR with the reason; the daemon 
     test::require_clean_rounds(hv, "FW", 1);
 }
 
-// Claim 6 with Linux (issue 5): the LPAR boots with 128 MiB and a virtio-mem region up to
-// 256 MiB; EXPAND by 64 MiB and the kernel's virtio-mem driver plugs and onlines it, MemTotal
-// grows by exactly that, and a second workload needing more than the boot memory had free fills
-// and verifies it.
-TEST_CASE("a Linux guest onlines what EXPAND gives it and a program uses it",
+// Claim 6 with Linux: the LPAR boots with 128 MiB and a virtio-mem region up to 256 MiB; EXPAND
+// by 64 MiB and the kernel's virtio-mem driver plugs and onlines it, MemTotal grows by exactly
+// that, and a second workload needing more than the boot memory had free fills and verifies it.
+// Then the expanded LPAR is moved live, shrunk back, and exchanged with a firmware neighbour, the
+// workload verifying two clean rounds after each.
+TEST_CASE("a Linux guest onlines what EXPAND gives it, a program uses it, and it moves, shrinks "
+          "and exchanges",
           "[kvm][linux][full-boot][expand]") {
     skip_full_boot_under_pvm();
     auto image = guest_image(false);
@@ -304,7 +306,7 @@ TEST_CASE("a Linux guest onlines what EXPAND gives it and a program uses it",
     auto linux_lpar =
         small_linux_lpar(image, "GROW", "LPV_MIB=16 LPV_LOOP=0 LPV_DISK=none LPV_GROW_MIB=96");
     linux_lpar.max_size_mib = 256;
-    Hypervisor hv({384, {linux_lpar}}, test::firmware_options());
+    Hypervisor hv({448, {linux_lpar}}, test::firmware_options());
     Lpar& lpar = hv.lpar("GROW");
     wait_for(lpar, std::regex("pci [0-9a-f:.]+ vendor 0x1af4 device 0x1058 .* driver virtio-pci"),
              600s, "virtio-pci bound to the virtio-mem device");
@@ -342,7 +344,34 @@ TEST_CASE("a Linux guest onlines what EXPAND gives it and a program uses it",
     CHECK(console.find("LPARVISOR-GROWN: done") != std::string::npos);
     CHECK(console.find("FAIL") == std::string::npos);
     // The main workload never noticed.
-    auto rounds = count_matches(console, std::regex("LPARVISOR-WORKLOAD: round [0-9]+ ok"));
-    wait_for(lpar, std::regex("LPARVISOR-WORKLOAD: round " + std::to_string(rounds + 2) + " ok"),
-             120s, "two more rounds of the first workload");
+    auto two_more_rounds = [&](const char* after) {
+        auto text = lpar.console().tail(1024 * 1024);
+        auto rounds = count_matches(text, std::regex("LPARVISOR-WORKLOAD: round [0-9]+ ok"));
+        wait_for(lpar,
+                 std::regex("LPARVISOR-WORKLOAD: round " + std::to_string(rounds + 2) + " ok"),
+                 300s,
+                 (std::string("two more rounds of the first workload after ") + after).c_str());
+        REQUIRE(lpar.state() == LparState::Running);
+        CHECK(lpar.console().tail(1024 * 1024).find("FAIL") == std::string::npos);
+    };
+    two_more_rounds("EXPAND");
+
+    // The expanded LPAR moves whole, live, its plugged memory with it.
+    auto moved = hv.mvstor({"GROW", 256, 10s, control::MvstorMode::Live});
+    CHECK(moved.new_origin_mib == 256);
+    two_more_rounds("a live MVSTOR of the expanded LPAR");
+    // SHRINK: the kernel offlines and unplugs the top 64 MiB, which leaves the LPAR.
+    auto shrunk = hv.shrink({"GROW", 64, 120s});
+    CHECK(shrunk.new_size_mib == 128);
+    CHECK(test::origin_mib_of(hv, "GROW") == 256);
+    two_more_rounds("SHRINK");
+    // EXCHANGE with a firmware neighbour of another size right above: they swap places.
+    hv.define(test::firmware_lpar("FW", 384, 64));
+    hv.activate("FW");
+    test::require_clean_rounds(hv, "FW", 1);
+    auto exchanged = hv.exchange({"GROW", "FW"});
+    CHECK(exchanged.a_new_origin_mib == 320);
+    CHECK(exchanged.b_new_origin_mib == 256);
+    two_more_rounds("EXCHANGE");
+    test::require_clean_rounds(hv, "FW", 2);
 }

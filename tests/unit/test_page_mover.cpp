@@ -151,3 +151,35 @@ TEST_CASE("copy_populated copies backed pages and leaves holes as holes", "[page
     }
     CHECK_THROWS(copy_populated(arena, ArenaOffset{0}, ArenaOffset{4 * MiB}, 8 * MiB));
 }
+
+TEST_CASE("a move that fails part-way is undone exactly by move_pages_back", "[page_mover]") {
+    struct Case {
+        std::uint64_t from_mib, size_mib, to_mib, stop_after_batches;
+    };
+    // Up and down, overlapping and disjoint, failing after the first batch and later.
+    for (const auto& c : {Case{8, 16, 12, 1}, Case{8, 16, 12, 5}, Case{20, 16, 14, 3},
+                          Case{4, 8, 40, 2}, Case{40, 8, 4, 3}}) {
+        INFO(c.from_mib << " MiB (" << c.size_mib << ") -> " << c.to_mib << " MiB, failing after "
+                        << c.stop_after_batches << " batch(es)");
+        Arena arena(64 * MiB, HugePagePolicy::Off);
+        StorageKeys keys(arena.size());
+        ArenaRange from{{c.from_mib * MiB}, c.size_mib * MiB};
+        ArenaOffset to{c.to_mib * MiB};
+        fill_with_addresses(arena, from);
+        set_keys(keys, from);
+        struct Stop {};
+        std::uint64_t reported = 0;
+        unsigned batches = 0;
+        CHECK_THROWS_AS(move_pages(arena, keys, from, to,
+                                   [&](std::uint64_t copied, std::uint64_t) {
+                                       reported = copied;
+                                       if (++batches == c.stop_after_batches) throw Stop{};
+                                   }),
+                        Stop);
+        REQUIRE(reported > 0);
+        REQUIRE(reported < from.size);
+        move_pages_back(arena, keys, from, to, reported);
+        // Every word and key is where it started (check_moved with to == from).
+        check_moved(arena, keys, from, from.start);
+    }
+}

@@ -137,3 +137,29 @@ TEST_CASE("EXPAND grows an LPAR into the gap above it, and only there (Fig. 4A -
     CHECK(map.rows()[0].gap == 64 * MiB);
     CHECK(map.free_bytes() == 125 * MiB);
 }
+
+TEST_CASE("a fenced LPAR holds every range it may occupy until it is removed", "[storage_map]") {
+    auto map = fig3a();  // LPAR1 0-128, LPAR2 128-384, 125 MiB free above
+    // Half-moved up by 64 MiB (overlapping): the holding becomes the hull 128-448.
+    map.hold("LPAR2", {{384 * MiB}, 64 * MiB});
+    REQUIRE(map.ranges_of("LPAR2").size() == 1);
+    CHECK(map.ranges_of("LPAR2")[0].start.value == 128 * MiB);
+    CHECK(map.ranges_of("LPAR2")[0].size == 320 * MiB);
+    CHECK(map.free_bytes() == 61 * MiB);
+    // Nothing else may be placed there, and a hold may not reach another LPAR.
+    CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 16 * MiB}), Catch::Contains("overlaps LPAR2"));
+    CHECK_THROWS_WITH(map.hold("LPAR1", {{120 * MiB}, 16 * MiB}), Catch::Contains("overlaps LPAR2"));
+    CHECK(map.ranges_of("LPAR1").size() == 1);
+
+    // A disjoint half-move: a second area of the same name, shown as its own row.
+    StorageMap disjoint(512 * MiB);
+    disjoint.add("A", {{0}, 64 * MiB});
+    disjoint.add("B", {{64 * MiB}, 64 * MiB});
+    disjoint.hold("A", {{256 * MiB}, 64 * MiB});
+    CHECK(disjoint.ranges_of("A").size() == 2);
+    CHECK(disjoint.rows().size() == 3);
+    CHECK(disjoint.free_bytes() == 320 * MiB);
+    disjoint.remove("A");
+    CHECK_FALSE(disjoint.contains("A"));
+    CHECK(disjoint.free_bytes() == 448 * MiB);
+}
