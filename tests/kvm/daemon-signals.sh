@@ -1,11 +1,11 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # The daemon's signals, end to end under real KVM:
 #  1. SIGTERM with nothing running: lparvisor stops its LPARs, removes its socket, exits 0.
 #  2. SIGTERM while a storage operation cannot finish (an MVSTOR held for good at its populate
 #     step by LPARVISOR_FAULTS=mvstor.populate:hold): the first signal refuses new requests and
 #     waits for the operation; a second SIGTERM exits at once (status 143), saying so.
 #   daemon-signals.sh LPARVISOR SVP FIRMWARE
-set -euo pipefail
+set -eu
 lparvisor=$1 svp=$2 firmware=$3
 work=$(mktemp -d /tmp/lparvisor-signals-XXXXXX)
 socket=$work/control.sock
@@ -29,21 +29,23 @@ start_daemon() {  # ENV...: starts lparvisor and waits until it answers
   fail "lparvisor did not answer on $socket within 60 s"
 }
 
-wait_exit() {  # SECONDS: waits for the daemon to exit; prints its status
+wait_exit() {  # SECONDS: waits for the daemon to exit; sets $status (or "timeout")
+  # Polled with `kill -0` from this shell (not a subshell, which could not reap the child).
+  status=timeout
   for _ in $(seq 1 $(($1 * 10))); do
-    if ! kill -0 "$daemon" 2>/dev/null; then
+    if ! kill -0 "$daemon" 2>/dev/null || ! grep -q . "/proc/$daemon/status" 2>/dev/null ||
+       grep -q '^State:.*zombie' "/proc/$daemon/status" 2>/dev/null; then
       status=0; wait "$daemon" || status=$?
-      daemon=; echo "$status"; return 0
+      daemon=; return 0
     fi
     sleep 0.1
   done
-  echo timeout
 }
 
 echo "== 1. SIGTERM with nothing running"
 start_daemon
 kill -TERM "$daemon"
-status=$(wait_exit 60)
+wait_exit 60
 [ "$status" = 0 ] || fail "exit status after SIGTERM: $status (expected 0)"
 [ ! -e "$socket" ] || fail "the socket is still there"
 grep -q "shutting down (a second signal exits at once)" "$work/lparvisor.log" || fail "no shutdown line"
@@ -63,7 +65,7 @@ grep_wait() { for _ in $(seq 1 300); do grep -q "$1" "$work/lparvisor.log" && re
 grep_wait "shutdown requested" || fail "the first SIGTERM was not seen"
 kill -0 "$daemon" 2>/dev/null || fail "the first SIGTERM did not wait for the running operation"
 kill -TERM "$daemon"
-status=$(wait_exit 30)
+wait_exit 30
 [ "$status" = 143 ] || fail "exit status after the second SIGTERM: $status (expected 143 at once)"
 grep -q "second signal 15: exiting now" "$work/lparvisor.log" || fail "no line for the second signal"
 echo "ok: the second SIGTERM exited at once (143)"
