@@ -16,6 +16,7 @@ using namespace lparvisor;
 using namespace std::chrono_literals;
 using test::origin_mib_of;
 using test::require_clean_rounds;
+using test::require_plugged_and_verified;
 
 TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exchange]") {
     SystemConfig config{128,
@@ -47,23 +48,6 @@ TEST_CASE("EXCHANGE of equal and of unequal adjacent running LPARs", "[kvm][exch
     REQUIRE(after.size() == before.size());
     for (std::size_t i = 0; i < after.size(); ++i) CHECK(after[i].origin == before[i].origin);
     require_clean_rounds(hv, "A", 1);
-}
-
-// The firmware's virtio-mem driver: "MEM <name> verify ok <MiB> MiB round <N>" once it has
-// plugged and filled what EXPAND offered.
-void require_plugged_and_verified(Hypervisor& hv, const std::string& name, std::uint64_t mib) {
-    Lpar& lpar = hv.lpar(name);
-    const std::regex verified("MEM " + name + " verify ok " + std::to_string(mib) + " MiB round");
-    auto deadline = std::chrono::steady_clock::now() + 600s;
-    std::string text;
-    while (std::chrono::steady_clock::now() < deadline) {
-        text = lpar.console().tail(64 * 1024);
-        if (std::regex_search(text, verified)) break;
-        std::this_thread::sleep_for(50ms);
-    }
-    INFO(name << " console tail:\n" << lpar.console().tail(3000));
-    REQUIRE(std::regex_search(text, verified));
-    REQUIRE(test::parse_firmware_console(text).first_failure.empty());
 }
 
 TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: svp grow LPAR1 64 moves LPAR2 and expands LPAR1",

@@ -22,6 +22,7 @@ using namespace lparvisor;
 using namespace std::chrono_literals;
 using test::origin_mib_of;
 using test::require_clean_rounds;
+using test::require_plugged_and_verified;
 using test::require_storage_invariant;
 
 namespace {
@@ -63,20 +64,6 @@ void require_move_undone(Hypervisor& hv, const std::string& lpar, std::uint64_t 
     require_clean_rounds(hv, lpar, 2);
 }
 
-void require_plugged_and_verified(Hypervisor& hv, const std::string& name, std::uint64_t mib) {
-    Lpar& lpar = hv.lpar(name);
-    const std::regex verified("MEM " + name + " verify ok " + std::to_string(mib) + " MiB round");
-    auto deadline = std::chrono::steady_clock::now() + 600s;
-    std::string text;
-    while (std::chrono::steady_clock::now() < deadline) {
-        text = lpar.console().tail(64 * 1024);
-        if (std::regex_search(text, verified)) break;
-        std::this_thread::sleep_for(50ms);
-    }
-    INFO(name << " console tail:\n" << lpar.console().tail(3000));
-    REQUIRE(std::regex_search(text, verified));
-    REQUIRE(test::parse_firmware_console(text).first_failure.empty());
-}
 
 }  // namespace
 

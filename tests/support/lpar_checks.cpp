@@ -2,6 +2,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <regex>
+#include <thread>
+
 #include "support/guest_console.hpp"
 
 namespace lparvisor::test {
@@ -35,6 +38,21 @@ void require_clean_rounds(Hypervisor& hv, const std::string& name, unsigned long
     REQUIRE(progress.first_failure.empty());
     REQUIRE(lpar.state() == LparState::Running);
     REQUIRE(progress.min_round(lpar.vcpu_count()) >= target);
+}
+
+void require_plugged_and_verified(Hypervisor& hv, const std::string& name, std::uint64_t mib) {
+    Lpar& lpar = hv.lpar(name);
+    const std::regex verified("MEM " + name + " verify ok " + std::to_string(mib) + " MiB round");
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(600);
+    std::string text;
+    while (std::chrono::steady_clock::now() < deadline) {
+        text = lpar.console().tail(64 * 1024);
+        if (std::regex_search(text, verified)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    INFO(name << " console tail:\n" << lpar.console().tail(3000));
+    REQUIRE(std::regex_search(text, verified));
+    REQUIRE(parse_firmware_console(text).first_failure.empty());
 }
 
 std::uint64_t origin_mib_of(Hypervisor& hv, const std::string& name) {

@@ -22,6 +22,10 @@ HypervisorOptions firmware_options(const std::string& console_dir = {});
 // no FAIL line appeared and that the LPAR still runs.
 void require_clean_rounds(Hypervisor& hv, const std::string& lpar, unsigned long more);
 
+// Waits until the firmware has verified `mib` MiB of EXPANDed (virtio-mem) storage in a round
+// ("MEM <name> verify ok <mib> MiB round"), with no FAIL line.
+void require_plugged_and_verified(Hypervisor& hv, const std::string& name, std::uint64_t mib);
+
 std::uint64_t origin_mib_of(Hypervisor& hv, const std::string& lpar);
 
 }  // namespace lparvisor::test
