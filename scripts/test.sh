@@ -1,24 +1,99 @@
 #!/usr/bin/env bash
-# Builds lparvisor and runs every test with ctest. Installs what it needs first (idempotent).
-#   scripts/test.sh                 Release-with-debug-info build in build/, all tests
-#   scripts/test.sh --sanitize      ASan + UBSan build in build-sanitize/
+# Builds lparvisor and runs its tests with ctest. Installs what it needs first (idempotent).
+#   scripts/test.sh                 the normal lane, then the TSan lane (this is what CI runs)
+#   scripts/test.sh --no-tsan       the normal lane only: RelWithDebInfo in build/, all tests
+#   scripts/test.sh --tsan          the TSan lane only: ThreadSanitizer build in build-tsan/, the
+#                                   unit and control-socket tests (not the KVM ones)
+#   scripts/test.sh --sanitize      ASan + UBSan build in build-sanitize/, all tests
 # Tests that need /dev/kvm print "SKIPPED ... needs KVM" and ctest lists them as skipped where
-# the host has no KVM; they are never counted as passed.
+# the host has no KVM; they are never counted as passed. In the TSan lane any ThreadSanitizer
+# report, from a test or from a program a test starts (svp), fails the lane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-build_dir=build
-cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
-if [[ "${1:-}" == "--sanitize" ]]; then
-  build_dir=build-sanitize
-  cmake_args+=(-DLPARVISOR_SANITIZE=ON)
-fi
+usage() {
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
 
-scripts/install-deps.sh --qemu
-# The Linux guest (Debian cloud kernel + busybox initramfs) for test_linux_guest; cached.
-scripts/build-linux-guest.sh
+mode=all
+case "${1:-}" in
+  "") ;;
+  --no-tsan) mode=normal ;;
+  --tsan) mode=tsan ;;
+  --sanitize) mode=sanitize ;;
+  *) usage ;;
+esac
+(($# <= 1)) || usage
+
 jobs=$(nproc)
-cmake -S . -B "$build_dir" "${cmake_args[@]}" >/dev/null
-cmake --build "$build_dir" -j"$jobs"
-cd "$build_dir"
-ctest --output-on-failure -j"$jobs" --timeout 1800
+
+# A full build in $1 with the extra cmake arguments that follow, then every test.
+run_full_lane() {
+  local build_dir=$1
+  shift
+  scripts/install-deps.sh --qemu
+  # The Linux guest (Debian cloud kernel + busybox initramfs) for test_linux_guest; cached.
+  scripts/build-linux-guest.sh
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$build_dir" -j"$jobs"
+  ctest --test-dir "$build_dir" --output-on-failure -j"$jobs" --timeout 1800
+}
+
+# The ThreadSanitizer lane: the tests labelled unit (tests/unit and the JSON-RPC core) and socket
+# (the control socket server and svp, tests/control), built alone, in build-tsan/.
+tsan_labels='^(unit|socket)$'
+run_tsan_lane() {
+  local build_dir=build-tsan
+  scripts/install-deps.sh
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLPARVISOR_TSAN=ON >/dev/null
+  local tests=()
+  mapfile -t tests < <(ctest --test-dir "$build_dir" -N -L "$tsan_labels" |
+                       sed -n 's/^ *Test *#[0-9]*: *//p')
+  if ((${#tests[@]} == 0)); then
+    echo "test.sh: no test matches the labels $tsan_labels" >&2
+    exit 1
+  fi
+  # lparvisor_host_tests (tests/CMakeLists.txt) is every test of those labels and what they need,
+  # svp included; not the KVM tests, the daemon or the benchmark. A test of those labels that it
+  # missed would not be built, and ctest would fail it.
+  echo "test.sh: TSan lane: building ${#tests[@]} tests in $build_dir/" >&2
+  cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
+
+  # Reports go to files (one per process), so that a report from a child process whose exit
+  # status a test does not look at still fails the lane; halt_on_error also makes the process
+  # that raced exit with 66 at once, which fails its test.
+  local logs=$PWD/$build_dir/tsan-logs
+  rm -rf "$logs"
+  mkdir -p "$logs"
+  local options=halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan
+  if [[ -f tests/tsan.supp ]]; then
+    options+=:suppressions=$PWD/tests/tsan.supp
+  fi
+  local status=0
+  TSAN_OPTIONS=$options ctest --test-dir "$build_dir" -L "$tsan_labels" --output-on-failure \
+    -j"$jobs" --timeout 1800 || status=$?
+  local reports=("$logs"/tsan*)
+  if [[ -e "${reports[0]}" ]]; then
+    echo "test.sh: ThreadSanitizer reported in ${#reports[@]} process(es):" >&2
+    cat "${reports[@]}" >&2
+    status=1
+  fi
+  if ((status != 0)); then
+    echo "test.sh: TSan lane FAILED" >&2
+    return 1
+  fi
+  echo "test.sh: TSan lane passed: ${#tests[@]} tests, no ThreadSanitizer report" >&2
+}
+
+# (Lanes run one after the other as plain commands, never in an && list, so that set -e holds
+# inside them.)
+case $mode in
+  all)
+    run_full_lane build
+    run_tsan_lane
+    ;;
+  normal) run_full_lane build ;;
+  tsan) run_tsan_lane ;;
+  sanitize) run_full_lane build-sanitize -DLPARVISOR_SANITIZE=ON ;;
+esac
