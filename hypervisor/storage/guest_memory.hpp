@@ -7,8 +7,9 @@
 // still take a fresh view per request rather than caching spans.
 //
 // Writes are marked in the device dirty log after they land, never before (see DeviceDirtyLog):
-// write() copies and then marks, and a device that fills a buffer itself takes a GuestWriteSpan,
-// which marks when it is released. GuestMemory offers no other way to write.
+// write() copies and then marks, store_release() stores and then marks, and a device that fills
+// a buffer itself takes a GuestWriteSpan, which marks when it is released. GuestMemory offers no
+// other way to write.
 #pragma once
 
 #include <algorithm>
@@ -196,7 +197,56 @@ class GuestMemory {
         return write(address, {reinterpret_cast<const std::uint8_t*>(&value), sizeof(T)});
     }
 
+    // Shared ring fields (a virtqueue's avail.idx, used.idx, flags): a 2- or 4-byte load with
+    // acquire / store with release semantics, so that the accesses ordered after an acquire (or
+    // before a release) by the code are ordered for the other side too, as Linux's
+    // virt_load_acquire / virt_store_release and QEMU's qatomic_*_acquire/release do. Bounds are
+    // checked like read() / write(); nullopt / false if any byte is outside the LPAR's storage.
+    // Atomic (std::atomic_ref) when the host address is naturally aligned, which every caller's
+    // guest address is made to be (the virtqueue refuses misaligned rings on activation) and
+    // the window's host base is page aligned; otherwise a plain copy behind a fence of the
+    // same strength (still ordered, just not single-copy atomic). store_release marks the
+    // device dirty log after the store, like write().
+    template <typename T>
+    [[nodiscard]] std::optional<T> load_acquire(GuestPhysAddr address) const {
+        static_assert(std::is_same_v<T, std::uint16_t> || std::is_same_v<T, std::uint32_t>,
+                      "2- or 4-byte unsigned ring fields only");
+        auto src = view(address, sizeof(T));
+        if (!src) return std::nullopt;
+        if (aligned_for<T>(src->data()))
+            // SAFETY: in range and aligned for T; guest memory is never a const object.
+            return std::atomic_ref<T>(*reinterpret_cast<T*>(src->data()))
+                .load(std::memory_order_acquire);
+        T value;
+        std::memcpy(&value, src->data(), sizeof(T));
+        std::atomic_thread_fence(std::memory_order_acquire);
+        return value;
+    }
+    template <typename T>
+    [[nodiscard]] bool store_release(GuestPhysAddr address, T value) const {
+        static_assert(std::is_same_v<T, std::uint16_t> || std::is_same_v<T, std::uint32_t>,
+                      "2- or 4-byte unsigned ring fields only");
+        // The span marks when it is released, after the store (see DeviceDirtyLog).
+        auto dst = write_span(address, sizeof(T));
+        if (!dst) return false;
+        if (aligned_for<T>(dst->data())) {
+            // SAFETY: in range and aligned for T.
+            std::atomic_ref<T>(*reinterpret_cast<T*>(dst->data()))
+                .store(value, std::memory_order_release);
+        } else {
+            std::atomic_thread_fence(std::memory_order_release);
+            std::memcpy(dst->data(), &value, sizeof(T));
+        }
+        return true;
+    }
+
   private:
+    template <typename T>
+    static bool aligned_for(const std::uint8_t* host) noexcept {
+        return reinterpret_cast<std::uintptr_t>(host) % std::atomic_ref<T>::required_alignment ==
+               0;
+    }
+
     std::optional<std::span<std::uint8_t>> view(GuestPhysAddr address, std::uint64_t length) const {
         if (!contains(address, length)) return std::nullopt;
         // SAFETY: contains() proved address + length <= size_ without overflow.

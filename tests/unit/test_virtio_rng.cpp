@@ -48,11 +48,13 @@ TEST_CASE("virtio-rng fills device-writable buffers up to its limit", "[virtio_r
     REQUIRE(
         memory.write_object(GuestPhysAddr{32}, VirtqDesc{large, 128 * 1024, kDescFlagWrite, 0}));
     REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 4}, std::uint16_t{0}));
-    REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 2}, std::uint16_t{1}));
+    // Release: publishes the descriptors and the ring entry above (the worker may be polling).
+    REQUIRE(memory.store_release(GuestPhysAddr{kAvailRing.value + 2}, std::uint16_t{1}));
     device.notify(0);
 
     const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (memory.read_object<std::uint16_t>(GuestPhysAddr{kUsedRing.value + 2}).value() != 1) {
+    // Acquire: the used element and the filled buffers are read after it.
+    while (memory.load_acquire<std::uint16_t>(GuestPhysAddr{kUsedRing.value + 2}).value() != 1) {
         REQUIRE(std::chrono::steady_clock::now() < deadline);
         std::this_thread::sleep_for(1ms);
     }
@@ -107,7 +109,7 @@ TEST_CASE("a pre-copy harvest in the middle of a virtio-rng request does not los
                             {{kQueueSize, true, kDescTable, kAvailRing, kUsedRing}}, sink));
     REQUIRE(memory.write_object(GuestPhysAddr{0}, VirtqDesc{buffer, 128, kDescFlagWrite, 0}));
     REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 4}, std::uint16_t{0}));
-    REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 2}, std::uint16_t{1}));
+    REQUIRE(memory.store_release(GuestPhysAddr{kAvailRing.value + 2}, std::uint16_t{1}));
     (void)harvest();  // the relocation starts: what the driver wrote is copied in round 1
 
     device.notify(0);

@@ -81,10 +81,15 @@ struct QueueDriver {
         REQUIRE(memory.write_object(GuestPhysAddr{desc.value + 16ull * index},
                                     VirtqDesc{addr, len, flags, next}));
     }
+    // The index fields the device reads while it runs are stored with release and loaded with
+    // acquire, as a real driver's barriers do (virtio_wmb before publishing avail.idx, virtio_rmb
+    // after reading used.idx): what was written before a publish is visible to the device, and
+    // what the test reads after seeing used.idx move (used element, status, buffers) is the
+    // device's. Never change a descriptor or ring entry after publishing it.
     void set_avail_idx(std::uint16_t idx) {
-        REQUIRE(memory.write_object(GuestPhysAddr{avail.value + 2}, idx));
+        REQUIRE(memory.store_release(GuestPhysAddr{avail.value + 2}, idx));
     }
-    void set_avail_flags(std::uint16_t flags) { REQUIRE(memory.write_object(avail, flags)); }
+    void set_avail_flags(std::uint16_t flags) { REQUIRE(memory.store_release(avail, flags)); }
     // Puts `head` in the next avail slot and publishes it.
     void push(std::uint16_t head) {
         REQUIRE(
@@ -92,7 +97,7 @@ struct QueueDriver {
         set_avail_idx(++avail_idx);
     }
     std::uint16_t used_idx() const {
-        return memory.read_object<std::uint16_t>(GuestPhysAddr{used.value + 2}).value();
+        return memory.load_acquire<std::uint16_t>(GuestPhysAddr{used.value + 2}).value();
     }
     VirtqUsedElem used_elem(std::uint16_t n) const {
         return memory.read_object<VirtqUsedElem>(GuestPhysAddr{used.value + 4 + 8ull * (n % size)})
@@ -123,14 +128,14 @@ struct QueueDriver {
         return head;
     }
     [[nodiscard]] bool publish() {
-        return memory.write_object(GuestPhysAddr{avail.value + 2}, ++avail_idx);
+        return memory.store_release(GuestPhysAddr{avail.value + 2}, ++avail_idx);
     }
     // Back to the state after a device reset (the driver re-initialises its rings).
     void restart() {
         avail_idx = 0;
         next_desc = 0;
         set_avail_idx(0);
-        REQUIRE(memory.write_object(GuestPhysAddr{used.value + 2}, std::uint16_t{0}));
+        REQUIRE(memory.store_release(GuestPhysAddr{used.value + 2}, std::uint16_t{0}));
     }
 
     GuestMemory memory;

@@ -62,13 +62,23 @@ VirtioDeviceBase::~VirtioDeviceBase() {
 bool VirtioDeviceBase::activate(std::uint64_t driver_features, std::vector<QueueConfig> queues,
                                 InterruptSink sink) {
     std::lock_guard lock(lifecycle_mutex_);
+    // Only while no worker runs: it resets the queues.
     auto refuse = [&](const std::string& reason) {
         spdlog::warn("{}: activation refused: {}", name_, reason);
         for (Queue& queue : queues_) queue.reset();
         needs_reset_.store(true);
         return false;
     };
-    if (worker_.joinable()) return refuse("already active (no reset since the last activation)");
+    if (worker_.joinable()) {
+        // The running worker owns the queues (it pops and completes without the lifecycle
+        // mutex), so this refusal leaves them alone: it only marks NEEDS_RESET, which the worker
+        // sees before its next pop. The driver's reset then stops the worker and resets them.
+        spdlog::warn("{}: activation refused: already active (no reset since the last "
+                     "activation)",
+                     name_);
+        needs_reset_.store(true);
+        return false;
+    }
     if (queues.size() != queues_.size())
         return refuse(
             fmt::format("{} queues configured, the device has {}", queues.size(), queues_.size()));

@@ -102,11 +102,13 @@ PopResult Queue::pop(const GuestMemory& memory) {
     if (!ready_) return NoneAvailable{};
     const std::uint16_t size = config_.size;
 
-    auto avail_idx = memory.read_object<std::uint16_t>(offset(config_.avail_ring, kRingIdxOffset));
+    // Acquire: pairs with the driver's write barrier (virtio_wmb) before its avail.idx update,
+    // so the ring entries, descriptors and request bytes it published are read after it. This
+    // load is what orders them (on hardware for a vCPU driver, and in the C++ model for a
+    // driver thread, which TSan checks); a separate acquire fence would add nothing.
+    auto avail_idx =
+        memory.load_acquire<std::uint16_t>(offset(config_.avail_ring, kRingIdxOffset));
     if (!avail_idx) return error(QueueError::RingAccessFailed, "reading avail.idx");
-    // Pairs with the driver's write barrier before its avail.idx update: the ring entries and
-    // descriptors it published are visible from here on.
-    std::atomic_thread_fence(std::memory_order_acquire);
 
     // Both indexes run freely mod 2^16; the driver can be at most a whole ring ahead.
     const std::uint16_t pending = static_cast<std::uint16_t>(*avail_idx - next_avail_);
@@ -174,11 +176,11 @@ std::optional<DriverError> Queue::add_used(const GuestMemory& memory, std::uint1
     const VirtqUsedElem elem{head, written_len};
     if (!memory.write_object(offset(config_.used_ring, kRingEntriesOffset + 8 * slot), elem))
         return error(QueueError::RingAccessFailed, "writing used.ring");
-    // The element (and the buffers the device filled) must be visible before the index that
-    // hands them to the driver.
-    std::atomic_thread_fence(std::memory_order_release);
+    // Release: the element (and the buffers the device filled) are visible before the index
+    // that hands them to the driver, whose read barrier (virtio_rmb) after reading used.idx
+    // pairs with it. The release store itself orders them, so no separate release fence.
     const std::uint16_t new_used = static_cast<std::uint16_t>(next_used_ + 1);
-    if (!memory.write_object(offset(config_.used_ring, kRingIdxOffset), new_used))
+    if (!memory.store_release(offset(config_.used_ring, kRingIdxOffset), new_used))
         return error(QueueError::RingAccessFailed, "writing used.idx");
     next_used_ = new_used;
     return std::nullopt;
@@ -188,8 +190,11 @@ bool Queue::needs_interrupt(const GuestMemory& memory) const {
     if (!ready_) return false;
     // Our used.idx store must be ordered before the flags load (the driver does the mirror
     // image: clear the flag, full barrier, re-check used.idx), or both sides could miss work.
+    // Release/acquire cannot order a store before a later load, so this full fence stays even
+    // though both accesses are atomic; the flags load is atomic because the driver writes the
+    // field while the device runs (acquire costs nothing more than a plain load on x86).
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    auto flags = memory.read_object<std::uint16_t>(config_.avail_ring);
+    auto flags = memory.load_acquire<std::uint16_t>(config_.avail_ring);
     if (!flags) return true;
     return (*flags & kAvailFlagNoInterrupt) == 0;
 }

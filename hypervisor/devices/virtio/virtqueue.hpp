@@ -10,6 +10,11 @@
 // error; the device interrupts unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT).
 //
 // Threads: one thread at a time (the device's worker; activation happens while it is stopped).
+// The fields the driver shares with the device while both run are accessed atomically through
+// GuestMemory::load_acquire / store_release: avail.idx (acquire), used.idx (release) and
+// avail.flags; everything else in the rings and buffers is ordered by those accesses.
+// activate() refuses rings that are not aligned as virtio requires, which keeps these fields
+// naturally aligned.
 #pragma once
 
 #include <cstdint>
