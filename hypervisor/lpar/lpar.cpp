@@ -307,14 +307,31 @@ void Lpar::kick_all() {
     }
 }
 
-void Lpar::pause() {
+bool Lpar::pause(std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex_);
     pause_requested_ = true;
     kick_all();
     // Threads not started yet count as parked.
-    changed_.wait(lock, [&] {
+    auto all_parked = [&] {
         return exit_requested_ || threads_.empty() || parked_ == threads_.size();
-    });
+    };
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!all_parked()) {
+        // Kicked again now and then: a kick costs nothing, and a vCPU that somehow missed one
+        // must not hold the stop for ever.
+        if (changed_.wait_for(lock, std::chrono::milliseconds(100), all_parked)) break;
+        if (std::chrono::steady_clock::now() >= deadline) {
+            const auto parked = parked_;
+            pause_requested_ = false;
+            lock.unlock();
+            changed_.notify_all();
+            spdlog::error("{}: only {} of {} vCPU(s) stopped within {} ms; resumed", spec_.name,
+                          parked, threads_.size(), timeout.count());
+            return false;
+        }
+        kick_all();
+    }
+    return true;
 }
 
 void Lpar::resume() {

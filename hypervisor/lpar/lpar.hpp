@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -90,8 +91,9 @@ class Lpar {
     void shutdown();
 
     // --- LIP controlling section (MVSTOR steps 201 and 210) ---
-    // Stops every vCPU and waits until all are parked outside KVM_RUN.
-    void pause();
+    // Stops every vCPU and waits until all are parked outside KVM_RUN (re-kicking every 100 ms).
+    // False, with every vCPU running again, if they were not all parked within `timeout`.
+    [[nodiscard]] bool pause(std::chrono::milliseconds timeout);
     void resume();
 
     LparState state() const;

@@ -30,8 +30,14 @@ void resume_devices(const std::vector<std::shared_ptr<Quiescable>>& devices) {
 Quiesce::Quiesce(Lpar& lpar, std::chrono::milliseconds drain_timeout)
     : lpar_(lpar), devices_(lpar.devices()) {
     auto t = Clock::now();
-    lpar_.pause();  // step 201
+    const bool stopped = lpar_.pause(drain_timeout);  // step 201
     stop_vcpus_us_ = microseconds_since(t);
+    if (!stopped) {
+        // pause() has let them run again: nothing was stopped, nothing is to resume.
+        busy_ = {"vCPU(s) of " + lpar_.name() + " (did not stop)"};
+        released_ = true;
+        return;
+    }
     t = Clock::now();
     busy_ = drain_devices(devices_, drain_timeout);  // step 202
     drain_us_ = microseconds_since(t);

@@ -25,8 +25,9 @@ void resume_devices(const std::vector<std::shared_ptr<Quiescable>>& devices);
 
 class Quiesce {
   public:
-    // Pauses the vCPUs, then drains the devices for at most `drain_timeout`. If some stay busy,
-    // the LPAR runs again before the constructor returns and drained() is false.
+    // Pauses the vCPUs, then drains the devices, each for at most `drain_timeout`. If a vCPU
+    // does not stop or a device stays busy, the LPAR runs again before the constructor returns
+    // and drained() is false (busy() says which).
     Quiesce(Lpar& lpar, std::chrono::milliseconds drain_timeout);
     // Resumes devices and vCPUs, or fences the LPAR if it is still at risk (see at_risk()).
     ~Quiesce();
