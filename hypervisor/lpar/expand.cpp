@@ -5,6 +5,7 @@
 // guest plug that much, and waits until it has. Shrink asks the guest to unplug the top, waits
 // until exactly the top is free, then unmaps, scrubs and returns it to the storage map.
 #include <algorithm>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -201,10 +202,15 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
     while (Clock::now() < deadline && !shutting_down()) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         if (wait_for_plugged(device, target, std::max(left, std::chrono::milliseconds(1)),
-                             *this) &&
-            device.plugged_range_is_prefix()) {
-            released = true;
-            break;
+                             *this)) {
+            if (device.plugged_range_is_prefix()) {
+                released = true;
+                break;
+            }
+            // The guest reached the size but kept part of the top (Linux picks the blocks it
+            // unplugs): wait_for_plugged answers at once now, so look again a little later
+            // instead of spinning until the deadline with the operation lock held.
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
     }
     if (!released) {
