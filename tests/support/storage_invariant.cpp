@@ -117,8 +117,8 @@ void require_storage_invariant(Hypervisor& hv) {
             const std::uint64_t gpa = unit * kOriginAlignment;
             const std::uint64_t offset = window.arena_offset_of(GuestPhysAddr{gpa}).value;
             INFO(l.name << ": guest unit " << unit << " (guest " << gpa / kMiB
-                        << " MiB) maps main storage at " << offset << " bytes ("
-                        << offset / kMiB << " MiB)");
+                        << " MiB) maps main storage at " << offset << " bytes (" << offset / kMiB
+                        << " MiB)");
             const bool own_unit = std::any_of(own.begin(), own.end(), [&](const StorageRow& r) {
                 return inside(r, offset, kOriginAlignment);
             });
