@@ -119,12 +119,19 @@ bool Hypervisor::move_cancelled() {
     return cancel_requested_ || shutting_down_.load();
 }
 
+namespace {
+
+Error cancelled_error(const std::string& lpar, bool shutting_down) {
+    return Error(ErrorKind::Busy,
+                 fmt::format("{}: MVSTOR cancelled {} before its final stop", lpar,
+                             shutting_down ? "because the daemon is shutting down"
+                                           : "by the operator"));
+}
+
+}  // namespace
+
 void Hypervisor::throw_if_cancelled(Move& move) {
-    if (!move_cancelled()) return;
-    throw Error(ErrorKind::Busy,
-                fmt::format("{}: MVSTOR cancelled {} before its final stop", move.request.lpar,
-                            shutting_down_.load() ? "because the daemon is shutting down"
-                                                  : "by the operator"));
+    if (move_cancelled()) throw cancelled_error(move.request.lpar, shutting_down_.load());
 }
 
 control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) {
@@ -229,10 +236,7 @@ Error Hypervisor::failed_move(Move& move, const std::exception& cause) {
 void Hypervisor::begin_final_stop(Move& move) {
     std::lock_guard lock(map_mutex_);
     if (cancel_requested_ || shutting_down_.load())
-        throw Error(ErrorKind::Busy,
-                    fmt::format("{}: MVSTOR cancelled {} before its final stop", move.request.lpar,
-                                shutting_down_.load() ? "because the daemon is shutting down"
-                                                      : "by the operator"));
+        throw cancelled_error(move.request.lpar, shutting_down_.load());
     final_stop_begun_ = true;
 }
 
