@@ -296,14 +296,12 @@ void Vm::set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std:
         throw_errno("KVM_SET_USER_MEMORY_REGION slot " + std::to_string(slot));
 }
 
-void Vm::get_dirty_log(std::uint32_t slot, std::vector<std::uint64_t>& bitmap) {
-    std::vector<std::uint64_t> fresh(bitmap.size(), 0);
+void Vm::get_dirty_log(std::uint32_t slot, std::span<std::uint64_t> bitmap) {
     kvm_dirty_log log{};
     log.slot = slot;
-    log.dirty_bitmap = fresh.data();
+    log.dirty_bitmap = bitmap.data();  // KVM overwrites all of it
     if (::ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) < 0)
         throw_errno("KVM_GET_DIRTY_LOG slot " + std::to_string(slot));
-    for (std::size_t i = 0; i < bitmap.size(); ++i) bitmap[i] |= fresh[i];
 }
 
 std::unique_ptr<Vcpu> Vm::create_vcpu(unsigned index) {

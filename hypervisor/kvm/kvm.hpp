@@ -118,9 +118,10 @@ class Vm {
     void set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std::uint64_t size,
                            void* host_address, std::uint32_t flags = 0);
     std::unique_ptr<Vcpu> create_vcpu(unsigned index);
-    // KVM_GET_DIRTY_LOG: ORs the pages the guest wrote since the last call into `bitmap` (one
-    // bit per 4 KiB page of the slot) and re-arms tracking. The slot needs KVM_MEM_LOG_DIRTY_PAGES.
-    void get_dirty_log(std::uint32_t slot, std::vector<std::uint64_t>& bitmap);
+    // KVM_GET_DIRTY_LOG: overwrites `bitmap` (one bit per 4 KiB page of the slot, in 64-bit
+    // words) with the pages the guest wrote since the last call and re-arms tracking. The slot
+    // needs KVM_MEM_LOG_DIRTY_PAGES.
+    void get_dirty_log(std::uint32_t slot, std::span<std::uint64_t> bitmap);
 
     // --- Interrupts: the in-kernel PIC/IOAPIC/PIT, routing, irqfd and ioeventfd ---
     // KVM_CREATE_IRQCHIP: the in-kernel PIC, IOAPIC and local APICs. Call before any vCPU is

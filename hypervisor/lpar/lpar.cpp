@@ -291,9 +291,9 @@ void Lpar::set_dirty_tracking(bool on) {
     if (!on) window_.device_dirty_log().set_tracking(false);
 }
 
-std::vector<std::uint64_t> Lpar::harvest_dirty() {
-    std::vector<std::uint64_t> bitmap((window_.size() / kPageSize + 63) / 64, 0);
-    vm_.get_dirty_log(0, bitmap);
+DirtyBitmap Lpar::harvest_dirty() {
+    DirtyBitmap bitmap(window_.size());
+    vm_.get_dirty_log(0, bitmap.words());
     window_.device_dirty_log().harvest_into(bitmap);
     return bitmap;
 }

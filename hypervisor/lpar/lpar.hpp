@@ -23,6 +23,7 @@
 #include "devices/device.hpp"
 #include "devices/virtio/virtio_device.hpp"
 #include "kvm/kvm.hpp"
+#include "storage/dirty_bitmap.hpp"
 #include "storage/arena.hpp"
 #include "storage/guest_memory.hpp"
 #include "storage/storage_keys.hpp"
@@ -109,7 +110,7 @@ class Lpar {
     // window's device log for the hypervisor's. harvest_dirty() returns one bit per 4 KiB page
     // written since the previous harvest (or since tracking started).
     void set_dirty_tracking(bool on);
-    std::vector<std::uint64_t> harvest_dirty();
+    DirtyBitmap harvest_dirty();
 
     GuestWindow& window() noexcept { return window_; }
     // The virtio-mem device EXPAND and shrink drive; null when the LPAR cannot grow.

@@ -80,38 +80,6 @@ ErrorKind kind_of(const std::exception& e) {
     return ErrorKind::System;
 }
 
-std::uint64_t count_bits(const std::vector<std::uint64_t>& bitmap, std::uint64_t first_page,
-                         std::uint64_t pages) {
-    std::uint64_t n = 0;
-    for (std::uint64_t p = first_page; p < first_page + pages; ++p)
-        n += (bitmap[p / 64] >> (p % 64)) & 1;
-    return n;
-}
-
-// Copies the dirty pages of guest range [offset, +length) from src to dst (both arena offsets of
-// guest offset `offset`). Returns bytes copied.
-std::uint64_t copy_dirty_pages(Arena& arena, const std::vector<std::uint64_t>& bitmap,
-                               std::uint64_t offset, std::uint64_t length, ArenaOffset src,
-                               ArenaOffset dst) {
-    auto source = arena.bytes({src, length});
-    auto target = arena.bytes({dst, length});
-    std::uint64_t copied = 0;
-    const std::uint64_t first = offset / kPageSize;
-    for (std::uint64_t page = 0; page < length / kPageSize; ++page) {
-        std::uint64_t p = first + page;
-        if (((bitmap[p / 64] >> (p % 64)) & 1) == 0) continue;
-        std::memcpy(target.data() + page * kPageSize, source.data() + page * kPageSize, kPageSize);
-        copied += kPageSize;
-    }
-    return copied;
-}
-
-void copy_keys(StorageKeys& keys, ArenaOffset src, ArenaOffset dst, std::uint64_t length) {
-    auto src_keys = keys.frames({src, length});
-    auto dst_keys = keys.frames({dst, length});
-    std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());
-}
-
 }  // namespace
 
 bool Hypervisor::move_cancelled() {
@@ -431,10 +399,10 @@ void Hypervisor::live_move(Move& move) {
                     if (stop_precopy()) break;  // the stop copies what the last harvest missed
                     fault::point("mvstor.harvest");
                     auto dirty = move.lpar->harvest_dirty();
-                    std::uint64_t dirty_bytes = count_bits(dirty, first_page, pages) * kPageSize;
+                    const std::uint64_t dirty_bytes = dirty.count(first_page, pages) * kPageSize;
                     // Copied now, still running: the stop then only sees what is written later.
                     result.bytes_recopied +=
-                        copy_dirty_pages(arena_, dirty, c.offset, c.length, c.src, c.dst);
+                        copy_dirty_pages(arena_, dirty, first_page, c.src, c.dst, c.length);
                     if (static_cast<double>(dirty_bytes) <= budget_bytes) break;
                     if (rounds >= policy.max_rounds || Clock::now() - started >= policy.max_total) {
                         if (fallback.empty())
@@ -470,13 +438,10 @@ void Hypervisor::live_move(Move& move) {
             fault::point("mvstor.harvest");
             auto dirty = move.lpar->harvest_dirty();
             fault::point("mvstor.copy");
-            if (precopy)
-                result.bytes_recopied +=
-                    copy_dirty_pages(arena_, dirty, c.offset, c.length, c.src, c.dst);
-            else
-                result.bytes_copied += copy_populated(arena_, c.src, c.dst, c.length);
-            // The chunk's storage keys, with whatever the guest set during the pre-copy.
-            copy_keys(keys_, c.src, c.dst, c.length);
+            // What the pre-copy left (or, without one, everything), then the chunk's storage
+            // keys, with whatever the guest set during the pre-copy.
+            (precopy ? result.bytes_recopied : result.bytes_copied) += copy_chunk_with_keys(
+                arena_, keys_, c.src, c.dst, c.length, precopy ? &dirty : nullptr, first_page);
             fault::point("mvstor.remap");
             move.lpar->window().remap_part(c.offset, c.length, c.dst);
             moved.push_back(c);
@@ -535,8 +500,7 @@ void Hypervisor::roll_back(Move& move, const std::vector<Chunk>& moved,
         // again in case a failed re-map left that part anywhere.
         if (in_stop) move.lpar->window().remap_part(in_stop->offset, in_stop->length, in_stop->src);
         for (auto c = moved.rbegin(); c != moved.rend(); ++c) {
-            copy_populated(arena_, c->dst, c->src, c->length);
-            copy_keys(keys_, c->dst, c->src, c->length);
+            copy_chunk_with_keys(arena_, keys_, c->dst, c->src, c->length);
             move.lpar->window().remap_part(c->offset, c->length, c->src);
         }
     } catch (const std::exception& undo) {

@@ -26,6 +26,7 @@
 
 #include "storage/address.hpp"
 #include "storage/arena.hpp"
+#include "storage/dirty_bitmap.hpp"
 #include "util/mapping.hpp"
 
 namespace lparvisor {
@@ -63,10 +64,11 @@ class DeviceDirtyLog {
         for (std::uint64_t page = gpa / 4096; page <= (gpa + length - 1) / 4096; ++page)
             words_[page / 64].fetch_or(std::uint64_t{1} << (page % 64), std::memory_order_release);
     }
-    // ORs the marked pages into `bitmap` (one bit per 4 KiB page) and clears them.
-    void harvest_into(std::vector<std::uint64_t>& bitmap) {
-        for (std::size_t i = 0; i < words_.size() && i < bitmap.size(); ++i)
-            bitmap[i] |= words_[i].exchange(0, std::memory_order_acquire);
+    // ORs the marked pages into `bitmap` and clears them.
+    void harvest_into(DirtyBitmap& bitmap) {
+        auto words = bitmap.words();
+        for (std::size_t i = 0; i < words_.size() && i < words.size(); ++i)
+            words[i] |= words_[i].exchange(0, std::memory_order_acquire);
     }
 
     // Test seam: `hook` runs on the device's thread whenever GuestMemory hands out a writable

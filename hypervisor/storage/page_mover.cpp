@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "util/error.hpp"
+#include "util/tsan.hpp"
 
 namespace lparvisor {
 
@@ -22,7 +23,10 @@ void move_batch(Arena& arena, StorageKeys& keys, std::uint64_t src, std::uint64_
     auto dst_keys = keys.frames(dst_range);
     auto src_bytes = arena.bytes(src_range);
     auto dst_bytes = arena.bytes(dst_range);
-    std::memmove(dst_bytes.data(), src_bytes.data(), bytes);          // step 206: the pages
+    {
+        TsanIgnoreGuestStorage guest_storage;
+        std::memmove(dst_bytes.data(), src_bytes.data(), bytes);  // step 206: the pages
+    }
     std::memmove(dst_keys.data(), src_keys.data(), src_keys.size());  // step 207: their keys
 }
 
@@ -69,6 +73,7 @@ std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std
     if (ArenaRange{src, bytes}.overlaps({dst, bytes}))
         throw Error(ErrorKind::InvalidArgument, "copy_populated: ranges overlap");
     const std::uint64_t granule = arena.hugetlb() ? kOriginAlignment : kPageSize;
+    TsanIgnoreGuestStorage guest_storage;
     std::uint64_t copied = 0;
     for (std::uint64_t offset = 0; offset < bytes;) {
         auto data = arena.next_data(ArenaOffset{src.value + offset});
@@ -91,6 +96,37 @@ std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std
         copied += data_end - offset;
         offset = data_end;
     }
+    return copied;
+}
+
+std::uint64_t copy_dirty_pages(Arena& arena, const DirtyBitmap& dirty, std::uint64_t first_page,
+                               ArenaOffset src, ArenaOffset dst, std::uint64_t bytes) {
+    if (bytes % kPageSize != 0)
+        throw Error(ErrorKind::InvalidArgument, "copy_dirty_pages: not whole pages");
+    if (ArenaRange{src, bytes}.overlaps({dst, bytes}))
+        throw Error(ErrorKind::InvalidArgument, "copy_dirty_pages: ranges overlap");
+    auto source = arena.bytes({src, bytes});
+    auto target = arena.bytes({dst, bytes});
+    TsanIgnoreGuestStorage guest_storage;
+    std::uint64_t copied = 0;
+    dirty.for_each_run(first_page, bytes / kPageSize, [&](std::uint64_t page, std::uint64_t run) {
+        const std::uint64_t offset = (page - first_page) * kPageSize;
+        std::memcpy(target.data() + offset, source.data() + offset, run * kPageSize);
+        copied += run * kPageSize;
+    });
+    return copied;
+}
+
+std::uint64_t copy_chunk_with_keys(Arena& arena, StorageKeys& keys, ArenaOffset src,
+                                   ArenaOffset dst, std::uint64_t bytes, const DirtyBitmap* dirty,
+                                   std::uint64_t first_page) {
+    // Both key ranges are checked before a byte moves.
+    auto src_keys = keys.frames({src, bytes});
+    auto dst_keys = keys.frames({dst, bytes});
+    const std::uint64_t copied = dirty
+                                     ? copy_dirty_pages(arena, *dirty, first_page, src, dst, bytes)
+                                     : copy_populated(arena, src, dst, bytes);
+    std::memcpy(dst_keys.data(), src_keys.data(), src_keys.size());  // the ranges are disjoint
     return copied;
 }
 

@@ -8,6 +8,7 @@
 
 #include "storage/address.hpp"
 #include "storage/arena.hpp"
+#include "storage/dirty_bitmap.hpp"
 #include "storage/storage_keys.hpp"
 
 namespace lparvisor {
@@ -31,6 +32,22 @@ void move_pages_back(Arena& arena, StorageKeys& keys, ArenaRange from, ArenaOffs
 // nothing). Returns the bytes actually copied. Keys are not touched. On hugetlb backing the
 // kernel reports every page as data (no SEEK_HOLE there), so everything is copied.
 std::uint64_t copy_populated(Arena& arena, ArenaOffset src, ArenaOffset dst, std::uint64_t bytes);
+
+// Copies the pages of [src, +bytes) that `dirty` marks, bit `first_page` being the page at src,
+// to the same place under dst (disjoint), one memcpy per run of dirty pages. Keys are not
+// touched: this is the pre-copy's re-copy while the guest runs. Returns the bytes copied.
+std::uint64_t copy_dirty_pages(Arena& arena, const DirtyBitmap& dirty, std::uint64_t first_page,
+                               ArenaOffset src, ArenaOffset dst, std::uint64_t bytes);
+
+// A stopped chunk of a live move reaches its new place (or an undone one its old place): its
+// pages, then the storage key of every page, so a page never arrives without its key. `dirty`
+// given (bit `first_page` is the page at src): only the pages written since the pre-copy's last
+// harvest, the rest being there already; null: every populated page (copy_populated). The
+// ranges must not overlap. Returns the bytes of pages copied.
+std::uint64_t copy_chunk_with_keys(Arena& arena, StorageKeys& keys, ArenaOffset src,
+                                   ArenaOffset dst, std::uint64_t bytes,
+                                   const DirtyBitmap* dirty = nullptr,
+                                   std::uint64_t first_page = 0);
 
 // The part of `from` that the LPAR no longer occupies once it starts at `to` (one range, since
 // both have the same size); empty when nothing is vacated.

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "util/error.hpp"
+#include "util/tsan.hpp"
 
 namespace lparvisor {
 
@@ -43,9 +44,12 @@ class BlockSwapper {
             ArenaRange rb{{b + done}, batch};
             auto pa = arena_.bytes(ra);
             auto pb = arena_.bytes(rb);
-            std::memcpy(buffer_.data(), pa.data(), batch);  // read LPAR A's pages
-            std::memcpy(pa.data(), pb.data(), batch);       // store B's pages in A's place
-            std::memcpy(pb.data(), buffer_.data(), batch);  // and A's in B's
+            {
+                TsanIgnoreGuestStorage guest_storage;
+                std::memcpy(buffer_.data(), pa.data(), batch);  // read LPAR A's pages
+                std::memcpy(pa.data(), pb.data(), batch);       // store B's pages in A's place
+                std::memcpy(pb.data(), buffer_.data(), batch);  // and A's in B's
+            }
             auto ka = keys_.frames(ra);
             auto kb = keys_.frames(rb);
             std::swap_ranges(ka.begin(), ka.end(), kb.begin());  // each key goes with its page

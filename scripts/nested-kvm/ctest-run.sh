@@ -39,11 +39,15 @@ if [[ -n "${LPARVISOR_LINUX_GUEST_ENV:-}" && -f "$LPARVISOR_LINUX_GUEST_ENV" ]];
               LPARVISOR_LINUX_BZIMAGE=/work/"$(basename "$LINUX_BZIMAGE")"
               LPARVISOR_LINUX_INITRD=/work/"$(basename "$LINUX_INITRD")")
 fi
-# The stress test's seed and length (tests/kvm/test_stress.cpp) go in when set.
-for var in LPARVISOR_STRESS_SEED LPARVISOR_STRESS_OPS; do
+# The stress test's seed and length (tests/kvm/test_stress.cpp), and a TSan build's options
+# (scripts/test.sh --tsan), go in when set.
+for var in LPARVISOR_STRESS_SEED LPARVISOR_STRESS_OPS TSAN_OPTIONS; do
   if [[ -n "${!var:-}" ]]; then guest_env+=("$var=${!var}"); fi
 done
+# A ThreadSanitizer build needs room for its shadow memory: NESTED_KVM_MEM (MiB) sizes the guest.
+mem=()
+if [[ -n "${NESTED_KVM_MEM:-}" ]]; then mem=(--mem "$NESTED_KVM_MEM"); fi
 echo "nested-kvm: no /dev/kvm here; running $(basename "$command_file") inside QEMU TCG with nested SVM"
-exec "$here/run.sh" --timeout "$timeout_s" --file "$command_file" --file "$firmware" "${extra[@]}" -- \
+exec "$here/run.sh" --timeout "$timeout_s" "${mem[@]}" --file "$command_file" --file "$firmware" "${extra[@]}" -- \
   env LPARVISOR_FIRMWARE=/work/"$(basename "$firmware")" "${guest_env[@]}" \
   ./"$(basename "$command_file")" "${guest_args[@]}"

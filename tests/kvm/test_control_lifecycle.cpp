@@ -11,6 +11,7 @@
 #include "lpar/hypervisor.hpp"
 #include "support/control_client.hpp"
 #include "support/lpar_checks.hpp"
+#include "support/temp_dir.hpp"
 #include "util/fault.hpp"
 
 using namespace lparvisor;
@@ -18,16 +19,6 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
-
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        char pattern[] = "/tmp/lparvisor-ctl-XXXXXX";
-        REQUIRE(::mkdtemp(pattern) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-};
 
 json row_of(const json& list, const std::string& name) {
     for (const auto& row : list["result"]["lpars"])
@@ -40,7 +31,7 @@ json row_of(const json& list, const std::string& name) {
 TEST_CASE(
     "lifecycle through the socket: define, IPL, MVSTOR with progress, stop, deactivate, remove",
     "[kvm][control]") {
-    TempDir dir;
+    test::TempDir dir("ctl");
     Hypervisor hv({96, {test::firmware_lpar("A", 0, 16, 1)}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::EventSubscriber watcher(socket.path());  // the second client
@@ -94,7 +85,7 @@ TEST_CASE(
 
 TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it changes nothing",
           "[kvm][control]") {
-    TempDir dir;
+    test::TempDir dir("ctl");
     Hypervisor hv({1024, {test::firmware_lpar("BIG", 0, 512, 1)}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::require_clean_rounds(hv, "BIG", 1);
@@ -127,7 +118,7 @@ TEST_CASE("while an MVSTOR runs a conflicting request is refused; cancelled, it 
 
 TEST_CASE("a shutdown cancels a move before its first stop and refuses new operations",
           "[kvm][control]") {
-    TempDir dir;
+    test::TempDir dir("ctl");
     Hypervisor hv({256, {test::firmware_lpar("A", 0, 64, 1, 0, 16)}}, test::firmware_options());
     test::SocketFixture socket(hv, dir.path / "control.sock");
     test::require_clean_rounds(hv, "A", 1);

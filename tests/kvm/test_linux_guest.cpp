@@ -8,21 +8,17 @@
 //     KVM: under PVM it exits with the skip code, saying why.
 #include <catch2/catch.hpp>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <map>
 #include <regex>
 #include <thread>
 
 #include "kvm/kvm.hpp"
 #include "lpar/hypervisor.hpp"
+#include "support/linux_guest_image.hpp"
 #include "support/lpar_checks.hpp"
+#include "support/temp_dir.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
@@ -30,75 +26,15 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct GuestImage {
-    std::string kernel;  // the ELF vmlinux (PVM: skips the slow decompressor) or the bzImage
-    std::string initrd;
-    std::string cmdline;
-};
-
-std::map<std::string, std::string> read_env_file(const std::string& path) {
-    std::map<std::string, std::string> values;
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) {
-        auto eq = line.find('=');
-        if (eq == std::string::npos || line.starts_with('#')) continue;
-        auto value = line.substr(eq + 1);
-        if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
-            value = value.substr(1, value.size() - 2);
-        values[line.substr(0, eq)] = value;
-    }
-    return values;
-}
-
-std::string env_or(const char* name, const std::string& fallback) {
-    const char* v = std::getenv(name);
-    return v != nullptr && *v != '\0' ? v : fallback;
-}
-
-// $LPARVISOR_LINUX_{KERNEL,BZIMAGE,INITRD} (the nested harness sets them to its copies), else
-// the env file scripts/build-linux-guest.sh wrote.
-GuestImage guest_image(bool pvm) {
-    std::string env_file = env_or("LPARVISOR_LINUX_GUEST_ENV", "");
+// $LPARVISOR_LINUX_GUEST_ENV (ctest sets it), else where scripts/build-linux-guest.sh writes it.
+test::LinuxGuestImage guest_image(bool pvm) {
+    std::string env_file = test::env_or("LPARVISOR_LINUX_GUEST_ENV", "");
     if (env_file.empty()) {
         std::string cache =
-            env_or("LPARVISOR_CACHE", env_or("HOME", "/root") + "/.cache/lparvisor");
+            test::env_or("LPARVISOR_CACHE", test::env_or("HOME", "/root") + "/.cache/lparvisor");
         env_file = cache + "/linux-guest/linux-guest.env";
     }
-    auto file = read_env_file(env_file);
-    GuestImage image;
-    auto vmlinux = env_or("LPARVISOR_LINUX_KERNEL", file["LINUX_KERNEL"]);
-    auto bzimage = env_or("LPARVISOR_LINUX_BZIMAGE", file["LINUX_BZIMAGE"]);
-    image.kernel = pvm && !vmlinux.empty() ? vmlinux : bzimage;
-    image.initrd = env_or("LPARVISOR_LINUX_INITRD", file["LINUX_INITRD"]);
-    image.cmdline = file.contains("LINUX_CMDLINE")
-                        ? file["LINUX_CMDLINE"]
-                        : "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 nokaslr "
-                          "rdinit=/init";
-    INFO("guest image from " << env_file << " (run scripts/build-linux-guest.sh to build it)");
-    REQUIRE(!image.kernel.empty());
-    REQUIRE(std::filesystem::exists(image.kernel));
-    REQUIRE(std::filesystem::exists(image.initrd));
-    return image;
-}
-
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        char pattern[] = "/tmp/lparvisor-linux-XXXXXX";
-        REQUIRE(::mkdtemp(pattern) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-};
-
-std::string make_disk(const TempDir& dir, std::uint64_t bytes) {
-    auto path = (dir.path / "linux.img").string();
-    int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
-    REQUIRE(fd >= 0);
-    REQUIRE(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
-    ::close(fd);
-    return path;
+    return test::linux_guest_image(env_file, pvm);
 }
 
 // Waits until `pattern` appears in the LPAR's console (or it stops, or the time is up).
@@ -131,30 +67,17 @@ unsigned count_matches(const std::string& text, const std::regex& pattern) {
 constexpr std::uint64_t kLinuxMib = 256;
 
 // The LINUX LPAR of the boot tests: 256 MiB at 0 with one disk, the workload looping.
-LparConfig linux_lpar_config(const GuestImage& image, const std::string& disk, unsigned vcpus) {
-    LparConfig lpar;
-    lpar.name = "LINUX";
-    lpar.origin_mib = 0;
-    lpar.size_mib = kLinuxMib;
-    lpar.vcpus = vcpus;
-    lpar.kernel = image.kernel;
-    lpar.initrd = image.initrd;
-    lpar.cmdline = image.cmdline + " LPV_MIB=32 LPV_LOOP=0";
+LparConfig linux_lpar_config(const test::LinuxGuestImage& image, const std::string& disk,
+                             unsigned vcpus) {
+    auto lpar = test::linux_lpar(image, "LINUX", 0, kLinuxMib, "LPV_MIB=32 LPV_LOOP=0", vcpus);
     lpar.disks.push_back({disk});
     return lpar;
 }
 
 // A 128 MiB Linux LPAR at origin 0 with one vCPU and no disk; `knobs` go to its /init.
-LparConfig small_linux_lpar(const GuestImage& image, const std::string& name,
+LparConfig small_linux_lpar(const test::LinuxGuestImage& image, const std::string& name,
                             const std::string& knobs) {
-    LparConfig lpar;
-    lpar.name = name;
-    lpar.origin_mib = 0;
-    lpar.size_mib = 128;
-    lpar.kernel = image.kernel;
-    lpar.initrd = image.initrd;
-    lpar.cmdline = image.cmdline + " " + knobs;
-    return lpar;
+    return test::linux_lpar(image, name, 0, 128, knobs);
 }
 
 }  // namespace
@@ -163,8 +86,8 @@ TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR
           "[kvm][linux][early-boot]") {
     const bool pvm = kvm::detect_flavour() == kvm::Flavour::Pvm;
     auto image = guest_image(pvm);
-    TempDir dir;
-    auto disk = make_disk(dir, 8 * kMiB);
+    test::TempDir dir("linux");
+    auto disk = test::make_disk(dir, "linux", 8 * kMiB);
 
     // Two vCPUs where KVM runs guest kernel code natively; under PVM one, as KVM-NOTES.md
     // measured it (whether PVM's emulator gets an AP through its real-mode start is untested).
@@ -223,8 +146,8 @@ TEST_CASE("the Debian kernel boots to its workload and uses memory and disk acro
           "[kvm][linux][full-boot]") {
     skip_full_boot_under_pvm();
     auto image = guest_image(false);
-    TempDir dir;
-    auto disk = make_disk(dir, 8 * kMiB);
+    test::TempDir dir("linux");
+    auto disk = test::make_disk(dir, "linux", 8 * kMiB);
     Hypervisor hv({640, {linux_lpar_config(image, disk, 2)}}, test::firmware_options());
     Lpar& lpar = hv.lpar("LINUX");
     wait_for(lpar, std::regex("LPARVISOR-GUEST: cpus 2"), 600s, "the initramfs with both vCPUs");

@@ -17,6 +17,7 @@
 #include "support/control_client.hpp"
 #include "support/guest_console.hpp"
 #include "support/lpar_checks.hpp"
+#include "support/temp_dir.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
@@ -26,16 +27,6 @@ namespace {
 
 constexpr auto kRoundTimeout = std::chrono::seconds(600);
 
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        char pattern[] = "/tmp/lparvisor-test-XXXXXX";
-        REQUIRE(::mkdtemp(pattern) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-};
-
 std::string whole_file(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     std::stringstream s;
@@ -44,7 +35,7 @@ std::string whole_file(const std::filesystem::path& path) {
 }
 
 // The whole serial log of every LPAR: no FAIL line, ever.
-void require_no_failure_logged(const TempDir& dir) {
+void require_no_failure_logged(const test::TempDir& dir) {
     for (const auto& entry : std::filesystem::directory_iterator(dir.path)) {
         auto text = whole_file(entry.path());
         auto progress = test::parse_firmware_console(text);
@@ -87,9 +78,9 @@ const control::LparStatus& row_of(const control::SystemStatus& status, const std
 TEST_CASE(
     "Fig. 3A -> MVSTOR LPAR2 192 -> Fig. 4A through the control socket, both guests verifying",
     "[kvm][mvstor]") {
-    TempDir consoles;
+    test::TempDir consoles("test");
     Hypervisor hv(fig3a_config(), test::firmware_options(consoles.path.string()));
-    TempDir socket_dir;
+    test::TempDir socket_dir("test");
     test::SocketFixture socket(hv, socket_dir.path / "control.sock");
 
     auto before = test::rpc(socket.path(), R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})");
@@ -155,7 +146,7 @@ TEST_CASE(
 }
 
 TEST_CASE("refused MVSTORs change nothing and do not disturb the guest", "[kvm][mvstor]") {
-    TempDir consoles;
+    test::TempDir consoles("test");
     SystemConfig config{64, {test::firmware_lpar("A", 0, 16, 1), test::firmware_lpar("B", 32, 16, 1)}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     test::require_clean_rounds(hv, "B", 1);
@@ -174,7 +165,7 @@ TEST_CASE("refused MVSTORs change nothing and do not disturb the guest", "[kvm][
 
 TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and not",
           "[kvm][mvstor]") {
-    TempDir consoles;
+    test::TempDir consoles("test");
     SystemConfig config{96,
                         {test::firmware_lpar("A", 0, 16, 2),
                          test::firmware_lpar("B", 32, 24, 1),
@@ -220,7 +211,7 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
 }
 
 TEST_CASE("a guest fault stops that LPAR with a reason; the others run on", "[kvm][lpar]") {
-    TempDir consoles;
+    test::TempDir consoles("test");
     SystemConfig config{64, {test::firmware_lpar("A", 0, 16, 1), {"B", 32, 16, 1, {}, 0, 0, 2}}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     // B's firmware ends itself after 2 rounds through the debug-exit port.

@@ -19,16 +19,10 @@
 // scripts/stress.sh runs it by hand: scripts/stress.sh --seed 7 --ops 1000.
 #include <catch2/catch.hpp>
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <lparvisor/abi.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <future>
 #include <limits>
@@ -40,9 +34,12 @@
 
 #include "kvm/kvm.hpp"
 #include "lpar/hypervisor.hpp"
+#include "support/disk_image_check.hpp"
 #include "support/guest_console.hpp"
+#include "support/linux_guest_image.hpp"
 #include "support/lpar_checks.hpp"
 #include "support/storage_invariant.hpp"
+#include "support/temp_dir.hpp"
 #include "util/error.hpp"
 #include "util/fault.hpp"
 
@@ -111,70 +108,15 @@ std::uint64_t env_number(const char* name, std::uint64_t fallback) {
 // ---------------------------------------------------------------------------------------------
 // The Linux guest image, as test_linux_guest.cpp finds it (there from the env file only: CI
 // always builds the image, so its absence is a failure here, not a skip).
-struct GuestImage {
-    std::string kernel, initrd, cmdline;
-};
-
-std::map<std::string, std::string> read_env_file(const std::string& path) {
-    std::map<std::string, std::string> values;
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) {
-        auto eq = line.find('=');
-        if (eq == std::string::npos || line.starts_with('#')) continue;
-        auto value = line.substr(eq + 1);
-        if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
-            value = value.substr(1, value.size() - 2);
-        values[line.substr(0, eq)] = value;
-    }
-    return values;
-}
-
-std::string env_or(const char* name, const std::string& fallback) {
-    const char* v = std::getenv(name);
-    return v != nullptr && *v != '\0' ? v : fallback;
-}
-
-GuestImage guest_image() {
-    const std::string env_file = env_or("LPARVISOR_LINUX_GUEST_ENV", "");
+test::LinuxGuestImage guest_image() {
+    const std::string env_file = test::env_or("LPARVISOR_LINUX_GUEST_ENV", "");
     if (env_file.empty() || !std::filesystem::exists(env_file))
         FAIL("the stress test needs the Linux guest image, and LPARVISOR_LINUX_GUEST_ENV "
              << (env_file.empty() ? std::string("is not set")
                                   : "names a file that does not exist: " + env_file)
              << ". Build it with scripts/build-linux-guest.sh (scripts/test.sh and CI do) and "
                 "run the test through ctest, which sets the variable.");
-    auto file = read_env_file(env_file);
-    GuestImage image;
-    image.kernel = env_or("LPARVISOR_LINUX_BZIMAGE", file["LINUX_BZIMAGE"]);
-    image.initrd = env_or("LPARVISOR_LINUX_INITRD", file["LINUX_INITRD"]);
-    image.cmdline = file.contains("LINUX_CMDLINE")
-                        ? file["LINUX_CMDLINE"]
-                        : "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 nokaslr "
-                          "rdinit=/init";
-    INFO("guest image from " << env_file << " (scripts/build-linux-guest.sh builds it)");
-    REQUIRE(!image.kernel.empty());
-    REQUIRE(std::filesystem::exists(image.kernel));
-    REQUIRE(std::filesystem::exists(image.initrd));
-    return image;
-}
-
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        char pattern[] = "/tmp/lparvisor-stress-XXXXXX";
-        REQUIRE(::mkdtemp(pattern) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-};
-
-std::string make_disk(const TempDir& dir, const std::string& name, std::uint64_t bytes) {
-    auto path = (dir.path / (name + ".img")).string();
-    int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
-    REQUIRE(fd >= 0);
-    REQUIRE(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
-    ::close(fd);
-    return path;
+    return test::linux_guest_image(env_file, false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,42 +255,6 @@ std::string describe(const Layout& layout) {
             out += "  " + name + " " + std::to_string(origin) + "-" +
                    std::to_string(origin + size) + " MiB\n";
     return out;
-}
-
-// The highest "DISK <name> pass <P> ok" in a console text is the pass to find in the image:
-// exactly what the guest wrote, except that a prefix of blocks may already hold pass P + 1 (the
-// pass under way when the LPAR stopped), as in test_virtio_firmware.cpp.
-void require_disk_image(const std::string& path, const std::string& name, std::uint64_t pass) {
-    INFO("disk image " << path << " of " << name << ", last complete pass " << pass);
-    REQUIRE(pass >= 1);
-    int fd = ::open(path.c_str(), O_RDONLY);
-    REQUIRE(fd >= 0);
-    const std::uint64_t hash = lpv_disk_name_hash(name.c_str());
-    std::vector<std::uint64_t> block(LPV_DISK_BLOCK_BYTES / 8);
-    bool in_next_pass = true;
-    std::uint64_t next_pass_blocks = 0;
-    const std::uint64_t blocks =
-        std::min<std::uint64_t>(kDiskBytes, LPV_DISK_TEST_BYTES) / LPV_DISK_BLOCK_BYTES;
-    for (std::uint64_t b = 0; b < blocks; ++b) {
-        REQUIRE(::pread(fd, block.data(), LPV_DISK_BLOCK_BYTES,
-                        static_cast<off_t>(b * LPV_DISK_BLOCK_BYTES)) ==
-                static_cast<ssize_t>(LPV_DISK_BLOCK_BYTES));
-        auto holds = [&](std::uint64_t p) {
-            const std::uint64_t seed = lpv_disk_block_seed(hash, b, p);
-            for (std::uint64_t w = 0; w < block.size(); ++w)
-                if (block[w] != lpv_disk_word_seeded(seed, w)) return false;
-            return true;
-        };
-        if (in_next_pass && holds(pass + 1)) {
-            ++next_pass_blocks;
-            continue;
-        }
-        in_next_pass = false;
-        INFO("block " << b << " (" << next_pass_blocks << " blocks of pass " << pass + 1
-                      << " before it) holds neither pass " << pass << " nor the next one");
-        REQUIRE(holds(pass));
-    }
-    ::close(fd);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1128,7 +1034,7 @@ void Stress::finish() {
         w.update(lpar);
         say("final: " + name + " disk image: pass " + std::to_string(w.disk_pass) +
             " (or a prefix of the next)");
-        require_disk_image(m.disk, name, w.disk_pass);
+        test::require_firmware_disk_after_stop(m.disk, name, w.disk_pass, kDiskBytes);
     }
     test::require_storage_invariant(hv_);
 }
@@ -1169,20 +1075,14 @@ TEST_CASE(
         " LPARVISOR_STRESS_OPS=" + std::to_string(ops));
     const auto started = std::chrono::steady_clock::now();
     auto image = guest_image();
-    TempDir dir;
+    test::TempDir dir("stress");
 
     // The Linux LPAR first, alone: under the nested harness a busy firmware vCPU next to a
     // booting kernel once stalled the boot (test_linux_guest.cpp), so the firmware LPARs start
     // once its workload runs.
-    LparConfig linux_lpar;
-    linux_lpar.name = "LINUX";
-    linux_lpar.origin_mib = 0;
-    linux_lpar.size_mib = kLinuxMib;
+    auto linux_lpar = test::linux_lpar(image, "LINUX", 0, kLinuxMib, "LPV_MIB=24 LPV_LOOP=0");
     linux_lpar.max_size_mib = kLinuxMaxMib;
-    linux_lpar.kernel = image.kernel;
-    linux_lpar.initrd = image.initrd;
-    linux_lpar.cmdline = image.cmdline + " LPV_MIB=24 LPV_LOOP=0";
-    linux_lpar.disks.push_back({make_disk(dir, "LINUX", kLinuxDiskBytes)});
+    linux_lpar.disks.push_back({test::make_disk(dir, "LINUX", kLinuxDiskBytes)});
 
     struct Firmware {
         const char* name;
@@ -1200,8 +1100,8 @@ TEST_CASE(
                                  {"SPARE", std::nullopt, 48, 0, 1, 0, 4, false}};
     std::vector<Member> members{{"LINUX", true, kLinuxMib, kLinuxMaxMib, 1, "", 0}};
     for (const auto& f : firmware)
-        members.push_back(
-            {f.name, false, f.size, f.max, f.vcpus, make_disk(dir, f.name, kDiskBytes), f.origin});
+        members.push_back({f.name, false, f.size, f.max, f.vcpus,
+                           test::make_disk(dir, f.name, kDiskBytes), f.origin});
 
     Hypervisor hv({kMainMib, {linux_lpar}}, test::firmware_options());
     Stress stress(hv, members, seed);

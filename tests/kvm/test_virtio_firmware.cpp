@@ -4,19 +4,16 @@
 // guest wrote (lpv_disk_word of abi.h, block by block).
 #include <catch2/catch.hpp>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <filesystem>
 #include <regex>
 #include <thread>
 
-#include <lparvisor/abi.h>
-
 #include "lpar/hypervisor.hpp"
+#include "support/disk_image_check.hpp"
 #include "support/guest_console.hpp"
 #include "support/lpar_checks.hpp"
+#include "support/temp_dir.hpp"
 #include "util/error.hpp"
 
 using namespace lparvisor;
@@ -25,27 +22,12 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr std::uint64_t kDiskBytes = 4 * kMiB;
-constexpr std::uint64_t kBlockBytes = 4096;
 
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        char pattern[] = "/tmp/lparvisor-virtio-XXXXXX";
-        REQUIRE(::mkdtemp(pattern) != nullptr);
-        path = pattern;
-        std::filesystem::create_directories(path / "consoles");
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
+// A scratch directory with the consoles/ folder the LPARs' consoles are mirrored into.
+struct VirtioTestDir : test::TempDir {
+    VirtioTestDir() : TempDir("virtio") { std::filesystem::create_directories(consoles()); }
+    std::string consoles() const { return (path / "consoles").string(); }
 };
-
-std::string make_disk(const TempDir& dir, const std::string& name, std::uint64_t bytes) {
-    auto path = (dir.path / (name + ".img")).string();
-    int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
-    REQUIRE(fd >= 0);
-    REQUIRE(::ftruncate(fd, static_cast<off_t>(bytes)) == 0);
-    ::close(fd);
-    return path;
-}
 
 LparConfig lpar_with_disk(const std::string& name, std::uint64_t origin, std::uint64_t size,
                           const std::string& disk, std::uint32_t latency_ms = 0) {
@@ -80,44 +62,16 @@ void require_disk_passes(Hypervisor& hv, const std::string& name, std::uint64_t 
     REQUIRE(last_disk_pass(text, name) >= target);
 }
 
-// The image holds pass `pass` everywhere, except that a prefix of blocks may already hold pass
-// `pass + 1` (the pass in progress when the LPAR stopped): exactly what the guest wrote.
-void require_disk_image(const std::string& path, const std::string& name, std::uint64_t pass) {
-    int fd = ::open(path.c_str(), O_RDONLY);
-    REQUIRE(fd >= 0);
-    std::vector<std::uint64_t> block(kBlockBytes / 8);
-    bool in_next_pass = true;
-    std::uint64_t next_pass_blocks = 0;
-    for (std::uint64_t b = 0; b < kDiskBytes / kBlockBytes; ++b) {
-        REQUIRE(::pread(fd, block.data(), kBlockBytes, static_cast<off_t>(b * kBlockBytes)) ==
-                static_cast<ssize_t>(kBlockBytes));
-        auto holds = [&](std::uint64_t p) {
-            for (std::uint64_t w = 0; w < block.size(); ++w)
-                if (block[w] != lpv_disk_word(name.c_str(), b, p, w)) return false;
-            return true;
-        };
-        if (in_next_pass && holds(pass + 1)) {
-            ++next_pass_blocks;
-            continue;
-        }
-        in_next_pass = false;
-        INFO(path << " block " << b << " (pass " << pass << ", " << next_pass_blocks
-                  << " blocks of pass " << pass + 1 << " before it)");
-        REQUIRE(holds(pass));
-    }
-    ::close(fd);
-}
-
 }  // namespace
 
 TEST_CASE("two firmware LPARs use their virtio-blk disks while MVSTOR moves them up and down",
           "[kvm][virtio][mvstor]") {
-    TempDir dir;
-    auto disk_a = make_disk(dir, "A", kDiskBytes);
-    auto disk_b = make_disk(dir, "B", kDiskBytes);
+    VirtioTestDir dir;
+    auto disk_a = test::make_disk(dir, "A", kDiskBytes);
+    auto disk_b = test::make_disk(dir, "B", kDiskBytes);
     SystemConfig config{160,
                         {lpar_with_disk("A", 0, 32, disk_a), lpar_with_disk("B", 64, 32, disk_b)}};
-    Hypervisor hv(config, test::firmware_options((dir.path / "consoles").string()));
+    Hypervisor hv(config, test::firmware_options(dir.consoles()));
     for (const char* name : {"A", "B"}) {
         require_disk_passes(hv, name, 1);
         auto console = hv.lpar(name).console().tail(256 * 1024);
@@ -154,19 +108,19 @@ TEST_CASE("two firmware LPARs use their virtio-blk disks while MVSTOR moves them
         REQUIRE(drain_devices(devices, 10s).empty());
         resume_devices(devices);
         auto console = hv.lpar(name).console().tail(256 * 1024);
-        require_disk_image(name == std::string("A") ? disk_a : disk_b, name,
-                           last_disk_pass(console, name));
+        test::require_firmware_disk_after_stop(name == std::string("A") ? disk_a : disk_b, name,
+                                               last_disk_pass(console, name), kDiskBytes);
     }
 }
 
 TEST_CASE("a device busy past the drain timeout fails the MVSTOR, naming it; nothing moves",
           "[kvm][virtio][mvstor]") {
-    TempDir dir;
+    VirtioTestDir dir;
     // A small disk (8 blocks: a pass is ten requests), each request taking 1.5 s (the firmware
     // reads 8 at once: 12 s, under its 30 s timeout).
-    auto disk = make_disk(dir, "SLOW", 32 * 1024);
+    auto disk = test::make_disk(dir, "SLOW", 32 * 1024);
     SystemConfig config{96, {lpar_with_disk("SLOW", 0, 32, disk, 1500)}};
-    Hypervisor hv(config, test::firmware_options((dir.path / "consoles").string()));
+    Hypervisor hv(config, test::firmware_options(dir.consoles()));
     test::require_clean_rounds(hv, "SLOW", 1);
     auto before = test::origin_mib_of(hv, "SLOW");
 

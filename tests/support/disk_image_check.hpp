@@ -16,4 +16,11 @@ std::optional<std::string> check_firmware_disk(const std::string& image_path,
                                                const std::string& lpar_name, std::uint64_t pass,
                                                std::uint64_t blocks);
 
+// For an image of `disk_bytes` whose LPAR was stopped (and its devices drained) after the
+// firmware reported pass `last_pass` ok ("DISK <name> pass <P> ok"): requires that every block
+// the firmware tests (the first min(disk_bytes, LPV_DISK_TEST_BYTES)) holds pass `last_pass`,
+// except that a prefix may already hold pass last_pass + 1, the pass under way at the stop.
+void require_firmware_disk_after_stop(const std::string& image_path, const std::string& lpar_name,
+                                      std::uint64_t last_pass, std::uint64_t disk_bytes);
+
 }  // namespace lparvisor::test

@@ -56,20 +56,13 @@ TEST_CASE("a guest window shows its own range of the arena and follows a remap",
 namespace {
 
 // One pre-copy round's view of the device dirty log: the pages marked since the last harvest.
-std::vector<std::uint64_t> harvest(DeviceDirtyLog& log, std::uint64_t bytes) {
-    std::vector<std::uint64_t> bitmap((bytes / kPageSize + 63) / 64, 0);
+DirtyBitmap harvest(DeviceDirtyLog& log, std::uint64_t bytes) {
+    DirtyBitmap bitmap(bytes);
     log.harvest_into(bitmap);
     return bitmap;
 }
-bool page_dirty(const std::vector<std::uint64_t>& bitmap, std::uint64_t gpa) {
-    const std::uint64_t page = gpa / kPageSize;
-    return (bitmap[page / 64] >> (page % 64)) & 1;
-}
-std::size_t dirty_pages(const std::vector<std::uint64_t>& bitmap) {
-    std::size_t count = 0;
-    for (std::uint64_t word : bitmap) count += static_cast<std::size_t>(__builtin_popcountll(word));
-    return count;
-}
+bool page_dirty(const DirtyBitmap& bitmap, std::uint64_t gpa) { return bitmap.test(gpa / kPageSize); }
+std::uint64_t dirty_pages(const DirtyBitmap& bitmap) { return bitmap.count(); }
 
 }  // namespace
 
@@ -83,14 +76,14 @@ TEST_CASE("a device write is dirty in the harvest after the one taken while it w
 
     // A buffer over three pages; a pre-copy round harvests while the device still holds it.
     const GuestPhysAddr gpa{3 * kPageSize + 100};
-    std::vector<std::uint64_t> precopy;
+    std::optional<DirtyBitmap> precopy;
     {
         auto buffer = memory.write_span(gpa, 2 * kPageSize);
         REQUIRE(buffer);
         precopy = harvest(log, window.size());
         std::memset(buffer->data(), 0x5a, buffer->size());
     }
-    CHECK(dirty_pages(precopy) == 0);  // nothing had landed yet
+    CHECK(dirty_pages(*precopy) == 0);  // nothing had landed yet
     // The final stop must see every page the device wrote.
     const auto final_stop = harvest(log, window.size());
     CHECK(page_dirty(final_stop, 3 * kPageSize));
@@ -110,7 +103,7 @@ TEST_CASE("GuestMemory::write() marks its pages after the copy, not before",
     // The seam runs between the hand-out and the copy: what a concurrent harvest sees there.
     const GuestPhysAddr gpa{7 * kPageSize + 16};
     const std::uint32_t value = 0xfeedf00d;
-    std::vector<std::uint64_t> precopy;
+    std::optional<DirtyBitmap> precopy;
     bool seam_ran = false, landed_at_seam = true;
     log.set_hand_out_hook_for_testing([&](std::uint64_t address, std::uint64_t length) {
         seam_ran = address == gpa.value && length == sizeof value;
@@ -120,7 +113,7 @@ TEST_CASE("GuestMemory::write() marks its pages after the copy, not before",
     REQUIRE(memory.write_object(gpa, value));
     CHECK(seam_ran);
     CHECK_FALSE(landed_at_seam);
-    CHECK(dirty_pages(precopy) == 0);
+    CHECK(dirty_pages(*precopy) == 0);
     const auto final_stop = harvest(log, window.size());
     CHECK(page_dirty(final_stop, gpa.value));
     CHECK(dirty_pages(final_stop) == 1);

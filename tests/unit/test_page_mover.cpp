@@ -152,6 +152,60 @@ TEST_CASE("copy_populated copies backed pages and leaves holes as holes", "[page
     CHECK_THROWS(copy_populated(arena, ArenaOffset{0}, ArenaOffset{4 * MiB}, 8 * MiB));
 }
 
+TEST_CASE("copy_dirty_pages copies the dirty pages and nothing else", "[page_mover]") {
+    Arena arena(32 * MiB, HugePagePolicy::Off);
+    StorageKeys keys(arena.size());
+    fill_with_addresses(arena, {{0}, 4 * MiB});
+    std::memset(arena.bytes({{16 * MiB}, 4 * MiB}).data(), 0xee, 4 * MiB);
+    // The chunk is guest pages 256-1279 (1-5 MiB of the guest) at arena 0; dirty: 256, 300-309
+    // and 1279 (its last page), plus pages outside the chunk that must be ignored.
+    DirtyBitmap dirty(8 * MiB);
+    for (std::uint64_t page : {255, 256, 1279, 1280}) dirty.set(page);
+    for (std::uint64_t page = 300; page < 310; ++page) dirty.set(page);
+    auto copied = copy_dirty_pages(arena, dirty, 256, ArenaOffset{0}, ArenaOffset{16 * MiB}, 4 * MiB);
+    CHECK(copied == 12 * kPageSize);
+    for (std::uint64_t page = 0; page < 1024; ++page) {
+        const std::uint64_t dst = 16 * MiB + page * kPageSize;
+        const bool was_dirty = dirty.test(256 + page);
+        const std::uint64_t expected = was_dirty ? page * kPageSize + 1 : 0xeeeeeeeeeeeeeeeeULL;
+        if (word_at(arena, dst) != expected || word_at(arena, dst + kPageSize - 8) !=
+                                                   (was_dirty ? page * kPageSize + kPageSize - 7
+                                                              : 0xeeeeeeeeeeeeeeeeULL))
+            FAIL("page " << page << " of the chunk: dirty " << was_dirty << ", word "
+                         << word_at(arena, dst));
+    }
+    CHECK_THROWS(copy_dirty_pages(arena, dirty, 256, ArenaOffset{0}, ArenaOffset{2 * MiB}, 4 * MiB));
+    CHECK_THROWS(copy_dirty_pages(arena, dirty, 2000, ArenaOffset{0}, ArenaOffset{16 * MiB}, 4 * MiB));
+}
+
+TEST_CASE("copy_chunk_with_keys brings every page's key with the pages", "[page_mover]") {
+    Arena arena(32 * MiB, HugePagePolicy::Off);
+    StorageKeys keys(arena.size());
+    fill_with_addresses(arena, {{2 * MiB}, 2 * MiB});
+    set_keys(keys, {{2 * MiB}, 2 * MiB});
+    SECTION("dirty pages only: the keys of the clean pages move too") {
+        DirtyBitmap dirty(2 * MiB);
+        dirty.set(7);
+        CHECK(copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{20 * MiB}, 2 * MiB,
+                                   &dirty, 0) == kPageSize);
+        CHECK(word_at(arena, 20 * MiB + 7 * kPageSize) == 2 * MiB + 7 * kPageSize + 1);
+        CHECK(word_at(arena, 20 * MiB + 6 * kPageSize) == 0);
+    }
+    SECTION("without a bitmap: every populated page") {
+        CHECK(copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{20 * MiB},
+                                   2 * MiB) == 2 * MiB);
+        CHECK(word_at(arena, 20 * MiB + 6 * kPageSize) == 2 * MiB + 6 * kPageSize + 1);
+    }
+    auto src = keys.frames({{2 * MiB}, 2 * MiB});
+    auto dst = keys.frames({{20 * MiB}, 2 * MiB});
+    CHECK(std::equal(src.begin(), src.end(), dst.begin(), dst.end()));
+    // A key range outside main storage is refused before a byte moves.
+    std::memset(arena.bytes({{30 * MiB}, kPageSize}).data(), 0x11, kPageSize);
+    CHECK_THROWS(copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{30 * MiB},
+                                      4 * MiB));
+    CHECK(arena.bytes({{30 * MiB}, kPageSize})[0] == 0x11);
+}
+
 TEST_CASE("a move that fails part-way is undone exactly by move_pages_back", "[page_mover]") {
     struct Case {
         std::uint64_t from_mib, size_mib, to_mib, stop_after_batches;

@@ -85,13 +85,12 @@ TEST_CASE("a pre-copy harvest in the middle of a virtio-rng request does not los
     GuestMemory memory(host.data(), kLparBytes, log);
     VirtioRng device("virtio-rng0", memory);
     auto harvest = [&] {
-        std::vector<std::uint64_t> bitmap((kLparBytes / kPageSize + 63) / 64, 0);
+        DirtyBitmap bitmap(kLparBytes);
         log->harvest_into(bitmap);
         return bitmap;
     };
-    auto dirty = [](const std::vector<std::uint64_t>& bitmap, std::uint64_t gpa) {
-        const std::uint64_t page = gpa / kPageSize;
-        return ((bitmap[page / 64] >> (page % 64)) & 1) != 0;
+    auto dirty = [](const DirtyBitmap& bitmap, std::uint64_t gpa) {
+        return bitmap.test(gpa / kPageSize);
     };
 
     // One writable buffer across a page boundary. The worker stops at the seam once it holds the
