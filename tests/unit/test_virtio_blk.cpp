@@ -24,10 +24,13 @@
 
 #include "devices/virtio/virtio_blk.hpp"
 #include "util/error.hpp"
+#include "precopy_seam.hpp"
 #include "virtio_test_driver.hpp"
 
 using namespace lparvisor;
 using namespace lparvisor::virtio;
+using lparvisor::virtio::testing::page_dirty;
+using lparvisor::virtio::testing::PrecopySeam;
 using namespace std::chrono_literals;
 
 namespace {
@@ -543,46 +546,26 @@ TEST_CASE("a pre-copy harvest in the middle of a virtio-blk read does not lose t
           "[virtio_blk][dirty]") {
     TempImage image;
     Storage storage;
+    // Two sectors into a buffer across a page boundary, held at the seam before pread() fills it.
+    const std::uint64_t buffer = 0x20000 - 512;
     auto log = std::make_shared<DeviceDirtyLog>(kLparBytes);
-    log->set_tracking(true);
+    PrecopySeam seam(log, kLparBytes, buffer);
     const GuestMemory memory(storage.host.data(), kLparBytes, log);
     VirtioBlk device("virtio-blk0", memory, {image.path});
     BlkDriver driver(memory);
-    auto harvest = [&] {
-        DirtyBitmap bitmap(kLparBytes);
-        log->harvest_into(bitmap);
-        return bitmap;
-    };
-    auto dirty = [](const DirtyBitmap& bitmap, std::uint64_t gpa) {
-        return bitmap.test(gpa / kPageSize);
-    };
-
-    // Two sectors into a buffer across a page boundary. The worker stops at the seam once it
-    // holds the buffer, before pread() fills it, until a pre-copy round has harvested.
-    const std::uint64_t buffer = 0x20000 - 512;
-    std::promise<void> taken, harvested, completed;
-    auto harvested_future = harvested.get_future();
-    log->set_hand_out_hook_for_testing([&](std::uint64_t gpa, std::uint64_t) {
-        if (gpa != buffer) return;  // the status byte and the used ring
-        taken.set_value();
-        harvested_future.wait();
-    });
-    InterruptSink sink{[&](std::uint16_t) { completed.set_value(); }, [] {}};
-    REQUIRE(device.activate(device.device_features(), {driver.config()}, sink));
+    REQUIRE(device.activate(device.device_features(), {driver.config()}, seam.sink()));
     const int request = driver.submit(kBlkTypeIn, 3, {{buffer, 1024, true}});
-    (void)harvest();  // the relocation starts: what the driver wrote is copied in round 1
+    (void)seam.harvest();  // the relocation starts: what the driver wrote is copied in round 1
 
     device.notify(0);
-    REQUIRE(taken.get_future().wait_for(10s) == std::future_status::ready);
-    const auto precopy = harvest();
-    harvested.set_value();
-    REQUIRE(completed.get_future().wait_for(10s) == std::future_status::ready);
+    const auto precopy = seam.harvest_while_buffer_held();
+    seam.wait_for_completion();
     CHECK(driver.status(request) == kBlkStatusOk);
     CHECK(guest_bytes(storage, buffer + 600, 1)[0] == image_pattern(3 * 512 + 600));
 
     // The final stop: both pages of the buffer must be there to be copied again.
-    const auto final_stop = harvest();
-    CHECK_FALSE(dirty(precopy, buffer));  // nothing had landed when the round ran
-    CHECK(dirty(final_stop, buffer));
-    CHECK(dirty(final_stop, buffer + 1023));
+    const auto final_stop = seam.harvest();
+    CHECK_FALSE(page_dirty(precopy, buffer));  // nothing had landed when the round ran
+    CHECK(page_dirty(final_stop, buffer));
+    CHECK(page_dirty(final_stop, buffer + 1023));
 }

@@ -12,9 +12,12 @@
 #include <vector>
 
 #include "devices/virtio/virtio_rng.hpp"
+#include "precopy_seam.hpp"
 
 using namespace lparvisor;
 using namespace lparvisor::virtio;
+using lparvisor::virtio::testing::page_dirty;
+using lparvisor::virtio::testing::PrecopySeam;
 using namespace std::chrono_literals;
 
 namespace {
@@ -80,49 +83,29 @@ TEST_CASE("virtio-rng fills device-writable buffers up to its limit", "[virtio_r
 TEST_CASE("a pre-copy harvest in the middle of a virtio-rng request does not lose its write",
           "[virtio_rng][dirty]") {
     std::vector<std::uint8_t> host(kLparBytes, 0);
+    // One writable buffer across a page boundary, held at the seam before it is filled.
+    const std::uint64_t buffer = 0x30000 - 64;
     auto log = std::make_shared<DeviceDirtyLog>(kLparBytes);
-    log->set_tracking(true);
+    PrecopySeam seam(log, kLparBytes, buffer);
     GuestMemory memory(host.data(), kLparBytes, log);
     VirtioRng device("virtio-rng0", memory);
-    auto harvest = [&] {
-        DirtyBitmap bitmap(kLparBytes);
-        log->harvest_into(bitmap);
-        return bitmap;
-    };
-    auto dirty = [](const DirtyBitmap& bitmap, std::uint64_t gpa) {
-        return bitmap.test(gpa / kPageSize);
-    };
-
-    // One writable buffer across a page boundary. The worker stops at the seam once it holds the
-    // buffer, until the test has harvested (a pre-copy round running alongside the device).
-    const std::uint64_t buffer = 0x30000 - 64;
-    std::promise<void> taken, harvested, completed;
-    auto harvested_future = harvested.get_future();
-    log->set_hand_out_hook_for_testing([&](std::uint64_t gpa, std::uint64_t) {
-        if (gpa != buffer) return;  // the used ring
-        taken.set_value();
-        harvested_future.wait();
-    });
-    InterruptSink sink{[&](std::uint16_t) { completed.set_value(); }, [] {}};
     REQUIRE(device.activate(kFeatureVersion1,
-                            {{kQueueSize, true, kDescTable, kAvailRing, kUsedRing}}, sink));
+                            {{kQueueSize, true, kDescTable, kAvailRing, kUsedRing}}, seam.sink()));
     REQUIRE(memory.write_object(GuestPhysAddr{0}, VirtqDesc{buffer, 128, kDescFlagWrite, 0}));
     REQUIRE(memory.write_object(GuestPhysAddr{kAvailRing.value + 4}, std::uint16_t{0}));
     REQUIRE(memory.store_release(GuestPhysAddr{kAvailRing.value + 2}, std::uint16_t{1}));
-    (void)harvest();  // the relocation starts: what the driver wrote is copied in round 1
+    (void)seam.harvest();  // the relocation starts: what the driver wrote is copied in round 1
 
     device.notify(0);
-    REQUIRE(taken.get_future().wait_for(10s) == std::future_status::ready);
-    const auto precopy = harvest();
-    harvested.set_value();
-    REQUIRE(completed.get_future().wait_for(10s) == std::future_status::ready);
+    const auto precopy = seam.harvest_while_buffer_held();
+    seam.wait_for_completion();
     CHECK(memory.read_object<VirtqUsedElem>(GuestPhysAddr{kUsedRing.value + 4})->len == 128);
 
     // The final stop: both pages of the buffer must be there to be copied again.
-    const auto final_stop = harvest();
-    CHECK_FALSE(dirty(precopy, buffer));  // nothing had landed when the round ran
-    CHECK(dirty(final_stop, buffer));
-    CHECK(dirty(final_stop, buffer + 127));
-    CHECK(dirty(final_stop, kUsedRing.value));
+    const auto final_stop = seam.harvest();
+    CHECK_FALSE(page_dirty(precopy, buffer));  // nothing had landed when the round ran
+    CHECK(page_dirty(final_stop, buffer));
+    CHECK(page_dirty(final_stop, buffer + 127));
+    CHECK(page_dirty(final_stop, kUsedRing.value));
     CHECK(std::count(host.begin() + buffer, host.begin() + buffer + 128, 0) < 16);
 }
