@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
-#include <thread>
 #include <iostream>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -122,15 +122,17 @@ int main(int argc, char** argv) {
             [&](const boost::system::error_code& error, int signal) {
                 if (error) return;
                 if (stopper.joinable()) {
-                    spdlog::warn("second signal {}: exiting now, without waiting for the running "
-                                 "operation",
-                                 signal);
+                    spdlog::warn(
+                        "second signal {}: exiting now, without waiting for the running "
+                        "operation",
+                        signal);
                     spdlog::default_logger()->flush();
                     std::_Exit(128 + signal);
                 }
-                spdlog::info("signal {}: shutting down (a second signal exits at once): stopping "
-                             "the LPARs and removing {}",
-                             signal, socket_path);
+                spdlog::info(
+                    "signal {}: shutting down (a second signal exits at once): stopping "
+                    "the LPARs and removing {}",
+                    signal, socket_path);
                 hypervisor.request_shutdown();
                 signals.async_wait(on_signal);
                 stopper = std::thread([&] {

@@ -110,15 +110,9 @@ int fw_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
                 put(&o, *s++);
             break;
         }
-        case 'c':
-            put(&o, (char)va_arg(ap, int));
-            break;
-        case '%':
-            put(&o, '%');
-            break;
-        case '\0':
-            p--;
-            break;
+        case 'c': put(&o, (char)va_arg(ap, int)); break;
+        case '%': put(&o, '%'); break;
+        case '\0': p--; break;
         default:
             put(&o, '%');
             put(&o, *p);

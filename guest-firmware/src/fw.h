@@ -90,7 +90,8 @@ static inline void cpu_relax(void)
     __asm__ volatile("pause" ::: "memory");
 }
 
-static inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d)
+static inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t *a, uint32_t *b, uint32_t *c,
+                         uint32_t *d)
 {
     __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
 }
@@ -117,7 +118,7 @@ void fw_note_failure(void);
 
 /* ---- pci.c: configuration mechanism #1, 32-bit accesses only (ports 0xcf8/0xcfc) ---- */
 #define PCI_BDF(dev, fn) ((uint32_t)(((dev) << 3) | (fn))) /* bus 0 */
-bool pci_present(void);                 /* 0xcf8 reads back what was written */
+bool pci_present(void); /* 0xcf8 reads back what was written */
 uint32_t pci_read32(uint32_t bdf, uint32_t off);
 void pci_write32(uint32_t bdf, uint32_t off, uint32_t v);
 /* Calls fn for every function on bus 0 (vendor not 0xffff/0); stops early if fn returns false. */
@@ -161,17 +162,17 @@ struct vring_used_elem {
 struct virtqueue {
     uint16_t index, size;
     volatile struct vring_desc *desc;
-    volatile uint16_t *avail;          /* flags, idx, ring[size] */
-    volatile uint16_t *used;           /* flags, idx, then struct vring_used_elem ring[size] */
-    uint16_t avail_idx;                /* next avail index to publish */
-    uint16_t used_seen;                /* used entries consumed */
+    volatile uint16_t *avail; /* flags, idx, ring[size] */
+    volatile uint16_t *used; /* flags, idx, then struct vring_used_elem ring[size] */
+    uint16_t avail_idx; /* next avail index to publish */
+    uint16_t used_seen; /* used entries consumed */
     uint64_t notify_addr;
 };
 
 struct virtio_dev {
     uint32_t bdf;
     uint16_t device_id, type;
-    char label[8];                     /* "00:03.0" */
+    char label[8]; /* "00:03.0" */
     uint64_t common, notify, isr, device; /* MMIO addresses of the four structures */
     uint32_t notify_len, device_len;
     uint32_t notify_mult;
@@ -188,9 +189,10 @@ bool virtio_pci_probe(uint32_t bdf, uint32_t id, struct virtio_dev *d);
 /* Reset, ACKNOWLEDGE, DRIVER, negotiate (VERSION_1 plus `optional` bits the device offers),
  * FEATURES_OK. Then virtio_setup_queue for each queue, then virtio_driver_ok. */
 bool virtio_negotiate(struct virtio_dev *d, uint64_t optional);
-bool virtio_setup_queue(struct virtio_dev *d, struct virtqueue *q, uint16_t index, uint16_t max_size);
+bool virtio_setup_queue(struct virtio_dev *d, struct virtqueue *q, uint16_t index,
+                        uint16_t max_size);
 void virtio_driver_ok(struct virtio_dev *d);
-void virtio_fail(struct virtio_dev *d);      /* sets FAILED in device_status */
+void virtio_fail(struct virtio_dev *d); /* sets FAILED in device_status */
 uint8_t virtio_config_generation(struct virtio_dev *d);
 /* Publishes a chain whose head is `head` and notifies the device. */
 void vq_submit(struct virtqueue *q, uint16_t head);
@@ -203,8 +205,8 @@ void *dma_alloc(uint64_t size, uint64_t align);
 
 /* ---- virtio_blk.c / virtio_rng.c ---- */
 bool virtio_blk_init(struct virtio_dev *d, const char *name);
-void virtio_blk_pass(uint64_t pass);   /* one write/flush/read-back pass (vCPU 0) */
-void virtio_blk_final(void);           /* at the round limit */
+void virtio_blk_pass(uint64_t pass); /* one write/flush/read-back pass (vCPU 0) */
+void virtio_blk_final(void); /* at the round limit */
 void virtio_rng_test(struct virtio_dev *d, const char *name);
 
 /* ---- virtio_mem.c (vCPU 0): the hot-pluggable memory of an expandable LPAR ---- */

@@ -22,13 +22,13 @@ _Static_assert(LPV_TEST_AREA_GPA >= LPV_STACK_TOP, "stacks below the test area")
 
 #define PAGE_SIZE 4096ull
 #define PAGE_SHIFT 12
-#define UNIT_PAGES 512ull                   /* 2 MiB: the preferred slicing unit */
+#define UNIT_PAGES 512ull /* 2 MiB: the preferred slicing unit */
 #define PATTERN_MUL LPV_PATTERN_MUL
-#define REPORT_MAX 4                        /* detailed FAIL lines per kind, round and vCPU */
-#define KEY_CHUNK_PAGES 4096u               /* pages per storage-key request (16 MiB) */
+#define REPORT_MAX 4 /* detailed FAIL lines per kind, round and vCPU */
+#define KEY_CHUNK_PAGES 4096u /* pages per storage-key request (16 MiB) */
 #define PACE_BATCH_PAGES 16u
 #define KEY_COMPARE_MASK (LPV_KEY_ACCESS_MASK | LPV_KEY_FETCH) /* R and C are the host's */
-#define SKEY_STATUS_UNSERVED 1              /* preset; a served request overwrites it */
+#define SKEY_STATUS_UNSERVED 1 /* preset; a served request overwrites it */
 
 /* ---- state shared by the vCPUs: in .data so that it is valid even if .bss were not zeroed ---- */
 static uint32_t banner_done __attribute__((section(".data")));
@@ -46,10 +46,10 @@ struct ctx {
     uint32_t cpu;
     uint32_t ncpu;
     uint64_t seed;
-    uint64_t lo, hi;    /* this vCPU's slice */
-    uint64_t ws_hi;     /* rewritten each round: [lo, ws_hi) */
+    uint64_t lo, hi; /* this vCPU's slice */
+    uint64_t ws_hi; /* rewritten each round: [lo, ws_hi) */
     uint64_t tsc_khz;
-    uint64_t rate;      /* pages per second, 0 = unpaced */
+    uint64_t rate; /* pages per second, 0 = unpaced */
     uint64_t round_limit;
     bool keys;
 };
@@ -152,7 +152,8 @@ static void rewrite(const struct ctx *c, uint64_t gen)
     }
 }
 
-static void report_word(const struct ctx *c, uint64_t a, uint64_t gen, uint64_t round, uint64_t *bad)
+static void report_word(const struct ctx *c, uint64_t a, uint64_t gen, uint64_t round,
+                        uint64_t *bad)
 {
     const uint64_t got = *(volatile uint64_t *)(uintptr_t)a;
     const uint64_t exp = pattern(a, gen, c->seed);
@@ -166,14 +167,16 @@ static void report_word(const struct ctx *c, uint64_t a, uint64_t gen, uint64_t 
 
 /* Verifies [lo, hi) against generation `gen`; returns the number of bad words (and prints the
  * first few, sharing the REPORT_MAX budget through *bad). */
-static void verify(const struct ctx *c, uint64_t lo, uint64_t hi, uint64_t gen, uint64_t round, uint64_t *bad)
+static void verify(const struct ctx *c, uint64_t lo, uint64_t hi, uint64_t gen, uint64_t round,
+                   uint64_t *bad)
 {
     const volatile uint64_t *p = (const volatile uint64_t *)(uintptr_t)lo;
     const uint64_t x = (gen << 48) ^ c->seed;
     const uint64_t step = 8 * PATTERN_MUL;
     uint64_t m = lo * PATTERN_MUL;
     for (uint64_t a = lo; a < hi; a += 32, p += 4) {
-        const uint64_t e0 = m ^ x, e1 = (m + step) ^ x, e2 = (m + 2 * step) ^ x, e3 = (m + 3 * step) ^ x;
+        const uint64_t e0 = m ^ x, e1 = (m + step) ^ x, e2 = (m + 2 * step) ^ x,
+                       e3 = (m + 3 * step) ^ x;
         m += 4 * step;
         const uint64_t d = (p[0] ^ e0) | (p[1] ^ e1) | (p[2] ^ e2) | (p[3] ^ e3);
         if (__builtin_expect(d != 0, 0)) {
@@ -187,7 +190,8 @@ static void verify(const struct ctx *c, uint64_t lo, uint64_t hi, uint64_t gen, 
 
 /* One request = one exit: the hypervisor reads the struct at the address written to the port,
  * serves the whole range and writes `status` before the `outl` completes. */
-static bool skey_call(const struct ctx *c, uint32_t op, uint64_t first_gpa, uint64_t pages, uint64_t round)
+static bool skey_call(const struct ctx *c, uint32_t op, uint64_t first_gpa, uint64_t pages,
+                      uint64_t round)
 {
     struct lpv_skey_request *r = &skey_slots[c->cpu].req;
     r->op = op;
@@ -325,7 +329,8 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
     const uint64_t area_hi = bi->storage_bytes & ~(PAGE_SIZE - 1);
     if (area_lo < LPV_TEST_AREA_GPA || area_lo >= area_hi) {
         if (cpu == 0) {
-            fw_println("FAIL boot-info test_area=0x%lx storage=0x%lx", bi->test_area_gpa, bi->storage_bytes);
+            fw_println("FAIL boot-info test_area=0x%lx storage=0x%lx", bi->test_area_gpa,
+                       bi->storage_bytes);
             fw_exit(1);
         }
         park();
@@ -364,10 +369,11 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
     }
 
     if (cpu == 0) {
-        fw_println("lparvisor-firmware: %s storage=%luMiB vcpus=%u test_area=0x%lx-0x%lx keys=%s rate=%lu "
-                   "working_set=%luKiB tsc_khz=%lu round_limit=%lu seed=0x%016lx",
-                   name, bi->storage_bytes >> 20, ncpu, area_lo, area_hi, c.keys ? "on" : "off", c.rate,
-                   bi->working_set_bytes >> 10, c.tsc_khz, c.round_limit, c.seed);
+        fw_println(
+            "lparvisor-firmware: %s storage=%luMiB vcpus=%u test_area=0x%lx-0x%lx keys=%s rate=%lu "
+            "working_set=%luKiB tsc_khz=%lu round_limit=%lu seed=0x%016lx",
+            name, bi->storage_bytes >> 20, ncpu, area_lo, area_hi, c.keys ? "on" : "off", c.rate,
+            bi->working_set_bytes >> 10, c.tsc_khz, c.round_limit, c.seed);
         /* PCI scan, virtio set-up, RNG test, disk id (`name` lives on: fw_main never returns) */
         fw_devices_init(bi, name);
         __atomic_store_n(&banner_done, 1, __ATOMIC_RELEASE);
@@ -375,6 +381,7 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
         while (!__atomic_load_n(&banner_done, __ATOMIC_ACQUIRE))
             cpu_relax();
     }
-    fw_println("slice cpu=%u range=0x%lx-0x%lx rewrite=0x%lx-0x%lx", c.cpu, c.lo, c.hi, c.lo, c.ws_hi);
+    fw_println("slice cpu=%u range=0x%lx-0x%lx rewrite=0x%lx-0x%lx", c.cpu, c.lo, c.hi, c.lo,
+               c.ws_hi);
     run(&c);
 }

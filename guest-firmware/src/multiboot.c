@@ -99,7 +99,8 @@ static void map_virtio_mem(uint32_t bdf)
     pci_write32(bdf, 0x04, (pci_read32(bdf, 0x04) & 0xffff) | 0x2u); /* memory decoding on */
     uint64_t addr, size;
     if (!virtio_mem_region(bdf, &addr, &size)) {
-        fw_println("multiboot: virtio-mem 00:%02x.%x: region not readable", (bdf >> 3) & 31, bdf & 7);
+        fw_println("multiboot: virtio-mem 00:%02x.%x: region not readable", (bdf >> 3) & 31,
+                   bdf & 7);
         return;
     }
     const uint64_t end = addr + size;
@@ -107,8 +108,8 @@ static void map_virtio_mem(uint32_t bdf)
     if (hi > lo && hi - lo > HOTPLUG_MAP_MAX)
         hi = lo + HOTPLUG_MAP_MAX;
     if (hi <= lo || lo != addr || !map_range(lo, hi - lo, 0)) {
-        fw_println("multiboot: virtio-mem 00:%02x.%x: region 0x%lx+0x%lx not mapped", (bdf >> 3) & 31,
-                   bdf & 7, addr, size);
+        fw_println("multiboot: virtio-mem 00:%02x.%x: region 0x%lx+0x%lx not mapped",
+                   (bdf >> 3) & 31, bdf & 7, addr, size);
         return;
     }
     fw_hotplug_allow(lo, hi - lo);
@@ -125,7 +126,8 @@ static uint64_t bar64_size(uint32_t bdf, unsigned bar)
     const uint32_t lo = pci_read32(bdf, off), hi = pci_read32(bdf, off + 4);
     pci_write32(bdf, off, 0xffffffffu);
     pci_write32(bdf, off + 4, 0xffffffffu);
-    const uint64_t mask = ((uint64_t)pci_read32(bdf, off + 4) << 32) | (pci_read32(bdf, off) & ~0xfu);
+    const uint64_t mask =
+        ((uint64_t)pci_read32(bdf, off + 4) << 32) | (pci_read32(bdf, off) & ~0xfu);
     pci_write32(bdf, off, lo);
     pci_write32(bdf, off + 4, hi);
     pci_write32(bdf, 0x04, cmd);
@@ -150,8 +152,8 @@ static bool map_high_bars(uint32_t bdf, uint32_t id, void *arg)
                 fw_println("multiboot: mapped BAR %u of 00:%02x.%x at 0x%lx+0x%lx uncached", bar,
                            (bdf >> 3) & 31, bdf & 7, addr, size);
             } else {
-                fw_println("multiboot: no page-table space to map BAR %u of 00:%02x.%x at 0x%lx", bar,
-                           (bdf >> 3) & 31, bdf & 7, addr);
+                fw_println("multiboot: no page-table space to map BAR %u of 00:%02x.%x at 0x%lx",
+                           bar, (bdf >> 3) & 31, bdf & 7, addr);
             }
         }
         if (is64)
@@ -188,7 +190,7 @@ extern char lpv_entry64[];
 static void iomap_open(uint8_t *map, uint16_t first, uint16_t count)
 {
     for (uint32_t p = first; p < (uint32_t)first + count; p++)
-        map[p / 8] &= (uint8_t)~(1u << (p % 8));
+        map[p / 8] &= (uint8_t) ~(1u << (p % 8));
 }
 
 static __attribute__((noreturn)) void enter_cpl3(const struct lpv_boot_info *bi)
@@ -224,20 +226,21 @@ static __attribute__((noreturn)) void enter_cpl3(const struct lpv_boot_info *bi)
     } gdtr = { sizeof cpl3_gdt - 1, (uint64_t)(uintptr_t)cpl3_gdt };
     __asm__ volatile("lgdt %0" : : "m"(gdtr) : "memory");
     __asm__ volatile("ltr %w0" : : "r"((uint16_t)LPV_SEL_TSS));
-    __asm__ volatile("movl %[ds], %%eax\n\t"
-                     "movl %%eax, %%ds\n\t"
-                     "movl %%eax, %%es\n\t"
-                     "pushq %[ds]\n\t"  /* SS */
-                     "pushq %[rsp]\n\t" /* RSP: vCPU 0's stack top */
-                     "pushq $0x2\n\t"   /* RFLAGS: interrupts off */
-                     "pushq %[cs]\n\t"  /* CS */
-                     "pushq %[rip]\n\t" /* RIP */
-                     "iretq"
-                     :
-                     : [ds] "i"(LPV_SEL_USER_DATA), [cs] "i"(LPV_SEL_USER_CODE),
-                       [rsp] "r"((uint64_t)LPV_STACK_TOP), [rip] "r"(lpv_entry64),
-                       "D"((uint64_t)LPV_BOOT_INFO_GPA), "S"((uint64_t)0)
-                     : "rax", "memory");
+    __asm__ volatile(
+        "movl %[ds], %%eax\n\t"
+        "movl %%eax, %%ds\n\t"
+        "movl %%eax, %%es\n\t"
+        "pushq %[ds]\n\t" /* SS */
+        "pushq %[rsp]\n\t" /* RSP: vCPU 0's stack top */
+        "pushq $0x2\n\t" /* RFLAGS: interrupts off */
+        "pushq %[cs]\n\t" /* CS */
+        "pushq %[rip]\n\t" /* RIP */
+        "iretq"
+        :
+        : [ds] "i"(LPV_SEL_USER_DATA), [cs] "i"(LPV_SEL_USER_CODE),
+          [rsp] "r"((uint64_t)LPV_STACK_TOP), [rip] "r"(lpv_entry64),
+          "D"((uint64_t)LPV_BOOT_INFO_GPA), "S"((uint64_t)0)
+        : "rax", "memory");
     __builtin_unreachable();
 }
 
@@ -380,7 +383,8 @@ void fw_multiboot_main(uint32_t magic, uint32_t mbi)
         storage = 4ull << 30;
     bi->storage_bytes = storage;
     bi->test_area_gpa = LPV_TEST_AREA_GPA;
-    bi->flags = LPV_BOOT_FLAG_PCI; /* no storage keys under QEMU; PCI if config mechanism #1 answers */
+    bi->flags =
+        LPV_BOOT_FLAG_PCI; /* no storage keys under QEMU; PCI if config mechanism #1 answers */
     const char def_name[] = "QEMU";
     for (size_t i = 0; i < sizeof def_name; i++)
         bi->name[i] = def_name[i];

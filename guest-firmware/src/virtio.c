@@ -87,14 +87,10 @@ void *dma_alloc(uint64_t size, uint64_t align)
 static const char *type_name(uint16_t type)
 {
     switch (type) {
-    case VIRTIO_ID_BLOCK:
-        return "blk";
-    case VIRTIO_ID_RNG:
-        return "rng";
-    case VIRTIO_ID_MEM:
-        return "mem";
-    default:
-        return "other";
+    case VIRTIO_ID_BLOCK: return "blk";
+    case VIRTIO_ID_RNG: return "rng";
+    case VIRTIO_ID_MEM: return "mem";
+    default: return "other";
     }
 }
 
@@ -179,7 +175,8 @@ bool virtio_pci_probe(uint32_t bdf, uint32_t id, struct virtio_dev *d)
     uint32_t ptr = pci_read32(bdf, PCI_CAP_PTR_OFF) & 0xfc;
     for (unsigned guard = 0; ptr >= 0x40 && guard < 48; guard++) {
         const uint32_t w0 = pci_read32(bdf, ptr);
-        const uint8_t cap_id = (uint8_t)w0, next = (uint8_t)(w0 >> 8), cap_len_b = (uint8_t)(w0 >> 16);
+        const uint8_t cap_id = (uint8_t)w0, next = (uint8_t)(w0 >> 8),
+                      cap_len_b = (uint8_t)(w0 >> 16);
         const uint8_t cfg_type = (uint8_t)(w0 >> 24);
         if (cap_id == PCI_CAP_ID_VENDOR && cap_len_b >= 16 && cfg_type >= 1 && cfg_type <= 4 &&
             !have[cfg_type]) {
@@ -210,7 +207,8 @@ bool virtio_pci_probe(uint32_t bdf, uint32_t id, struct virtio_dev *d)
 
     /* Enable memory decoding and bus mastering; no INTx (the firmware polls). Writing 0 to the
      * status half leaves its write-1-to-clear bits alone. */
-    const uint32_t cmd = (cmd_status & 0xffff) | PCI_CMD_MEMORY | PCI_CMD_MASTER | PCI_CMD_INTX_DISABLE;
+    const uint32_t cmd =
+        (cmd_status & 0xffff) | PCI_CMD_MEMORY | PCI_CMD_MASTER | PCI_CMD_INTX_DISABLE;
     pci_write32(bdf, PCI_COMMAND_OFF, cmd);
 
     if (!cap_address(d, "common", cap_bar[1], cap_off[1], cap_len[1], &d->common) ||
@@ -274,7 +272,8 @@ bool virtio_negotiate(struct virtio_dev *d, uint64_t optional)
     const uint64_t deadline = fw_deadline_ms(RESET_TIMEOUT_MS);
     while (get_status(d) != 0) {
         if (fw_expired(deadline)) {
-            fw_println("FAIL virtio %s: device_status stays 0x%x after reset", d->label, get_status(d));
+            fw_println("FAIL virtio %s: device_status stays 0x%x after reset", d->label,
+                       get_status(d));
             fw_note_failure();
             return false;
         }
@@ -285,7 +284,8 @@ bool virtio_negotiate(struct virtio_dev *d, uint64_t optional)
     d->device_features = read_device_features(d);
     const uint64_t version1 = 1ull << VIRTIO_F_VERSION_1_BIT;
     if (!(d->device_features & version1)) {
-        fw_println("FAIL virtio %s: no VIRTIO_F_VERSION_1 (features 0x%lx)", d->label, d->device_features);
+        fw_println("FAIL virtio %s: no VIRTIO_F_VERSION_1 (features 0x%lx)", d->label,
+                   d->device_features);
         fw_note_failure();
         virtio_fail(d);
         return false;
@@ -295,8 +295,8 @@ bool virtio_negotiate(struct virtio_dev *d, uint64_t optional)
     set_status(d, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     const uint8_t st = get_status(d);
     if (!(st & STATUS_FEATURES_OK)) {
-        fw_println("FAIL virtio %s: FEATURES_OK not accepted (status 0x%x, features 0x%lx)", d->label,
-                   st, d->features);
+        fw_println("FAIL virtio %s: FEATURES_OK not accepted (status 0x%x, features 0x%lx)",
+                   d->label, st, d->features);
         fw_note_failure();
         virtio_fail(d);
         return false;
@@ -313,7 +313,8 @@ static void write64_split(uint64_t a, uint64_t v)
     mmio_write32(a + 4, (uint32_t)(v >> 32));
 }
 
-bool virtio_setup_queue(struct virtio_dev *d, struct virtqueue *q, uint16_t index, uint16_t max_size)
+bool virtio_setup_queue(struct virtio_dev *d, struct virtqueue *q, uint16_t index,
+                        uint16_t max_size)
 {
     const uint16_t nq = mmio_read16(d->common + CC_NUM_QUEUES);
     if (index >= nq) {
@@ -355,8 +356,9 @@ bool virtio_setup_queue(struct virtio_dev *d, struct virtqueue *q, uint16_t inde
     const uint16_t notify_off = mmio_read16(d->common + CC_QUEUE_NOTIFY_OFF);
     const uint64_t rel = (uint64_t)notify_off * d->notify_mult;
     if (rel + 2 > d->notify_len) {
-        fw_println("FAIL virtio %s: queue %u notify offset 0x%lx outside the notify structure (0x%x)",
-                   d->label, index, rel, d->notify_len);
+        fw_println(
+            "FAIL virtio %s: queue %u notify offset 0x%lx outside the notify structure (0x%x)",
+            d->label, index, rel, d->notify_len);
         goto fail;
     }
     q->notify_addr = d->notify + rel;
@@ -399,7 +401,8 @@ bool vq_poll(struct virtqueue *q, struct vring_used_elem *e)
     if (idx == q->used_seen)
         return false;
     barrier(); /* x86: loads are not reordered with other loads */
-    const volatile struct vring_used_elem *ring = (const volatile struct vring_used_elem *)(q->used + 2);
+    const volatile struct vring_used_elem *ring =
+        (const volatile struct vring_used_elem *)(q->used + 2);
     const uint16_t slot = q->used_seen % q->size;
     e->id = ring[slot].id;
     e->len = ring[slot].len;

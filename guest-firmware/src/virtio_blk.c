@@ -23,8 +23,8 @@
 #define SECTOR_BYTES 512u
 #define SECTORS_PER_BLOCK (LPV_DISK_BLOCK_BYTES / SECTOR_BYTES)
 
-#define BLK_QUEUE_MAX 32   /* queue entries we ask for (fewer if the device has fewer) */
-#define BLK_INFLIGHT 8     /* read requests per batch (at most queue size / 3) */
+#define BLK_QUEUE_MAX 32 /* queue entries we ask for (fewer if the device has fewer) */
+#define BLK_INFLIGHT 8 /* read requests per batch (at most queue size / 3) */
 #define BLK_TIMEOUT_MS 20000
 #define STATUS_PENDING 0xff
 #define REPORT_MAX 4
@@ -47,14 +47,14 @@ static struct {
     struct virtqueue q;
     const char *name;
     uint64_t name_hash;
-    uint64_t capacity;          /* sectors */
-    uint64_t blocks;            /* test blocks */
-    uint32_t inflight;          /* slots */
+    uint64_t capacity; /* sectors */
+    uint64_t blocks; /* test blocks */
+    uint32_t inflight; /* slots */
     bool flush;
     bool broken;
-    uint64_t last_pass;         /* last pass written, flushed and verified */
-    volatile struct blk_slot_meta *meta;  /* [inflight] */
-    uint8_t *data;              /* [inflight][4096] */
+    uint64_t last_pass; /* last pass written, flushed and verified */
+    volatile struct blk_slot_meta *meta; /* [inflight] */
+    uint8_t *data; /* [inflight][4096] */
 } blk;
 
 static void blk_fail_stop(void)
@@ -111,14 +111,10 @@ static void build(uint32_t k, uint32_t type, uint64_t sector, uint32_t len, bool
 static const char *op_name(uint32_t type)
 {
     switch (type) {
-    case VIRTIO_BLK_T_IN:
-        return "read";
-    case VIRTIO_BLK_T_OUT:
-        return "write";
-    case VIRTIO_BLK_T_FLUSH:
-        return "flush";
-    default:
-        return "get-id";
+    case VIRTIO_BLK_T_IN: return "read";
+    case VIRTIO_BLK_T_OUT: return "write";
+    case VIRTIO_BLK_T_FLUSH: return "flush";
+    default: return "get-id";
     }
 }
 
@@ -154,8 +150,8 @@ static bool run_batch(uint32_t n, uint32_t type, uint64_t first_block, uint64_t 
     for (uint32_t k = 0; k < n; k++) {
         const uint8_t st = blk.meta[k].status;
         if (st != VIRTIO_BLK_S_OK) {
-            fw_println("FAIL disk %s status=%u op=%s pass=%lu block=%lu", blk.name, st, op_name(type),
-                       pass, first_block + k);
+            fw_println("FAIL disk %s status=%u op=%s pass=%lu block=%lu", blk.name, st,
+                       op_name(type), pass, first_block + k);
             blk_fail_stop();
             return false;
         }
@@ -179,8 +175,9 @@ static uint64_t check_block(const uint8_t *buf, uint64_t block, uint64_t pass, u
         const uint64_t exp = lpv_disk_word_seeded(seed, i), got = w[i];
         if (got != exp) {
             if (bad < REPORT_MAX)
-                fw_println("FAIL disk %s data pass=%lu block=%lu word=%lu expected=0x%016lx got=0x%016lx",
-                           blk.name, pass, block, i, exp, got);
+                fw_println(
+                    "FAIL disk %s data pass=%lu block=%lu word=%lu expected=0x%016lx got=0x%016lx",
+                    blk.name, pass, block, i, exp, got);
             bad++;
         }
     }

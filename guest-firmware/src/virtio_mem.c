@@ -61,7 +61,7 @@
 #define MEM_QUEUE_MAX 4
 #define MEM_CHUNK_BYTES (128ull << 20) /* blocks per request: at most this much memory */
 #define MEM_TIMEOUT_MS 30000
-#define MEM_BUSY_RETRY_MS 10           /* UNPLUG_ALL at start: pause between BUSY answers */
+#define MEM_BUSY_RETRY_MS 10 /* UNPLUG_ALL at start: pause between BUSY answers */
 #define REPORT_MAX 4
 #define HOTPLUG_RANGES_MAX 4
 #define MIB(x) ((x) >> 20)
@@ -130,9 +130,9 @@ static struct {
     const char *name;
     uint64_t seed;
     uint64_t block, addr, region_size;
-    uint64_t mapped;          /* bytes of the region (from addr) the page tables map */
-    uint64_t plugged_blocks;  /* the driver's view: [addr, addr + plugged_blocks * block) */
-    uint64_t chunk_blocks;    /* blocks per PLUG/UNPLUG request */
+    uint64_t mapped; /* bytes of the region (from addr) the page tables map */
+    uint64_t plugged_blocks; /* the driver's view: [addr, addr + plugged_blocks * block) */
+    uint64_t chunk_blocks; /* blocks per PLUG/UNPLUG request */
     bool broken;
     int plug_note, unplug_note; /* the NACK/BUSY already noted in this streak; -1 none */
     volatile struct mem_req *req;
@@ -187,16 +187,11 @@ bool virtio_mem_region(uint32_t bdf, uint64_t *addr, uint64_t *size)
 static const char *resp_name(int r)
 {
     switch (r) {
-    case MEM_RESP_ACK:
-        return "ACK";
-    case MEM_RESP_NACK:
-        return "nack";
-    case MEM_RESP_BUSY:
-        return "busy";
-    case MEM_RESP_ERROR:
-        return "ERROR";
-    default:
-        return "?";
+    case MEM_RESP_ACK: return "ACK";
+    case MEM_RESP_NACK: return "nack";
+    case MEM_RESP_BUSY: return "busy";
+    case MEM_RESP_ERROR: return "ERROR";
+    default: return "?";
     }
 }
 
@@ -238,8 +233,9 @@ static int request(uint16_t type, uint64_t addr, uint64_t nb_blocks)
     }
     const uint16_t t = mem.resp->type;
     if (e.id != 0 || e.len < sizeof(uint16_t) || t > MEM_RESP_ERROR) {
-        fw_println("FAIL mem %s: %s request addr=0x%lx blocks=%lu: bad used id=%u len=%u response=%u",
-                   mem.name, req_name(type), addr, nb_blocks, e.id, e.len, t);
+        fw_println(
+            "FAIL mem %s: %s request addr=0x%lx blocks=%lu: bad used id=%u len=%u response=%u",
+            mem.name, req_name(type), addr, nb_blocks, e.id, e.len, t);
         mem_fail_stop();
         return -1;
     }

@@ -39,7 +39,8 @@ int main(int argc, char **argv)
             memcpy(&got, &buf[w], sizeof got); /* little-endian host assumed (x86-64) */
             if (got != exp) {
                 printf("disk-check: block %" PRIu64 " word %" PRIu64 ": expected 0x%016" PRIx64
-                       " found 0x%016" PRIx64 "\n", b, w, exp, got);
+                       " found 0x%016" PRIx64 "\n",
+                       b, w, exp, got);
                 fclose(f);
                 return 1;
             }

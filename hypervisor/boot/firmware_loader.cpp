@@ -170,10 +170,12 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     const std::uint64_t window_end = LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE;
     const std::uint64_t directories =
         std::max((mapped + gib - 1) / gib, (window_end + gib - 1) / gib);
-    static_assert(LPV_PAGE_TABLE_GPA + (2 + (LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE + (1ull << 30) -
-                                             1) / (1ull << 30)) * 0x1000 <=
-                      LPV_PAGE_TABLE_END,
-                  "the page-table area holds the tables for everything up to the PCI window's end");
+    static_assert(
+        LPV_PAGE_TABLE_GPA +
+                (2 + (LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE + (1ull << 30) - 1) / (1ull << 30)) *
+                    0x1000 <=
+            LPV_PAGE_TABLE_END,
+        "the page-table area holds the tables for everything up to the PCI window's end");
     const std::uint64_t pml4 = LPV_PAGE_TABLE_GPA, pdpt = pml4 + 0x1000, pd0 = pdpt + 0x1000;
     if (pd0 + directories * 0x1000 > LPV_PAGE_TABLE_END)
         throw Error(ErrorKind::InvalidArgument,

@@ -126,8 +126,8 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
             device.set_usable_region_size(usable_extent(device, old_range.size - boot));
             {
                 Quiesce stop(*lpar, request.timeout);
-                stop.at_risk(fmt::format("EXPAND of {} by {} MiB could not be undone",
-                                         request.lpar, request.mib));
+                stop.at_risk(fmt::format("EXPAND of {} by {} MiB could not be undone", request.lpar,
+                                         request.mib));
                 if (stop.drained() && device.plugged_size() + boot <= old_range.size) {
                     lpar->window().shrink(extra);
                     stop.safe();
@@ -201,8 +201,7 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
     bool released = false;
     while (Clock::now() < deadline && !shutting_down()) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (wait_for_plugged(device, target, std::max(left, std::chrono::milliseconds(1)),
-                             *this)) {
+        if (wait_for_plugged(device, target, std::max(left, std::chrono::milliseconds(1)), *this)) {
             if (device.plugged_range_is_prefix()) {
                 released = true;
                 break;

@@ -52,10 +52,10 @@ void Hypervisor::request_shutdown() {
         relocating = relocating_;
     }
     spdlog::info("shutdown requested{}", relocating.empty()
-                                            ? std::string()
-                                            : ": MVSTOR of " + relocating +
-                                                  " is cancelled before its first stop, or "
-                                                  "finishes without pre-copy after it");
+                                             ? std::string()
+                                             : ": MVSTOR of " + relocating +
+                                                   " is cancelled before its first stop, or "
+                                                   "finishes without pre-copy after it");
 }
 
 Hypervisor::Record& Hypervisor::record(const std::string& name) {

@@ -76,9 +76,12 @@ std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::vector<kvm_cpuid_entry2> entri
 
 const char* to_string(LparState state) {
     switch (state) {
-        case LparState::Running: return "running";
-        case LparState::Stopped: return "stopped";
-        case LparState::Failed: return "failed";
+        case LparState::Running:
+            return "running";
+        case LparState::Stopped:
+            return "stopped";
+        case LparState::Failed:
+            return "failed";
     }
     return "unknown";
 }
@@ -419,8 +422,8 @@ void Lpar::vcpu_loop(unsigned index) {
             fault::point("vcpu.exit");
             handle_exit(vcpu, vcpu.run());
         } catch (const std::exception& e) {
-            fence(describe_fault(vcpu, fmt::format("internal error serving vCPU {}: {}", index,
-                                                   e.what())));
+            fence(describe_fault(
+                vcpu, fmt::format("internal error serving vCPU {}: {}", index, e.what())));
         } catch (...) {
             fence(fmt::format("internal error serving vCPU {} (unknown exception)", index));
         }

@@ -23,8 +23,8 @@
 #include "devices/device.hpp"
 #include "devices/virtio/virtio_device.hpp"
 #include "kvm/kvm.hpp"
-#include "storage/dirty_bitmap.hpp"
 #include "storage/arena.hpp"
+#include "storage/dirty_bitmap.hpp"
 #include "storage/guest_memory.hpp"
 #include "storage/storage_keys.hpp"
 

@@ -31,7 +31,9 @@ struct Hypervisor::Move {
     control::MvstorResult result;
     EventHub& events;
 
-    void phase(const char* name, Clock::time_point since) { record(name, microseconds_since(since)); }
+    void phase(const char* name, Clock::time_point since) {
+        record(name, microseconds_since(since));
+    }
     void record(const char* name, std::uint64_t us) {
         result.phases.push_back({name, us});
         events.publish("mvstor.phase", request.lpar, {{"phase", name}, {"us", us}});
@@ -90,10 +92,9 @@ bool Hypervisor::move_cancelled() {
 namespace {
 
 Error cancelled_error(const std::string& lpar, bool shutting_down) {
-    return Error(ErrorKind::Busy,
-                 fmt::format("{}: MVSTOR cancelled {} before its final stop", lpar,
-                             shutting_down ? "because the daemon is shutting down"
-                                           : "by the operator"));
+    return Error(ErrorKind::Busy, fmt::format("{}: MVSTOR cancelled {} before its final stop", lpar,
+                                              shutting_down ? "because the daemon is shutting down"
+                                                            : "by the operator"));
 }
 
 }  // namespace
@@ -233,8 +234,8 @@ void Hypervisor::stop_and_copy(Move& move) {
     move.record("stop_vcpus", stop.stop_vcpus_us());
     if (!stop.drained()) throw Error(ErrorKind::Busy, move.busy_message(stop.busy_names()));
     move.record("drain_io", stop.drain_us());
-    stop.at_risk(fmt::format("MVSTOR to {} failed during its stop and could not be undone",
-                             move.target()));
+    stop.at_risk(
+        fmt::format("MVSTOR to {} failed during its stop and could not be undone", move.target()));
 
     // Steps 204-209: transfer page by page with the storage keys, in the overlap-safe order;
     // then SALE / SIE with the new MSO: the window, which the memslot and every device use,
@@ -242,14 +243,13 @@ void Hypervisor::stop_and_copy(Move& move) {
     auto t = Clock::now();
     std::uint64_t copied = 0;
     try {
-        result.bytes_copied =
-            move_pages(arena_, keys_, move.from, move.to.start,
-                       [&](std::uint64_t done, std::uint64_t total) {
-                           copied = done;
-                           fault::point("mvstor.copy");
-                           events_.publish("mvstor.progress", move.request.lpar,
-                                           {{"copied", done}, {"total", total}});
-                       });
+        result.bytes_copied = move_pages(arena_, keys_, move.from, move.to.start,
+                                         [&](std::uint64_t done, std::uint64_t total) {
+                                             copied = done;
+                                             fault::point("mvstor.copy");
+                                             events_.publish("mvstor.progress", move.request.lpar,
+                                                             {{"copied", done}, {"total", total}});
+                                         });
         move.phase("copy", t);
         t = Clock::now();
         fault::point("mvstor.remap");
@@ -259,16 +259,16 @@ void Hypervisor::stop_and_copy(Move& move) {
         // reached is intact at the old origin), and the window points at the old origin again
         // (a failed re-map may have left part of it anywhere). If that fails too, the guard
         // fences the LPAR.
-        const std::string failure = fmt::format("{}: MVSTOR failed during its stop ({})",
-                                                move.request.lpar, e.what());
+        const std::string failure =
+            fmt::format("{}: MVSTOR failed during its stop ({})", move.request.lpar, e.what());
         try {
             fault::point("mvstor.rollback");
             move_pages_back(arena_, keys_, move.from, move.to.start, copied);
             move.lpar->window().remap_part(0, move.from.size, move.from.start);
         } catch (const std::exception& undo) {
             stop.at_risk(fmt::format("{}; undoing it failed too ({})", failure, undo.what()));
-            throw Error(kind_of(e), fmt::format("{}; undoing it failed too ({})", failure,
-                                                undo.what()));
+            throw Error(kind_of(e),
+                        fmt::format("{}; undoing it failed too ({})", failure, undo.what()));
         }
         stop.safe();
         throw Error(kind_of(e), failure + "; the copy was undone");
@@ -354,7 +354,7 @@ void Hypervisor::live_move(Move& move) {
     double bytes_per_us = 5000.0;  // first guess (5 GB/s); measured on the first chunk
     std::string fallback;
     std::uint64_t copied_total = 0;
-    std::vector<Chunk> moved;   // chunks whose part of the window points at their new place
+    std::vector<Chunk> moved;  // chunks whose part of the window points at their new place
     std::optional<Quiesce> stop;
     std::optional<Chunk> in_stop;  // the chunk being moved inside `stop`
     try {
@@ -417,9 +417,9 @@ void Hypervisor::live_move(Move& move) {
             } else if (fallback.empty()) {
                 fallback = fmt::format(
                     "fallback: {} before chunk {} of {}; the rest was copied in its stops",
-                    move_cancelled() ? "the daemon is shutting down"
-                                     : fmt::format("max_total ({} ms) reached",
-                                                   policy.max_total.count()),
+                    move_cancelled()
+                        ? "the daemon is shutting down"
+                        : fmt::format("max_total ({} ms) reached", policy.max_total.count()),
                     index + 1, chunks.size());
             }
             result.rounds += rounds;
@@ -432,9 +432,10 @@ void Hypervisor::live_move(Move& move) {
             const auto paused_at = Clock::now();
             stop_for_chunk(move, stop, index, chunks.size());
             in_stop = c;
-            stop->at_risk(fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be "
-                                      "undone",
-                                      move.target(), index + 1, chunks.size()));
+            stop->at_risk(
+                fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be "
+                            "undone",
+                            move.target(), index + 1, chunks.size()));
             fault::point("mvstor.harvest");
             auto dirty = move.lpar->harvest_dirty();
             fault::point("mvstor.copy");
@@ -477,10 +478,9 @@ void Hypervisor::roll_back(Move& move, const std::vector<Chunk>& moved,
                            const std::exception& cause) {
     const std::string& name = move.request.lpar;
     const std::string failure =
-        moved.empty()
-            ? fmt::format("{}: MVSTOR failed in its first stop ({})", name, cause.what())
-            : fmt::format("{}: MVSTOR failed after moving {} of its chunks ({})", name,
-                          moved.size(), cause.what());
+        moved.empty() ? fmt::format("{}: MVSTOR failed in its first stop ({})", name, cause.what())
+                      : fmt::format("{}: MVSTOR failed after moving {} of its chunks ({})", name,
+                                    moved.size(), cause.what());
     spdlog::warn("{}; undoing it", failure);
     if (!stop) {
         stop.emplace(*move.lpar, move.request.drain_timeout);

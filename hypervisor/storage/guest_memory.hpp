@@ -245,8 +245,7 @@ class GuestMemory {
   private:
     template <typename T>
     static bool aligned_for(const std::uint8_t* host) noexcept {
-        return reinterpret_cast<std::uintptr_t>(host) % std::atomic_ref<T>::required_alignment ==
-               0;
+        return reinterpret_cast<std::uintptr_t>(host) % std::atomic_ref<T>::required_alignment == 0;
     }
 
     std::optional<std::span<std::uint8_t>> view(GuestPhysAddr address, std::uint64_t length) const {

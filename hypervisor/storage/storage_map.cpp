@@ -80,9 +80,9 @@ void StorageMap::hold(const std::string& lpar, ArenaRange range) {
                                             format_range_mib(range.start.value, range.size) +
                                             ": beyond main storage");
     if (auto other = first_overlap(range, lpar))
-        throw Error(ErrorKind::Refused,
-                    lpar + ": cannot hold " + format_range_mib(range.start.value, range.size) +
-                        ": overlaps " + other->lpar);
+        throw Error(ErrorKind::Refused, lpar + ": cannot hold " +
+                                            format_range_mib(range.start.value, range.size) +
+                                            ": overlaps " + other->lpar);
     // Merge with every own area it overlaps or touches (a hull stays inside what is held:
     // nothing of another LPAR lies between two touching ranges).
     ArenaRange merged = range;
@@ -91,8 +91,8 @@ void StorageMap::hold(const std::string& lpar, ArenaRange range) {
         changed = false;
         for (auto it = areas_.begin(); it != areas_.end(); ++it) {
             if (it->lpar != lpar) continue;
-            const bool touches = it->range.start.value <= merged.end() &&
-                                 merged.start.value <= it->range.end();
+            const bool touches =
+                it->range.start.value <= merged.end() && merged.start.value <= it->range.end();
             if (!touches) continue;
             const std::uint64_t start = std::min(it->range.start.value, merged.start.value);
             const std::uint64_t end = std::max(it->range.end(), merged.end());

@@ -39,8 +39,8 @@ void check_name(std::string_view name) {
         if (name == p.name) return;
     std::string known;
     for (const auto& p : kFaultPoints) known += (known.empty() ? "" : ", ") + std::string(p.name);
-    throw std::invalid_argument("unknown fault point '" + std::string(name) + "' (known: " +
-                                known + ")");
+    throw std::invalid_argument("unknown fault point '" + std::string(name) + "' (known: " + known +
+                                ")");
 }
 
 // Caller holds the registry mutex.

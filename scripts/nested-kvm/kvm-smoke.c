@@ -83,8 +83,7 @@ static void vm_create(struct vm *vm)
     vm->vcpu = ioctl(vm->fd, KVM_CREATE_VCPU, 0);
     if (vm->vcpu < 0)
         fail("KVM_CREATE_VCPU: %s", strerror(errno));
-    vm->run = mmap(NULL, vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                   vm->vcpu, 0);
+    vm->run = mmap(NULL, vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vm->vcpu, 0);
     if (vm->run == MAP_FAILED)
         fail("mmap kvm_run: %s", strerror(errno));
 }
@@ -123,23 +122,22 @@ static void expect_out(struct vm *vm, const char *what, uint16_t port, uint8_t v
     if (r->exit_reason != KVM_EXIT_IO) {
         struct kvm_regs regs;
         ioctl(vm->vcpu, KVM_GET_REGS, &regs);
-        fail("%s: expected KVM_EXIT_IO, got %u (%s), rip=0x%llx", what,
-             r->exit_reason, exit_name(r->exit_reason),
-             (unsigned long long)regs.rip);
+        fail("%s: expected KVM_EXIT_IO, got %u (%s), rip=0x%llx", what, r->exit_reason,
+             exit_name(r->exit_reason), (unsigned long long)regs.rip);
     }
     uint8_t data = *((uint8_t *)r + r->io.data_offset);
-    if (r->io.direction != KVM_EXIT_IO_OUT || r->io.port != port ||
-        r->io.size != 1 || r->io.count != 1 || data != val)
-        fail("%s: bad IO exit: dir=%u port=0x%x size=%u count=%u data=0x%x", what,
-             r->io.direction, r->io.port, r->io.size, r->io.count, data);
+    if (r->io.direction != KVM_EXIT_IO_OUT || r->io.port != port || r->io.size != 1 ||
+        r->io.count != 1 || data != val)
+        fail("%s: bad IO exit: dir=%u port=0x%x size=%u count=%u data=0x%x", what, r->io.direction,
+             r->io.port, r->io.size, r->io.count, data);
 }
 
 static void expect_hlt(struct vm *vm, const char *what)
 {
     vm_run(vm);
     if (vm->run->exit_reason != KVM_EXIT_HLT)
-        fail("%s: expected KVM_EXIT_HLT, got %u (%s)", what,
-             vm->run->exit_reason, exit_name(vm->run->exit_reason));
+        fail("%s: expected KVM_EXIT_HLT, got %u (%s)", what, vm->run->exit_reason,
+             exit_name(vm->run->exit_reason));
 }
 
 static void set_real_mode(struct vm *vm, uint64_t rip)
@@ -162,9 +160,9 @@ static void test_real_mode(void)
     vm_create(&vm);
     static const uint8_t code[] = {
         0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
-        0xb0, 'K',        /* mov $'K',%al */
-        0xee,             /* out %al,(%dx) */
-        0xf4,             /* hlt */
+        0xb0, 'K', /* mov $'K',%al */
+        0xee, /* out %al,(%dx) */
+        0xf4, /* hlt */
     };
     memcpy(vm.mem + 0x1000, code, sizeof(code));
     set_real_mode(&vm, 0x1000);
@@ -187,15 +185,32 @@ static void test_real_mode(void)
 #define KSTACK 0x80000
 #define USTACK 0x70000
 
-static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static void put64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+static void put32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+static void put16(uint8_t *p, uint16_t v)
+{
+    memcpy(p, &v, 2);
+}
 
 static struct kvm_segment seg(uint16_t sel, uint8_t type, uint8_t dpl, int s, int l, int db)
 {
     struct kvm_segment sg = {
-        .base = 0, .limit = 0xffffffff, .selector = sel, .type = type,
-        .present = 1, .dpl = dpl, .db = db, .s = s, .l = l, .g = 1,
+        .base = 0,
+        .limit = 0xffffffff,
+        .selector = sel,
+        .type = type,
+        .present = 1,
+        .dpl = dpl,
+        .db = db,
+        .s = s,
+        .l = l,
+        .g = 1,
     };
     return sg;
 }
@@ -209,9 +224,9 @@ static int run_long_mode_cpl3(uint8_t tr_type)
     uint8_t *m = vm.mem;
 
     /* Page tables: identity map the first 2 MiB, user accessible. */
-    put64(m + PML4, PDPT | 0x7);          /* P RW US */
+    put64(m + PML4, PDPT | 0x7); /* P RW US */
     put64(m + PDPT, PD | 0x7);
-    put64(m + PD, 0x0 | 0x80 | 0x7);      /* 2 MiB page, P RW US */
+    put64(m + PD, 0x0 | 0x80 | 0x7); /* 2 MiB page, P RW US */
 
     /* GDT: 0 null, 0x08 code64 DPL0, 0x10 data DPL0, 0x18 code64 DPL3,
      * 0x20 data DPL3, 0x28 64-bit TSS (16 bytes). */
@@ -246,16 +261,16 @@ static int run_long_mode_cpl3(uint8_t tr_type)
 
     static const uint8_t user[] = {
         0x66, 0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
-        0xb0, 'L',              /* mov $'L',%al */
-        0xee,                   /* out %al,(%dx)   allowed by bitmap */
-        0xe6, 0x80,             /* out %al,$0x80   -> #GP */
-        0xeb, 0xfe,             /* jmp .  (not reached) */
+        0xb0, 'L', /* mov $'L',%al */
+        0xee, /* out %al,(%dx)   allowed by bitmap */
+        0xe6, 0x80, /* out %al,$0x80   -> #GP */
+        0xeb, 0xfe, /* jmp .  (not reached) */
     };
     static const uint8_t kern[] = {
         0x66, 0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
-        0xb0, 'G',              /* mov $'G',%al */
-        0xee,                   /* out %al,(%dx) */
-        0xf4,                   /* hlt */
+        0xb0, 'G', /* mov $'G',%al */
+        0xee, /* out %al,(%dx) */
+        0xf4, /* hlt */
     };
     memcpy(m + USER_CODE, user, sizeof(user));
     memcpy(m + KERN_CODE, kern, sizeof(kern));
@@ -266,17 +281,22 @@ static int run_long_mode_cpl3(uint8_t tr_type)
     s.cs = seg(0x1b, 0xb, 3, 1, 1, 0);
     s.ss = seg(0x23, 0x3, 3, 1, 0, 1);
     s.ds = s.es = s.fs = s.gs = s.ss;
-    s.tr = (struct kvm_segment){ .base = TSS, .limit = TSS_LIMIT, .selector = 0x28,
-                                 .type = tr_type, .present = 1, .dpl = 0, .s = 0 };
+    s.tr = (struct kvm_segment){ .base = TSS,
+                                 .limit = TSS_LIMIT,
+                                 .selector = 0x28,
+                                 .type = tr_type,
+                                 .present = 1,
+                                 .dpl = 0,
+                                 .s = 0 };
     s.ldt = (struct kvm_segment){ .type = 0x2, .present = 1, .unusable = 1 };
     s.gdt.base = GDT;
     s.gdt.limit = 0x37;
     s.idt.base = IDT;
     s.idt.limit = 16 * 32 - 1;
-    s.cr0 = 0x80000033;   /* PG NE ET MP PE */
+    s.cr0 = 0x80000033; /* PG NE ET MP PE */
     s.cr3 = PML4;
-    s.cr4 = 0x20;         /* PAE */
-    s.efer = 0x500;       /* LME LMA */
+    s.cr4 = 0x20; /* PAE */
+    s.efer = 0x500; /* LME LMA */
     if (ioctl(vm.vcpu, KVM_SET_SREGS, &s) < 0)
         fail("KVM_SET_SREGS (long mode CPL3): %s", strerror(errno));
     struct kvm_regs regs = { .rip = USER_CODE, .rsp = USTACK, .rflags = 0x2 /* IOPL 0 */ };
@@ -287,12 +307,12 @@ static int run_long_mode_cpl3(uint8_t tr_type)
     if (vm.run->exit_reason == KVM_EXIT_IO && vm.run->io.port == 0x3f8 &&
         *((uint8_t *)vm.run + vm.run->io.data_offset) == 'G') {
         vm_destroy(&vm);
-        return 1;   /* the allowed out faulted; we are in the #GP handler */
+        return 1; /* the allowed out faulted; we are in the #GP handler */
     }
     if (vm.run->exit_reason != KVM_EXIT_IO || vm.run->io.port != 0x3f8 ||
         *((uint8_t *)vm.run + vm.run->io.data_offset) != 'L')
-        fail("long mode CPL3 out via TSS I/O bitmap: exit %u (%s)",
-             vm.run->exit_reason, exit_name(vm.run->exit_reason));
+        fail("long mode CPL3 out via TSS I/O bitmap: exit %u (%s)", vm.run->exit_reason,
+             exit_name(vm.run->exit_reason));
     expect_out(&vm, "long mode #GP handler (port 0x80 must be denied at CPL3)", 0x3f8, 'G');
     expect_hlt(&vm, "long mode ring-0 hlt");
 
@@ -312,22 +332,26 @@ static void test_long_mode_cpl3(void)
     /* TR type 11 (busy 64-bit TSS) is what LTR leaves behind and what VMX
      * requires on VM entry; that is what lparvisor uses. */
     if (run_long_mode_cpl3(0xb) == 0) {
-        printf("kvm-smoke: long mode CPL3: TSS I/O bitmap allows 0x3f8, denies 0x80 (#GP to ring 0) ok\n");
+        printf(
+            "kvm-smoke: long mode CPL3: TSS I/O bitmap allows 0x3f8, denies 0x80 (#GP to ring 0) "
+            "ok\n");
         return;
     }
     /* Diagnose: QEMU TCG's I/O permission check (check_io in
      * target/i386/tcg/seg_helper.c) only accepts TR type 9 (available), and
      * under nested SVM TR comes from the VMCB with the busy type 11. */
     if (run_long_mode_cpl3(0x9) == 0) {
-        printf("kvm-smoke: long mode CPL3: WARNING: out to a port opened in the TSS I/O bitmap "
-               "raised #GP with TR type 11 (busy) but works with TR type 9 (available): "
-               "QEMU TCG emulator quirk, not a KVM bug; real hardware accepts type 11\n");
+        printf(
+            "kvm-smoke: long mode CPL3: WARNING: out to a port opened in the TSS I/O bitmap "
+            "raised #GP with TR type 11 (busy) but works with TR type 9 (available): "
+            "QEMU TCG emulator quirk, not a KVM bug; real hardware accepts type 11\n");
         if (getenv("KVM_SMOKE_STRICT"))
             fail("long mode CPL3 with TR type 11 (KVM_SMOKE_STRICT set)");
         return;
     }
-    fail("long mode CPL3: out to port 0x3f8 (open in the TSS I/O bitmap) raises #GP "
-         "with TR type 11 and 9");
+    fail(
+        "long mode CPL3: out to port 0x3f8 (open in the TSS I/O bitmap) raises #GP "
+        "with TR type 11 and 9");
 }
 
 /* ---- benchmarks ------------------------------------------------------- */
@@ -343,8 +367,8 @@ static void bench(uint32_t n)
     double t0 = now();
     expect_hlt(&vm, "bench loop");
     double t1 = now();
-    printf("kvm-smoke: bench: %u guest loop iterations in %.3f s (%.1f M iter/s)\n",
-           n, t1 - t0, n / (t1 - t0) / 1e6);
+    printf("kvm-smoke: bench: %u guest loop iterations in %.3f s (%.1f M iter/s)\n", n, t1 - t0,
+           n / (t1 - t0) / 1e6);
 
     /* PIO exit round trips: 1: out %al,(%dx); jmp 1b */
     static const uint8_t pio[] = { 0xba, 0xf8, 0x03, 0xb0, 'X', 0xee, 0xeb, 0xfd };
@@ -355,8 +379,8 @@ static void bench(uint32_t n)
     for (uint32_t i = 0; i < exits; i++)
         expect_out(&vm, "bench pio", 0x3f8, 'X');
     t1 = now();
-    printf("kvm-smoke: bench: %u PIO exits to user space in %.3f s (%.1f us/exit)\n",
-           exits, t1 - t0, (t1 - t0) / exits * 1e6);
+    printf("kvm-smoke: bench: %u PIO exits to user space in %.3f s (%.1f us/exit)\n", exits,
+           t1 - t0, (t1 - t0) / exits * 1e6);
     vm_destroy(&vm);
 }
 

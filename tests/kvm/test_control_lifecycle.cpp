@@ -139,8 +139,8 @@ TEST_CASE("a shutdown cancels a move before its first stop and refuses new opera
                    Catch::Contains("runs on at its old origin 0 MiB"));
     auto list = test::rpc_call(socket.path(), "lpar.list");
     CHECK(row_of(list, "A")["origin_mib"] == 0);
-    auto refused = test::rpc_call(socket.path(), "storage.mvstor",
-                                  {{"lpar", "A"}, {"origin_mib", 128}});
+    auto refused =
+        test::rpc_call(socket.path(), "storage.mvstor", {{"lpar", "A"}, {"origin_mib", 128}});
     REQUIRE(refused.contains("error"));
     CHECK_THAT(refused["error"]["message"].get<std::string>(), Catch::Contains("shutting down"));
     test::require_clean_rounds(hv, "A", 2);

@@ -50,8 +50,8 @@ control::LparStatus row(Hypervisor& hv, const std::string& name) {
 // and to leave the LPAR clean at its old origin.
 void require_move_undone(Hypervisor& hv, const std::string& lpar, std::uint64_t origin, bool live,
                          const char* point, unsigned nth, const char* expect) {
-    INFO((live ? "live" : "stop-and-copy") << " MVSTOR " << lpar << " -> " << origin
-                                           << " MiB, fault at " << point << "@" << nth);
+    INFO((live ? "live" : "stop-and-copy")
+         << " MVSTOR " << lpar << " -> " << origin << " MiB, fault at " << point << "@" << nth);
     const auto before = origin_mib_of(hv, lpar);
     fault::arm(point, fault::Action::Fail, nth);
     CHECK_THROWS_WITH(hv.mvstor(request(lpar, origin, live)),
@@ -64,15 +64,15 @@ void require_move_undone(Hypervisor& hv, const std::string& lpar, std::uint64_t 
     require_clean_rounds(hv, lpar, 2);
 }
 
-
 }  // namespace
 
 TEST_CASE("a failed step of an MVSTOR is undone: the LPAR runs on at its old origin",
           "[kvm][faults]") {
     Faults faults;
     // A rewrites 8 MiB as fast as it can; B sits above the gap A slides into.
-    SystemConfig config{160, {test::firmware_lpar("A", 0, 32, 2, 0, 8),
-                              test::firmware_lpar("B", 96, 32, 1, 25000, 4)}};
+    SystemConfig config{
+        160,
+        {test::firmware_lpar("A", 0, 32, 2, 0, 8), test::firmware_lpar("B", 96, 32, 1, 25000, 4)}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     require_clean_rounds(hv, "B", 1);
@@ -126,7 +126,8 @@ TEST_CASE("a cancel in every phase before the first stop changes nothing", "[kvm
                           Phase{"mvstor.precopy", 2, true}}) {
         INFO("cancel held at " << p.point << "@" << p.nth);
         fault::arm(p.point, fault::Action::Hold, p.nth);
-        auto move = std::async(std::launch::async, [&] { return hv.mvstor(request("A", 64, p.live)); });
+        auto move =
+            std::async(std::launch::async, [&] { return hv.mvstor(request("A", 64, p.live)); });
         REQUIRE(fault::wait_until_held(p.point, 120s));
         CHECK(row(hv, "A").state == "relocating");
         hv.cancel_mvstor("A");
@@ -145,12 +146,14 @@ TEST_CASE("a cancel in every phase before the first stop changes nothing", "[kvm
     require_clean_rounds(hv, "A", 2);
 }
 
-TEST_CASE("when undoing fails too, the LPAR is fenced, holds its storage, and only deactivation "
-          "frees it",
-          "[kvm][faults]") {
+TEST_CASE(
+    "when undoing fails too, the LPAR is fenced, holds its storage, and only deactivation "
+    "frees it",
+    "[kvm][faults]") {
     Faults faults;
-    SystemConfig config{256, {test::firmware_lpar("A", 0, 32, 1, 0, 8),
-                              test::firmware_lpar("B", 128, 32, 1, 25000, 4)}};
+    SystemConfig config{
+        256,
+        {test::firmware_lpar("A", 0, 32, 1, 0, 8), test::firmware_lpar("B", 128, 32, 1, 25000, 4)}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     require_clean_rounds(hv, "B", 1);

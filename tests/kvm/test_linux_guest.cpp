@@ -219,9 +219,10 @@ TEST_CASE("a Linux guest's power-off stops its LPAR with the reason; the daemon 
 // that, and a second workload needing more than the boot memory had free fills and verifies it.
 // Then the expanded LPAR is moved live, shrunk back, and exchanged with a firmware neighbour, the
 // workload verifying two clean rounds after each.
-TEST_CASE("a Linux guest onlines what EXPAND gives it, a program uses it, and it moves, shrinks "
-          "and exchanges",
-          "[kvm][linux][full-boot][expand]") {
+TEST_CASE(
+    "a Linux guest onlines what EXPAND gives it, a program uses it, and it moves, shrinks "
+    "and exchanges",
+    "[kvm][linux][full-boot][expand]") {
     skip_full_boot_under_pvm();
     auto image = guest_image(false);
     // No memhp_default_state here: the LPAR adds it because it has a virtio-mem region. 128 MiB
@@ -270,10 +271,9 @@ TEST_CASE("a Linux guest onlines what EXPAND gives it, a program uses it, and it
     auto two_more_rounds = [&](const char* after) {
         auto text = lpar.console().tail(1024 * 1024);
         auto rounds = count_matches(text, std::regex("LPARVISOR-WORKLOAD: round [0-9]+ ok"));
-        wait_for(lpar,
-                 std::regex("LPARVISOR-WORKLOAD: round " + std::to_string(rounds + 2) + " ok"),
-                 300s,
-                 (std::string("two more rounds of the first workload after ") + after).c_str());
+        wait_for(
+            lpar, std::regex("LPARVISOR-WORKLOAD: round " + std::to_string(rounds + 2) + " ok"),
+            300s, (std::string("two more rounds of the first workload after ") + after).c_str());
         REQUIRE(lpar.state() == LparState::Running);
         CHECK(lpar.console().tail(1024 * 1024).find("FAIL") == std::string::npos);
     };

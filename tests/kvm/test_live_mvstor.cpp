@@ -1,6 +1,6 @@
 // Live MVSTOR (issue 6) under real KVM: busy firmware LPARs moved while they run, overlapping
-// (chunk by chunk) and disjoint, up and down; a move out of time for pre-copy falls back and is still
-// correct; a cancelled live move changes nothing. The firmware verifies every word and key.
+// (chunk by chunk) and disjoint, up and down; a move out of time for pre-copy falls back and is
+// still correct; a cancelled live move changes nothing. The firmware verifies every word and key.
 #include <catch2/catch.hpp>
 
 #include <future>
@@ -29,7 +29,8 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
           "[kvm][live]") {
     // A rewrites an 8 MiB working set as fast as it can on 2 vCPUs; B is paced at 25 000 pages/s.
     SystemConfig config{
-        192, {test::firmware_lpar("A", 0, 64, 2, 0, 8), test::firmware_lpar("B", 128, 32, 1, 25000, 8)}};
+        192,
+        {test::firmware_lpar("A", 0, 64, 2, 0, 8), test::firmware_lpar("B", 128, 32, 1, 25000, 8)}};
     Hypervisor hv(config, test::firmware_options());
     require_clean_rounds(hv, "A", 1);
     require_clean_rounds(hv, "B", 1);

@@ -147,7 +147,8 @@ TEST_CASE(
 
 TEST_CASE("refused MVSTORs change nothing and do not disturb the guest", "[kvm][mvstor]") {
     test::TempDir consoles("test");
-    SystemConfig config{64, {test::firmware_lpar("A", 0, 16, 1), test::firmware_lpar("B", 32, 16, 1)}};
+    SystemConfig config{64,
+                        {test::firmware_lpar("A", 0, 16, 1), test::firmware_lpar("B", 32, 16, 1)}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     test::require_clean_rounds(hv, "B", 1);
     auto table = hv.storage_table();
@@ -167,8 +168,7 @@ TEST_CASE("20+ random valid moves of running LPARs, up and down, overlapping and
           "[kvm][mvstor]") {
     test::TempDir consoles("test");
     SystemConfig config{96,
-                        {test::firmware_lpar("A", 0, 16, 2),
-                         test::firmware_lpar("B", 32, 24, 1),
+                        {test::firmware_lpar("A", 0, 16, 2), test::firmware_lpar("B", 32, 24, 1),
                          test::firmware_lpar("C", 64, 16, 1)}};
     Hypervisor hv(config, test::firmware_options(consoles.path.string()));
     for (const char* name : {"A", "B", "C"}) test::require_clean_rounds(hv, name, 1);

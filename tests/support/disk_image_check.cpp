@@ -42,8 +42,8 @@ std::optional<std::string> check_firmware_disk(const std::string& image_path,
     DiskBlock buffer{};
     for (std::uint64_t block = 0; block < blocks; ++block) {
         if (!read_block(in, buffer))
-            return fmt::format("{}: ends before block {} of {} ({} bytes needed)", image_path, block,
-                               blocks, blocks * LPV_DISK_BLOCK_BYTES);
+            return fmt::format("{}: ends before block {} of {} ({} bytes needed)", image_path,
+                               block, blocks, blocks * LPV_DISK_BLOCK_BYTES);
         if (auto word = first_wrong_word(buffer, name_hash, block, pass))
             return fmt::format(
                 "{}: LPAR {} pass {}: block {} word {} (byte {:#x}): expected {:#018x}, found "

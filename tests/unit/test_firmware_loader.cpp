@@ -167,8 +167,8 @@ TEST_CASE("max_storage: the page tables also map the memory EXPAND may plug", "[
     auto memory = window.memory();
     auto pde = [&](std::uint64_t gpa) {
         auto pml4 = *memory.read_object<std::uint64_t>(GuestPhysAddr{LPV_PAGE_TABLE_GPA});
-        auto pdpte = *memory.read_object<std::uint64_t>(
-            GuestPhysAddr{(pml4 & ~0xfffull) + (gpa >> 30) * 8});
+        auto pdpte =
+            *memory.read_object<std::uint64_t>(GuestPhysAddr{(pml4 & ~0xfffull) + (gpa >> 30) * 8});
         REQUIRE((pdpte & 7) == 7);
         return *memory.read_object<std::uint64_t>(
             GuestPhysAddr{(pdpte & ~0xfffull) + ((gpa >> 21) & 511) * 8});
@@ -228,7 +228,8 @@ TEST_CASE("the firmware's memory pattern (abi.h) is the one the firmware always 
     CHECK(lpv_pattern_seed("MEMT") != lpv_pattern_seed("MEMU"));
     const std::uint64_t seed = lpv_pattern_seed("LPAR1");
     CHECK(lpv_pattern_word(0x200000, 0, seed) == ((0x200000ull * LPV_PATTERN_MUL) ^ seed));
-    CHECK(lpv_pattern_word(0x200000, 3, seed) == ((0x200000ull * LPV_PATTERN_MUL) ^ (3ull << 48) ^ seed));
+    CHECK(lpv_pattern_word(0x200000, 3, seed) ==
+          ((0x200000ull * LPV_PATTERN_MUL) ^ (3ull << 48) ^ seed));
     CHECK(lpv_pattern_word(0x200008, 0, seed) != lpv_pattern_word(0x200000, 0, seed));
 }
 

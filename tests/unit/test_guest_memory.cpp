@@ -61,8 +61,12 @@ DirtyBitmap harvest(DeviceDirtyLog& log, std::uint64_t bytes) {
     log.harvest_into(bitmap);
     return bitmap;
 }
-bool page_dirty(const DirtyBitmap& bitmap, std::uint64_t gpa) { return bitmap.test(gpa / kPageSize); }
-std::uint64_t dirty_pages(const DirtyBitmap& bitmap) { return bitmap.count(); }
+bool page_dirty(const DirtyBitmap& bitmap, std::uint64_t gpa) {
+    return bitmap.test(gpa / kPageSize);
+}
+std::uint64_t dirty_pages(const DirtyBitmap& bitmap) {
+    return bitmap.count();
+}
 
 }  // namespace
 

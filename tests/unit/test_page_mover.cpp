@@ -162,20 +162,23 @@ TEST_CASE("copy_dirty_pages copies the dirty pages and nothing else", "[page_mov
     DirtyBitmap dirty(8 * MiB);
     for (std::uint64_t page : {255, 256, 1279, 1280}) dirty.set(page);
     for (std::uint64_t page = 300; page < 310; ++page) dirty.set(page);
-    auto copied = copy_dirty_pages(arena, dirty, 256, ArenaOffset{0}, ArenaOffset{16 * MiB}, 4 * MiB);
+    auto copied =
+        copy_dirty_pages(arena, dirty, 256, ArenaOffset{0}, ArenaOffset{16 * MiB}, 4 * MiB);
     CHECK(copied == 12 * kPageSize);
     for (std::uint64_t page = 0; page < 1024; ++page) {
         const std::uint64_t dst = 16 * MiB + page * kPageSize;
         const bool was_dirty = dirty.test(256 + page);
         const std::uint64_t expected = was_dirty ? page * kPageSize + 1 : 0xeeeeeeeeeeeeeeeeULL;
-        if (word_at(arena, dst) != expected || word_at(arena, dst + kPageSize - 8) !=
-                                                   (was_dirty ? page * kPageSize + kPageSize - 7
-                                                              : 0xeeeeeeeeeeeeeeeeULL))
+        if (word_at(arena, dst) != expected ||
+            word_at(arena, dst + kPageSize - 8) !=
+                (was_dirty ? page * kPageSize + kPageSize - 7 : 0xeeeeeeeeeeeeeeeeULL))
             FAIL("page " << page << " of the chunk: dirty " << was_dirty << ", word "
                          << word_at(arena, dst));
     }
-    CHECK_THROWS(copy_dirty_pages(arena, dirty, 256, ArenaOffset{0}, ArenaOffset{2 * MiB}, 4 * MiB));
-    CHECK_THROWS(copy_dirty_pages(arena, dirty, 2000, ArenaOffset{0}, ArenaOffset{16 * MiB}, 4 * MiB));
+    CHECK_THROWS(
+        copy_dirty_pages(arena, dirty, 256, ArenaOffset{0}, ArenaOffset{2 * MiB}, 4 * MiB));
+    CHECK_THROWS(
+        copy_dirty_pages(arena, dirty, 2000, ArenaOffset{0}, ArenaOffset{16 * MiB}, 4 * MiB));
 }
 
 TEST_CASE("copy_chunk_with_keys brings every page's key with the pages", "[page_mover]") {
@@ -186,8 +189,8 @@ TEST_CASE("copy_chunk_with_keys brings every page's key with the pages", "[page_
     SECTION("dirty pages only: the keys of the clean pages move too") {
         DirtyBitmap dirty(2 * MiB);
         dirty.set(7);
-        CHECK(copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{20 * MiB}, 2 * MiB,
-                                   &dirty, 0) == kPageSize);
+        CHECK(copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{20 * MiB},
+                                   2 * MiB, &dirty, 0) == kPageSize);
         CHECK(word_at(arena, 20 * MiB + 7 * kPageSize) == 2 * MiB + 7 * kPageSize + 1);
         CHECK(word_at(arena, 20 * MiB + 6 * kPageSize) == 0);
     }
@@ -201,8 +204,8 @@ TEST_CASE("copy_chunk_with_keys brings every page's key with the pages", "[page_
     CHECK(std::equal(src.begin(), src.end(), dst.begin(), dst.end()));
     // A key range outside main storage is refused before a byte moves.
     std::memset(arena.bytes({{30 * MiB}, kPageSize}).data(), 0x11, kPageSize);
-    CHECK_THROWS(copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{30 * MiB},
-                                      4 * MiB));
+    CHECK_THROWS(
+        copy_chunk_with_keys(arena, keys, ArenaOffset{2 * MiB}, ArenaOffset{30 * MiB}, 4 * MiB));
     CHECK(arena.bytes({{30 * MiB}, kPageSize})[0] == 0x11);
 }
 

@@ -148,7 +148,8 @@ TEST_CASE("a fenced LPAR holds every range it may occupy until it is removed", "
     CHECK(map.free_bytes() == 61 * MiB);
     // Nothing else may be placed there, and a hold may not reach another LPAR.
     CHECK_THROWS_WITH(map.add("LPAR3", {{400 * MiB}, 16 * MiB}), Catch::Contains("overlaps LPAR2"));
-    CHECK_THROWS_WITH(map.hold("LPAR1", {{120 * MiB}, 16 * MiB}), Catch::Contains("overlaps LPAR2"));
+    CHECK_THROWS_WITH(map.hold("LPAR1", {{120 * MiB}, 16 * MiB}),
+                      Catch::Contains("overlaps LPAR2"));
     CHECK(map.ranges_of("LPAR1").size() == 1);
 
     // A disjoint half-move: a second area of the same name, shown as its own row.

@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "devices/virtio/virtio_blk.hpp"
-#include "util/error.hpp"
 #include "precopy_seam.hpp"
+#include "util/error.hpp"
 #include "virtio_test_driver.hpp"
 
 using namespace lparvisor;

@@ -10,17 +10,17 @@
 #include <stdint.h>
 
 /* ---- guest-physical layout of a firmware LPAR (all below 2 MiB is "system area") ---- */
-#define LPV_GDT_GPA 0x1000ull       /* GDT: null, kernel code/data, user code/data, TSS */
-#define LPV_TSS_GPA 0x2000ull       /* 64-bit TSS followed by its I/O permission bitmap */
+#define LPV_GDT_GPA 0x1000ull /* GDT: null, kernel code/data, user code/data, TSS */
+#define LPV_TSS_GPA 0x2000ull /* 64-bit TSS followed by its I/O permission bitmap */
 #define LPV_BOOT_INFO_GPA 0x6000ull /* struct lpv_boot_info */
 #define LPV_PAGE_TABLE_GPA 0x10000ull /* PML4, then PDPT, then one PD per GiB (2 MiB pages) */
 #define LPV_PAGE_TABLE_END 0x80000ull
-#define LPV_IMAGE_GPA 0x100000ull       /* firmware ELF PT_LOAD segments live in [1 MiB, 1.5 MiB) */
+#define LPV_IMAGE_GPA 0x100000ull /* firmware ELF PT_LOAD segments live in [1 MiB, 1.5 MiB) */
 #define LPV_IMAGE_END 0x180000ull
-#define LPV_STACK_TOP 0x200000ull       /* vCPU i's stack top is LPV_STACK_TOP - i * LPV_STACK_SIZE */
+#define LPV_STACK_TOP 0x200000ull /* vCPU i's stack top is LPV_STACK_TOP - i * LPV_STACK_SIZE */
 #define LPV_STACK_SIZE 0x8000ull
 #define LPV_MAX_VCPUS 8
-#define LPV_TEST_AREA_GPA 0x200000ull   /* the firmware's pattern area: 2 MiB .. storage end */
+#define LPV_TEST_AREA_GPA 0x200000ull /* the firmware's pattern area: 2 MiB .. storage end */
 /* The firmware's DMA area: its virtqueues and I/O buffers, between the image and the lowest
  * vCPU stack (LPV_STACK_TOP - LPV_MAX_VCPUS * LPV_STACK_SIZE = 0x1c0000). Devices read and
  * write here; the pattern area is never a DMA target. */
@@ -35,10 +35,13 @@
 #define LPV_SEL_TSS 0x28
 
 /* ---- I/O ports (opened in the TSS I/O bitmap for the CPL3 firmware) ---- */
-#define LPV_PORT_COM1 0x3f8          /* 8250 UART, 8 ports */
-#define LPV_PORT_DEBUG_EXIT 0x501    /* byte write: the LPAR stops with "guest exit CODE" (QEMU's isa-debug-exit port) */
-#define LPV_PORT_STORAGE_KEY 0x510   /* 32-bit write: guest-physical address of a struct lpv_skey_request */
-#define LPV_PORT_PCI_CONFIG 0xcf8    /* PCI configuration mechanism #1: address 0xcf8, data 0xcfc-0xcff */
+#define LPV_PORT_COM1 0x3f8 /* 8250 UART, 8 ports */
+#define LPV_PORT_DEBUG_EXIT \
+    0x501 /* byte write: the LPAR stops with "guest exit CODE" (QEMU's isa-debug-exit port) */
+#define LPV_PORT_STORAGE_KEY \
+    0x510 /* 32-bit write: guest-physical address of a struct lpv_skey_request */
+#define LPV_PORT_PCI_CONFIG \
+    0xcf8 /* PCI configuration mechanism #1: address 0xcf8, data 0xcfc-0xcff */
 
 /* ---- PCI: every LPAR has a host bridge at 00:00.0 and its virtio-pci devices from 00:01.0 on.
  * Their memory BARs lie in this window, which is never RAM: an LPAR's storage ends below it. The
@@ -53,7 +56,8 @@
 #define LPV_BOOT_MAGIC 0x3152535641504c4cull /* "LLPAVSR1" little-endian */
 #define LPV_BOOT_VERSION 1
 #define LPV_BOOT_FLAG_STORAGE_KEYS (1u << 0) /* the storage-key port is served */
-#define LPV_BOOT_FLAG_PCI (1u << 1)          /* PCI config mechanism #1 (0xcf8-0xcff) is served:
+#define LPV_BOOT_FLAG_PCI \
+    (1u << 1) /* PCI config mechanism #1 (0xcf8-0xcff) is served:
                                               * the firmware scans bus 0 and drives its virtio
                                               * devices. Without it the firmware never touches
                                               * those ports (an unserved port stops the LPAR). */
@@ -63,19 +67,19 @@ struct lpv_boot_info {
     uint64_t magic;
     uint32_t version;
     uint32_t vcpu_count;
-    uint64_t storage_bytes;         /* guest RAM is [0, storage_bytes) */
-    uint64_t test_area_gpa;         /* first byte of the pattern area */
-    uint64_t tsc_khz;               /* 0 if unknown */
+    uint64_t storage_bytes; /* guest RAM is [0, storage_bytes) */
+    uint64_t test_area_gpa; /* first byte of the pattern area */
+    uint64_t tsc_khz; /* 0 if unknown */
     uint64_t rewrite_pages_per_sec; /* 0: rewrite as fast as possible */
-    uint64_t working_set_bytes;     /* 0: every round rewrites the whole area */
-    uint32_t flags;                 /* LPV_BOOT_FLAG_* */
+    uint64_t working_set_bytes; /* 0: every round rewrites the whole area */
+    uint32_t flags; /* LPV_BOOT_FLAG_* */
     uint32_t reserved;
-    char name[LPV_NAME_MAX];        /* NUL-terminated LPAR name */
+    char name[LPV_NAME_MAX]; /* NUL-terminated LPAR name */
     /* Fields below were added compatibly at the end; a hypervisor that does not know them
      * leaves them zero. */
-    uint64_t round_limit;           /* 0: run forever; N: after round N on every vCPU the
+    uint64_t round_limit; /* 0: run forever; N: after round N on every vCPU the
                                      * firmware writes 0 (no FAIL line) or 1 to LPV_PORT_DEBUG_EXIT */
-    uint64_t max_storage_bytes;     /* 0 or <= storage_bytes: nothing above the storage is mapped.
+    uint64_t max_storage_bytes; /* 0 or <= storage_bytes: nothing above the storage is mapped.
                                      * Else the page tables also map [storage_bytes,
                                      * max_storage_bytes) (write-back, user): hot-pluggable memory
                                      * (a virtio-mem region) that the firmware touches only while
@@ -113,33 +117,33 @@ static inline uint64_t lpv_pattern_word(uint64_t gpa, uint64_t gen, uint64_t see
 
 /* ---- storage keys: one byte per 4 KiB frame, s390 layout ---- */
 #define LPV_KEY_ACCESS_MASK 0xf0 /* access-control key, bits 7-4 */
-#define LPV_KEY_FETCH 0x08       /* fetch protection */
-#define LPV_KEY_REFERENCE 0x04   /* reference bit */
-#define LPV_KEY_CHANGE 0x02      /* change bit */
+#define LPV_KEY_FETCH 0x08 /* fetch protection */
+#define LPV_KEY_REFERENCE 0x04 /* reference bit */
+#define LPV_KEY_CHANGE 0x02 /* change bit */
 #define LPV_KEY_VALID_MASK 0xfe
 
 enum lpv_skey_op {
     LPV_SKEY_SET_RANGE = 1, /* every page in the range gets `key` */
-    LPV_SKEY_SET_EACH = 2,  /* page i gets byte i of the buffer */
-    LPV_SKEY_GET_EACH = 3,  /* byte i of the buffer gets page i's key */
+    LPV_SKEY_SET_EACH = 2, /* page i gets byte i of the buffer */
+    LPV_SKEY_GET_EACH = 3, /* byte i of the buffer gets page i's key */
 };
 
 enum lpv_skey_status {
     LPV_SKEY_OK = 0,
     LPV_SKEY_BAD_OP = -1,
-    LPV_SKEY_BAD_RANGE = -2,  /* misaligned, empty, or outside the LPAR's storage */
+    LPV_SKEY_BAD_RANGE = -2, /* misaligned, empty, or outside the LPAR's storage */
     LPV_SKEY_BAD_BUFFER = -3, /* buffer outside the LPAR's storage */
-    LPV_SKEY_BAD_KEY = -4,    /* bit 0 set */
+    LPV_SKEY_BAD_KEY = -4, /* bit 0 set */
 };
 
 /* Lives in guest memory below 4 GiB; the 32-bit write to LPV_PORT_STORAGE_KEY carries its address.
  * One exit serves the whole range (an exit costs about 25 us on PVM). */
 struct lpv_skey_request {
-    uint32_t op;         /* enum lpv_skey_op */
-    int32_t status;      /* written by the hypervisor: enum lpv_skey_status */
-    uint64_t first_gpa;  /* 4 KiB aligned */
+    uint32_t op; /* enum lpv_skey_op */
+    int32_t status; /* written by the hypervisor: enum lpv_skey_status */
+    uint64_t first_gpa; /* 4 KiB aligned */
     uint64_t page_count; /* > 0 */
-    uint64_t key;        /* SET_RANGE only */
+    uint64_t key; /* SET_RANGE only */
     uint64_t buffer_gpa; /* SET_EACH / GET_EACH: page_count bytes */
 };
 

@@ -73,9 +73,10 @@ bool VirtioDeviceBase::activate(std::uint64_t driver_features, std::vector<Queue
         // The running worker owns the queues (it pops and completes without the lifecycle
         // mutex), so this refusal leaves them alone: it only marks NEEDS_RESET, which the worker
         // sees before its next pop. The driver's reset then stops the worker and resets them.
-        spdlog::warn("{}: activation refused: already active (no reset since the last "
-                     "activation)",
-                     name_);
+        spdlog::warn(
+            "{}: activation refused: already active (no reset since the last "
+            "activation)",
+            name_);
         needs_reset_.store(true);
         return false;
     }

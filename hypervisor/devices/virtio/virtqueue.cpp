@@ -106,8 +106,7 @@ PopResult Queue::pop(const GuestMemory& memory) {
     // so the ring entries, descriptors and request bytes it published are read after it. This
     // load is what orders them (on hardware for a vCPU driver, and in the C++ model for a
     // driver thread, which TSan checks); a separate acquire fence would add nothing.
-    auto avail_idx =
-        memory.load_acquire<std::uint16_t>(offset(config_.avail_ring, kRingIdxOffset));
+    auto avail_idx = memory.load_acquire<std::uint16_t>(offset(config_.avail_ring, kRingIdxOffset));
     if (!avail_idx) return error(QueueError::RingAccessFailed, "reading avail.idx");
 
     // Both indexes run freely mod 2^16; the driver can be at most a whole ring ahead.
