@@ -1,15 +1,22 @@
 // lparvisor: the daemon. Creates main storage, activates the configured LPARs (default: the
 // patent's Fig. 3A), and serves the JSON-RPC control socket until SIGINT or SIGTERM.
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <thread>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
@@ -21,6 +28,7 @@
 #include "kvm/kvm.hpp"
 #include "lpar/config.hpp"
 #include "lpar/hypervisor.hpp"
+#include "sandbox/sandbox.hpp"
 #include "util/error.hpp"
 #include "util/fault.hpp"
 
@@ -38,6 +46,71 @@ void log_table(const control::SystemStatus& status) {
     for (const auto& l : status.lpars)
         spdlog::info("{:<10} {:>10} {:>10} {:>8}", l.name, l.origin_mib, l.size_mib, l.gap_mib);
     spdlog::info("main storage {} MiB, free {} MiB", status.main_storage_mib, status.free_mib);
+}
+
+// --user: NAME, UID or UID:GID.
+struct RunAs {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::string label;
+};
+
+RunAs parse_user(const std::string& spec) {
+    RunAs who;
+    auto colon = spec.find(':');
+    std::string user = spec.substr(0, colon);
+    auto all_digits = [](const std::string& s) {
+        return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+    };
+    if (all_digits(user)) {
+        who.uid = static_cast<uid_t>(std::stoul(user));
+        const passwd* entry = ::getpwuid(who.uid);
+        who.gid = entry != nullptr ? entry->pw_gid : static_cast<gid_t>(who.uid);
+    } else {
+        const passwd* entry = ::getpwnam(user.c_str());
+        if (entry == nullptr)
+            throw Error(
+                ErrorKind::InvalidArgument,
+                "--user " + spec + ": no such user (give a name from /etc/passwd or UID[:GID])");
+        who.uid = entry->pw_uid;
+        who.gid = entry->pw_gid;
+    }
+    if (colon != std::string::npos) {
+        std::string group = spec.substr(colon + 1);
+        if (!all_digits(group))
+            throw Error(ErrorKind::InvalidArgument, "--user " + spec + ": GID must be a number");
+        who.gid = static_cast<gid_t>(std::stoul(group));
+    }
+    if (who.uid == 0)
+        throw Error(ErrorKind::InvalidArgument,
+                    "--user " + spec + ": that is root; name another user");
+    who.label = fmt::format("uid {} gid {}", who.uid, who.gid);
+    return who;
+}
+
+// Drops root for good once /dev/kvm, the socket, main storage and the LPARs' images are open.
+// glibc changes every thread's credentials (they are per thread in Linux).
+void drop_privileges(const RunAs& who, const std::string& socket_path, bool made_socket_dir) {
+    // The socket stays the operator's way in (root, or the new user) and removable at shutdown.
+    if (::chown(socket_path.c_str(), who.uid, who.gid) != 0)
+        throw_errno("--user: chown " + socket_path);
+    auto socket_dir = std::filesystem::path(socket_path).parent_path();
+    if (made_socket_dir && ::chown(socket_dir.c_str(), who.uid, who.gid) != 0)
+        throw_errno("--user: chown " + socket_dir.string());
+    if (::setgroups(1, &who.gid) != 0) throw_errno("--user: setgroups");
+    if (::setresgid(who.gid, who.gid, who.gid) != 0) throw_errno("--user: setresgid");
+    if (::setresuid(who.uid, who.uid, who.uid) != 0) throw_errno("--user: setresuid");
+    if (!socket_dir.empty() && ::access(socket_dir.c_str(), W_OK) != 0)
+        spdlog::warn(
+            "--user: {} is not writable by uid {}: the socket will be left behind at exit "
+            "(give the socket a directory that user owns)",
+            socket_dir.string(), who.uid);
+    // The check that root cannot come back: a raw setuid on this thread alone (glibc's would
+    // make every thread try it).
+    uid_t real = 0, effective = 0, saved = 0;
+    if (::getresuid(&real, &effective, &saved) != 0 || real != who.uid || effective != who.uid ||
+        saved != who.uid || ::syscall(SYS_setuid, 0) == 0)
+        throw Error(ErrorKind::System, "--user: root could not be dropped for good");
 }
 
 }  // namespace
@@ -61,9 +134,23 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingFile);
     app.add_option("-s,--socket", socket_path, "control socket path (created with mode 0600)")
         ->capture_default_str();
+    double client_idle_timeout_s = 60;
+    app.add_option("--client-idle-timeout", client_idle_timeout_s,
+                   "close control clients that send no request for SECONDS (subscribers "
+                   "excepted; 0: never)")
+        ->type_name("SECONDS")
+        ->check(CLI::Range(0.0, 86400.0))
+        ->capture_default_str();
     app.add_option("--console-dir", console_dir,
                    "also write each LPAR's serial output to DIR/NAME.log")
         ->check(CLI::ExistingDirectory);
+    std::uint64_t console_max_bytes = ConsoleLog::kDefaultFileMaxBytes;
+    app.add_option("--console-max-bytes", console_max_bytes,
+                   "cap on each DIR/NAME.log (suffix k, M or G: KiB, MiB, GiB); when it would "
+                   "grow past it, it becomes NAME.log.1 (replacing the last) and a new one starts")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(CLI::Range(std::uint64_t{4096}, std::uint64_t{1} << 40))
+        ->capture_default_str();
     app.add_option(
            "--firmware", firmware,
            "test firmware for LPARs whose configuration names none (env LPARVISOR_FIRMWARE)")
@@ -77,6 +164,14 @@ int main(int argc, char** argv) {
                    "warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
+    std::string run_as;
+    bool no_sandbox = false;
+    app.add_option("--user", run_as,
+                   "drop root for this user (NAME, UID or UID:GID) once /dev/kvm, the socket, main "
+                   "storage and the LPARs' files are open; LPARs defined later need files that "
+                   "user can open");
+    app.add_flag("--no-sandbox", no_sandbox,
+                 "run without the seccomp sandbox (docs/threat-model.md): for debugging only");
     app.add_flag("--print-config", print_config,
                  "print the effective configuration as JSON and exit");
     CLI11_PARSE(app, argc, argv);
@@ -91,6 +186,26 @@ int main(int argc, char** argv) {
         }
         if (auto reason = kvm::unavailable_reason())
             throw Error(ErrorKind::System, "cannot run guests: " + *reason);
+        std::optional<RunAs> user;
+        if (!run_as.empty()) user = parse_user(run_as);
+        // Before any thread exists: every thread is started confined from here on.
+        if (no_sandbox) {
+            spdlog::warn(
+                "sandbox OFF (--no-sandbox): no seccomp filter, a compromised device or "
+                "vCPU thread can make any system call lparvisor could");
+        } else {
+            const char* audit = std::getenv("LPARVISOR_SANDBOX_AUDIT");
+            const bool audit_only = audit != nullptr && std::string_view(audit) == "1";
+            if (audit_only)
+                spdlog::warn(
+                    "sandbox in AUDIT mode (LPARVISOR_SANDBOX_AUDIT=1): forbidden system "
+                    "calls are allowed and only logged by the kernel; for development");
+            sandbox::enable({.will_drop_user = user.has_value(), .audit_only = audit_only});
+            spdlog::info(
+                "sandbox on: a seccomp filter per thread class (main, control, vCPU, "
+                "device worker), no_new_privs; a forbidden system call ends lparvisor "
+                "(--no-sandbox turns it off)");
+        }
 
         HypervisorOptions options;
         options.huge_pages = huge_pages == "on"    ? HugePagePolicy::On
@@ -98,11 +213,14 @@ int main(int argc, char** argv) {
                                                    : HugePagePolicy::Auto;
         options.default_firmware = firmware;
         options.console_dir = console_dir;
+        options.console_max_bytes = console_max_bytes;
 
         auto socket_dir = std::filesystem::path(socket_path).parent_path();
+        bool made_socket_dir = false;
         if (!socket_dir.empty() && !std::filesystem::exists(socket_dir)) {
             std::filesystem::create_directories(socket_dir);
             ::chmod(socket_dir.c_str(), 0700);
+            made_socket_dir = true;
         }
 
         if (const char* spec = std::getenv("LPARVISOR_FAULTS"); spec != nullptr && *spec != 0) {
@@ -111,7 +229,10 @@ int main(int argc, char** argv) {
         }
         Hypervisor hypervisor(config, options);
         boost::asio::io_context io;
-        control::ControlServer server(io, socket_path, hypervisor);
+        control::ServerLimits limits;
+        limits.client_idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::duration<double>(client_idle_timeout_s));
+        control::ControlServer server(io, socket_path, hypervisor, limits);
         // The first SIGINT/SIGTERM shuts down in order: new requests are refused, a running
         // storage operation is cancelled (before its first stop) or finishes without pre-copy
         // (after it), which takes at most one copy of the LPAR plus two drain timeouts; then the
@@ -135,12 +256,18 @@ int main(int argc, char** argv) {
                     signal, socket_path);
                 hypervisor.request_shutdown();
                 signals.async_wait(on_signal);
-                stopper = std::thread([&] {
+                stopper = sandbox::spawn(sandbox::ThreadClass::Main, "stopper", [&] {
                     server.stop();  // waits for the running requests, now bounded
                     boost::asio::post(io, [&] { signals.cancel(); });
                 });
             };
         signals.async_wait(on_signal);
+        if (user) {
+            drop_privileges(*user, socket_path, made_socket_dir);
+            spdlog::info("running as {} (--user); root dropped", user->label);
+        }
+        // Set-up is over: from here the main thread only serves the socket and shuts down.
+        sandbox::confine_this_thread(sandbox::ThreadClass::Main, "lparvisor");
         log_table(hypervisor.list());
         spdlog::info("control socket {} ready (svp --socket {} lpars)", socket_path, socket_path);
         io.run();

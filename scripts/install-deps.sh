@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(cmake make g++ pkg-config linux-libc-dev catch2 nlohmann-json3-dev libboost-dev
-          libcli11-dev libspdlog-dev libfmt-dev clang-format)
+          libcli11-dev libspdlog-dev libfmt-dev libseccomp-dev clang-format)
 if [[ "${1:-}" == "--qemu" ]]; then
   packages+=(qemu-system-x86 busybox-static cpio xz-utils zstd)
 fi

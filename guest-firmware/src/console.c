@@ -147,3 +147,20 @@ void fw_println(const char *fmt, ...)
         uart_putc(line[i]);
     unlock();
 }
+
+void fw_console_flood(void)
+{
+    static const char filler[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    lock(); /* for ever: nothing else gets the console */
+    for (uint64_t n = 0;; n++) {
+        char head[32];
+        fw_snprintf(head, sizeof head, "flood %lu ", n);
+        for (size_t i = 0; head[i] != '\0'; i++)
+            uart_putc(head[i]);
+        /* Every 16th line is 8 KiB: longer than any line the host keeps whole. */
+        const size_t body = n % 16 == 15 ? 8192 : 100;
+        for (size_t i = 0; i < body; i++)
+            uart_putc(filler[i % (sizeof filler - 1)]);
+        uart_putc('\n');
+    }
+}

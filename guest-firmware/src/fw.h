@@ -107,6 +107,8 @@ static inline void barrier(void)
 void fw_println(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int fw_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int fw_snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* LPV_BOOT_FLAG_CONSOLE_FLOOD: writes numbered lines to COM1 for ever, holding the console. */
+void fw_console_flood(void) __attribute__((noreturn));
 
 /* ---- main.c ---- */
 void fw_main(const struct lpv_boot_info *bi, uint64_t cpu) __attribute__((noreturn));

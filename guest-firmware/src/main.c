@@ -341,6 +341,13 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
         name[i] = bi->name[i];
     name[LPV_NAME_MAX - 1] = '\0';
 
+    if (bi->flags & LPV_BOOT_FLAG_CONSOLE_FLOOD) {
+        if (cpu != 0)
+            park();
+        fw_println("lparvisor-firmware: %s console flood (LPV_BOOT_FLAG_CONSOLE_FLOOD)", name);
+        fw_console_flood();
+    }
+
     struct ctx c = {
         .cpu = (uint32_t)cpu,
         .ncpu = ncpu,

@@ -42,7 +42,6 @@ class Bytes {
     std::vector<std::uint8_t> b_;
 };
 
-constexpr std::size_t kHeaderSize = 36;
 constexpr std::size_t kChecksumOffset = 9;
 
 // The common System Description Table header; the length is patched by finish().

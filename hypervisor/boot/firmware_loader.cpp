@@ -5,11 +5,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 #include <fmt/format.h>
 
+#include "boot/boot_file.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor::boot {
@@ -59,10 +58,9 @@ std::vector<std::uint16_t> firmware_ports() {
     return ports;
 }
 
-LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(ErrorKind::InvalidArgument, "firmware " + path + ": cannot be opened");
-    std::vector<std::uint8_t> file((std::istreambuf_iterator<char>(in)), {});
+LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory,
+                              const std::string& lpar) {
+    auto file = read_boot_file(lpar, "firmware", path, kMaxFirmwareBytes);
     return load_firmware_elf_bytes(file, path, memory);
 }
 
@@ -203,7 +201,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     info.rewrite_pages_per_sec = params.rewrite_pages_per_sec;
     info.working_set_bytes = params.working_set_bytes;
     info.flags = (params.storage_keys ? LPV_BOOT_FLAG_STORAGE_KEYS : 0) |
-                 (params.pci_bus ? LPV_BOOT_FLAG_PCI : 0);
+                 (params.pci_bus ? LPV_BOOT_FLAG_PCI : 0) |
+                 (params.console_flood ? LPV_BOOT_FLAG_CONSOLE_FLOOD : 0);
     info.round_limit = params.round_limit;
     info.max_storage_bytes = mapped > storage ? mapped : 0;
     std::snprintf(info.name, sizeof info.name, "%s", params.lpar_name.c_str());

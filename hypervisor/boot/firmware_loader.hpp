@@ -34,6 +34,9 @@ struct FirmwareParams {
     // tells the firmware so. 0 = the storage size (nothing mapped above it). A multiple of
     // 2 MiB, at most LPV_MAX_STORAGE.
     std::uint64_t max_storage = 0;
+    // Tests of the console limits: the firmware writes its console without end instead of
+    // running its rounds (LPV_BOOT_FLAG_CONSOLE_FLOOD).
+    bool console_flood = false;
 };
 
 // The smallest LPAR the firmware can run in: system area and image below 2 MiB, one 2 MiB page
@@ -46,8 +49,10 @@ struct LoadedImage {
 };
 
 // Reads an ELF64 x86-64 executable and copies its PT_LOAD segments into guest memory. Every
-// segment must lie in [LPV_IMAGE_GPA, LPV_IMAGE_END); throws Error naming the file and problem.
-LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory);
+// segment must lie in [LPV_IMAGE_GPA, LPV_IMAGE_END); throws Error naming the file and problem
+// (and the LPAR, if given). Only a regular file of at most kMaxFirmwareBytes (boot_file.hpp).
+LoadedImage load_firmware_elf(const std::string& path, const GuestMemory& memory,
+                              const std::string& lpar = {});
 LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const std::string& what,
                                     const GuestMemory& memory);
 

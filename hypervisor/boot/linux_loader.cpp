@@ -6,12 +6,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <optional>
 
 #include <fmt/format.h>
 
+#include "boot/boot_file.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor::boot {
@@ -58,19 +57,6 @@ T load_le(std::span<const std::uint8_t> bytes, std::size_t at) {
     T v{};
     std::memcpy(&v, bytes.data() + at, sizeof v);
     return v;
-}
-
-std::vector<std::uint8_t> read_file(const std::string& lpar, const char* what,
-                                    const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: {} {} cannot be opened", lpar, what, path));
-    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), {});
-    if (in.bad())
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: {} {} could not be read", lpar, what, path));
-    return bytes;
 }
 
 // One piece of the kernel to copy: file bytes at `gpa`, then zeros up to `memsz`.
@@ -397,9 +383,10 @@ LinuxBootResult load_linux(const LinuxBootSpec& spec, const GuestMemory& memory)
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: {} of storage is too little for Linux (at least {})",
                                 spec.lpar_name, mib(memory.size()), mib(kLinuxMinStorage)));
-    auto kernel = read_file(spec.lpar_name, "kernel", spec.kernel);
+    auto kernel = read_boot_file(spec.lpar_name, "kernel", spec.kernel, kMaxKernelBytes);
     std::vector<std::uint8_t> initrd;
-    if (!spec.initrd.empty()) initrd = read_file(spec.lpar_name, "initrd", spec.initrd);
+    if (!spec.initrd.empty())
+        initrd = read_boot_file(spec.lpar_name, "initrd", spec.initrd, kMaxInitrdBytes);
     return load_linux_bytes(spec, kernel, initrd, memory);
 }
 

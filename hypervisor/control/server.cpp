@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -32,6 +33,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include "sandbox/sandbox.hpp"
 #include "util/error.hpp"
 #include "util/fd.hpp"
 
@@ -40,11 +42,14 @@ namespace lparvisor::control {
 namespace asio = boost::asio;
 using Protocol = asio::local::stream_protocol;
 using boost::system::error_code;
+using Clock = std::chrono::steady_clock;
 
 namespace {
 
 constexpr mode_t kSocketMode = 0600;
 constexpr std::size_t kLoggedRequestBytes = 256;
+// At most one warning per this long sums up the evictions and refusals of a full client table.
+constexpr auto kFullTableWarningInterval = std::chrono::seconds(60);
 
 // A few threads that run Api calls off the io_context. Unlike asio::thread_pool, shutdown() drops
 // the queued tasks on the caller's thread, so that no task (and the connection it holds) outlives
@@ -53,7 +58,9 @@ class WorkerPool {
   public:
     WorkerPool(std::size_t threads, std::string name) : name_(std::move(name)) {
         if (threads == 0) threads = 1;
-        for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+        for (std::size_t i = 0; i < threads; ++i)
+            threads_.push_back(
+                sandbox::spawn(sandbox::ThreadClass::Control, name_, [this] { run(); }));
     }
     ~WorkerPool() { shutdown(); }
     WorkerPool(const WorkerPool&) = delete;
@@ -89,7 +96,6 @@ class WorkerPool {
 
   private:
     void run() {
-        pthread_setname_np(pthread_self(), name_.substr(0, 15).c_str());
         for (;;) {
             std::function<void()> task;
             {
@@ -127,6 +133,12 @@ bool peer_credentials(int fd, PeerCredentials& peer) {
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return false;
     peer = {credentials.pid, credentials.uid, credentials.gid};
     return true;
+}
+
+// "60 s", "3600 s", "0.5 s", "2.25 s": for messages.
+std::string seconds_text(Clock::duration duration) {
+    const double seconds = std::chrono::duration<double>(duration).count();
+    return seconds >= 10 ? fmt::format("{:.0f} s", seconds) : fmt::format("{:.3g} s", seconds);
 }
 
 std::string excerpt(std::string_view line) {
@@ -286,14 +298,40 @@ struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Share
           limits(server_limits),
           acceptor(asio::make_strand(io_context)),
           retry_timer(acceptor.get_executor()),
+          sweep_timer(acceptor.get_executor()),
           query_pool(limits.query_threads, "ctl-query"),
           long_pool(limits.long_threads, "ctl-long") {}
+
+    // One entry of `connections`, guarded by `mutex`. Busy, subscribed and idle_since are
+    // written by the connection's strand (note_activity), read by the accept and sweep paths, so
+    // that choosing a silent connection to drop and that connection starting a request are
+    // ordered by the one lock: a connection chosen is never busy, and never becomes busy.
+    struct Client {
+        std::weak_ptr<Connection> connection;
+        bool counted = false;          // against max_clients: admitted and not (being) dropped
+        bool busy = false;             // a request line read and not yet answered
+        bool subscribed = false;       // holds an events subscription
+        bool dropping = false;         // chosen by the idle timeout or an eviction: closing
+        Clock::time_point idle_since;  // the connect, or the last request line or answer
+    };
 
     void listen();
     void accept_next();
     void on_accepted(Protocol::socket socket);
-    void unregister(std::uint64_t id, bool counted);
+    void unregister(std::uint64_t id);
+    // The connection's state changed (on its strand). False when it is being dropped: then it
+    // must not start the request it just read.
+    bool note_activity(std::uint64_t id, bool busy, bool subscribed);
+    std::size_t close_idle();
+    void schedule_sweep();
     void stop();
+    [[nodiscard]] Clock::time_point now() const {
+        return limits.clock ? limits.clock() : Clock::now();
+    }
+    // The counted, silent connection idle longest (ties: the oldest), or none; under `mutex`.
+    std::unordered_map<std::uint64_t, Client>::iterator longest_silent_locked();
+    // Counts a table-full event; true when it is time for the (rate-limited) warning.
+    bool full_table_warning_due_locked();
 
     asio::io_context& io;
     const std::filesystem::path path;
@@ -301,17 +339,21 @@ struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Share
     const ServerLimits limits;
     Protocol::acceptor acceptor;  // used on its own strand only
     asio::steady_timer retry_timer;
+    asio::steady_timer sweep_timer;  // the idle timeout's periodic sweep, on the acceptor strand
     WorkerPool query_pool;
     WorkerPool long_pool;
     std::atomic<bool> stopping{false};
 
     mutable std::mutex mutex;  // guards the members below
-    std::unordered_map<std::uint64_t, std::weak_ptr<Connection>> connections;
+    std::unordered_map<std::uint64_t, Client> connections;
     // The event queue of each subscribed connection, so that stop() can end every subscription
     // before it returns (the Api need only outlive the server) and queued_events() can count.
     std::unordered_map<std::uint64_t, std::weak_ptr<EventQueue>> subscribers;
     std::uint64_t next_id = 1;
     std::size_t counted_clients = 0;
+    std::size_t evicted_unreported = 0;  // since the last table-full warning
+    std::size_t refused_unreported = 0;
+    std::optional<Clock::time_point> last_full_table_warning;  // real time, not limits.clock
     dev_t socket_device = 0;  // identity of the socket file this server bound, so that stop()
     ino_t socket_inode = 0;   // never removes a successor's socket
     bool socket_bound = false;
@@ -324,12 +366,12 @@ struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Share
 class Connection : public std::enable_shared_from_this<Connection> {
   public:
     Connection(std::shared_ptr<ControlServer::Shared> shared, Protocol::socket socket,
-               std::uint64_t id, bool counted)
+               std::uint64_t id, PeerCredentials peer)
         : shared_(std::move(shared)),
           socket_(std::move(socket)),
           strand_(socket_.get_executor()),
           id_(id),
-          counted_(counted) {}
+          peer_(peer) {}
 
     void start() {
         asio::dispatch(strand_, [self = shared_from_this()] { self->read_next(); });
@@ -346,6 +388,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
         asio::post(strand_, [self = shared_from_this()] { self->close("server stopping"); });
     }
 
+    // Closes a silent connection (idle timeout, eviction) with one error line saying why. The
+    // line is written without waiting: a client that does not read gets no say in when its slot
+    // is freed. A response write still in flight is finished if it is done (its handler merely
+    // pending) and cut off if it is stuck on a client that does not read; in that case the line
+    // is left out rather than written into the middle of the response, and only the log says why.
+    void drop(std::string line, std::string reason) {
+        asio::post(strand_, [self = shared_from_this(), line = std::move(line),
+                             reason = std::move(reason)]() mutable {
+            if (self->closed_ || self->pending_drop_) return;
+            self->pending_drop_ = PendingDrop{std::move(line), std::move(reason)};
+            if (!self->writing_) return self->finish_drop(true);
+            error_code ignored;
+            self->socket_.cancel(ignored);  // the write's handler calls finish_drop
+        });
+    }
+
     // Ends a subscription off the strand: the destructor of a Subscription may wait for a sink
     // call in progress, and the Api may take its own locks there.
     static void release_subscription(ControlServer::Shared& shared,
@@ -356,6 +414,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
 
   private:
+    void finish_drop(bool line_allowed) {
+        PendingDrop drop = std::move(*pending_drop_);
+        pending_drop_.reset();
+        if (line_allowed && !closed_) {
+            drop.line.push_back('\n');
+            (void)::send(socket_.native_handle(), drop.line.data(), drop.line.size(),
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        close(drop.reason);
+    }
+
     void read_next() {
         if (closed_) return;
         if (input_ended_) return close("client finished");
@@ -367,7 +436,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
 
     void on_read(error_code error, std::size_t length) {
-        if (closed_) return;
+        // A drop in progress waits for the write, not for this read.
+        if (closed_ || pending_drop_) return;
         if (error == asio::error::not_found) {  // max_line_bytes + 1 bytes and still no '\n'
             spdlog::warn("control: client {}: request larger than {} bytes, closing", id_,
                          shared_->limits.max_line_bytes);
@@ -393,6 +463,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void handle(std::string line) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (is_blank(line)) return read_next();
+        // Chosen to be dropped meanwhile: the drop, already posted, closes it.
+        if (!shared_->note_activity(id_, true, events_ != nullptr)) return;
         spdlog::debug("control: client {} request: {}", id_, excerpt(line));
 
         ParseOutcome outcome = parse_request(line);
@@ -524,6 +596,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // request or closes.
     void send(std::string response, bool close_after) {
         if (closed_) return;
+        // Answered (or refused): silent again from now on, unless subscribed.
+        (void)shared_->note_activity(id_, false, events_ != nullptr);
         if (response.empty()) return close_after ? close("refused") : read_next();
         if (response.size() > kLoggedRequestBytes) {
             spdlog::debug("control: client {} response: {} bytes", id_, response.size());
@@ -555,6 +629,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         asio::async_write(socket_, asio::buffer(outgoing_.line),
                           [self = shared_from_this()](error_code error, std::size_t) {
                               self->writing_ = false;
+                              if (self->pending_drop_) return self->finish_drop(!error);
                               if (error) return self->close(error.message());
                               if (self->outgoing_.is_response) {
                                   if (self->outgoing_.close_after) return self->close("refused");
@@ -579,15 +654,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
         error_code ignored;
         socket_.shutdown(Protocol::socket::shutdown_both, ignored);
         socket_.close(ignored);
-        shared_->unregister(id_, counted_);
-        spdlog::info("control: client {} closed ({})", id_, reason);
+        shared_->unregister(id_);
+        spdlog::info("control: client {} (pid {}, uid {}) closed ({})", id_, peer_.pid, peer_.uid,
+                     reason);
     }
 
     std::shared_ptr<ControlServer::Shared> shared_;
     Protocol::socket socket_;
     const asio::any_io_executor strand_;
     const std::uint64_t id_;
-    const bool counted_;  // against max_clients; refused clients are not
+    const PeerCredentials peer_;  // for the log
     struct Outgoing {
         std::string line;  // with its '\n'
         bool is_response = false;
@@ -597,6 +673,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string buffer_;
     Outgoing outgoing_;                         // the line being written
     std::optional<Outgoing> pending_response_;  // at most one: requests are served one at a time
+    struct PendingDrop {
+        std::string line;  // the error line for the client, without '\n'
+        std::string reason;
+    };
+    std::optional<PendingDrop> pending_drop_;  // set by drop() while a write is in flight
     bool writing_ = false;
     std::shared_ptr<EventQueue> events_;  // set while subscribed
     asio::steady_timer query_timer_{strand_};
@@ -656,9 +737,14 @@ void ControlServer::Shared::listen() {
         throw Error(ErrorKind::System,
                     fmt::format("control socket {}: listen: {}", path.native(), error.message()));
     }
-    spdlog::info("control: serving {} (mode 0600, at most {} clients)", path.native(),
-                 limits.max_clients);
-    asio::post(acceptor.get_executor(), [self = shared_from_this()] { self->accept_next(); });
+    spdlog::info("control: serving {} (mode 0600, at most {} clients, silent ones closed after {})",
+                 path.native(), limits.max_clients,
+                 limits.client_idle_timeout.count() > 0 ? seconds_text(limits.client_idle_timeout)
+                                                        : std::string("never"));
+    asio::post(acceptor.get_executor(), [self = shared_from_this()] {
+        self->accept_next();
+        self->schedule_sweep();
+    });
 }
 
 void ControlServer::Shared::accept_next() {
@@ -687,10 +773,16 @@ void ControlServer::Shared::on_accepted(Protocol::socket socket) {
     PeerCredentials peer;
     const bool known_peer = peer_credentials(socket.native_handle(), peer);
     const bool allowed = known_peer && (peer.uid == 0 || peer.uid == ::geteuid());
+    const Clock::time_point accepted_at = now();
 
     std::shared_ptr<Connection> connection;
+    std::shared_ptr<Connection> evicted;
+    Client evicted_client;
     std::string refusal;
     std::uint64_t id = 0;
+    bool warn_full = false;
+    std::size_t evicted_count = 0;
+    std::size_t refused_count = 0;
     {
         std::lock_guard lock(mutex);
         id = next_id++;
@@ -702,20 +794,63 @@ void ControlServer::Shared::on_accepted(Protocol::socket socket) {
                                          peer.uid, ::geteuid())
                            : std::string("permission denied: peer credentials unavailable"));
         } else if (counted_clients >= limits.max_clients) {
-            refusal =
-                error_response(RpcErrorCode::Busy,
-                               fmt::format("too many clients (at most {})", limits.max_clients),
-                               {{"limit", limits.max_clients}});
+            // Full: make room by dropping the connection silent longest. The victim's slot is
+            // handed over here, under the lock, so the table never holds more than max_clients
+            // counted connections, however fast they arrive.
+            auto victim = longest_silent_locked();
+            if (victim != connections.end()) evicted = victim->second.connection.lock();
+            if (evicted) {
+                victim->second.dropping = true;
+                victim->second.counted = false;
+                --counted_clients;
+                evicted_client = victim->second;
+                ++evicted_unreported;
+            } else {
+                refusal =
+                    error_response(RpcErrorCode::Busy,
+                                   fmt::format("too many clients (at most {})", limits.max_clients),
+                                   {{"limit", limits.max_clients}});
+                ++refused_unreported;
+            }
+            warn_full = full_table_warning_due_locked();
+            if (warn_full) {
+                evicted_count = std::exchange(evicted_unreported, 0);
+                refused_count = std::exchange(refused_unreported, 0);
+            }
         }
         const bool counted = refusal.empty();
-        connection =
-            std::make_shared<Connection>(shared_from_this(), std::move(socket), id, counted);
-        connections.emplace(id, connection);
+        connection = std::make_shared<Connection>(shared_from_this(), std::move(socket), id, peer);
+        connections.emplace(id, Client{connection, counted, false, false, false, accepted_at});
         if (counted) ++counted_clients;
     }
+    if (warn_full) {
+        spdlog::warn(
+            "control: {} clients connected (the limit): since the last such warning, {} "
+            "silent client(s) dropped to make room, {} new client(s) refused (each is "
+            "logged at info level)",
+            limits.max_clients, evicted_count, refused_count);
+    }
+    if (evicted) {
+        const auto silent = accepted_at - evicted_client.idle_since;
+        evicted->drop(
+            error_response(
+                RpcErrorCode::Busy,
+                fmt::format("dropped to make room for a new client: silent for {} "
+                            "while {} clients were connected (the limit)",
+                            seconds_text(silent), limits.max_clients),
+                {{"kind", "Busy"},
+                 {"reason", "evicted"},
+                 {"limit", limits.max_clients},
+                 {"silent_ms",
+                  std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()}}),
+            fmt::format("dropped to make room for client {}: silent for {}, {} clients connected",
+                        id, seconds_text(silent), limits.max_clients));
+    }
     if (!refusal.empty()) {
-        spdlog::warn("control: client {} (pid {}, uid {}) refused: {}", id, peer.pid, peer.uid,
-                     allowed ? "too many clients" : "permission denied");
+        // A full table is summed up in the rate-limited warning above; a stranger is worth one.
+        spdlog::log(allowed ? spdlog::level::info : spdlog::level::warn,
+                    "control: client {} (pid {}, uid {}) refused: {}", id, peer.pid, peer.uid,
+                    allowed ? "too many clients, none of them silent" : "permission denied");
         connection->refuse(std::move(refusal));
         return;
     }
@@ -723,10 +858,90 @@ void ControlServer::Shared::on_accepted(Protocol::socket socket) {
     connection->start();
 }
 
-void ControlServer::Shared::unregister(std::uint64_t id, bool counted) {
+std::unordered_map<std::uint64_t, ControlServer::Shared::Client>::iterator
+ControlServer::Shared::longest_silent_locked() {
+    auto best = connections.end();
+    for (auto it = connections.begin(); it != connections.end(); ++it) {
+        const Client& client = it->second;
+        if (!client.counted || client.dropping || client.busy || client.subscribed) continue;
+        if (best == connections.end() || client.idle_since < best->second.idle_since ||
+            (client.idle_since == best->second.idle_since && it->first < best->first)) {
+            best = it;
+        }
+    }
+    return best;
+}
+
+bool ControlServer::Shared::full_table_warning_due_locked() {
+    const auto real_now = Clock::now();
+    if (last_full_table_warning &&
+        real_now - *last_full_table_warning < kFullTableWarningInterval) {
+        return false;
+    }
+    last_full_table_warning = real_now;
+    return true;
+}
+
+void ControlServer::Shared::unregister(std::uint64_t id) {
     std::lock_guard lock(mutex);
-    connections.erase(id);
-    if (counted) --counted_clients;
+    auto it = connections.find(id);
+    if (it == connections.end()) return;
+    if (it->second.counted) --counted_clients;
+    connections.erase(it);
+}
+
+bool ControlServer::Shared::note_activity(std::uint64_t id, bool busy, bool subscribed) {
+    const Clock::time_point at = now();
+    std::lock_guard lock(mutex);
+    auto it = connections.find(id);
+    if (it == connections.end() || it->second.dropping) return false;
+    it->second.busy = busy;
+    it->second.subscribed = subscribed;
+    it->second.idle_since = at;
+    return true;
+}
+
+std::size_t ControlServer::Shared::close_idle() {
+    const auto timeout = limits.client_idle_timeout;
+    if (timeout.count() <= 0 || stopping) return 0;
+    const Clock::time_point at = now();
+    std::vector<std::pair<std::shared_ptr<Connection>, Clock::duration>> idle;
+    {
+        std::lock_guard lock(mutex);
+        for (auto& [id, client] : connections) {
+            if (!client.counted || client.dropping || client.busy || client.subscribed) continue;
+            if (at - client.idle_since < timeout) continue;
+            auto connection = client.connection.lock();
+            if (!connection) continue;
+            client.dropping = true;
+            client.counted = false;
+            --counted_clients;
+            idle.emplace_back(std::move(connection), at - client.idle_since);
+        }
+    }
+    for (auto& [connection, silent] : idle) {
+        connection->drop(
+            error_response(
+                kTimeoutCode,
+                fmt::format("idle for {} without a request: closing", seconds_text(timeout)),
+                {{"kind", "Timeout"}, {"reason", "idle"}, {"idle_timeout_ms", timeout.count()}}),
+            fmt::format("idle timeout: no request for {} (limit {})", seconds_text(silent),
+                        seconds_text(timeout)));
+    }
+    return idle.size();
+}
+
+void ControlServer::Shared::schedule_sweep() {
+    const auto timeout = limits.client_idle_timeout;
+    if (timeout.count() <= 0 || stopping) return;
+    const auto period = std::clamp<std::chrono::milliseconds>(
+        timeout / 4, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
+    sweep_timer.expires_after(period);
+    sweep_timer.async_wait([self = shared_from_this()](error_code error) {
+        if (error || self->stopping) return;
+        self->close_idle();
+        self->schedule_sweep();
+    });
 }
 
 void ControlServer::Shared::stop() {
@@ -745,14 +960,15 @@ void ControlServer::Shared::stop() {
             ::unlink(path.c_str());
         }
         socket_bound = false;
-        for (auto& [id, weak] : connections) {
-            if (auto connection = weak.lock()) open.push_back(std::move(connection));
+        for (auto& [id, client] : connections) {
+            if (auto connection = client.connection.lock()) open.push_back(std::move(connection));
         }
     }
     asio::post(acceptor.get_executor(), [self = shared_from_this()] {
         error_code ignored;
         self->acceptor.close(ignored);
         self->retry_timer.cancel();
+        self->sweep_timer.cancel();
     });
     for (auto& connection : open) connection->close_from_server();
     open.clear();
@@ -810,6 +1026,10 @@ std::size_t ControlServer::queued_events() const {
     std::size_t total = 0;
     for (auto& queue : queues) total += queue->size();
     return total;
+}
+
+std::size_t ControlServer::close_idle_clients() {
+    return shared_->close_idle();
 }
 
 std::size_t ControlServer::client_count() const noexcept {

@@ -62,6 +62,14 @@ void check_lpar_name(const std::string& name, const std::string& key) {
         refuse(key, "'" + name + "' must be 1-31 letters, digits, '_', '.' or '-'");
 }
 
+void check_lpar_limit(std::size_t defined, const std::string& name) {
+    if (defined >= kMaxLpars)
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{}: cannot define it: {} LPARs are defined, the most there may be "
+                                "(remove one first)",
+                                name, defined));
+}
+
 SystemConfig fig3a_config() {
     SystemConfig config{509, {}};
     for (auto [name, origin, size] : {std::tuple{"LPAR1", 0, 128}, std::tuple{"LPAR2", 128, 256}}) {
@@ -82,6 +90,9 @@ SystemConfig parse_config(const json& document) {
     config.main_storage_mib = unsigned_value(document, "main_storage_mib", "", 4, 1024 * 1024);
     if (document.contains("lpars")) {
         if (!document["lpars"].is_array()) refuse("lpars", "expected an array");
+        if (document["lpars"].size() > kMaxLpars)
+            refuse("lpars", fmt::format("{} LPARs: at most {} may be defined",
+                                        document["lpars"].size(), kMaxLpars));
         for (std::size_t i = 0; i < document["lpars"].size(); ++i) {
             const json& entry = document["lpars"][i];
             std::string where = fmt::format("lpars[{}]", i);

@@ -2,6 +2,7 @@
 // with every unknown key and bad value refused by name; the default is the patent's Fig. 3A.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -29,6 +30,13 @@ SystemConfig fig3a_config();
 
 // Checks a name: 1-31 letters, digits, '_', '.', '-'. Throws Error(InvalidArgument).
 void check_lpar_name(const std::string& name, const std::string& key);
+
+// How many LPARs may be defined at once (configuration file and lpar.define together): each
+// costs memory, threads and log lines even while only defined.
+inline constexpr std::size_t kMaxLpars = 64;
+// Throws Error(Refused) naming `name` and the limit when `defined` LPARs leave no room for one
+// more.
+void check_lpar_limit(std::size_t defined, const std::string& name);
 
 // Throws Error(InvalidArgument) naming the key ("lpars[1].size_mib: expected ...").
 SystemConfig parse_config(const nlohmann::json& document);

@@ -3,6 +3,7 @@
 #include <lparvisor/abi.h>
 
 #include "control/definition_json.hpp"
+#include "devices/virtio/virtio_blk.hpp"
 #include "devices/virtio/virtio_mem.hpp"
 
 #include <fmt/format.h>
@@ -19,10 +20,11 @@ Hypervisor::Hypervisor(const SystemConfig& config, const HypervisorOptions& opti
     : options_(options),
       arena_(config.main_storage_mib * kMiB, options.huge_pages),
       keys_(arena_.size()),
+      disk_users_(std::make_shared<virtio::DiskUsers>()),
       map_(config.main_storage_mib * kMiB) {
     spdlog::info("main storage: {} ({}), KVM: {}", format_mib(map_.main_storage()),
                  arena_.backing(), kvm::to_string(kvm::detect_flavour()));
-    for (const auto& c : config.lpars) records_.push_back({c, nullptr});
+    for (const auto& c : config.lpars) add_record(c);
     // Those with an origin first, so that first-fit ones fill around them.
     std::lock_guard operation(storage_operation_mutex_);
     for (bool placed : {true, false})
@@ -65,6 +67,11 @@ Hypervisor::Record& Hypervisor::record(const std::string& name) {
     for (const auto& r : records_) known += (known.empty() ? "" : ", ") + r.definition.name;
     throw Error(ErrorKind::NotFound,
                 "unknown LPAR '" + name + "' (defined: " + (known.empty() ? "none" : known) + ")");
+}
+
+void Hypervisor::add_record(const LparConfig& definition) {
+    check_lpar_limit(records_.size(), definition.name);
+    records_.push_back({definition, nullptr});
 }
 
 std::shared_ptr<Lpar> Hypervisor::active_lpar(const std::string& name) {
@@ -228,6 +235,7 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         spec.firmware = d.firmware.empty() ? options_.default_firmware : d.firmware;
         if (!options_.console_dir.empty())
             spec.console_file = options_.console_dir + "/" + d.name + ".log";
+        spec.console_max_bytes = options_.console_max_bytes;
         spec.rewrite_pages_per_sec = d.rewrite_pages_per_sec;
         spec.working_set_bytes = d.working_set_mib * kMiB;
         spec.round_limit = d.round_limit;
@@ -235,6 +243,7 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         spec.initrd = d.initrd;
         spec.cmdline = d.cmdline;
         spec.disks = d.disks;
+        spec.disk_users = disk_users_;
         spec.rng = d.rng;
         spec.max_storage = std::max(d.max_size_mib, d.size_mib) * kMiB;
         auto listener = [this, name = d.name](LparState state, const std::string& why) {
@@ -316,7 +325,7 @@ control::LparStatus Hypervisor::define(const control::LparDefinition& definition
         LparConfig c;
         static_cast<control::LparDefinition&>(c) = definition;
         c.active = false;
-        records_.push_back({c, nullptr});
+        add_record(c);
     }
     spdlog::info("{}: defined ({} MiB, {})", definition.name, definition.size_mib,
                  definition.origin_mib ? fmt::format("origin {} MiB", *definition.origin_mib)

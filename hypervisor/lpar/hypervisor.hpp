@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "control/api.hpp"
+#include "devices/console_log.hpp"
 #include "devices/device.hpp"
 #include "kvm/kvm.hpp"
 #include "lpar/config.hpp"
@@ -30,6 +31,8 @@ struct HypervisorOptions {
     HugePagePolicy huge_pages = HugePagePolicy::Auto;
     std::string default_firmware;  // used by LPARs whose configuration names none
     std::string console_dir;       // when set, each LPAR's serial output also goes to DIR/NAME.log
+    // NAME.log's cap: when it would grow past it, it becomes NAME.log.1 and a new one starts.
+    std::uint64_t console_max_bytes = ConsoleLog::kDefaultFileMaxBytes;
 };
 
 class Hypervisor final : public control::Api {
@@ -82,6 +85,9 @@ class Hypervisor final : public control::Api {
         const char* transition = nullptr;
     };
     Record& record(const std::string& name);  // throws NotFound naming the defined LPARs
+    // The one way an LPAR gets defined (configuration and lpar.define): refuses one more than
+    // kMaxLpars. The caller holds map_mutex_ (or is the constructor).
+    void add_record(const LparConfig& definition);
     std::shared_ptr<Lpar> active_lpar(const std::string& name);  // throws if not active
     control::LparStatus status_of(const std::string& name);
     // Places, populates, builds and IPLs; the caller holds storage_operation_mutex_.
@@ -117,6 +123,8 @@ class Hypervisor final : public control::Api {
     Arena arena_;
     StorageKeys keys_;
     EventHub events_;
+    // Which LPAR has which disk image open (its own lock): a second user is refused by name.
+    std::shared_ptr<virtio::DiskUsers> disk_users_;
 
     // Guards map_, records_ and the MVSTOR bookkeeping below; never held across a copy, an IPL
     // or a vCPU pause, so lpar.list answers during any of them.

@@ -20,6 +20,7 @@
 #include "devices/virtio/virtio_mem.hpp"
 #include "devices/virtio/virtio_pci.hpp"
 #include "devices/virtio/virtio_rng.hpp"
+#include "sandbox/sandbox.hpp"
 #include "util/error.hpp"
 #include "util/fault.hpp"
 
@@ -91,7 +92,9 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
     : spec_(spec),
       listener_(std::move(listener)),
       window_(arena, spec.storage, spec.max_storage),
-      console_(std::make_shared<ConsoleLog>(spec.name, kConsoleCapacity, spec.console_file)),
+      log_limiter_(std::make_shared<LogRateLimiter>(spec.name)),
+      console_(std::make_shared<ConsoleLog>(spec.name, kConsoleCapacity, spec.console_file,
+                                            spec.console_max_bytes, log_limiter_)),
       vm_(system) {
     install_kick_handler();
     if (spec.is_linux()) {
@@ -135,11 +138,15 @@ void Lpar::add_pci_devices() {
     pci_platform_ = std::make_shared<pci::KvmPciPlatform>(
         vm_, spec_.is_linux() ? pci::KvmPciPlatform::Interrupts::InKernelIrqchip
                               : pci::KvmPciPlatform::Interrupts::None);
+    pci_platform_->set_log_limiter(log_limiter_);
     pci_ = std::make_shared<pci::PciBus>();
+    pci_->set_log_limiter(log_limiter_);
     bus_.add(pci::PciBus::kConfigPort, pci::PciBus::kConfigPortCount, pci_);
     unsigned slot = 1;
     auto add = [&](std::shared_ptr<virtio::VirtioDevice> device) {
-        pci_->add(slot, std::make_shared<virtio::VirtioPciDevice>(device, pci_platform_));
+        auto function = std::make_shared<virtio::VirtioPciDevice>(device, pci_platform_);
+        function->set_log_limiter(log_limiter_);  // the transport's and the device's
+        pci_->add(slot, std::move(function));
         spdlog::info("{}: {} at PCI 00:{:02x}.0", spec_.name, device->name(), slot);
         virtio_devices_.push_back(std::move(device));
         ++slot;
@@ -148,7 +155,8 @@ void Lpar::add_pci_devices() {
         const auto& disk = spec_.disks[i];
         add(std::make_shared<virtio::VirtioBlk>(
             fmt::format("virtio-blk{}", i), window_.memory(),
-            virtio::DiskSpec{disk.path, disk.read_only, disk.latency_ms}));
+            virtio::DiskSpec{disk.path, disk.read_only, disk.latency_ms, spec_.name,
+                             spec_.disk_users}));
     }
     if (spec_.rng) add(std::make_shared<virtio::VirtioRng>("virtio-rng0", window_.memory()));
     if (spec_.max_storage > spec_.storage.size) {
@@ -166,7 +174,7 @@ void Lpar::add_pci_devices() {
 }
 
 void Lpar::boot_firmware(const kvm::System& system) {
-    auto image = boot::load_firmware_elf(spec_.firmware, window_.memory());
+    auto image = boot::load_firmware_elf(spec_.firmware, window_.memory(), spec_.name);
     auto cpuid = system.supported_cpuid();
     std::uint64_t tsc_khz = 0;
     for (unsigned i = 0; i < spec_.vcpus; ++i) {
@@ -185,6 +193,8 @@ void Lpar::boot_firmware(const kvm::System& system) {
     params.round_limit = spec_.round_limit;
     params.pci_bus = true;                   // the firmware drives the LPAR's virtio-pci devices
     params.max_storage = spec_.max_storage;  // mapped, so it can use what EXPAND adds
+    // A guest that floods its UART, for the console log's limits (tests/kvm/limits.sh).
+    params.console_flood = fault::triggered("firmware.console_flood");
     boot::build_system_area(window_.memory(), params);
     spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec_.name,
                  spec_.vcpus, format_mib(spec_.storage.size), format_mib(spec_.storage.start.value),
@@ -265,6 +275,9 @@ void Lpar::shutdown() {
     // Device workers next (a request waiting out its latency is cut short), then the window:
     // from here no thread and no view of this LPAR reaches main storage.
     for (auto& d : virtio_devices_) d->reset();
+    // The disk images are free for the next user now, not when the last holder lets go.
+    for (auto& d : virtio_devices_)
+        if (auto* disk = dynamic_cast<virtio::VirtioBlk*>(d.get())) disk->close_image();
     try {
         window_.detach();
     } catch (const Error& e) {
@@ -283,7 +296,11 @@ std::vector<std::shared_ptr<Quiescable>> Lpar::devices() const {
 void Lpar::ipl() {
     std::lock_guard lock(mutex_);
     if (!threads_.empty()) return;
-    for (unsigned i = 0; i < vcpus_.size(); ++i) threads_.emplace_back([this, i] { vcpu_loop(i); });
+    for (unsigned i = 0; i < vcpus_.size(); ++i) {
+        threads_.push_back(sandbox::spawn(sandbox::ThreadClass::Vcpu,
+                                          fmt::format("{} vcpu{}", spec_.name, i),
+                                          [this, i] { vcpu_loop(i); }));
+    }
 }
 
 void Lpar::set_dirty_tracking(bool on) {
@@ -465,8 +482,8 @@ void Lpar::note_unclaimed(const char* what, std::uint64_t address, bool is_write
     // Logged once per address, so a probing kernel does not flood the log.
     std::lock_guard lock(mutex_);
     if (unclaimed_.size() < 256 && unclaimed_.insert(address).second)
-        spdlog::debug("{}: {} {:#x} {} with no device there (ignored)", spec_.name, what, address,
-                      is_write ? "write" : "read");
+        log_limiter_->log(spdlog::level::debug, "{}: {} {:#x} {} with no device there (ignored)",
+                          spec_.name, what, address, is_write ? "write" : "read");
 }
 
 void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {

@@ -27,6 +27,7 @@
 #include "storage/dirty_bitmap.hpp"
 #include "storage/guest_memory.hpp"
 #include "storage/storage_keys.hpp"
+#include "util/rate_limit.hpp"
 
 namespace lparvisor {
 
@@ -35,6 +36,7 @@ class KvmPciPlatform;
 class PciBus;
 }  // namespace pci
 namespace virtio {
+class DiskUsers;
 class VirtioMem;
 }  // namespace virtio
 
@@ -45,13 +47,15 @@ struct LparSpec {
     unsigned vcpus = 1;
     std::string firmware;      // ELF path of the test firmware
     std::string console_file;  // mirror of the serial output, empty for none
+    std::uint64_t console_max_bytes = ConsoleLog::kDefaultFileMaxBytes;  // then it rotates
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_bytes = 0;
     std::uint64_t round_limit = 0;  // firmware ends with debug-exit after N rounds (0: never)
     // Linux instead of the firmware when `kernel` is set (boot/linux_loader.hpp).
     std::string kernel, initrd, cmdline;
-    std::vector<control::DiskDefinition> disks;  // one virtio-blk each
-    bool rng = true;                             // a virtio-rng
+    std::vector<control::DiskDefinition> disks;     // one virtio-blk each
+    std::shared_ptr<virtio::DiskUsers> disk_users;  // the images in use (the Hypervisor's)
+    bool rng = true;                                // a virtio-rng
     bool is_linux() const { return !kernel.empty(); }
 };
 
@@ -135,6 +139,8 @@ class Lpar {
     LparSpec spec_;
     StateListener listener_;
     GuestWindow window_;
+    // Every log line the guest can cause goes through this one bucket (util/rate_limit.hpp).
+    std::shared_ptr<LogRateLimiter> log_limiter_;
     std::shared_ptr<ConsoleLog> console_;
     kvm::Vm vm_;
     std::vector<std::unique_ptr<kvm::Vcpu>> vcpus_;

@@ -68,6 +68,8 @@ Arena::Arena(std::uint64_t bytes, HugePagePolicy policy) {
     void* base = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
     if (base == MAP_FAILED) throw_errno("main storage: mmap of " + format_mib(size_));
     whole_ = Mapping(base, size_);
+    // Every guest's storage stays out of core dumps of the daemon (docs/threat-model.md).
+    if (::madvise(base, size_, MADV_DONTDUMP) != 0) throw_errno("main storage: MADV_DONTDUMP");
 }
 
 void Arena::check(ArenaRange range, const char* what) const {

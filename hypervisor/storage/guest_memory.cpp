@@ -78,6 +78,9 @@ void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
                        static_cast<off_t>(arena_offset.value));
     if (got == MAP_FAILED)
         throw_errno("guest window: map arena " + format_range_mib(arena_offset.value, length));
+    // Guests' storage stays out of core dumps (docs/threat-model.md), whichever view maps it.
+    // A failure only means a dump could include it: not a reason to fail a move inside its stop.
+    (void)::madvise(got, length, MADV_DONTDUMP);
     for (std::uint64_t unit = 0; unit * kOriginAlignment < length; ++unit)
         units_[guest_offset / kOriginAlignment + unit] =
             ArenaOffset{arena_offset.value + unit * kOriginAlignment};

@@ -42,6 +42,12 @@ inline constexpr PointInfo kFaultPoints[] = {
     {"expand.plug", "EXPAND waiting for the guest to plug: reported as not plugged"},
     {"shrink.unmap", "SHRINK unmapping the top of the window"},
     {"vcpu.exit", "serving a vCPU exit (an exception thrown on the vCPU thread)"},
+    {"firmware.console_flood",
+     "booting a firmware LPAR: the firmware writes its console without end (a guest that "
+     "floods its UART, for the console log's limits)"},
+    {"device.forbidden_syscall",
+     "a virtio device worker, woken by its queues, makes a system call no thread may make "
+     "(socket(AF_INET)): the sandbox's test"},
 };
 
 enum class Action {

@@ -313,6 +313,11 @@ class FakeApi : public Api {
         return console_text;
     }
 
+    std::size_t console_request_count() {
+        std::lock_guard lock(mutex_);
+        return console_requests.size();
+    }
+
     void set_console_text(std::string text) {
         std::lock_guard lock(mutex_);
         console_text = std::move(text);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <nlohmann/json.hpp>
 
 #include "test_support.hpp"
@@ -161,28 +162,6 @@ TEST_CASE("an oversize line gets -32600 and the connection is closed", "[socket]
     line.append(kMaxRequestBytes - line.size(), ' ');
     REQUIRE(line.size() == 65536);
     CHECK(request_and_wait(exact, line).at("id") == 1);
-}
-
-TEST_CASE("extra clients beyond max_clients are refused with an error line", "[socket]") {
-    ServerLimits limits;
-    limits.max_clients = 2;
-    ServerFixture fixture(limits);
-    auto first = std::make_unique<LineClient>(fixture.socket_path);
-    LineClient second(fixture.socket_path);
-    CHECK(request_and_wait(*first, kPing).contains("result"));
-    CHECK(request_and_wait(second, kPing).contains("result"));
-    REQUIRE(eventually([&] { return fixture.server->client_count() == 2; }));
-
-    LineClient third(fixture.socket_path);
-    const json refusal = parse_line(third.read_line());
-    CHECK(refusal.at("error").at("code") == -32004);
-    CHECK(refusal.at("error").at("message") == "too many clients (at most 2)");
-    CHECK(third.closed_by_server());
-
-    first.reset();  // frees a slot
-    REQUIRE(eventually([&] { return fixture.server->client_count() == 1; }));
-    LineClient fourth(fixture.socket_path);
-    CHECK(request_and_wait(fourth, kPing).contains("result"));
 }
 
 TEST_CASE("200 connections dropped mid-request do not disturb another client", "[socket]") {
@@ -597,4 +576,258 @@ TEST_CASE("a query that does not return in time gets -32005; its late result is 
     // LongRunning calls are not timed out by the server.
     fixture.api.mvstor_hold = 500ms;
     CHECK(request_and_wait(client, kMvstor, 3000ms).contains("result"));
+}
+
+namespace {
+
+constexpr std::string_view kHalfLine = R"({"jsonrpc":"2.0","id":"half","meth)";
+
+// A ServerLimits::clock that the test moves forward: the idle timeout is forced, never waited for.
+class FakeClock {
+  public:
+    std::function<std::chrono::steady_clock::time_point()> function() const {
+        return [offset = offset_] {
+            return std::chrono::steady_clock::now() + std::chrono::milliseconds(offset->load());
+        };
+    }
+    void advance(std::chrono::milliseconds by) { *offset_ += by.count(); }
+
+  private:
+    std::shared_ptr<std::atomic<std::int64_t>> offset_ =
+        std::make_shared<std::atomic<std::int64_t>>(0);
+};
+
+// Opens the mvstor gate when the test ends, failed or not, so that stop() does not wait forever.
+struct GateOpener {
+    FakeApi& api;
+    ~GateOpener() { api.release_mvstor(); }
+};
+
+// The one error line a dropped connection gets (id null, data.reason) before it is closed.
+json expect_dropped(LineClient& client, int code, std::string_view reason,
+                    std::chrono::milliseconds timeout = 5000ms) {
+    const json line = parse_line(client.read_line(timeout));
+    CHECK(line.at("id").is_null());
+    CHECK(line.at("error").at("code") == code);
+    CHECK(line.at("error").at("data").at("reason") == reason);
+    CHECK(client.closed_by_server());
+    return line;
+}
+
+// Collects the default logger's messages for the test's lifetime.
+class LogCapture {
+  public:
+    // The other sinks keep to warnings meanwhile, so that the test's output stays quiet.
+    LogCapture() {
+        for (auto& sink : spdlog::default_logger()->sinks()) {
+            saved_.emplace_back(sink, sink->level());
+            sink->set_level(spdlog::level::warn);
+        }
+        spdlog::default_logger()->sinks().push_back(ring_);
+    }
+    ~LogCapture() {
+        auto& sinks = spdlog::default_logger()->sinks();
+        sinks.erase(std::remove(sinks.begin(), sinks.end(), ring_), sinks.end());
+        for (auto& [sink, level] : saved_) sink->set_level(level);
+        spdlog::set_level(spdlog::level::warn);
+    }
+    LogCapture(const LogCapture&) = delete;
+    LogCapture& operator=(const LogCapture&) = delete;
+
+    std::size_t count(spdlog::level::level_enum level, std::string_view needle) const {
+        std::size_t found = 0;
+        for (const auto& message : ring_->last_raw()) {
+            const std::string_view text(message.payload.data(), message.payload.size());
+            if (message.level == level && text.find(needle) != std::string_view::npos) ++found;
+        }
+        return found;
+    }
+
+  private:
+    std::vector<std::pair<spdlog::sink_ptr, spdlog::level::level_enum>> saved_;
+    std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> ring_ =
+        std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
+};
+
+}  // namespace
+
+TEST_CASE("a full table evicts the connection silent longest, never a busy one or a subscriber",
+          "[socket]") {
+    ServerLimits limits;
+    limits.max_clients = 4;
+    ServerFixture fixture(limits);
+    fixture.api.close_mvstor_gate();
+    GateOpener gate{fixture.api};
+    // The two oldest connections work: one runs a request, one is subscribed.
+    LineClient busy(fixture.socket_path);
+    busy.send(std::string(kMvstor) + "\n");
+    REQUIRE(fixture.api.wait_for_mvstor_running(5000ms));
+    LineClient subscriber(fixture.socket_path);
+    subscriber.send(std::string(kSubscribe) + "\n");
+    subscribe(subscriber);
+    // Two silent ones: one stopped mid-line, one never said anything.
+    LineClient half_line(fixture.socket_path);
+    half_line.send(kHalfLine);
+    LineClient mute(fixture.socket_path);
+    REQUIRE(eventually([&] { return fixture.server->client_count() == 4; }));
+
+    // A fifth connection takes the slot of the one silent longest, and is served at once.
+    LineClient first(fixture.socket_path);
+    CHECK(request_and_wait(first, kPing).contains("result"));
+    const json evicted = expect_dropped(half_line, -32004, "evicted");
+    CHECK(evicted.at("error").at("data").at("limit") == 4);
+    CHECK_THAT(evicted.at("error").at("message").get<std::string>(),
+               Catch::StartsWith("dropped to make room for a new client: silent for ") &&
+                   Catch::EndsWith(" while 4 clients were connected (the limit)"));
+    CHECK(fixture.server->client_count() == 4);
+
+    // `mute` has been silent longer than `first`, answered since.
+    LineClient second(fixture.socket_path);
+    CHECK(request_and_wait(second, kPing).contains("result"));
+    expect_dropped(mute, -32004, "evicted");
+
+    // With every connection running a request or subscribed, a newcomer is refused.
+    first.send(std::string(kSubscribe) + "\n");
+    subscribe(first);
+    second.send(std::string(kSubscribe) + "\n");
+    subscribe(second);
+    LineClient refused(fixture.socket_path);
+    const json refusal = parse_line(refused.read_line());
+    CHECK(refusal.at("id").is_null());
+    CHECK(refusal.at("error").at("code") == -32004);
+    CHECK(refusal.at("error").at("message") == "too many clients (at most 4)");
+    CHECK(refused.closed_by_server());
+
+    // Nobody made room for it: the relocation is answered, the subscribers get events.
+    fixture.api.release_mvstor();
+    CHECK(parse_line(busy.read_line()).at("id") == "mv");
+    fixture.api.emit({"lpar.state", "LPAR1", R"({"state":"running","reason":""})"});
+    for (LineClient* client : {&subscriber, &first, &second}) {
+        CHECK(parse_line(client->read_line()).at("params").at("event") == "lpar.state");
+    }
+    // Answered, the former busy connection is silent: it is the one a newcomer evicts now.
+    LineClient third(fixture.socket_path);
+    CHECK(request_and_wait(third, kPing).contains("result"));
+    expect_dropped(busy, -32004, "evicted");
+    CHECK(fixture.server->client_count() == 4);
+    CHECK(fixture.api.subscriber_count() == 3);
+}
+
+TEST_CASE("a flood of silent clients: one info line per drop, one warning in all", "[socket]") {
+    LogCapture log;
+    ServerLimits limits;
+    limits.max_clients = 4;
+    ServerFixture fixture(limits);
+    spdlog::set_level(spdlog::level::info);
+    std::vector<std::unique_ptr<LineClient>> silent;
+    for (int i = 0; i < 20; ++i)
+        silent.push_back(std::make_unique<LineClient>(fixture.socket_path));
+    for (int i = 0; i < 16; ++i) expect_dropped(*silent[i], -32004, "evicted");
+    const std::string who = fmt::format("(pid {}, uid {}) closed (dropped to make room for client",
+                                        ::getpid(), ::getuid());
+    CHECK(eventually([&] { return log.count(spdlog::level::info, who) == 16; }));
+    CHECK(log.count(spdlog::level::warn, "") == 1);
+    CHECK(log.count(spdlog::level::warn, "silent client(s) dropped to make room") == 1);
+    LineClient operator_client(fixture.socket_path);
+    CHECK(request_and_wait(operator_client, kList).at("result").at("lpars").size() == 2);
+}
+
+TEST_CASE("silent connections are closed after the idle timeout; working ones are not",
+          "[socket]") {
+    FakeClock clock;
+    ServerLimits limits;
+    limits.clock = clock.function();
+    REQUIRE(limits.client_idle_timeout == 60s);
+    ServerFixture fixture(limits);
+    fixture.api.close_mvstor_gate();
+    GateOpener gate{fixture.api};
+    LineClient mute(fixture.socket_path);
+    LineClient half_line(fixture.socket_path);
+    half_line.send(kHalfLine);
+    LineClient active(fixture.socket_path);
+    LineClient subscriber(fixture.socket_path);
+    subscriber.send(std::string(kSubscribe) + "\n");
+    subscribe(subscriber);
+    LineClient busy(fixture.socket_path);
+    busy.send(std::string(kMvstor) + "\n");
+    REQUIRE(fixture.api.wait_for_mvstor_running(5000ms));
+    REQUIRE(eventually([&] { return fixture.server->client_count() == 5; }));
+
+    clock.advance(40s);
+    CHECK(request_and_wait(active, kPing).contains("result"));  // a request restarts the time
+    clock.advance(30s);  // mute and half_line: silent for 70 s; active: for 30 s
+    fixture.server->close_idle_clients();
+    const json idle = expect_dropped(mute, -32005, "idle");
+    CHECK(idle.at("error").at("message") == "idle for 60 s without a request: closing");
+    CHECK(idle.at("error").at("data").at("kind") == "Timeout");
+    CHECK(idle.at("error").at("data").at("idle_timeout_ms") == 60000);
+    expect_dropped(half_line, -32005, "idle");
+    CHECK(fixture.server->client_count() == 3);
+    CHECK(request_and_wait(active, kPing).contains("result"));
+
+    // A running request and a subscription are never idle, however long.
+    clock.advance(3600s);
+    fixture.server->close_idle_clients();
+    expect_dropped(active, -32005, "idle");
+    CHECK(fixture.server->client_count() == 2);
+    fixture.api.release_mvstor();
+    CHECK(parse_line(busy.read_line()).at("id") == "mv");
+    fixture.api.emit({"lpar.state", "LPAR1", R"({"state":"running","reason":""})"});
+    CHECK(parse_line(subscriber.read_line()).at("params").at("event") == "lpar.state");
+
+    // Answered, the former busy connection is silent; the subscriber stays.
+    clock.advance(61s);
+    fixture.server->close_idle_clients();
+    expect_dropped(busy, -32005, "idle");
+    CHECK(fixture.server->client_count() == 1);
+    CHECK(fixture.api.subscriber_count() == 1);
+}
+
+TEST_CASE("a client that does not read its answer is still closed when idle", "[socket]") {
+    LogCapture log;
+    FakeClock clock;
+    ServerLimits limits;
+    limits.clock = clock.function();
+    ServerFixture fixture(limits);
+    spdlog::set_level(spdlog::level::info);
+    fixture.api.set_console_text(std::string(1 << 20, 'x'));  // more than the socket buffers
+    LineClient stuck(fixture.socket_path);
+    stuck.send(R"({"jsonrpc":"2.0","id":"c","method":"lpar.console","params":{"lpar":"LPAR2",)"
+               R"("bytes":1048576}})"
+               "\n");
+    REQUIRE(eventually([&] { return fixture.api.console_request_count() == 1; }));
+    // Answered (as far as the server goes): silent from then on, though the write is stuck.
+    REQUIRE(eventually([&] {
+        clock.advance(61s);
+        fixture.server->close_idle_clients();
+        return fixture.server->client_count() == 0;
+    }));
+    CHECK(stuck.closed_by_server());
+    CHECK(eventually([&] { return log.count(spdlog::level::info, "closed (idle timeout") == 1; }));
+}
+
+TEST_CASE("the server sweeps idle connections on its own", "[socket]") {
+    FakeClock clock;
+    ServerLimits limits;
+    limits.clock = clock.function();
+    ServerFixture fixture(limits);
+    LineClient mute(fixture.socket_path);
+    REQUIRE(eventually([&] { return fixture.server->client_count() == 1; }));
+    clock.advance(61s);
+    // No close_idle_clients(): the periodic sweep (every second) finds it.
+    expect_dropped(mute, -32005, "idle", 30000ms);
+    CHECK(fixture.server->client_count() == 0);
+}
+
+TEST_CASE("client_idle_timeout 0 keeps silent connections open", "[socket]") {
+    FakeClock clock;
+    ServerLimits limits;
+    limits.clock = clock.function();
+    limits.client_idle_timeout = 0ms;
+    ServerFixture fixture(limits);
+    LineClient mute(fixture.socket_path);
+    REQUIRE(eventually([&] { return fixture.server->client_count() == 1; }));
+    clock.advance(24h * 365);
+    CHECK(fixture.server->close_idle_clients() == 0);
+    CHECK(request_and_wait(mute, kPing).contains("result"));
 }

@@ -684,3 +684,43 @@ TEST_CASE("svp --help lists expand, shrink and grow", "[svp][resize]") {
     CHECK_THAT(run_svp({"grow", "--help"}).out,
                Catch::Contains("--dry-run") && Catch::Contains("--live"));
 }
+
+TEST_CASE("70 silent clients do not stop svp lpars from answering", "[svp]") {
+    ServerFixture fixture;  // the default limits: 64 clients
+    REQUIRE(ServerLimits{}.max_clients == 64);
+    std::vector<std::unique_ptr<LineClient>> silent;
+    for (int i = 0; i < 70; ++i) {
+        silent.push_back(std::make_unique<LineClient>(fixture.socket_path));
+        if (i % 2 == 1) silent.back()->send(R"({"jsonrpc":"2.0","id":"late","meth)");  // mid-line
+    }
+    // Each connection beyond the 64th made room by evicting the one silent longest.
+    auto expect_evicted = [](LineClient& client) {
+        const auto line = client.read_line();
+        REQUIRE(line.has_value());
+        const json dropped = json::parse(*line);
+        CHECK(dropped.at("error").at("code") == -32004);
+        CHECK(dropped.at("error").at("data").at("reason") == "evicted");
+        CHECK(dropped.at("error").at("data").at("limit") == 64);
+        CHECK(client.closed_by_server());
+    };
+    for (int i = 0; i < 6; ++i) expect_evicted(*silent[i]);
+
+    const Outcome outcome = run_svp_on(fixture, {"lpars"});
+    CHECK(outcome.exit_code == 0);
+    CHECK(outcome.err.empty());
+    CHECK(outcome.out.find("LPAR2                  128            256      125") !=
+          std::string::npos);
+    expect_evicted(*silent[6]);  // svp's connection took its slot
+
+    // The others were left alone: each is still served once it speaks.
+    for (int i = 7; i < 70; ++i) {
+        silent[i]->send(i % 2 == 1 ? R"(od":"system.ping"})"
+                                     "\n"
+                                   : R"({"jsonrpc":"2.0","id":"late","method":"system.ping"})"
+                                     "\n");
+        const auto line = silent[i]->read_line();
+        REQUIRE(line.has_value());
+        CHECK(json::parse(*line).at("id") == "late");
+        CHECK(json::parse(*line).contains("result"));
+    }
+}

@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -242,8 +243,100 @@ TEST_CASE("virtio-blk offers its features and configuration space", "[virtio_blk
     device.read_config(0xffffffffu, beyond);
     CHECK(beyond[0] == 0);
 
-    VirtioBlk read_only("virtio-blk1", storage.memory, {image.path, true});
+    TempImage other;  // not `image`: a read-only disk cannot share an image with a writer
+    VirtioBlk read_only("virtio-blk1", storage.memory, {other.path, true});
     CHECK((read_only.device_features() & kBlkFeatureRo) != 0);
+}
+
+TEST_CASE("a writable disk image has one user: a second LPAR is refused, naming both",
+          "[virtio_blk][disk_lock]") {
+    TempImage image;
+    Storage storage;
+    auto users = std::make_shared<DiskUsers>();
+    auto disk = [&](const std::string& lpar, bool read_only) {
+        return DiskSpec{image.path, read_only, 0, lpar, users};
+    };
+    const auto error_of = [&](auto&& make) -> std::string {
+        try {
+            make();
+        } catch (const Error& e) {
+            CHECK(e.kind() == ErrorKind::Refused);
+            return e.what();
+        }
+        FAIL("not refused");
+        return {};
+    };
+
+    SECTION("another LPAR, writable or read-only") {
+        VirtioBlk a("virtio-blk0", storage.memory, disk("A", false));
+        CHECK(error_of([&] { VirtioBlk b("virtio-blk0", storage.memory, disk("B", false)); }) ==
+              "B: disk " + image.path + " is already in use by LPAR A (its virtio-blk0)");
+        CHECK_THAT(error_of([&] { VirtioBlk b("virtio-blk0", storage.memory, disk("B", true)); }),
+                   Catch::StartsWith("B: disk " + image.path + " is already in use by LPAR A"));
+        CHECK(users->count() == 1);
+    }
+    SECTION("the same image twice in one LPAR") {
+        VirtioBlk a("virtio-blk0", storage.memory, disk("A", false));
+        CHECK(error_of([&] { VirtioBlk b("virtio-blk1", storage.memory, disk("A", false)); }) ==
+              "A: disk " + image.path + " is already in use by LPAR A itself (its virtio-blk0)");
+    }
+    SECTION("another path to the same file is the same image") {
+        VirtioBlk a("virtio-blk0", storage.memory, disk("A", false));
+        const std::string link = image.path + ".link";
+        REQUIRE(::symlink(image.path.c_str(), link.c_str()) == 0);
+        auto spec = disk("B", false);
+        spec.path = link;
+        const std::string message =
+            error_of([&] { VirtioBlk b("virtio-blk0", storage.memory, spec); });
+        ::unlink(link.c_str());
+        CHECK_THAT(message, Catch::Contains("already in use by LPAR A"));
+    }
+    SECTION("a writer is refused where a reader is") {
+        VirtioBlk a("virtio-blk0", storage.memory, disk("A", true));
+        CHECK_THAT(error_of([&] { VirtioBlk b("virtio-blk0", storage.memory, disk("B", false)); }),
+                   Catch::Contains("already in use by LPAR A (its virtio-blk0, read-only)"));
+    }
+    SECTION("read-only users share") {
+        VirtioBlk a("virtio-blk0", storage.memory, disk("A", true));
+        VirtioBlk b("virtio-blk0", storage.memory, disk("B", true));
+        CHECK(users->count() == 2);
+    }
+    SECTION("the image is free again once its user is gone or closed") {
+        { VirtioBlk a("virtio-blk0", storage.memory, disk("A", false)); }
+        VirtioBlk b("virtio-blk0", storage.memory, disk("B", false));
+        b.close_image();
+        CHECK(users->count() == 0);
+        VirtioBlk c("virtio-blk0", storage.memory, disk("C", false));
+        CHECK(users->count() == 1);
+    }
+    SECTION("a refused device leaves no claim behind") {
+        VirtioBlk a("virtio-blk0", storage.memory, disk("A", false));
+        (void)error_of([&] { VirtioBlk b("virtio-blk0", storage.memory, disk("B", false)); });
+        CHECK(users->count() == 1);
+    }
+}
+
+TEST_CASE("a disk image locked by another process is refused as such", "[virtio_blk][disk_lock]") {
+    TempImage image;
+    Storage storage;
+    // Another open file description stands for the other process: flock conflicts between
+    // descriptions, whoever holds them.
+    const int other = ::open(image.path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(other >= 0);
+    REQUIRE(::flock(other, LOCK_SH) == 0);
+    auto users = std::make_shared<DiskUsers>();
+    try {
+        VirtioBlk b("virtio-blk0", storage.memory, {image.path, false, 0, "B", users});
+        FAIL("not refused");
+    } catch (const Error& e) {
+        CHECK(e.kind() == ErrorKind::Refused);
+        CHECK_THAT(e.what(), Catch::StartsWith("B: disk " + image.path +
+                                               " is already in use by another process"));
+    }
+    CHECK(users->count() == 0);
+    // A reader may join a reader.
+    VirtioBlk reader("virtio-blk0", storage.memory, {image.path, true, 0, "B", users});
+    ::close(other);
 }
 
 TEST_CASE("virtio-blk reads, writes, flushes and reports its id", "[virtio_blk]") {
@@ -326,11 +419,13 @@ TEST_CASE("virtio-blk answers bad requests with an error status and keeps servin
     CHECK(rig.run(kBlkTypeIn, kImageSectors - 1, {{0x10000, 512, true}}) == kBlkStatusOk);
     CHECK(rig.storage.host[0x10000] == image_pattern((kImageSectors - 1) * 512));
 
-    // A read-only disk refuses writes.
-    Rig read_only({image.path, true});
+    // A read-only disk refuses writes (its own image: it may not share one with a writer).
+    TempImage read_only_image;
+    Rig read_only({read_only_image.path, true});
     REQUIRE(read_only.activate());
     CHECK(read_only.run(kBlkTypeOut, 0, {{0x10000, 512, false}}) == kBlkStatusIoErr);
     CHECK(read_only.run(kBlkTypeIn, 0, {{0x10000, 512, true}}) == kBlkStatusOk);
+    CHECK(read_only_image.unchanged());
     CHECK(image.unchanged());
     CHECK(rig.storage.neighbour_intact());
 }

@@ -61,6 +61,9 @@
                                               * the firmware scans bus 0 and drives its virtio
                                               * devices. Without it the firmware never touches
                                               * those ports (an unserved port stops the LPAR). */
+/* Tests of the host's console limits: vCPU 0 writes its console without end (100-byte lines,
+ * every 16th line 8 KiB long) instead of running its rounds; the other vCPUs park. */
+#define LPV_BOOT_FLAG_CONSOLE_FLOOD (1u << 2)
 #define LPV_NAME_MAX 32
 
 struct lpv_boot_info {

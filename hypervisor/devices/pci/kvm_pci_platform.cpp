@@ -49,7 +49,7 @@ bool KvmPciPlatform::install_locked() noexcept {
         vm_.set_gsi_routing(table_locked());
         return true;
     } catch (const std::exception& e) {
-        spdlog::warn("PCI interrupts: {}", e.what());
+        log_limiter_->log(spdlog::level::warn, "PCI interrupts: {}", e.what());
         return false;
     }
 }
@@ -86,7 +86,7 @@ void KvmPciPlatform::detach_irqfd(std::uint32_t gsi, int eventfd) noexcept {
     try {
         vm_.deassign_irqfd(eventfd, gsi);
     } catch (const std::exception& e) {
-        spdlog::warn("PCI interrupts: {}", e.what());
+        log_limiter_->log(spdlog::level::warn, "PCI interrupts: {}", e.what());
     }
 }
 
@@ -94,7 +94,8 @@ bool KvmPciPlatform::set_msi_route(std::uint32_t gsi, std::uint64_t address,
                                    std::uint32_t data) noexcept {
     std::lock_guard lock(mutex_);
     if (gsi < kFirstMsiGsi || gsi >= next_gsi_) {
-        spdlog::warn("PCI interrupts: MSI route for unallocated GSI {}", gsi);
+        log_limiter_->log(spdlog::level::warn, "PCI interrupts: MSI route for unallocated GSI {}",
+                          gsi);
         return false;
     }
     MsiRoute route{address, data};
@@ -123,7 +124,7 @@ bool KvmPciPlatform::register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
         vm_.assign_ioeventfd(gpa, length, eventfd);
         return true;
     } catch (const std::exception& e) {
-        spdlog::warn("PCI notify: {}", e.what());
+        log_limiter_->log(spdlog::level::warn, "PCI notify: {}", e.what());
         return false;
     }
 }
@@ -133,7 +134,7 @@ void KvmPciPlatform::unregister_ioeventfd(std::uint64_t gpa, std::uint32_t lengt
     try {
         vm_.deassign_ioeventfd(gpa, length, eventfd);
     } catch (const std::exception& e) {
-        spdlog::warn("PCI notify: {}", e.what());
+        log_limiter_->log(spdlog::level::warn, "PCI notify: {}", e.what());
     }
 }
 

@@ -10,10 +10,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
 #include "devices/pci/pci_platform.hpp"
+#include "util/rate_limit.hpp"
 
 namespace lparvisor::kvm {
 class Vm;
@@ -81,6 +83,12 @@ class KvmPciPlatform final : public PciPlatform {
     // KVM's x86 limit is 4096 routes (KVM_MAX_IRQ_ROUTES); a few hundred vectors is plenty.
     static constexpr std::uint32_t kGsiLimit = 1024;
 
+    // The LPAR's limiter for the log lines a guest can cause (a BAR moved onto another
+    // notify address, routes KVM refuses); set before the guest runs.
+    void set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) {
+        if (limiter) log_limiter_ = std::move(limiter);
+    }
+
   private:
     struct MsiRoute {
         std::uint64_t address;
@@ -93,6 +101,7 @@ class KvmPciPlatform final : public PciPlatform {
     kvm::Vm& vm_;
     const Interrupts interrupts_;
     const Irq0 irq0_;
+    std::shared_ptr<LogRateLimiter> log_limiter_ = own_log_limiter(nullptr, "PCI interrupts");
     mutable std::mutex mutex_;  // innermost: guards everything below
     std::uint32_t next_gsi_ = kFirstMsiGsi;
     std::vector<std::uint32_t> free_gsis_;

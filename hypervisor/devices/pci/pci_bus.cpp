@@ -232,8 +232,8 @@ void PciBus::write(std::uint16_t offset, std::span<const std::uint8_t> data) {
     }
     if (offset < 4 || offset + data.size() > kConfigPortCount) {
         // 0xCF9 (reset control) and byte accesses to 0xCF8-0xCFB are not emulated.
-        spdlog::debug("pci-config: {}-byte write to port {:#x} ignored", data.size(),
-                      kConfigPort + offset);
+        log_limiter_->log(spdlog::level::debug, "pci-config: {}-byte write to port {:#x} ignored",
+                          data.size(), kConfigPort + offset);
         return;
     }
     std::uint32_t a = address_.load();

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "devices/device.hpp"
+#include "util/rate_limit.hpp"
 
 namespace lparvisor::pci {
 
@@ -153,6 +154,11 @@ class PciBus final : public PortDevice {
     void resume_accepting() override;
     bool idle() const override;
 
+    // The LPAR's limiter for the log lines a guest can cause; set before the guest runs.
+    void set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) {
+        if (limiter) log_limiter_ = std::move(limiter);
+    }
+
   private:
     std::shared_ptr<PciDevice> selected(std::uint32_t address) const;
     std::vector<std::shared_ptr<PciDevice>> all_devices() const;
@@ -162,6 +168,7 @@ class PciBus final : public PortDevice {
     mutable std::shared_mutex slots_mutex_;  // add() against lookups
     std::array<std::shared_ptr<PciDevice>, kSlotCount> slots_;
     std::atomic<std::uint32_t> address_{0};  // 0xCF8; the guest serialises its own accesses
+    std::shared_ptr<LogRateLimiter> log_limiter_ = own_log_limiter(nullptr, "pci-config");
 };
 
 }  // namespace lparvisor::pci

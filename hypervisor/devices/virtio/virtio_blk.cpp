@@ -1,6 +1,8 @@
 #include "devices/virtio/virtio_blk.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "util/error.hpp"
 
@@ -47,7 +50,71 @@ bool pwrite_all(int fd, std::span<const std::uint8_t> in, std::uint64_t offset) 
     return true;
 }
 
+std::string describe_user(const DiskUsers::User& user) {
+    return user.lpar.empty() ? user.device : user.lpar;
+}
+
 }  // namespace
+
+// --- DiskUsers ---
+
+DiskUsers::Claim& DiskUsers::Claim::operator=(Claim&& other) noexcept {
+    if (this != &other) {
+        reset();
+        users_ = std::move(other.users_);
+        key_ = other.key_;
+        id_ = other.id_;
+    }
+    return *this;
+}
+
+void DiskUsers::Claim::reset() noexcept {
+    if (auto users = std::move(users_)) users->release(key_, id_);
+}
+
+DiskUsers::Claim DiskUsers::claim(dev_t dev, ino_t ino, const std::string& path, const User& user) {
+    std::lock_guard lock(mutex_);
+    const auto key = std::make_pair(dev, ino);
+    auto& users = images_[key];
+    for (const auto& [id, other] : users) {
+        if (user.read_only && other.read_only) continue;
+        const std::string by =
+            other.lpar.empty() ? other.device
+            : other.lpar == user.lpar
+                ? fmt::format("LPAR {} itself (its {})", other.lpar, other.device)
+                : fmt::format("LPAR {} (its {}{})", other.lpar, other.device,
+                              other.read_only ? ", read-only" : "");
+        throw Error(
+            ErrorKind::Refused,
+            fmt::format("{}: disk {} is already in use by {}{}", describe_user(user), path, by,
+                        user.read_only ? " (a read-only disk cannot share an image "
+                                         "with a writable one)"
+                                       : ""));
+    }
+    Claim claim;
+    claim.users_ = shared_from_this();
+    claim.key_ = key;
+    claim.id_ = next_id_++;
+    users.emplace_back(claim.id_, user);
+    return claim;
+}
+
+std::size_t DiskUsers::count() const {
+    std::lock_guard lock(mutex_);
+    std::size_t n = 0;
+    for (const auto& [key, users] : images_) n += users.size();
+    return n;
+}
+
+void DiskUsers::release(std::pair<dev_t, ino_t> key, std::uint64_t id) noexcept {
+    std::lock_guard lock(mutex_);
+    auto it = images_.find(key);
+    if (it == images_.end()) return;
+    std::erase_if(it->second, [id](const auto& entry) { return entry.first == id; });
+    if (it->second.empty()) images_.erase(it);
+}
+
+// --- VirtioBlk ---
 
 VirtioBlk::VirtioBlk(std::string name, GuestMemory memory, DiskSpec disk)
     : VirtioDeviceBase(std::move(name), std::move(memory), 1, kBlkQueueMaxSize),
@@ -56,6 +123,26 @@ VirtioBlk::VirtioBlk(std::string name, GuestMemory memory, DiskSpec disk)
     if (!file_.valid())
         throw_errno(fmt::format("{}: cannot open disk image {}{}", this->name(), disk_.path,
                                 disk_.read_only ? " read-only" : ""));
+    // One writer, or any number of readers: first among this process's LPARs (so the message
+    // can name the other one), then against other processes.
+    const DiskUsers::User user{disk_.lpar, this->name(), disk_.read_only};
+    if (disk_.users) {
+        struct stat st {};
+        if (::fstat(file_.get(), &st) != 0)
+            throw_errno(fmt::format("{}: disk image {}", this->name(), disk_.path));
+        claim_ = disk_.users->claim(st.st_dev, st.st_ino, disk_.path, user);
+    }
+    if (::flock(file_.get(), (disk_.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            throw Error(ErrorKind::Refused,
+                        fmt::format("{}: disk {} is already in use by another process (it holds "
+                                    "a lock on the image that a{} disk cannot share)",
+                                    describe_user(user), disk_.path,
+                                    disk_.read_only ? " read-only" : " writable"));
+        // A file system without flock (some network ones): nothing to enforce with.
+        spdlog::warn("{}: disk {}: cannot lock the image ({}): another process could use it too",
+                     describe_user(user), disk_.path, std::strerror(errno));
+    }
     // lseek rather than fstat: st_size is 0 for a block device.
     const off_t size = ::lseek(file_.get(), 0, SEEK_END);
     if (size < 0)
@@ -73,6 +160,12 @@ VirtioBlk::VirtioBlk(std::string name, GuestMemory memory, DiskSpec disk)
 
 VirtioBlk::~VirtioBlk() {
     stop_worker();
+}
+
+void VirtioBlk::close_image() {
+    stop_worker();
+    claim_.reset();
+    file_.reset();  // and with it the flock
 }
 
 std::uint64_t VirtioBlk::device_features() const {

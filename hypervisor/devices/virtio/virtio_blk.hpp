@@ -4,9 +4,16 @@
 // serving; only a broken queue (see virtqueue.hpp) is a driver error.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "devices/virtio/virtio_device_base.hpp"
 #include "util/fd.hpp"
@@ -46,10 +53,58 @@ inline constexpr std::uint32_t kBlkConfigSegMax = 12;   // le32
 inline constexpr std::uint32_t kBlkConfigBlkSize = 20;  // le32
 inline constexpr std::uint32_t kBlkConfigBytes = 36;    // up to and including num_queues
 
+// Who has which disk image open in this process, by the file's identity (st_dev, st_ino, so
+// two paths to one file are one image), so that a second user is refused with the first one's
+// name. A writable image has one user; a read-only one any number of read-only users. The
+// Hypervisor keeps one for all LPARs; flock() on the image (VirtioBlk) covers other processes.
+class DiskUsers : public std::enable_shared_from_this<DiskUsers> {
+  public:
+    struct User {
+        std::string lpar;    // empty outside an LPAR (tests)
+        std::string device;  // "virtio-blk0"
+        bool read_only = false;
+    };
+    // Held by the user; gives the image back when destroyed or reset.
+    class Claim {
+      public:
+        Claim() = default;
+        Claim(Claim&& other) noexcept { *this = std::move(other); }
+        Claim& operator=(Claim&& other) noexcept;
+        Claim(const Claim&) = delete;
+        Claim& operator=(const Claim&) = delete;
+        ~Claim() { reset(); }
+        void reset() noexcept;
+        bool held() const noexcept { return users_ != nullptr; }
+
+      private:
+        friend class DiskUsers;
+        std::shared_ptr<DiskUsers> users_;
+        std::pair<dev_t, ino_t> key_{};
+        std::uint64_t id_ = 0;
+    };
+
+    // Records `user` as a user of the image; throws Error(Refused) if that conflicts with one
+    // already there: "LPAR2: disk /x/y.img is already in use by LPAR LPAR1 (its virtio-blk0)".
+    // Must be held by a shared_ptr.
+    [[nodiscard]] Claim claim(dev_t dev, ino_t ino, const std::string& path, const User& user);
+    std::size_t count() const;  // users of all images
+
+  private:
+    void release(std::pair<dev_t, ino_t> key, std::uint64_t id) noexcept;
+
+    mutable std::mutex mutex_;
+    std::uint64_t next_id_ = 1;
+    std::map<std::pair<dev_t, ino_t>, std::vector<std::pair<std::uint64_t, User>>> images_;
+};
+
 struct DiskSpec {
     std::string path;
     bool read_only = false;
     std::uint32_t latency_ms = 0;  // added to every request: emulates slow storage
+    // The LPAR the disk belongs to (for messages) and the registry of images in use; without
+    // one, only the flock() on the image keeps two users apart.
+    std::string lpar;
+    std::shared_ptr<DiskUsers> users;
 };
 
 // A snapshot of the counters.
@@ -62,8 +117,10 @@ struct BlkStats {
 
 class VirtioBlk final : public VirtioDeviceBase {
   public:
-    // Opens the image; throws lparvisor::Error naming the path if it cannot be opened or its
-    // size is not a whole number of sectors.
+    // Opens the image and locks it: flock LOCK_EX (read-only: LOCK_SH), without waiting, and
+    // a claim in disk.users. Throws lparvisor::Error naming the path if it cannot be opened,
+    // its size is not a whole number of sectors, or another user has it (naming that LPAR, or
+    // "another process" when only the flock says so).
     VirtioBlk(std::string name, GuestMemory memory, DiskSpec disk);
     ~VirtioBlk() override;
 
@@ -75,6 +132,11 @@ class VirtioBlk final : public VirtioDeviceBase {
     std::uint64_t capacity_sectors() const noexcept { return capacity_sectors_; }
     const DiskSpec& disk() const noexcept { return disk_; }
     BlkStats stats() const noexcept;
+
+    // Stops the worker, closes the image and gives up its lock and claim, so that the image
+    // is free again even while something still holds this object. For the LPAR's teardown:
+    // the device serves nothing afterwards.
+    void close_image();
 
     // Serves one request synchronously (no latency): reads the header, does the I/O, writes
     // the status byte. Returns the bytes written into device-writable buffers. What the worker
@@ -88,6 +150,7 @@ class VirtioBlk final : public VirtioDeviceBase {
   private:
     const DiskSpec disk_;
     Fd file_;
+    DiskUsers::Claim claim_;
     std::uint64_t capacity_sectors_ = 0;
     char id_[kBlkIdBytes] = {};  // the image's basename, truncated, NUL-padded
 

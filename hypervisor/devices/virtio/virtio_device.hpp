@@ -14,12 +14,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "devices/quiescable.hpp"
 #include "storage/address.hpp"
+#include "util/rate_limit.hpp"
 
 namespace lparvisor::virtio {
 
@@ -91,6 +93,10 @@ class VirtioDevice : public Quiescable {
     void stop_accepting() override = 0;
     bool idle() const override = 0;
     void resume_accepting() override = 0;
+
+    // The LPAR's limiter for the log lines a guest can cause (util/rate_limit.hpp). Set once,
+    // before the device is first activated; a device without one limits its lines itself.
+    virtual void set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) { (void)limiter; }
 };
 
 }  // namespace lparvisor::virtio

@@ -13,7 +13,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "sandbox/sandbox.hpp"
 #include "util/error.hpp"
+#include "util/fault.hpp"
 
 namespace lparvisor::virtio {
 
@@ -48,7 +50,8 @@ VirtioDeviceBase::VirtioDeviceBase(std::string name, GuestMemory memory, std::ui
     : name_(std::move(name)),
       memory_(std::move(memory)),
       queue_max_size_(queue_max_size),
-      control_event_(make_eventfd(name_ + " control")) {
+      control_event_(make_eventfd(name_ + " control")),
+      log_limiter_(own_log_limiter(nullptr, name_)) {
     for (std::uint16_t i = 0; i < queue_count; ++i) {
         queue_events_.push_back(make_eventfd(fmt::format("{} queue {}", name_, i)));
         queues_.emplace_back(i, queue_max_size);
@@ -64,7 +67,7 @@ bool VirtioDeviceBase::activate(std::uint64_t driver_features, std::vector<Queue
     std::lock_guard lock(lifecycle_mutex_);
     // Only while no worker runs: it resets the queues.
     auto refuse = [&](const std::string& reason) {
-        spdlog::warn("{}: activation refused: {}", name_, reason);
+        log_limiter_->log(spdlog::level::warn, "{}: activation refused: {}", name_, reason);
         for (Queue& queue : queues_) queue.reset();
         needs_reset_.store(true);
         return false;
@@ -73,10 +76,10 @@ bool VirtioDeviceBase::activate(std::uint64_t driver_features, std::vector<Queue
         // The running worker owns the queues (it pops and completes without the lifecycle
         // mutex), so this refusal leaves them alone: it only marks NEEDS_RESET, which the worker
         // sees before its next pop. The driver's reset then stops the worker and resets them.
-        spdlog::warn(
-            "{}: activation refused: already active (no reset since the last "
-            "activation)",
-            name_);
+        log_limiter_->log(spdlog::level::warn,
+                          "{}: activation refused: already active (no reset since the last "
+                          "activation)",
+                          name_);
         needs_reset_.store(true);
         return false;
     }
@@ -95,7 +98,8 @@ bool VirtioDeviceBase::activate(std::uint64_t driver_features, std::vector<Queue
     needs_reset_.store(false);
     stopping_.store(false);
     try {
-        worker_ = std::thread([this] { worker_loop(); });
+        worker_ =
+            sandbox::spawn(sandbox::ThreadClass::DeviceWorker, name_, [this] { worker_loop(); });
     } catch (const std::system_error& error) {
         return refuse(fmt::format("cannot start the worker thread: {}", error.what()));
     }
@@ -158,9 +162,13 @@ void VirtioDeviceBase::resume_accepting() {
     wake_worker();
 }
 
+void VirtioDeviceBase::set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) {
+    if (limiter) log_limiter_ = std::move(limiter);
+}
+
 void VirtioDeviceBase::enter_needs_reset(const std::string& reason) {
     if (needs_reset_.exchange(true)) return;
-    spdlog::warn("{}: needs reset: {}", name_, reason);
+    log_limiter_->log(spdlog::level::warn, "{}: needs reset: {}", name_, reason);
     if (sink_.config_change) sink_.config_change();
 }
 
@@ -231,6 +239,8 @@ void VirtioDeviceBase::worker_loop() {
         for (std::size_t i = 0; i < count; ++i)
             if ((fds[i].revents & POLLIN) && drain_eventfd(fds[i].fd)) pending[i] = true;
         if (fds[count].revents & POLLIN) drain_eventfd(fds[count].fd);
+        // The sandbox's test (tests/kvm/sandbox.sh): a device thread that turns hostile.
+        if (fault::triggered("device.forbidden_syscall")) sandbox::make_forbidden_syscall();
     }
 }
 

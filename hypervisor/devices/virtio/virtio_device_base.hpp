@@ -59,6 +59,8 @@ class VirtioDeviceBase : public VirtioDevice {
     bool idle() const override;
     void resume_accepting() override;
 
+    void set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) override;
+
   protected:
     struct ChainResult {
         std::uint32_t written_len = 0;  // bytes the device wrote into the chain's buffers
@@ -71,6 +73,8 @@ class VirtioDeviceBase : public VirtioDevice {
 
     const GuestMemory& memory() const noexcept { return memory_; }
     std::uint64_t driver_features() const noexcept { return driver_features_; }
+    // For every log line the guest can cause.
+    LogRateLimiter& log_limiter() const noexcept { return *log_limiter_; }
     // Sleeps for `duration` unless the device is stopping; false if it was cut short.
     [[nodiscard]] bool wait_unless_stopping(std::chrono::milliseconds duration);
     bool stopping() const noexcept { return stopping_.load(); }
@@ -89,6 +93,7 @@ class VirtioDeviceBase : public VirtioDevice {
     const std::uint16_t queue_max_size_;
     std::vector<Fd> queue_events_;  // one per queue, alive as long as the device
     Fd control_event_;              // wakes the worker for stop and resume
+    std::shared_ptr<LogRateLimiter> log_limiter_;
 
     std::mutex lifecycle_mutex_;  // activate/reset
     std::vector<Queue> queues_;

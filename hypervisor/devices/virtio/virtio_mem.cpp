@@ -406,7 +406,8 @@ std::uint32_t VirtioMem::serve_request(const DescriptorChain& chain) {
             response.type = state(request.addr, request.nb_blocks, response.state);
             break;
         default:
-            spdlog::debug("{}: unknown request type {}", name(), request.type);
+            log_limiter().log(spdlog::level::debug, "{}: unknown request type {}", name(),
+                              request.type);
             response.type = kMemRespError;
             break;
     }
@@ -415,10 +416,11 @@ std::uint32_t VirtioMem::serve_request(const DescriptorChain& chain) {
     std::memcpy(response_bytes.data(), &response, sizeof response);
     std::size_t written = 0;
     for (const Descriptor& descriptor : chain.descriptors) {
+        if (written == response_bytes.size()) break;
         if (!descriptor.device_writable) continue;
         const std::size_t put_len =
             std::min<std::size_t>(descriptor.len, response_bytes.size() - written);
-        if (put_len == 0) break;
+        if (put_len == 0) continue;  // an empty buffer: the response goes on in the next one
         if (!memory().write(descriptor.addr, std::span<const std::uint8_t>(
                                                  response_bytes.data() + written, put_len)))
             break;  // pop() checked the range; cannot happen

@@ -110,6 +110,10 @@ class VirtioPciDevice::Interrupts {
 
     std::uint16_t count() const noexcept { return static_cast<std::uint16_t>(vectors_.size()); }
     std::uint32_t gsi(std::uint16_t v) const { return vectors_.at(v).gsi; }
+    void set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) {
+        std::lock_guard lock(mutex_);
+        log_limiter_ = std::move(limiter);
+    }
     int eventfd(std::uint16_t v) const { return vectors_.at(v).eventfd.get(); }
 
     // --- the sink's side (device worker thread) ---
@@ -250,7 +254,9 @@ class VirtioPciDevice::Interrupts {
                     if (platform_->set_msi_route(v.gsi, want->first, want->second))
                         v.routed = want;
                     else
-                        spdlog::warn("{}: no MSI route for vector {} (GSI {})", name_, i, v.gsi);
+                        log_limiter_->log(spdlog::level::warn,
+                                          "{}: no MSI route for vector {} (GSI {})", name_, i,
+                                          v.gsi);
                 } else {
                     platform_->clear_msi_route(v.gsi);
                     v.routed.reset();
@@ -296,6 +302,7 @@ class VirtioPciDevice::Interrupts {
     std::atomic<std::uint8_t> isr_{0};
     std::atomic<std::uint8_t> generation_{0};
     const std::string name_;
+    std::shared_ptr<LogRateLimiter> log_limiter_ = own_log_limiter(nullptr, name_);
 };
 
 // --- VirtioPciDevice ---
@@ -334,6 +341,7 @@ VirtioPciDevice::VirtioPciDevice(std::shared_ptr<VirtioDevice> device,
     if (!platform_) throw Error(ErrorKind::InvalidArgument, "virtio-pci: no platform given");
     const std::uint16_t vectors = static_cast<std::uint16_t>(queue_count_ + 1);
     interrupts_ = std::make_shared<Interrupts>(platform_, vectors, queue_count_, device_->name());
+    log_limiter_ = own_log_limiter(nullptr, device_->name());
     queues_.assign(queue_count_, QueueState{device_->queue_max_size()});
 
     using namespace pci::reg;
@@ -422,9 +430,19 @@ std::string VirtioPciDevice::name() const {
     return device_->name();
 }
 
+void VirtioPciDevice::set_log_limiter(std::shared_ptr<LogRateLimiter> limiter) {
+    if (!limiter) return;
+    {
+        std::lock_guard lock(mutex_);
+        log_limiter_ = limiter;
+    }
+    interrupts_->set_log_limiter(limiter);
+    device_->set_log_limiter(std::move(limiter));
+}
+
 void VirtioPciDevice::ignore(const char* what, std::uint64_t offset, std::size_t size) const {
-    spdlog::debug("{}: {} of {} byte(s) at BAR0+{:#x} ignored", device_->name(), what, size,
-                  offset);
+    log_limiter_->log(spdlog::level::debug, "{}: {} of {} byte(s) at BAR0+{:#x} ignored",
+                      device_->name(), what, size, offset);
 }
 
 // --- configuration space ---
@@ -492,7 +510,8 @@ void VirtioPciDevice::sync_ioeventfds_locked() {
         if (platform_->register_ioeventfd(gpa, kNotifyWidth, fd))
             ioeventfds_.emplace_back(gpa, fd);
         else  // the notify still works, through an MMIO exit
-            spdlog::warn("{}: queue {} notifies at {:#x} will exit", device_->name(), q, gpa);
+            log_limiter_->log(spdlog::level::warn, "{}: queue {} notifies at {:#x} will exit",
+                              device_->name(), q, gpa);
     }
     ioeventfd_base_ = want;
 }
@@ -628,12 +647,14 @@ void VirtioPciDevice::write_status_locked(std::uint8_t value) {
     std::uint8_t added = static_cast<std::uint8_t>(value & ~status_ & ~kStatusNeedsReset);
     std::uint8_t status = status_ | added;
     if ((added & kStatusFeaturesOk) != 0 && (driver_features_ & kFeatureVersion1) == 0) {
-        spdlog::debug("{}: FEATURES_OK refused: the driver did not accept VERSION_1",
-                      device_->name());
+        log_limiter_->log(spdlog::level::debug,
+                          "{}: FEATURES_OK refused: the driver did not accept VERSION_1",
+                          device_->name());
         status &= static_cast<std::uint8_t>(~kStatusFeaturesOk);
     }
     if ((added & kStatusDriverOk) != 0 && (status & kStatusFeaturesOk) == 0) {
-        spdlog::debug("{}: DRIVER_OK without FEATURES_OK ignored", device_->name());
+        log_limiter_->log(spdlog::level::debug, "{}: DRIVER_OK without FEATURES_OK ignored",
+                          device_->name());
         status &= static_cast<std::uint8_t>(~kStatusDriverOk);
         added &= static_cast<std::uint8_t>(~kStatusDriverOk);
     }
@@ -653,10 +674,13 @@ void VirtioPciDevice::write_status_locked(std::uint8_t value) {
     try {
         ok = device_->activate(driver_features_, std::move(queues), std::move(sink));
     } catch (const std::exception& e) {  // a guest-triggered path: never let it through
-        spdlog::warn("{}: activate failed: {}", device_->name(), e.what());
+        log_limiter_->log(spdlog::level::warn, "{}: activate failed: {}", device_->name(),
+                          e.what());
     }
     if (!ok) {
-        spdlog::info("{}: the driver's configuration was refused: NEEDS_RESET", device_->name());
+        log_limiter_->log(spdlog::level::info,
+                          "{}: the driver's configuration was refused: NEEDS_RESET",
+                          device_->name());
         status_ |= kStatusNeedsReset;
         return;
     }
@@ -669,7 +693,7 @@ void VirtioPciDevice::reset_locked() {
     try {
         device_->reset();
     } catch (const std::exception& e) {
-        spdlog::warn("{}: reset: {}", device_->name(), e.what());
+        log_limiter_->log(spdlog::level::warn, "{}: reset: {}", device_->name(), e.what());
     }
     interrupts_->reset_virtio_state();
     device_feature_select_ = 0;

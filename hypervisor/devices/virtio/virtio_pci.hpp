@@ -101,6 +101,10 @@ class VirtioPciDevice final : public pci::PciDevice {
     std::uint32_t vector_gsi(std::uint16_t vector) const;  // throws for a bad vector
     int vector_eventfd(std::uint16_t vector) const;        // throws for a bad vector
 
+    // The LPAR's limiter for the log lines a guest can cause, for this transport and its
+    // device (util/rate_limit.hpp). Set before the guest runs.
+    void set_log_limiter(std::shared_ptr<LogRateLimiter> limiter);
+
     // PciDevice
     std::string name() const override;
     void config_read(std::uint16_t offset, std::span<std::uint8_t> data) override;
@@ -146,6 +150,7 @@ class VirtioPciDevice final : public pci::PciDevice {
     const std::uint64_t bar_size_;
     const std::uint16_t msix_cap_;  // config offset of the MSI-X capability
     std::shared_ptr<Interrupts> interrupts_;
+    std::shared_ptr<LogRateLimiter> log_limiter_;  // set before the guest runs
 
     mutable std::mutex mutex_;
     pci::ConfigSpace config_;
