@@ -18,6 +18,7 @@
 
 #include "devices/virtio/virtio_blk.hpp"
 #include "devices/virtio/virtqueue.hpp"
+#include "fuzz_support.hpp"
 
 namespace {
 
@@ -54,11 +55,28 @@ struct Fixture {
     std::unique_ptr<VirtioBlk> device;
 };
 
+// With LPARVISOR_FUZZ_REPORT set: which request types were served with which status.
+void tally_request(const GuestMemory& memory, const DescriptorChain& chain) {
+    const Descriptor& first = chain.descriptors.front();
+    const Descriptor& last = chain.descriptors.back();
+    const auto header = memory.read_object<VirtioBlkHeader>(first.addr);
+    if (!header || last.len == 0 || !last.device_writable) return;
+    const auto status =
+        memory.read_object<std::uint8_t>(GuestPhysAddr{last.addr.value + last.len - 1});
+    fuzz::tally("virtio-blk type " + std::to_string(header->type) + " status " +
+                std::to_string(status.value_or(0xff)));
+}
+
 std::uint64_t place(std::uint64_t address, bool in_range) {
     return in_range ? address % kGuestBytes : address;
 }
 
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    fuzz::quiet_logs();
+    return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     static Fixture fixture;
@@ -88,6 +106,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         for (const Descriptor& descriptor : chain->descriptors)
             if (!memory.contains(descriptor.addr, descriptor.len)) std::abort();
         const std::uint32_t written = fixture.device->serve_request(*chain);
+        tally_request(memory, *chain);
         const std::uint16_t used_before = queue.next_used();
         if (queue.add_used(memory, chain->head, written)) std::abort();  // head came from pop()
         if (queue.next_used() != static_cast<std::uint16_t>(used_before + 1)) std::abort();
