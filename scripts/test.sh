@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Builds lparvisor and runs its tests with ctest. Installs what it needs first (idempotent).
-#   scripts/test.sh                 the normal lane, then the TSan lane (this is what CI runs)
+#   scripts/test.sh                 every lane below, in this order (this is what CI runs)
+#   scripts/test.sh --format        clang-format check of every C, C++ file (no build)
 #   scripts/test.sh --no-tsan       the normal lane only: RelWithDebInfo in build/, all tests
 #   scripts/test.sh --tsan          the TSan lane only: ThreadSanitizer build in build-tsan/, the
 #                                   unit and control-socket tests, then the stress driver (seed 2,
 #                                   30 operations; nested where there is no /dev/kvm)
+#   scripts/test.sh --asan          the ASan + UBSan lane only: build-asan/, the unit and
+#                                   control-socket tests, then the stress driver (seed 3, 20 ops)
+#   scripts/test.sh --fuzz          the fuzz smoke run: every libFuzzer target for 20 s
+#                                   (scripts/fuzz.sh; any crash fails)
 #   scripts/test.sh --sanitize      ASan + UBSan build in build-sanitize/, all tests
 # Tests that need /dev/kvm print "SKIPPED ... needs KVM" and ctest lists them as skipped where
-# the host has no KVM; they are never counted as passed. In the TSan lane any ThreadSanitizer
-# report, from a test or from a program a test starts (svp), fails the lane.
+# the host has no KVM; they are never counted as passed. In the sanitizer lanes any report, from
+# a test or from a program a test starts (svp), fails the lane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -22,6 +27,9 @@ case "${1:-}" in
   "") ;;
   --no-tsan) mode=normal ;;
   --tsan) mode=tsan ;;
+  --asan) mode=asan ;;
+  --fuzz) mode=fuzz ;;
+  --format) mode=format ;;
   --sanitize) mode=sanitize ;;
   *) usage ;;
 esac
@@ -103,14 +111,72 @@ run_tsan_lane() {
        "report" >&2
 }
 
+# The ASan + UBSan lane: the same tests as the TSan lane (unit, socket), then the stress driver,
+# in build-asan/. Reports from child processes go to files, as in the TSan lane.
+run_asan_lane() {
+  local build_dir=build-asan
+  scripts/install-deps.sh --qemu
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLPARVISOR_SANITIZE=ON >/dev/null
+  echo "test.sh: ASan + UBSan lane: building the unit and socket tests in $build_dir/" >&2
+  cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
+  local logs=$PWD/$build_dir/asan-logs
+  rm -rf "$logs"
+  mkdir -p "$logs"
+  local status=0
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$logs/asan \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan \
+    ctest --test-dir "$build_dir" -L "$tsan_labels" --output-on-failure -j"$jobs" --timeout 1800 ||
+    status=$?
+  local reports=("$logs"/*)
+  if [[ -e "${reports[0]}" ]]; then
+    echo "test.sh: AddressSanitizer/UBSan reported in ${#reports[@]} process(es):" >&2
+    cat "${reports[@]}" >&2
+    status=1
+  fi
+  # The stress driver under ASan + UBSan: another series than the other lanes' (seed 3), short.
+  # Reports go to the console and fail it (the nested guest cannot write back to our folder).
+  local stress_status=0
+  NESTED_KVM_MEM=3072 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    scripts/stress.sh --build-dir "$build_dir" --seed 3 --ops 20 --timeout 1200 || stress_status=$?
+  if ((stress_status != 0)); then
+    echo "test.sh: the ASan + UBSan stress run failed (exit $stress_status; 77: it could not run)" >&2
+    status=1
+  fi
+  if ((status != 0)); then
+    echo "test.sh: ASan + UBSan lane FAILED" >&2
+    return 1
+  fi
+  echo "test.sh: ASan + UBSan lane passed: unit and socket tests and the stress driver" >&2
+}
+
+# Every C and C++ file as .clang-format (the root's; guest-firmware/ and scripts/nested-kvm/ have
+# their own) wants it.
+run_format_check() {
+  scripts/install-deps.sh
+  local files=()
+  mapfile -t files < <(git ls-files '*.cpp' '*.hpp' '*.c' '*.h' 2>/dev/null ||
+                       find . -path ./build\* -prune -o \( -name '*.[ch]pp' -o -name '*.[ch]' \) -print)
+  if ! clang-format --dry-run -Werror "${files[@]}"; then
+    echo "test.sh: clang-format: the files above are not formatted (clang-format -i FILE)" >&2
+    return 1
+  fi
+  echo "test.sh: clang-format: ${#files[@]} files formatted" >&2
+}
+
 # (Lanes run one after the other as plain commands, never in an && list, so that set -e holds
 # inside them.)
 case $mode in
   all)
+    run_format_check
     run_full_lane build
     run_tsan_lane
+    run_asan_lane
+    scripts/fuzz.sh --seconds 20 --jobs "$jobs"
     ;;
+  format) run_format_check ;;
   normal) run_full_lane build ;;
   tsan) run_tsan_lane ;;
+  asan) run_asan_lane ;;
+  fuzz) scripts/fuzz.sh --seconds 20 --jobs "$jobs" ;;
   sanitize) run_full_lane build-sanitize -DLPARVISOR_SANITIZE=ON ;;
 esac
