@@ -70,7 +70,8 @@ fi
 # --- build: only the fuzz targets asked for ---
 CC=clang-14 CXX=clang++-14 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DLPARVISOR_FUZZ=ON -DLPARVISOR_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
+# FUZZ_BUILD_JOBS: parallel compile jobs (default: every core; scripts/test.sh gives it one).
+cmake --build "$build_dir" -j"${FUZZ_BUILD_JOBS:-$(nproc)}" --target "${targets[@]}"
 
 # --- run ---
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/lparvisor-fuzz.XXXXXX")

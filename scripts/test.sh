@@ -39,6 +39,10 @@ jobs=$(nproc)
 
 # A full build in $1 with the extra cmake arguments that follow, then every test.
 run_full_lane() {
+  build_full_lane "$@"
+  ctest --test-dir "$1" --output-on-failure -j"$jobs" --timeout 1800
+}
+build_full_lane() {
   local build_dir=$1
   shift
   scripts/install-deps.sh --qemu
@@ -46,7 +50,29 @@ run_full_lane() {
   scripts/build-linux-guest.sh
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
   cmake --build "$build_dir" -j"$jobs"
-  ctest --test-dir "$build_dir" --output-on-failure -j"$jobs" --timeout 1800
+}
+
+# CI's order. The fuzz smoke run needs no QEMU and one core: it runs beside the normal lane's
+# tests, whose nested-KVM tests run one at a time on one core (its output is shown at the end).
+run_all_lanes() {
+  run_format_check
+  build_full_lane build
+  local fuzz_log=$PWD/build/fuzz-lane.log fuzz_status=0
+  FUZZ_BUILD_JOBS=1 scripts/fuzz.sh --seconds 20 --jobs 1 >"$fuzz_log" 2>&1 &
+  local fuzz_pid=$!
+  local status=0
+  ctest --test-dir build --output-on-failure -j"$jobs" --timeout 1800 || status=$?
+  wait "$fuzz_pid" || fuzz_status=$?
+  echo "test.sh: the fuzz smoke run (scripts/fuzz.sh --seconds 20), beside the normal lane:" >&2
+  sed -n '/^fuzz.sh: [0-9]* target/,$p' "$fuzz_log" >&2
+  if ((fuzz_status != 0)); then
+    tail -n 60 "$fuzz_log" >&2
+    echo "test.sh: the fuzz smoke run FAILED (exit $fuzz_status)" >&2
+    status=1
+  fi
+  ((status == 0)) || return 1
+  run_tsan_lane
+  run_asan_lane
 }
 
 # The ThreadSanitizer lane: the tests labelled unit (tests/unit and the JSON-RPC core) and socket
@@ -116,7 +142,9 @@ run_tsan_lane() {
 run_asan_lane() {
   local build_dir=build-asan
   scripts/install-deps.sh --qemu
-  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLPARVISOR_SANITIZE=ON >/dev/null
+  # -g1: line tables are all a report's stack needs, and compile and link faster than -g.
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLPARVISOR_SANITIZE=ON \
+    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG" >/dev/null
   echo "test.sh: ASan + UBSan lane: building the unit and socket tests in $build_dir/" >&2
   cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
   local logs=$PWD/$build_dir/asan-logs
@@ -166,13 +194,7 @@ run_format_check() {
 # (Lanes run one after the other as plain commands, never in an && list, so that set -e holds
 # inside them.)
 case $mode in
-  all)
-    run_format_check
-    run_full_lane build
-    run_tsan_lane
-    run_asan_lane
-    scripts/fuzz.sh --seconds 20 --jobs "$jobs"
-    ;;
+  all) run_all_lanes ;;
   format) run_format_check ;;
   normal) run_full_lane build ;;
   tsan) run_tsan_lane ;;
