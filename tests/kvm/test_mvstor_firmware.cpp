@@ -34,9 +34,11 @@ std::string whole_file(const std::filesystem::path& path) {
     return s.str();
 }
 
-// The whole serial log of every LPAR: no FAIL line, ever.
+// The whole serial log of every LPAR: no FAIL line, ever. (NAME.log.1, the rotated generation,
+// is made empty at activation and stays so: these logs are far below the cap.)
 void require_no_failure_logged(const test::TempDir& dir) {
     for (const auto& entry : std::filesystem::directory_iterator(dir.path)) {
+        if (entry.path().extension() != ".log") continue;
         auto text = whole_file(entry.path());
         auto progress = test::parse_firmware_console(text);
         INFO(entry.path().filename().string());
