@@ -138,7 +138,18 @@ class Loader {
         // 64-bit decompressor puts the kernel at the least); then the compressed payload lies
         // inside its own decompression buffer [load, load + init_size). A fixed one goes to
         // 1 MiB and decompresses to pref_address.
+        // pref_address is the file's word: beyond the PCI window no LPAR has storage, and
+        // refusing it first keeps the sums below from wrapping (a pref_address near 2^64 once
+        // aligned "up" to 0 and loaded the kernel over the zero page).
+        if (k.hdr.pref_address >= LPV_PCI_MMIO_GPA)
+            kernel_fail(
+                fmt::format("asks to run at {:#x} (pref_address), beyond any LPAR's "
+                            "storage (which ends below {:#x})",
+                            std::uint64_t{k.hdr.pref_address}, LPV_PCI_MMIO_GPA));
         const std::uint64_t alignment = std::max<std::uint64_t>(k.hdr.kernel_alignment, kPage);
+        if ((alignment & (alignment - 1)) != 0)
+            kernel_fail(fmt::format("kernel_alignment {:#x} is not a power of two",
+                                    std::uint32_t{k.hdr.kernel_alignment}));
         const std::uint64_t pref = std::max<std::uint64_t>(k.hdr.pref_address, kLinuxHighMemory);
         std::uint64_t load = kLinuxHighMemory, runtime = pref;
         if (k.hdr.relocatable_kernel != 0) load = runtime = align_up(pref, alignment);

@@ -407,6 +407,23 @@ TEST_CASE("the Linux loader refuses what cannot boot, with the facts", "[linux-b
                           matches("needs 0x1000000-0x3000000 (16 MiB to 48 MiB)") &&
                               matches("the LPAR has 40 MiB"));
     }
+    SECTION("a pref_address beyond any storage, or an alignment that is not a power of two") {
+        // Found by fuzz_linux_loader: pref_address 2^64-1 once aligned up to 0, and the kernel
+        // was accepted at address 0, over the zero page (fuzz/corpus/linux_loader/ keeps it).
+        AnonMemory mem(64 * MiB);
+        bz.hdr.pref_address = ~std::uint64_t{0};
+        CHECK_THROWS_WITH(load_linux_bytes(spec_for(), bz.bytes(), {}, mem.memory()),
+                          matches("asks to run at 0xffffffffffffffff (pref_address), beyond any "
+                                  "LPAR's storage"));
+        bz.hdr.relocatable_kernel = 0;
+        CHECK_THROWS_WITH(load_linux_bytes(spec_for(), bz.bytes(), {}, mem.memory()),
+                          matches("(pref_address)"));
+        bz.hdr.pref_address = 0x1000000;
+        bz.hdr.relocatable_kernel = 1;
+        bz.hdr.kernel_alignment = 0x300000;
+        CHECK_THROWS_WITH(load_linux_bytes(spec_for(), bz.bytes(), {}, mem.memory()),
+                          matches("kernel_alignment 0x300000 is not a power of two"));
+    }
     SECTION("an initrd that does not fit above the kernel") {
         AnonMemory mem(64 * MiB);
         auto initrd = pattern(20 * MiB, 2);
