@@ -357,9 +357,9 @@ void load_program(ThreadClass thread_class) {
 // the process exits, and threads may ask it for new threads until then.
 class Launcher {
   public:
+    // The launcher thread is detached: nothing joins it, because it serves until exit.
     Launcher() {
-        thread_ = std::thread([this] { run(); });
-        thread_.detach();
+        std::thread([this] { run(); }).detach();
     }
 
     std::thread launch(ThreadClass thread_class, std::string name, std::function<void()> body) {
@@ -422,7 +422,6 @@ class Launcher {
     std::mutex mutex_;
     std::condition_variable wake_;
     std::deque<Request*> queue_;
-    std::thread thread_;
 };
 
 Launcher* g_launcher = nullptr;

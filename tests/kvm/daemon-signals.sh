@@ -4,46 +4,18 @@
 #  2. SIGTERM while a storage operation cannot finish (an MVSTOR held for good at its populate
 #     step by LPARVISOR_FAULTS=mvstor.populate:hold): the first signal refuses new requests and
 #     waits for the operation; a second SIGTERM exits at once (status 143), saying so.
-#   daemon-signals.sh LPARVISOR SVP FIRMWARE
+#   daemon-signals.sh LPARVISOR SVP FIRMWARE DAEMON-LIB
 set -eu
 lparvisor=$1 svp=$2 firmware=$3
 work=$(mktemp -d /tmp/lparvisor-signals-XXXXXX)
 socket=$work/control.sock
-daemon=
-cleanup() { [ -n "$daemon" ] && kill -KILL "$daemon" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; echo "--- lparvisor log:" >&2; cat "$work/lparvisor.log" >&2; exit 1; }
+. "$4"  # daemon-lib.sh: fail, start_daemon, wait_exit
 cat >"$work/config.json" <<JSON
 {"main_storage_mib": 96, "lpars": [{"name": "A", "origin_mib": 0, "size_mib": 16}]}
 JSON
 
-start_daemon() {  # ENV...: starts lparvisor and waits until it answers
-  env "$@" "$lparvisor" --socket "$socket" --config "$work/config.json" --firmware "$firmware" \
-    >"$work/lparvisor.log" 2>&1 &
-  daemon=$!
-  for _ in $(seq 1 600); do
-    "$svp" --socket "$socket" ping >/dev/null 2>&1 && return 0
-    kill -0 "$daemon" 2>/dev/null || fail "lparvisor exited while starting"
-    sleep 0.1
-  done
-  fail "lparvisor did not answer on $socket within 60 s"
-}
-
-wait_exit() {  # SECONDS: waits for the daemon to exit; sets $status (or "timeout")
-  # Polled with `kill -0` from this shell (not a subshell, which could not reap the child).
-  status=timeout
-  for _ in $(seq 1 $(($1 * 10))); do
-    if ! kill -0 "$daemon" 2>/dev/null || ! grep -q . "/proc/$daemon/status" 2>/dev/null ||
-       grep -q '^State:.*zombie' "/proc/$daemon/status" 2>/dev/null; then
-      status=0; wait "$daemon" || status=$?
-      daemon=; return 0
-    fi
-    sleep 0.1
-  done
-}
-
 echo "== 1. SIGTERM with nothing running"
-start_daemon
+start_daemon -- --config "$work/config.json"
 kill -TERM "$daemon"
 wait_exit 60
 [ "$status" = 0 ] || fail "exit status after SIGTERM: $status (expected 0)"
@@ -52,7 +24,7 @@ grep -q "shutting down (a second signal exits at once)" "$work/lparvisor.log" ||
 echo "ok: exited 0, socket removed"
 
 echo "== 2. SIGTERM while an operation cannot finish, then a second SIGTERM"
-start_daemon LPARVISOR_FAULTS=mvstor.populate:hold
+start_daemon LPARVISOR_FAULTS=mvstor.populate:hold -- --config "$work/config.json"
 grep -q "fault injection armed" "$work/lparvisor.log" || fail "the daemon did not say fault injection is armed"
 "$svp" --socket "$socket" mvstor A 32 >"$work/mvstor.out" 2>&1 &
 for _ in $(seq 1 600); do

@@ -4,25 +4,13 @@
 #     firmware.console_flood) leaves NAME.log and NAME.log.1 at --console-max-bytes, and the
 #     daemon's own memory (RssAnon) flat, while it keeps answering;
 #  2. two LPARs on one writable disk image: the second is refused at activation, naming both.
-#   limits.sh LPARVISOR SVP FIRMWARE
+#   limits.sh LPARVISOR SVP FIRMWARE DAEMON-LIB
 set -eu
 lparvisor=$1 svp=$2 firmware=$3
 work=$(mktemp -d /tmp/lparvisor-limits-XXXXXX)
 socket=$work/control.sock
-daemon=
-cleanup() { [ -n "$daemon" ] && kill -KILL "$daemon" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; echo "--- lparvisor log:" >&2; tail -40 "$work/lparvisor.log" >&2; exit 1; }
+. "$4"  # daemon-lib.sh: fail, start_daemon, stop_daemon
 cap=16384
-
-wait_answer() {
-  for _ in $(seq 1 600); do
-    "$svp" --socket "$socket" ping >/dev/null 2>&1 && return 0
-    kill -0 "$daemon" 2>/dev/null || fail "lparvisor exited while starting"
-    sleep 0.1
-  done
-  fail "lparvisor did not answer on $socket within 60 s"
-}
 rss_anon_kib() { sed -n 's/^RssAnon:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$daemon/status"; }
 last_flood_line() { sed -n 's/^flood \([0-9]*\) .*/\1/p' "$work/F.log" | tail -1; }
 
@@ -30,11 +18,8 @@ echo "== 1. a guest floods its console; --console-max-bytes $cap"
 cat >"$work/flood.json" <<JSON
 {"main_storage_mib": 64, "lpars": [{"name": "F", "origin_mib": 0, "size_mib": 16}]}
 JSON
-LPARVISOR_FAULTS=firmware.console_flood "$lparvisor" --socket "$socket" --config "$work/flood.json" \
-  --firmware "$firmware" --console-dir "$work" --console-max-bytes "$cap" \
-  >"$work/lparvisor.log" 2>&1 &
-daemon=$!
-wait_answer
+start_daemon LPARVISOR_FAULTS=firmware.console_flood -- --config "$work/flood.json" \
+  --console-dir "$work" --console-max-bytes "$cap"
 # Lines average about 616 bytes (fifteen of 110, one of 8 KiB). By line 1800 (1.1 MB) the
 # console's 1 MiB history ring is full and F.log has rotated many times: the steady state.
 wait_line() {  # N: until the flood reaches line N
@@ -61,7 +46,7 @@ growth=$((rss_after - rss_before))
 [ "$growth" -le 256 ] || fail "the daemon's RssAnon grew by $growth KiB ($rss_before -> $rss_after) while the guest wrote lines $start_line-$now"
 "$svp" --socket "$socket" lpars >/dev/null || fail "svp lpars did not answer during the flood"
 echo "ok: the guest wrote lines $start_line-$now (about $(((now - start_line) * 616 / 1024)) KiB); F.log $(stat -c %s "$work/F.log") and F.log.1 $(stat -c %s "$work/F.log.1") bytes (cap $cap); RssAnon $rss_before -> $rss_after KiB"
-kill -TERM "$daemon"; wait "$daemon" || fail "exit status $? after SIGTERM"; daemon=
+stop_daemon
 
 echo "== 2. two LPARs on one writable disk image"
 dd if=/dev/zero of="$work/shared.img" bs=1M count=0 seek=8 2>/dev/null

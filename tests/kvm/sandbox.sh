@@ -8,7 +8,7 @@
 #     device.forbidden_syscall) ends the daemon at once with status 159, and the log names the
 #     thread, its class and the call;
 #  4. --no-sandbox leaves the threads unfiltered (Seccomp: 0) and the log says so.
-#   sandbox.sh LPARVISOR SVP FIRMWARE
+#   sandbox.sh LPARVISOR SVP FIRMWARE DAEMON-LIB
 set -eu
 lparvisor=$1 svp=$2 firmware=$3
 work=$(mktemp -d /tmp/lparvisor-sandbox-XXXXXX)
@@ -17,49 +17,13 @@ chmod 755 "$work"
 mkdir "$work/run"
 chown 65534:65534 "$work/run"
 socket=$work/run/control.sock
-daemon=
-cleanup() { [ -n "$daemon" ] && kill -KILL "$daemon" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; echo "--- lparvisor log:" >&2; cat "$work/lparvisor.log" >&2; exit 1; }
+. "$4"  # daemon-lib.sh: fail, start_daemon, launch_daemon, wait_exit, stop_daemon
 dd if=/dev/zero of="$work/disk.img" bs=1M count=0 seek=8 2>/dev/null
 cat >"$work/config.json" <<JSON
 {"main_storage_mib": 160, "lpars": [
   {"name": "A", "origin_mib": 0, "size_mib": 32, "disks": ["$work/disk.img"]},
   {"name": "B", "origin_mib": 32, "size_mib": 16}]}
 JSON
-
-start_daemon() {  # [ENV=VALUE...] -- [OPTIONS...]: starts lparvisor and waits until it answers
-  envs=""
-  while [ "$1" != "--" ]; do envs="$envs $1"; shift; done
-  shift
-  # shellcheck disable=SC2086
-  env $envs "$lparvisor" --socket "$socket" --config "$work/config.json" --firmware "$firmware" \
-    "$@" >"$work/lparvisor.log" 2>&1 &
-  daemon=$!
-  for _ in $(seq 1 600); do
-    "$svp" --socket "$socket" ping >/dev/null 2>&1 && return 0
-    kill -0 "$daemon" 2>/dev/null || fail "lparvisor exited while starting"
-    sleep 0.1
-  done
-  fail "lparvisor did not answer on $socket within 60 s"
-}
-
-wait_exit() {  # SECONDS: waits for the daemon to exit; sets $status (or "timeout")
-  status=timeout
-  for _ in $(seq 1 $(($1 * 10))); do
-    if ! kill -0 "$daemon" 2>/dev/null || grep -q '^State:.*zombie' "/proc/$daemon/status" 2>/dev/null; then
-      status=0; wait "$daemon" || status=$?
-      daemon=; return 0
-    fi
-    sleep 0.1
-  done
-}
-
-stop_daemon() {
-  kill -TERM "$daemon"
-  wait_exit 120
-  [ "$status" = 0 ] || fail "exit status after SIGTERM: $status (expected 0)"
-}
 
 wait_console() {  # LPAR TEXT: waits until the LPAR's console shows TEXT
   for _ in $(seq 1 1200); do
@@ -109,7 +73,7 @@ check_storage_not_dumped() {
 }
 
 echo "== 1. a running daemon: every thread confined, main storage not dumped"
-start_daemon --
+start_daemon -- --config "$work/config.json"
 grep -q "sandbox on" "$work/lparvisor.log" || fail "the log does not say the sandbox is on"
 wait_console A "DISK .* pass 1 ok"
 wait_console B "verify ok round=1"
@@ -124,7 +88,7 @@ stop_daemon
 echo "ok: an LPAR activated later runs confined; MVSTOR works; SIGTERM stops it with status 0"
 
 echo "== 2. --user 65534:65534"
-start_daemon -- --user 65534:65534
+start_daemon -- --config "$work/config.json" --user 65534:65534
 grep -q "running as uid 65534 gid 65534" "$work/lparvisor.log" || fail "no line saying root was dropped"
 for task in /proc/"$daemon"/task/*; do
   uids=$(sed -n 's/^Uid:[[:space:]]*//p' "$task/status" 2>/dev/null) || continue
@@ -146,9 +110,7 @@ echo "ok: as uid 65534 the LPARs run, MVSTOR moves one, a new LPAR activates, th
 
 echo "== 3. a device worker makes a forbidden system call"
 # It dies as soon as the firmware drives its disk, perhaps before the socket answers.
-LPARVISOR_FAULTS=device.forbidden_syscall "$lparvisor" --socket "$socket" \
-  --config "$work/config.json" --firmware "$firmware" >"$work/lparvisor.log" 2>&1 &
-daemon=$!
+launch_daemon LPARVISOR_FAULTS=device.forbidden_syscall -- --config "$work/config.json"
 wait_exit 120
 [ "$status" = 159 ] || fail "exit status $status (expected 159: 128 + SIGSYS)"
 grep -q "sandbox: thread 'virtio-blk0' (device worker thread) made the forbidden system call socket" \
@@ -156,7 +118,7 @@ grep -q "sandbox: thread 'virtio-blk0' (device worker thread) made the forbidden
 echo "ok: status 159; $(grep 'forbidden system call' "$work/lparvisor.log")"
 
 echo "== 4. --no-sandbox"
-start_daemon -- --no-sandbox
+start_daemon -- --config "$work/config.json" --no-sandbox
 grep -q "sandbox OFF (--no-sandbox)" "$work/lparvisor.log" || fail "the log does not say the sandbox is off"
 seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' "/proc/$daemon/status")
 [ "$seccomp" = 0 ] || fail "Seccomp: $seccomp with --no-sandbox (expected 0)"

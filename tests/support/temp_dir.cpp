@@ -16,7 +16,8 @@ TempDir::TempDir(const std::string& purpose) {
 }
 
 TempDir::~TempDir() {
-    std::filesystem::remove_all(path);
+    std::error_code ignored;  // a destructor must not throw; a leftover directory is harmless
+    std::filesystem::remove_all(path, ignored);
 }
 
 std::string make_disk(const TempDir& dir, const std::string& name, std::uint64_t bytes) {

@@ -15,6 +15,9 @@ struct TempDir {
     TempDir(const TempDir&) = delete;
     TempDir& operator=(const TempDir&) = delete;
 
+    // The path of `name` inside the directory.
+    std::string file(const std::string& name) const { return (path / name).string(); }
+
     std::filesystem::path path;
 };
 

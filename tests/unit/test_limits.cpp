@@ -27,6 +27,7 @@
 #include "devices/console_log.hpp"
 #include "lpar/config.hpp"
 #include "storage/arena.hpp"
+#include "support/temp_dir.hpp"
 #include "util/error.hpp"
 #include "util/rate_limit.hpp"
 
@@ -35,22 +36,6 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 namespace {
-
-struct ScratchDir {
-    ScratchDir() {
-        std::string name = "/tmp/lparvisor-limits-XXXXXX";
-        REQUIRE(::mkdtemp(name.data()) != nullptr);
-        path = name;
-    }
-    ~ScratchDir() {
-        std::error_code ignored;
-        fs::remove_all(path, ignored);
-    }
-    ScratchDir(const ScratchDir&) = delete;
-    ScratchDir& operator=(const ScratchDir&) = delete;
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    fs::path path;
-};
 
 std::string contents(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -91,7 +76,7 @@ struct FakeClock {
 // --- the console ---
 
 TEST_CASE("the console file stays at its cap and rotates to NAME.log.1", "[limits][console]") {
-    ScratchDir dir;
+    test::TempDir dir("limits");
     const std::string path = dir.file("LPAR1.log");
     constexpr std::uint64_t kCap = 4096;
     std::string last;
@@ -120,7 +105,7 @@ TEST_CASE("the console file stays at its cap and rotates to NAME.log.1", "[limit
 
 TEST_CASE("a console file over its cap from an earlier run rotates at the first write",
           "[limits][console]") {
-    ScratchDir dir;
+    test::TempDir dir("limits");
     const std::string path = dir.file("L.log");
     { std::ofstream(path) << std::string(10000, 'x'); }
     ConsoleLog console("L", 64, path, 4096);
@@ -131,7 +116,7 @@ TEST_CASE("a console file over its cap from an earlier run rotates at the first 
 
 TEST_CASE("when NAME.log.1 cannot be used the console file is truncated in place, said once",
           "[limits][console]") {
-    ScratchDir dir;
+    test::TempDir dir("limits");
     const std::string path = dir.file("L.log");
     // NAME.log.1 is a directory: it cannot be opened as the file the bytes are copied to.
     fs::create_directory(path + ".1");
@@ -153,7 +138,7 @@ TEST_CASE("when NAME.log.1 cannot be used the console file is truncated in place
 }
 
 TEST_CASE("a console file that is a FIFO is refused without blocking", "[limits][console]") {
-    ScratchDir dir;
+    test::TempDir dir("limits");
     const std::string fifo = dir.file("L.log");
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     // A blocking open would wait for a writer for ever (ctest's timeout would fail it).
@@ -246,7 +231,7 @@ TEST_CASE("the log limiter writes the suppressed count before the next line it p
 
 TEST_CASE("boot files must be regular files under their limit, checked before reading",
           "[limits][boot]") {
-    ScratchDir dir;
+    test::TempDir dir("limits");
     auto error_of = [](auto&& load) -> std::string {
         try {
             load();
