@@ -1,6 +1,7 @@
 #include "live.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <ctime>
 #include <vector>
 
@@ -8,7 +9,29 @@
 
 namespace lparvisor::svp {
 
+std::optional<std::chrono::system_clock::time_point> parse_event_time(std::string_view text) {
+    // Exactly the daemon's form: 27 characters, microseconds, Z.
+    std::tm utc{};
+    unsigned micros = 0;
+    int used = 0;
+    const std::string copy(text);
+    if (copy.size() != 27 ||
+        std::sscanf(copy.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%6uZ%n", &utc.tm_year, &utc.tm_mon,
+                    &utc.tm_mday, &utc.tm_hour, &utc.tm_min, &utc.tm_sec, &micros, &used) != 7 ||
+        used != 27) {
+        return std::nullopt;
+    }
+    utc.tm_year -= 1900;
+    utc.tm_mon -= 1;
+    const std::time_t seconds = ::timegm(&utc);
+    if (seconds == static_cast<std::time_t>(-1)) return std::nullopt;
+    return std::chrono::system_clock::from_time_t(seconds) + std::chrono::microseconds(micros);
+}
+
 std::string format_event(const nlohmann::json& params, std::chrono::system_clock::time_point now) {
+    if (auto it = params.find("time"); it != params.end() && it->is_string()) {
+        if (auto when = parse_event_time(it->get_ref<const std::string&>())) now = *when;
+    }
     const auto seconds = std::chrono::system_clock::to_time_t(now);
     const auto millis =
         std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
@@ -22,7 +45,7 @@ std::string format_event(const nlohmann::json& params, std::chrono::system_clock
     std::string line = fmt::format("{}.{:03}  {:<15}  {:<8}", clock, millis.count(), type,
                                    lpar.empty() ? "-" : lpar);
     for (const auto& [key, value] : params.items()) {
-        if (key == "event" || key == "lpar") continue;
+        if (key == "event" || key == "lpar" || key == "time" || key == "monotonic_us") continue;
         line +=
             fmt::format(" {}={}", key,
                         value.is_string()

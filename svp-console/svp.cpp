@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -77,6 +78,9 @@ struct Options {
     std::string other_lpar;       // exchange
     std::uint64_t extra_mib = 0;  // grow / make-room / expand / shrink
     bool dry_run = false;
+
+    std::vector<std::string> watch_events;  // watch --event
+    std::vector<std::string> watch_lpars;   // watch --lpar
 
     std::size_t map_width = 72;
     std::optional<std::string> svg_path;
@@ -172,6 +176,7 @@ std::pair<std::string, json> request_for(const std::string& command, const Optio
         return {"storage.make_room", params};
     }
     if (command == "config") return {"system.config", json::object()};
+    if (command == "describe") return {"system.describe", json::object()};
     return {"system.ping", json::object()};
 }
 
@@ -201,6 +206,8 @@ void print_result(const std::string& command, const json& result, const Options&
         std::cout << format_resize("EXPAND", result);
     } else if (command == "shrink") {
         std::cout << format_resize("SHRINK", result);
+    } else if (command == "describe") {
+        std::cout << format_describe(result);
     } else if (command == "ping") {
         std::cout << fmt::format("lparvisor {} is answering on {}\n",
                                  result.at("version").get<std::string>(), options.socket_path);
@@ -267,8 +274,11 @@ bool subscribe(Session& session, const Options& options) {
 int run_watch(const Options& options) {
     install_interrupt_handler();
     Session session(options.socket_path, timeout_for(options, "watch"));
+    json filter = json::object();
+    if (!options.watch_events.empty()) filter["events"] = options.watch_events;
+    if (!options.watch_lpars.empty()) filter["lpars"] = options.watch_lpars;
     const Reply reply =
-        session.request(1, "events.subscribe", json::object(), timeout_for(options, "watch"),
+        session.request(1, "events.subscribe", filter, timeout_for(options, "watch"),
                         [](const json&) {});  // nothing before the answer
     if (!reply.ok) return report_refusal(reply, options);
     if (!options.json_output) {
@@ -569,6 +579,12 @@ int main_with_exceptions(int argc, char** argv) {
     make_room->add_flag("--live", options.live, "make the moves live (short stops)");
     auto* watch = app.add_subcommand(
         "watch", "print events live, one line each (--json: the raw lines); Ctrl-C to stop");
+    watch->add_option(
+        "--event", options.watch_events,
+        "only this event (repeatable; a prefix as mvstor.*; svp describe lists them)");
+    watch->add_option("--lpar", options.watch_lpars, "only events about this LPAR (repeatable)");
+    auto* describe = app.add_subcommand(
+        "describe", "list every method the daemon takes (parameters, ranges) and every event");
     auto* map = app.add_subcommand("map", "draw main storage to scale: LPARs, origins and gaps");
     map->add_option("--width", options.map_width, "cells in the bar (default 72)")
         ->check(CLI::Range(8, 1000));
@@ -588,7 +604,7 @@ int main_with_exceptions(int argc, char** argv) {
     if (command == "mvstor") return run_mvstor(options);
     (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
         (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room, (void)expand,
-        (void)shrink;
+        (void)shrink, (void)describe;
     return run_single(command, options);
 }
 

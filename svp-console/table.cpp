@@ -222,4 +222,81 @@ std::string format_grow(const nlohmann::json& result) {
     return format_grow_plan(result.at("plan")) + format_resize("EXPAND", result.at("expansion"));
 }
 
+namespace {
+
+// Limits such as 2^44-1 as that, not as 17592186044415.
+std::string describe_number(std::uint64_t value) {
+    for (unsigned bits = 32; bits <= 64; ++bits) {
+        const std::uint64_t all_ones =
+            bits == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1;
+        if (value == all_ones) return fmt::format("2^{}-1", bits);
+    }
+    return std::to_string(value);
+}
+
+std::string describe_pool(const std::string& runs) {
+    if (runs == "inline") return "answered at once";
+    if (runs == "session") return "about the connection";
+    return runs + " pool";
+}
+
+// "integer 1..600000, default 10000", "string", "\"stop-and-copy\" | \"live\", default ..."
+std::string describe_param_type(const nlohmann::json& param) {
+    const std::string type = param.value("type", "?");
+    std::string text;
+    if (param.contains("choices")) {
+        for (const auto& choice : param["choices"])
+            text += fmt::format("{}\"{}\"", text.empty() ? "" : " | ", choice.get<std::string>());
+    } else if (type == "integer") {
+        text = fmt::format("integer {}..{}", describe_number(param.value("min", std::uint64_t{0})),
+                           describe_number(param.value("max", std::uint64_t{0})));
+        if (param.contains("multiple_of"))
+            text += fmt::format(", a multiple of {}", param["multiple_of"].get<std::uint64_t>());
+    } else if (param.contains("max_bytes")) {
+        text = fmt::format("string <= {} bytes", param["max_bytes"].get<std::uint64_t>());
+    } else if (param.contains("max_items")) {
+        text = fmt::format("{} <= {}", type, param["max_items"].get<std::uint64_t>());
+    } else {
+        text = type;
+    }
+    if (param.value("required", false)) {
+        text += ", required";
+    } else if (param.contains("default")) {
+        const auto& fallback = param["default"];
+        text +=
+            ", default " + (fallback.is_string() ? fallback.get<std::string>() : fallback.dump());
+    } else {
+        text += ", optional";
+    }
+    return text;
+}
+
+}  // namespace
+
+std::string format_describe(const nlohmann::json& result) {
+    std::string out = fmt::format("lparvisor {} control protocol\n\nMETHODS\n",
+                                  result.value("version", std::string("?")));
+    for (const auto& method : result.at("methods")) {
+        out += fmt::format("  {} ({}): {}\n", method.at("name").get<std::string>(),
+                           describe_pool(method.value("runs", "?")), method.value("summary", ""));
+        for (const auto& param : method.at("params")) {
+            out += fmt::format("      {:<22} {}: {}\n", param.at("name").get<std::string>(),
+                               describe_param_type(param), param.value("description", ""));
+        }
+    }
+    out += "\nEVENTS (each also has";
+    for (const auto& field : result.value("common_event_fields", nlohmann::json::array()))
+        out += " " + field.get<std::string>();
+    out += ")\n";
+    for (const auto& event : result.at("events")) {
+        out += fmt::format("  {}: {}\n", event.at("name").get<std::string>(),
+                           event.value("summary", ""));
+        for (const auto& field : event.at("fields")) {
+            out += fmt::format("      {:<22} {}: {}\n", field.at("name").get<std::string>(),
+                               field.value("type", "?"), field.value("description", ""));
+        }
+    }
+    return out;
+}
+
 }  // namespace lparvisor::svp

@@ -34,5 +34,8 @@ std::string format_grow_plan(const nlohmann::json& result);
 std::string format_resize(const std::string& verb, const nlohmann::json& result);
 // storage.grow: the room-making moves (as make-room), then the EXPAND line.
 std::string format_grow(const nlohmann::json& result);
+// system.describe: each method with where it runs and its parameters (type, range, default),
+// then each event with its fields.
+std::string format_describe(const nlohmann::json& result);
 
 }  // namespace lparvisor::svp

@@ -169,10 +169,27 @@ struct GrowResult {
 //   "mvstor.progress"  data: {"copied", "total"} (bytes)  during the copy, at most every 2 MiB
 //   "mvstor.done"      data: the MvstorResult as in storage.mvstor's result
 //   "mvstor.failed"    data: {"message"}                  refused late, timed out or cancelled
+// Microseconds on the wall clock (since the Unix epoch) and on the monotonic clock
+// (CLOCK_MONOTONIC: for intervals between events of one run of the daemon).
+inline std::int64_t now_wall_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+inline std::int64_t now_monotonic_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// One event, stamped when it is made (where it happened, not when a client reads it).
+// protocol_schema.hpp lists each type's fields.
 struct Event {
     std::string type;
     std::string lpar;
     std::string data_json = "{}";  // a JSON object, serialized (keeps nlohmann out of this header)
+    std::int64_t wall_us = now_wall_us();
+    std::int64_t monotonic_us = now_monotonic_us();
 };
 using EventSink = std::function<void(const Event&)>;
 

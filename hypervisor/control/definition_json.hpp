@@ -12,12 +12,9 @@
 #include <nlohmann/json.hpp>
 
 #include "control/api.hpp"
+#include "control/protocol_schema.hpp"
 
 namespace lparvisor::control {
-
-inline constexpr std::size_t kMaxDisksPerLpar = 8;
-inline constexpr std::size_t kMaxPathBytes = 4096;
-inline constexpr std::size_t kMaxCmdlineBytes = 2048;
 
 // "disks": ["a.img", {"path": "b.img", "read_only": true, "latency_ms": 5}]
 inline std::vector<DiskDefinition> parse_disk_list(const nlohmann::json& value,

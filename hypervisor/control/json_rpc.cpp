@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <ctime>
 #include <exception>
 #include <initializer_list>
 #include <limits>
 #include <new>
+#include <span>
 #include <stdexcept>
 #include <type_traits>
 
@@ -62,178 +64,233 @@ std::string error_response_with_id(const json& id, RpcErrorCode code, std::strin
     return dump_line(json{{"jsonrpc", "2.0"}, {"id", id}, {"error", std::move(error)}});
 }
 
-// The params object of one request. Every key must be known to the method, so that a typo
-// ("orgin_mib") is an error instead of a silently applied default.
+// The params object of one request, checked against its method's schema (protocol_schema.hpp):
+// every key must be one the method takes, so that a typo ("orgin_mib") is an error instead of a
+// silently applied default, and each accessor takes its type, range and default from the schema.
 class Params {
   public:
-    Params(const json& params, std::initializer_list<std::string_view> known_keys)
-        : params_(params) {
+    Params(const json& params, const MethodSchema& method) : params_(params), method_(method) {
         for (const auto& [key, value] : params_.items()) {
-            if (std::find(known_keys.begin(), known_keys.end(), key) == known_keys.end()) {
+            if (find_param(method_, key) == nullptr) {
                 throw RpcFailure(RpcErrorCode::InvalidParams,
                                  fmt::format("{}: unknown parameter", key), json{{"param", key}});
             }
         }
     }
 
-    [[nodiscard]] std::string required_name(std::string_view key) const {
+    // ParamType::Name: a non-empty string (required by the schema).
+    [[nodiscard]] std::string name(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::Name);
         const json* value = find(key);
-        if (value == nullptr) fail_param(key, "missing (expected a string)");
+        if (value == nullptr) {
+            if (spec.required) fail_param(key, "missing (expected a string)");
+            return {};
+        }
         if (!value->is_string()) fail_param(key, "expected a string");
         auto text = value->get<std::string>();
         if (text.empty()) fail_param(key, "expected a non-empty string");
         return text;
     }
 
-    [[nodiscard]] std::uint64_t required_integer(std::string_view key, std::uint64_t min,
-                                                 std::uint64_t max) const {
+    // ParamType::Integer that is required or has a default.
+    [[nodiscard]] std::uint64_t integer(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::Integer);
+        if (!spec.required && !spec.has_default)
+            throw std::logic_error(std::string(key) + ": no default: use maybe_integer()");
         const json* value = find(key);
-        if (value == nullptr) fail_param(key, "missing (expected a non-negative integer)");
-        return to_integer(key, *value, min, max);
+        if (value == nullptr) {
+            if (spec.required) fail_param(key, "missing (expected a non-negative integer)");
+            return spec.fallback;
+        }
+        return to_integer(spec, *value);
     }
 
-    [[nodiscard]] std::uint64_t optional_integer(std::string_view key, std::uint64_t min,
-                                                 std::uint64_t max, std::uint64_t fallback) const {
-        const json* value = find(key);
-        return value == nullptr ? fallback : to_integer(key, *value, min, max);
-    }
-
-    [[nodiscard]] std::optional<std::uint64_t> maybe_integer(std::string_view key,
-                                                             std::uint64_t min,
-                                                             std::uint64_t max) const {
+    // ParamType::Integer without a default: absent stays absent.
+    [[nodiscard]] std::optional<std::uint64_t> maybe_integer(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::Integer);
         const json* value = find(key);
         if (value == nullptr) return std::nullopt;
-        return to_integer(key, *value, min, max);
+        return to_integer(spec, *value);
     }
 
-    [[nodiscard]] std::string optional_string(std::string_view key, std::size_t max_bytes) const {
+    // ParamType::String: absent is empty.
+    [[nodiscard]] std::string string(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::String);
         const json* value = find(key);
         if (value == nullptr) return {};
         if (!value->is_string()) fail_param(key, "expected a string");
         auto text = value->get<std::string>();
-        if (text.size() > max_bytes)
-            fail_param(key, fmt::format("longer than {} bytes", max_bytes));
+        if (text.size() > spec.max) fail_param(key, fmt::format("longer than {} bytes", spec.max));
         return text;
     }
 
-    // "mode": "stop-and-copy" (the default) or "live".
-    [[nodiscard]] MvstorMode mode() const {
-        const auto text = optional_string("mode", 32);
-        if (text == "live") return MvstorMode::Live;
-        if (!text.empty() && text != "stop-and-copy") {
-            fail_param("mode", "expected \"stop-and-copy\" or \"live\", got \"" +
-                                   sanitize_utf8(text) + "\"");
-        }
-        return MvstorMode::StopAndCopy;
-    }
-
-    [[nodiscard]] bool optional_bool(std::string_view key, bool fallback) const {
+    [[nodiscard]] bool boolean(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::Boolean);
         const json* value = find(key);
-        if (value == nullptr) return fallback;
+        if (value == nullptr) return spec.fallback != 0;
         if (!value->is_boolean()) fail_param(key, "expected true or false");
         return value->get<bool>();
     }
 
-  private:
-    const json* find(std::string_view key) const {
+    // "mode": "stop-and-copy" (the default) or "live".
+    [[nodiscard]] MvstorMode mode() const {
+        static_assert(schema_detail::kModes[0] == "stop-and-copy" &&
+                      schema_detail::kModes[1] == "live");
+        return choice("mode") == 1 ? MvstorMode::Live : MvstorMode::StopAndCopy;
+    }
+
+    // ParamType::StringList: nullopt when absent.
+    [[nodiscard]] std::optional<std::vector<std::string>> string_list(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::StringList);
+        const json* value = find(key);
+        if (value == nullptr) return std::nullopt;
+        if (!value->is_array()) fail_param(key, "expected an array of strings");
+        if (value->size() > spec.max) fail_param(key, fmt::format("more than {} names", spec.max));
+        std::vector<std::string> out;
+        for (const json& item : *value) {
+            if (!item.is_string() || item.get_ref<const std::string&>().empty() ||
+                item.get_ref<const std::string&>().size() > kMaxFilterEntryBytes) {
+                fail_param(key, fmt::format("expected an array of strings of 1 to {} bytes",
+                                            kMaxFilterEntryBytes));
+            }
+            out.push_back(item.get<std::string>());
+        }
+        return out;
+    }
+
+    [[nodiscard]] const json* find(std::string_view key) const {
         auto it = params_.find(key);
         return it == params_.end() ? nullptr : &*it;
     }
 
+  private:
+    // The schema of `key`, which the parser must have declared with `type`: anything else is a
+    // bug in this file, never the client's fault.
+    const ParamSchema& schema(std::string_view key, ParamType type) const {
+        const ParamSchema* spec = find_param(method_, key);
+        if (spec == nullptr || spec->type != type) {
+            throw std::logic_error(
+                fmt::format("{}: parameter {} is not in the method's schema "
+                            "with this type",
+                            method_.name, key));
+        }
+        return *spec;
+    }
+
+    std::size_t choice(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::Choice);
+        const json* value = find(key);
+        if (value == nullptr) return spec.fallback;
+        std::string expected;
+        for (std::size_t i = 0; i < spec.choices.size(); ++i)
+            expected += fmt::format("{}\"{}\"", i == 0 ? "" : " or ", spec.choices[i]);
+        if (!value->is_string()) fail_param(key, "expected " + expected);
+        const auto& text = value->get_ref<const std::string&>();
+        for (std::size_t i = 0; i < spec.choices.size(); ++i)
+            if (spec.choices[i] == text) return i;
+        fail_param(key, fmt::format("expected {}, got \"{}\"", expected, sanitize_utf8(text)));
+    }
+
     // nlohmann stores 0..2^64-1 as unsigned, negatives as signed, and anything else (fractions,
     // exponents, integers beyond 64 bits) as double: only the first is acceptable.
-    static std::uint64_t to_integer(std::string_view key, const json& value, std::uint64_t min,
-                                    std::uint64_t max) {
-        const auto out_of_range = [&] {
-            fail_param(key, fmt::format("expected an integer from {} to {}", min, max));
-        };
-        if (value.is_number_unsigned()) {
-            auto number = value.get<std::uint64_t>();
-            if (number < min || number > max) out_of_range();
-            return number;
-        }
-        if (value.is_number_integer()) {  // signed: only negatives land here
-            if (value.get<std::int64_t>() >= 0) {
-                auto number = static_cast<std::uint64_t>(value.get<std::int64_t>());
-                if (number < min || number > max) out_of_range();
-                return number;
+    static std::uint64_t to_integer(const ParamSchema& spec, const json& value) {
+        const std::string_view key = spec.name;
+        const auto checked = [&](std::uint64_t number) {
+            if (number < spec.min || number > spec.max)
+                fail_param(key,
+                           fmt::format("expected an integer from {} to {}", spec.min, spec.max));
+            if (spec.multiple_of > 1 && number % spec.multiple_of != 0) {
+                fail_param(key, spec.multiple_why.empty()
+                                    ? fmt::format("expected a multiple of {}", spec.multiple_of)
+                                    : fmt::format("expected a multiple of {} ({})",
+                                                  spec.multiple_of, spec.multiple_why));
             }
+            return number;
+        };
+        if (value.is_number_unsigned()) return checked(value.get<std::uint64_t>());
+        if (value.is_number_integer()) {  // signed: only negatives land here
+            if (value.get<std::int64_t>() >= 0)
+                return checked(static_cast<std::uint64_t>(value.get<std::int64_t>()));
             fail_param(key, "expected a non-negative integer");
         }
         if (value.is_number_float()) {
             double number = value.get<double>();
             if (std::isfinite(number) && number >= 0 && std::floor(number) == number &&
-                number > static_cast<double>(max)) {
-                out_of_range();  // an integer too large for 64 bits
+                number > static_cast<double>(spec.max)) {
+                // an integer too large for 64 bits
+                fail_param(key,
+                           fmt::format("expected an integer from {} to {}", spec.min, spec.max));
             }
         }
         fail_param(key, "expected a non-negative integer");
     }
 
     const json& params_;
+    const MethodSchema& method_;
 };
 
-Call parse_no_params(const json& params) {
-    Params checked(params, {});
+// The schema's defaults are the Api's own: a client that omits a parameter gets what a caller
+// inside the daemon gets.
+constexpr std::uint64_t schema_default(std::string_view method, std::string_view param) {
+    return find_param(*find_method_schema(method), param)->fallback;
+}
+static_assert(schema_default("storage.mvstor", "target_pause_us") ==
+              static_cast<std::uint64_t>(LivePolicy{}.target_pause.count()));
+static_assert(schema_default("storage.mvstor", "max_rounds") == LivePolicy{}.max_rounds);
+static_assert(schema_default("storage.mvstor", "max_total_ms") ==
+              static_cast<std::uint64_t>(LivePolicy{}.max_total.count()));
+
+Call parse_no_params(const Params&) {
     return ListCall{};
 }
 
-Call parse_ping(const json& params) {
-    Params checked(params, {});
+Call parse_ping(const Params&) {
     return PingCall{};
 }
 
-Call parse_mvstor(const json& params) {
-    Params checked(params, {"lpar", "origin_mib", "timeout_ms", "mode", "target_pause_us",
-                            "max_rounds", "max_total_ms"});
+Call parse_describe(const Params&) {
+    return DescribeCall{};
+}
+
+Call parse_mvstor(const Params& checked) {
     MvstorCall call;
-    call.request.lpar = checked.required_name("lpar");
-    call.request.origin_mib = checked.required_integer("origin_mib", 0, kMaxOriginMib);
-    call.request.drain_timeout = std::chrono::milliseconds(
-        checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
+    call.request.lpar = checked.name("lpar");
+    call.request.origin_mib = checked.integer("origin_mib");
+    call.request.drain_timeout = std::chrono::milliseconds(checked.integer("timeout_ms"));
     call.request.mode = checked.mode();
     auto& policy = call.request.policy;
-    policy.target_pause = std::chrono::microseconds(checked.optional_integer(
-        "target_pause_us", 1, 10'000'000, static_cast<std::uint64_t>(policy.target_pause.count())));
-    policy.max_rounds =
-        static_cast<unsigned>(checked.optional_integer("max_rounds", 1, 10'000, policy.max_rounds));
-    policy.max_total = std::chrono::milliseconds(checked.optional_integer(
-        "max_total_ms", 0, 3'600'000, static_cast<std::uint64_t>(policy.max_total.count())));
+    policy.target_pause = std::chrono::microseconds(checked.integer("target_pause_us"));
+    policy.max_rounds = static_cast<unsigned>(checked.integer("max_rounds"));
+    policy.max_total = std::chrono::milliseconds(checked.integer("max_total_ms"));
     return call;
 }
 
-Call parse_console(const json& params) {
-    Params checked(params, {"lpar", "bytes"});
+Call parse_console(const Params& checked) {
     ConsoleCall call;
-    call.lpar = checked.required_name("lpar");
-    call.max_bytes = static_cast<std::size_t>(
-        checked.optional_integer("bytes", 0, kMaxConsoleBytes, kDefaultConsoleBytes));
+    call.lpar = checked.name("lpar");
+    call.max_bytes = static_cast<std::size_t>(checked.integer("bytes"));
     return call;
 }
 
-Call parse_define(const json& params) {
-    Params checked(params, {"name", "size_mib", "origin_mib", "vcpus", "firmware",
-                            "rewrite_pages_per_sec", "working_set_mib", "round_limit", "kernel",
-                            "initrd", "cmdline", "disks", "rng", "max_size_mib"});
+Call parse_define(const Params& checked) {
     LparDefinition definition;
-    definition.name = checked.required_name("name");
-    definition.size_mib = checked.required_integer("size_mib", 1, kMaxSizeMib);
-    definition.origin_mib = checked.maybe_integer("origin_mib", 0, kMaxOriginMib);
-    definition.vcpus = static_cast<unsigned>(checked.optional_integer("vcpus", 1, kMaxVcpus, 1));
-    definition.firmware = checked.optional_string("firmware", kMaxFirmwarePathBytes);
-    constexpr auto kAny = std::numeric_limits<std::uint64_t>::max();
-    definition.rewrite_pages_per_sec =
-        checked.optional_integer("rewrite_pages_per_sec", 0, kAny, 0);
-    definition.working_set_mib = checked.optional_integer("working_set_mib", 0, kMaxSizeMib, 0);
-    definition.round_limit = checked.optional_integer("round_limit", 0, kAny, 0);
-    definition.kernel = checked.optional_string("kernel", kMaxPathBytes);
-    definition.initrd = checked.optional_string("initrd", kMaxPathBytes);
-    definition.cmdline = checked.optional_string("cmdline", kMaxCmdlineBytes);
-    definition.rng = checked.optional_bool("rng", true);
+    definition.name = checked.name("name");
+    definition.size_mib = checked.integer("size_mib");
+    definition.origin_mib = checked.maybe_integer("origin_mib");
+    definition.vcpus = static_cast<unsigned>(checked.integer("vcpus"));
+    definition.firmware = checked.string("firmware");
+    definition.rewrite_pages_per_sec = checked.integer("rewrite_pages_per_sec");
+    definition.working_set_mib = checked.integer("working_set_mib");
+    definition.round_limit = checked.integer("round_limit");
+    definition.kernel = checked.string("kernel");
+    definition.initrd = checked.string("initrd");
+    definition.cmdline = checked.string("cmdline");
+    definition.rng = checked.boolean("rng");
     // 0 or absent: no virtio-mem region. The hypervisor checks it against size_mib.
-    definition.max_size_mib = checked.optional_integer("max_size_mib", 0, kMaxSizeMib, 0);
+    definition.max_size_mib = checked.integer("max_size_mib");
     try {
-        if (params.contains("disks")) definition.disks = parse_disk_list(params["disks"], "disks");
+        if (const json* disks = checked.find("disks"))
+            definition.disks = parse_disk_list(*disks, "disks");
         check_boot_source(definition);
     } catch (const std::invalid_argument& e) {
         std::string what = e.what();
@@ -244,107 +301,117 @@ Call parse_define(const json& params) {
 }
 
 template <Lifecycle operation>
-Call parse_lifecycle(const json& params) {
-    Params checked(params, {"lpar"});
-    return LifecycleCall{operation, checked.required_name("lpar")};
+Call parse_lifecycle(const Params& checked) {
+    return LifecycleCall{operation, checked.name("lpar")};
 }
 
-Call parse_remove(const json& params) {
-    Params checked(params, {"lpar"});
-    return RemoveCall{checked.required_name("lpar")};
+Call parse_remove(const Params& checked) {
+    return RemoveCall{checked.name("lpar")};
 }
 
-Call parse_config(const json& params) {
-    Params checked(params, {});
+Call parse_config(const Params&) {
     return ConfigCall{};
 }
 
-Call parse_cancel(const json& params) {
-    Params checked(params, {"lpar"});
-    return CancelCall{checked.required_name("lpar")};
+Call parse_cancel(const Params& checked) {
+    return CancelCall{checked.name("lpar")};
 }
 
-Call parse_exchange(const json& params) {
-    Params checked(params, {"a", "b", "timeout_ms"});
+Call parse_exchange(const Params& checked) {
     ExchangeCall call;
-    call.request.a = checked.required_name("a");
-    call.request.b = checked.required_name("b");
-    call.request.drain_timeout = std::chrono::milliseconds(
-        checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
+    call.request.a = checked.name("a");
+    call.request.b = checked.name("b");
+    call.request.drain_timeout = std::chrono::milliseconds(checked.integer("timeout_ms"));
     return call;
 }
 
 template <bool carry_out>
-Call parse_grow(const json& params) {
-    Params checked =
-        carry_out ? Params(params, {"lpar", "mib", "mode"}) : Params(params, {"lpar", "mib"});
+Call parse_grow(const Params& checked) {
     GrowCall call;
-    call.lpar = checked.required_name("lpar");
-    call.extra_mib = checked.required_integer("mib", 2, kMaxSizeMib);
+    call.lpar = checked.name("lpar");
+    call.extra_mib = checked.integer("mib");
     call.carry_out = carry_out;
     if constexpr (carry_out) call.mode = checked.mode();
     return call;
 }
 
 // storage.expand, storage.shrink, storage.grow. The hypervisor works in 2 MiB blocks (its
-// virtio-mem block size): an odd mib is refused here, so that it never half-plugs a block.
+// virtio-mem block size): the schema refuses an odd mib, so that it never half-plugs a block.
 template <Resize operation>
-Call parse_resize(const json& params) {
-    Params checked = operation == Resize::Grow
-                         ? Params(params, {"lpar", "mib", "timeout_ms", "mode"})
-                         : Params(params, {"lpar", "mib", "timeout_ms"});
+Call parse_resize(const Params& checked) {
     ResizeCall call;
     call.operation = operation;
-    call.request.lpar = checked.required_name("lpar");
-    call.request.mib = checked.required_integer("mib", 2, kMaxSizeMib);
-    if (call.request.mib % 2 != 0) fail_param("mib", "expected a multiple of 2 (2 MiB blocks)");
-    call.request.timeout = std::chrono::milliseconds(
-        checked.optional_integer("timeout_ms", 1, kMaxDrainTimeoutMs, kDefaultDrainTimeoutMs));
+    call.request.lpar = checked.name("lpar");
+    call.request.mib = checked.integer("mib");
+    call.request.timeout = std::chrono::milliseconds(checked.integer("timeout_ms"));
     if constexpr (operation == Resize::Grow) call.mode = checked.mode();
     return call;
 }
 
 template <bool subscribe>
-Call parse_subscription(const json& params) {
-    Params checked(params, {});
-    return SubscribeCall{subscribe};
+Call parse_subscription(const Params& checked) {
+    SubscribeCall call{subscribe, {}};
+    if constexpr (subscribe) {
+        if (auto events = checked.string_list("events")) {
+            for (const std::string& name : *events) {
+                const bool prefix = name.size() > 2 && name.ends_with(".*");
+                const std::string_view stem =
+                    prefix ? std::string_view(name).substr(0, name.size() - 1) : name;
+                bool known = false;
+                for (const EventSchema& event : kEventSchemas)
+                    known = known || (prefix ? event.name.starts_with(stem) : event.name == name);
+                if (!known) {
+                    fail_param("events", fmt::format("no event is named \"{}\" (system.describe "
+                                                     "lists them)",
+                                                     sanitize_utf8(name)));
+                }
+            }
+            call.filter.events = std::move(*events);
+        }
+        if (auto lpars = checked.string_list("lpars")) call.filter.lpars = std::move(*lpars);
+    }
+    return call;
 }
 
 struct MethodEntry {
     std::string_view name;
-    Execution execution;
-    Call (*parse)(const json& params);
+    Call (*parse)(const Params& params);
 };
 
-// The method table: the one place that says which methods exist and where they run.
-// activate (IPL: loads firmware, starts vCPUs), reset (clears storage) and deactivate (scrubs
-// storage) take as long as the LPAR is large: the long pool, never timed out. stop and start only
-// pause or resume vCPUs: the query pool, so that they are served while relocations fill the long
-// pool, and the query timeout catches a hung one. storage.cancel must overtake the mvstor it
-// cancels, which holds a long worker: the query pool too.
+// Each method of the schema (protocol_schema.hpp, which also says where it runs) with its parser.
 constexpr std::array kMethods{
-    MethodEntry{"lpar.list", Execution::Query, parse_no_params},
-    MethodEntry{"storage.mvstor", Execution::LongRunning, parse_mvstor},
-    MethodEntry{"lpar.console", Execution::Query, parse_console},
-    MethodEntry{"system.ping", Execution::Inline, parse_ping},
-    MethodEntry{"lpar.define", Execution::Query, parse_define},
-    MethodEntry{"lpar.activate", Execution::LongRunning, parse_lifecycle<Lifecycle::Activate>},
-    MethodEntry{"lpar.stop", Execution::Query, parse_lifecycle<Lifecycle::Stop>},
-    MethodEntry{"lpar.start", Execution::Query, parse_lifecycle<Lifecycle::Start>},
-    MethodEntry{"lpar.reset", Execution::LongRunning, parse_lifecycle<Lifecycle::Reset>},
-    MethodEntry{"lpar.deactivate", Execution::LongRunning, parse_lifecycle<Lifecycle::Deactivate>},
-    MethodEntry{"lpar.remove", Execution::Query, parse_remove},
-    MethodEntry{"system.config", Execution::Query, parse_config},
-    MethodEntry{"storage.cancel", Execution::Query, parse_cancel},
-    MethodEntry{"storage.exchange", Execution::LongRunning, parse_exchange},
-    MethodEntry{"storage.plan_grow", Execution::Query, parse_grow<false>},
-    MethodEntry{"storage.make_room", Execution::LongRunning, parse_grow<true>},
-    MethodEntry{"storage.expand", Execution::LongRunning, parse_resize<Resize::Expand>},
-    MethodEntry{"storage.shrink", Execution::LongRunning, parse_resize<Resize::Shrink>},
-    MethodEntry{"storage.grow", Execution::LongRunning, parse_resize<Resize::Grow>},
-    MethodEntry{"events.subscribe", Execution::Session, parse_subscription<true>},
-    MethodEntry{"events.unsubscribe", Execution::Session, parse_subscription<false>},
+    MethodEntry{"lpar.list", parse_no_params},
+    MethodEntry{"storage.mvstor", parse_mvstor},
+    MethodEntry{"lpar.console", parse_console},
+    MethodEntry{"system.ping", parse_ping},
+    MethodEntry{"lpar.define", parse_define},
+    MethodEntry{"lpar.activate", parse_lifecycle<Lifecycle::Activate>},
+    MethodEntry{"lpar.stop", parse_lifecycle<Lifecycle::Stop>},
+    MethodEntry{"lpar.start", parse_lifecycle<Lifecycle::Start>},
+    MethodEntry{"lpar.reset", parse_lifecycle<Lifecycle::Reset>},
+    MethodEntry{"lpar.deactivate", parse_lifecycle<Lifecycle::Deactivate>},
+    MethodEntry{"lpar.remove", parse_remove},
+    MethodEntry{"system.config", parse_config},
+    MethodEntry{"storage.cancel", parse_cancel},
+    MethodEntry{"storage.exchange", parse_exchange},
+    MethodEntry{"storage.plan_grow", parse_grow<false>},
+    MethodEntry{"storage.make_room", parse_grow<true>},
+    MethodEntry{"storage.expand", parse_resize<Resize::Expand>},
+    MethodEntry{"storage.shrink", parse_resize<Resize::Shrink>},
+    MethodEntry{"storage.grow", parse_resize<Resize::Grow>},
+    MethodEntry{"events.subscribe", parse_subscription<true>},
+    MethodEntry{"events.unsubscribe", parse_subscription<false>},
+    MethodEntry{"system.describe", parse_describe},
 };
+
+// Every method of the schema has a parser here, and every parser a schema.
+constexpr bool parsers_match_schema() {
+    if (kMethods.size() != std::size(kMethodSchemas)) return false;
+    for (const auto& entry : kMethods)
+        if (find_method_schema(entry.name) == nullptr) return false;
+    return true;
+}
+static_assert(parsers_match_schema(), "kMethods and kMethodSchemas must list the same methods");
 
 json run_resize(Api& api, const ResizeCall& call) {
     switch (call.operation) {
@@ -510,8 +577,9 @@ ParseOutcome parse_request(std::string_view line) {
         if (params != request.end() && !params->is_object()) {
             fail_param("params", "expected an object (parameters by name)");
         }
-        parsed.call = entry->parse(params == request.end() ? kNoParams : *params);
-        parsed.execution = entry->execution;
+        const MethodSchema& schema = *find_method_schema(entry->name);
+        parsed.call = entry->parse(Params(params == request.end() ? kNoParams : *params, schema));
+        parsed.execution = schema.execution;
         return parsed;
     } catch (const RpcFailure& failure) {
         if (is_notification) return RejectedRequest{};
@@ -551,7 +619,11 @@ std::string execute(Api& api, const ParsedCall& parsed) {
                     api.cancel_mvstor(call.lpar);
                     return json{{"cancelled", call.lpar}};
                 } else if constexpr (std::is_same_v<T, SubscribeCall>) {
-                    return json{{"subscribed", call.subscribe}};
+                    json answer{{"subscribed", call.subscribe}};
+                    if (call.subscribe) answer["filter"] = to_json(call.filter);
+                    return answer;
+                } else if constexpr (std::is_same_v<T, DescribeCall>) {
+                    return describe_protocol();
                 } else if constexpr (std::is_same_v<T, ExchangeCall>) {
                     return to_json(api.exchange(call.request));
                 } else if constexpr (std::is_same_v<T, GrowCall>) {
@@ -700,8 +772,147 @@ json to_json(const GrowResult& result) {
     return json{{"plan", to_json(result.plan)}, {"expansion", to_json(result.expansion)}};
 }
 
+namespace {
+
+// "2026-12-07T10:01:02.123456Z"
+std::string rfc3339_utc(std::int64_t wall_us) {
+    const std::int64_t seconds =
+        wall_us >= 0 ? wall_us / 1'000'000 : (wall_us - 999'999) / 1'000'000;
+    const auto micros = static_cast<std::int64_t>(wall_us - seconds * 1'000'000);
+    const std::time_t t = static_cast<std::time_t>(seconds);
+    std::tm utc{};
+    ::gmtime_r(&t, &utc);
+    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", utc.tm_year + 1900,
+                       utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, micros);
+}
+
+json event_params(std::string_view type, std::int64_t wall_us, std::int64_t monotonic_us) {
+    return json{{"event", type}, {"time", rfc3339_utc(wall_us)}, {"monotonic_us", monotonic_us}};
+}
+
+json describe_params(std::span<const ParamSchema> params) {
+    json out = json::array();
+    for (const ParamSchema& param : params) {
+        json entry{
+            {"name", param.name}, {"required", param.required}, {"description", param.description}};
+        switch (param.type) {
+            case ParamType::Name:
+                entry["type"] = "string";
+                entry["min_bytes"] = 1;
+                break;
+            case ParamType::String:
+                entry["type"] = "string";
+                entry["max_bytes"] = param.max;
+                break;
+            case ParamType::Integer:
+                entry["type"] = "integer";
+                entry["min"] = param.min;
+                entry["max"] = param.max;
+                if (param.multiple_of > 1) entry["multiple_of"] = param.multiple_of;
+                if (param.has_default) entry["default"] = param.fallback;
+                break;
+            case ParamType::Boolean:
+                entry["type"] = "boolean";
+                if (param.has_default) entry["default"] = param.fallback != 0;
+                break;
+            case ParamType::Choice: {
+                entry["type"] = "string";
+                json choices = json::array();
+                for (auto choice : param.choices) choices.push_back(choice);
+                entry["choices"] = std::move(choices);
+                if (param.has_default) entry["default"] = param.choices[param.fallback];
+                break;
+            }
+            case ParamType::Disks:
+                entry["type"] = "array";
+                entry["max_items"] = param.max;
+                break;
+            case ParamType::StringList:
+                entry["type"] = "array of strings";
+                entry["max_items"] = param.max;
+                break;
+        }
+        out.push_back(std::move(entry));
+    }
+    return out;
+}
+
+std::string_view field_type_name(FieldType type) {
+    switch (type) {
+        case FieldType::String:
+            return "string";
+        case FieldType::Integer:
+            return "integer";
+        case FieldType::Boolean:
+            return "boolean";
+        case FieldType::Array:
+            return "array";
+        case FieldType::Object:
+            return "object";
+    }
+    return "unknown";
+}
+
+std::string_view execution_name(Execution execution) {
+    switch (execution) {
+        case Execution::Inline:
+            return "inline";
+        case Execution::Query:
+            return "query";
+        case Execution::LongRunning:
+            return "long";
+        case Execution::Session:
+            return "session";
+    }
+    return "unknown";
+}
+
+}  // namespace
+
+bool EventFilter::matches(const Event& event) const {
+    const auto named = [&](const std::string& entry) {
+        if (entry.size() > 2 && entry.ends_with(".*"))
+            return event.type.starts_with(std::string_view(entry).substr(0, entry.size() - 1));
+        return event.type == entry;
+    };
+    if (!events.empty() && std::none_of(events.begin(), events.end(), named)) return false;
+    return lpars.empty() || std::find(lpars.begin(), lpars.end(), event.lpar) != lpars.end();
+}
+
+json to_json(const EventFilter& filter) {
+    return json{{"events", filter.events}, {"lpars", filter.lpars}};
+}
+
+json describe_protocol() {
+    json methods = json::array();
+    for (const MethodSchema& method : kMethodSchemas) {
+        methods.push_back(json{{"name", method.name},
+                               {"summary", method.summary},
+                               {"runs", execution_name(method.execution)},
+                               {"params", describe_params(method.params)}});
+    }
+    json events = json::array();
+    for (const EventSchema& event : kEventSchemas) {
+        json fields = json::array();
+        for (const FieldSchema& field : event.fields) {
+            fields.push_back(json{{"name", field.name},
+                                  {"type", field_type_name(field.type)},
+                                  {"description", field.description}});
+        }
+        events.push_back(json{{"name", event.name},
+                              {"summary", event.summary},
+                              {"has_lpar", event.has_lpar},
+                              {"fields", std::move(fields)}});
+    }
+    return json{{"version", daemon_version()},
+                {"common_event_fields", json::array({"event", "lpar", "time", "monotonic_us"})},
+                {"methods", std::move(methods)},
+                {"events", std::move(events)}};
+}
+
 std::string event_notification(const Event& event) {
-    json params{{"event", event.type}, {"lpar", event.lpar}};
+    json params = event_params(event.type, event.wall_us, event.monotonic_us);
+    params["lpar"] = event.lpar;
     json data = json::parse(event.data_json, nullptr, false);
     if (data.is_object()) {
         for (auto& [key, value] : data.items()) {
@@ -716,9 +927,9 @@ std::string event_notification(const Event& event) {
 }
 
 std::string events_dropped_notification(std::uint64_t count) {
-    return dump_line(json{{"jsonrpc", "2.0"},
-                          {"method", "event"},
-                          {"params", {{"event", "events.dropped"}, {"count", count}}}});
+    json params = event_params("events.dropped", now_wall_us(), now_monotonic_us());
+    params["count"] = count;
+    return dump_line(json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", std::move(params)}});
 }
 
 std::string sanitize_utf8(std::string_view bytes) {

@@ -6,8 +6,9 @@
 //   execute()         Call -> Api -> response text (or nothing, for a notification)
 // handle_line() chains them for callers that do not care where each step runs.
 //
-// Adding a method: add its params struct to Call, a parser and an executor in json_rpc.cpp, and
-// one row in the method table there. docs/control-protocol.md is the wire contract.
+// Adding a method: describe it in protocol_schema.hpp (parameters, where it runs), add its params
+// struct to Call, a parser and an executor in json_rpc.cpp, and its row in the parser table
+// there. docs/control-protocol.md is the wire contract; a test holds it to the schema.
 #pragma once
 
 #include <chrono>
@@ -21,23 +22,10 @@
 #include <nlohmann/json.hpp>
 
 #include "control/api.hpp"
+#include "control/protocol_schema.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor::control {
-
-// Limits that are part of the protocol (see docs/control-protocol.md).
-inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;  // one request line, without '\n'
-inline constexpr std::size_t kMaxNestingDepth = 32;         // arrays/objects inside a request
-inline constexpr std::size_t kDefaultConsoleBytes = 4096;
-inline constexpr std::size_t kMaxConsoleBytes = 1024 * 1024;
-inline constexpr std::uint64_t kDefaultDrainTimeoutMs = 10000;
-inline constexpr std::uint64_t kMaxDrainTimeoutMs = 600000;
-// origin_mib is turned into a byte offset by the hypervisor: it must fit in 64 bits as bytes.
-inline constexpr std::uint64_t kMaxOriginMib = (std::uint64_t{1} << 44) - 1;
-inline constexpr std::uint64_t kMaxSizeMib = kMaxOriginMib;
-// The protocol's own bound; the hypervisor refuses what its configuration does not allow.
-inline constexpr std::uint64_t kMaxVcpus = 255;
-inline constexpr std::size_t kMaxFirmwarePathBytes = 4096;
 
 // JSON-RPC error codes: the standard ones, then one per lparvisor::ErrorKind.
 enum class RpcErrorCode : int {
@@ -84,11 +72,21 @@ struct ConfigCall {};
 struct CancelCall {
     std::string lpar;
 };
+// events.subscribe's filter. An empty list lets everything through; `events` holds names or
+// prefixes ("mvstor.*"), each checked against the schema when the request is parsed.
+struct EventFilter {
+    std::vector<std::string> events;
+    std::vector<std::string> lpars;
+    [[nodiscard]] bool matches(const Event& event) const;
+};
 // events.subscribe / events.unsubscribe change the connection, not the hypervisor: the server does
-// the work (Execution::Session); execute() only builds the result.
+// the work (Execution::Session); execute() only builds the result. Subscribing again replaces the
+// filter.
 struct SubscribeCall {
     bool subscribe = true;
+    EventFilter filter;
 };
+struct DescribeCall {};
 struct ExchangeCall {
     ExchangeRequest request;
 };
@@ -106,18 +104,9 @@ struct ResizeCall {
     ResizeRequest request;
     MvstorMode mode = MvstorMode::StopAndCopy;  // storage.grow's room-making MVSTORs
 };
-using Call =
-    std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall, RemoveCall,
-                 ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall, ResizeCall>;
-
-// Where the server should run a call. Anything that enters the Api leaves the I/O thread, so that
-// a hypervisor lock held during a relocation can never stall the socket.
-enum class Execution {
-    Inline,       // cheap and Api-free (system.ping): answer on the I/O thread
-    Query,        // short Api call (lpar.list, lpar.console): the query worker pool
-    LongRunning,  // blocks for seconds (storage.mvstor, lpar.activate ...): the long pool
-    Session       // about the connection itself (events.subscribe): the server handles it
-};
+using Call = std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall,
+                          RemoveCall, ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall,
+                          ResizeCall, DescribeCall>;
 
 // A request that passed validation.
 struct ParsedCall {
@@ -168,14 +157,20 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 [[nodiscard]] nlohmann::json to_json(const ExchangeResult& result);
 [[nodiscard]] nlohmann::json to_json(const GrowPlanResult& result);
 [[nodiscard]] nlohmann::json to_json(const ResizeResult& result);
-[[nodiscard]] nlohmann::json to_json(const GrowResult& result);  // {"plan": ..., "expansion": ...}
-[[nodiscard]] nlohmann::json to_json(const LparStatus& lpar);    // one row of lpar.list
+[[nodiscard]] nlohmann::json to_json(const GrowResult& result);   // {"plan": ..., "expansion": ...}
+[[nodiscard]] nlohmann::json to_json(const LparStatus& lpar);     // one row of lpar.list
+[[nodiscard]] nlohmann::json to_json(const EventFilter& filter);  // {"events": [], "lpars": []}
+
+// system.describe's result: protocol_schema.hpp's methods and events as JSON.
+[[nodiscard]] nlohmann::json describe_protocol();
 
 // The notification line (without '\n') that carries `event` to a subscribed client:
-// {"jsonrpc":"2.0","method":"event","params":{"event":TYPE,"lpar":NAME,...data}}. Members of
-// data_json never replace "event" or "lpar"; data that is not a JSON object is sent as "data".
+// {"jsonrpc":"2.0","method":"event","params":{"event":TYPE,"lpar":NAME,"time":RFC 3339 UTC,
+// "monotonic_us":N,...data}}. Members of data_json never replace those four; data that is not a
+// JSON object is sent as "data".
 [[nodiscard]] std::string event_notification(const Event& event);
-// {"jsonrpc":"2.0","method":"event","params":{"event":"events.dropped","count":N}}
+// {"jsonrpc":"2.0","method":"event","params":{"event":"events.dropped","time":...,
+// "monotonic_us":...,"count":N}}, stamped now
 [[nodiscard]] std::string events_dropped_notification(std::uint64_t count);
 
 // Replaces every byte sequence that is not valid UTF-8 (including overlong forms, surrogates and

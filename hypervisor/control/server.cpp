@@ -199,15 +199,18 @@ void clear_stale_socket(const std::filesystem::path& path) {
 // it only takes `mutex` for a push) and the connection's strand, which takes one at a time.
 class EventQueue {
   public:
-    EventQueue(std::size_t limit, std::function<void()> wake)
-        : limit_(std::max<std::size_t>(limit, 1)), wake_(std::move(wake)) {}
+    EventQueue(std::size_t limit, EventFilter filter, std::function<void()> wake)
+        : limit_(std::max<std::size_t>(limit, 1)),
+          wake_(std::move(wake)),
+          filter_(std::move(filter)) {}
 
-    // The sink. Never blocks on the socket, never grows beyond the limit.
+    // The sink. Never blocks on the socket, never grows beyond the limit; an event the client's
+    // filter does not want is not queued (and so never counted as dropped).
     void push(const Event& event) {
         bool wake_now = false;
         {
             std::lock_guard lock(mutex_);
-            if (closed_) return;
+            if (closed_ || !filter_.matches(event)) return;
             if (items_.size() >= limit_) {
                 ++dropped_;
                 return;
@@ -247,6 +250,12 @@ class EventQueue {
                                 : event_notification(item.event);
     }
 
+    // events.subscribe again: from now on, this filter. Events already queued still go out.
+    void set_filter(EventFilter filter) {
+        std::lock_guard lock(mutex_);
+        filter_ = std::move(filter);
+    }
+
     // False when the queue was closed meanwhile: the caller keeps (and destroys) the subscription.
     bool adopt(std::unique_ptr<Subscription>& subscription) {
         std::lock_guard lock(mutex_);
@@ -282,6 +291,7 @@ class EventQueue {
     std::uint64_t dropped_ = 0;  // lost since the last marker
     bool wake_pending_ = false;  // the strand will look at the queue again without a wake
     bool closed_ = false;
+    EventFilter filter_;
     std::unique_ptr<Subscription> subscription_;
 };
 
@@ -526,8 +536,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
 
     void handle_session(ParsedCall parsed) {
-        const bool subscribe = std::get<SubscribeCall>(parsed.call).subscribe;
-        if (subscribe == (events_ != nullptr)) {  // already in the state asked for
+        const auto& call = std::get<SubscribeCall>(parsed.call);
+        const bool subscribe = call.subscribe;
+        if (subscribe && events_ != nullptr) {  // subscribed already: a new filter
+            events_->set_filter(call.filter);
+            return send(execute(shared_->api, parsed), false);
+        }
+        if (!subscribe && events_ == nullptr) {  // nothing to end
             return send(execute(shared_->api, parsed), false);
         }
         if (!subscribe) {
@@ -543,7 +558,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         }
         // The wake only holds the connection weakly: the sink holds the queue, the queue must not
         // keep a closed connection alive.
-        auto queue = std::make_shared<EventQueue>(shared_->limits.max_queued_events,
+        auto queue = std::make_shared<EventQueue>(shared_->limits.max_queued_events, call.filter,
                                                   [weak = weak_from_this(), strand = strand_] {
                                                       asio::post(strand, [weak] {
                                                           if (auto self = weak.lock()) self->pump();

@@ -1,11 +1,15 @@
 // Fans events out to subscribers (the control socket's connections). publish() may run on any
 // thread, vCPU threads included: it only copies the event into each sink, which must not block.
+// Each event is held to its description in control/protocol_schema.hpp (what system.describe
+// sends): one that does not match is still sent, and the mismatch handler is told (by default it
+// logs an error once per event type; the KVM tests make it fail the test).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +22,13 @@ class EventHub {
     EventHub() : state_(std::make_shared<State>()) {}
     std::unique_ptr<control::Subscription> subscribe(control::EventSink sink);
     void publish(const std::string& type, const std::string& lpar, const nlohmann::json& data);
+
+    // Empty when an event of `type` with `data` matches its schema: a known type, and exactly the
+    // schema's fields, each of its type. Otherwise what differs.
+    static std::string schema_mismatch(const std::string& type, const nlohmann::json& data);
+    // Called with the mismatch; nullptr restores the default (an error logged once per type).
+    using MismatchHandler = void (*)(const std::string& type, const std::string& mismatch);
+    static void set_mismatch_handler(MismatchHandler handler);
 
   private:
     struct State {

@@ -560,7 +560,9 @@ TEST_CASE("storage.cancel and the event methods", "[json_rpc]") {
     CHECK(message_of(api, request_for("storage.cancel", R"({"lpar":"LPAR2"})")) ==
           "LPAR2: no MVSTOR is running");
     const json subscribed = call(api, R"({"jsonrpc":"2.0","id":1,"method":"events.subscribe"})");
-    CHECK(subscribed.at("result") == json{{"subscribed", true}});
+    CHECK(subscribed.at("result") ==
+          json{{"subscribed", true},
+               {"filter", {{"events", json::array()}, {"lpars", json::array()}}}});
     const json unsubscribed =
         call(api, R"({"jsonrpc":"2.0","id":1,"method":"events.unsubscribe"})");
     CHECK(unsubscribed.at("result") == json{{"subscribed", false}});
@@ -575,20 +577,39 @@ TEST_CASE("storage.cancel and the event methods", "[json_rpc]") {
     CHECK(std::get<ParsedCall>(cancel).execution == Execution::Query);
 }
 
-TEST_CASE("event notifications merge the data and keep event and lpar", "[json_rpc]") {
-    const json phase = json::parse(
-        event_notification({"mvstor.phase", "LPAR2", R"({"phase":"copy","us":5,"lpar":"X"})"}));
-    CHECK(phase ==
-          json{{"jsonrpc", "2.0"},
-               {"method", "event"},
-               {"params",
-                {{"event", "mvstor.phase"}, {"lpar", "LPAR2"}, {"phase", "copy"}, {"us", 5}}}});
+TEST_CASE("event notifications merge the data and keep event, lpar and the timestamps",
+          "[json_rpc]") {
+    // 2025-12-07 10:01:02.123456 UTC, 42 us after the monotonic clock's start.
+    const json phase = json::parse(event_notification(
+        {"mvstor.phase", "LPAR2", R"({"phase":"copy","us":5,"lpar":"X","time":"no"})",
+         1'765'101'662'123'456, 42}));
+    CHECK(phase == json{{"jsonrpc", "2.0"},
+                        {"method", "event"},
+                        {"params",
+                         {{"event", "mvstor.phase"},
+                          {"lpar", "LPAR2"},
+                          {"time", "2025-12-07T10:01:02.123456Z"},
+                          {"monotonic_us", 42},
+                          {"phase", "copy"},
+                          {"us", 5}}}});
+    // An Event is stamped when it is made: the clocks of this moment, not zero.
+    const auto before_us = now_wall_us();
+    const Event fresh{"lpar.state", "L", "{}"};
+    CHECK(fresh.wall_us >= before_us);
+    CHECK(fresh.wall_us <= now_wall_us());
+    CHECK(fresh.monotonic_us > 0);
+    const Event later{"lpar.state", "L", "{}"};
+    CHECK(later.monotonic_us >= fresh.monotonic_us);
     const json not_object = json::parse(event_notification({"x", "L", "[1]"}));
     CHECK(not_object.at("params").at("data") == json::array({1}));
     const json broken = json::parse(event_notification({"x", "L", "{\xff"}));
     CHECK(broken.at("params").at("data").is_string());
-    CHECK(json::parse(events_dropped_notification(7)).at("params") ==
-          json{{"event", "events.dropped"}, {"count", 7}});
+    json dropped = json::parse(events_dropped_notification(7)).at("params");
+    CHECK(dropped.at("time").get<std::string>().size() == 27);  // "2026-...Z", stamped now
+    CHECK(dropped.at("monotonic_us").get<std::int64_t>() > 0);
+    dropped.erase("time");
+    dropped.erase("monotonic_us");
+    CHECK(dropped == json{{"event", "events.dropped"}, {"count", 7}});
 }
 
 TEST_CASE("storage.exchange, storage.plan_grow and storage.make_room", "[json_rpc]") {

@@ -372,7 +372,7 @@ json response_with_id(LineClient& client, const json& id, std::vector<json>& eve
 void subscribe(LineClient& client) {
     std::vector<json> events;
     const json response = response_with_id(client, "sub", events);
-    CHECK(response.at("result") == json{{"subscribed", true}});
+    CHECK(response.at("result").at("subscribed") == true);
 }
 
 }  // namespace
@@ -416,13 +416,16 @@ TEST_CASE("events reach subscribers only, as whole lines between responses", "[s
     subscribe(subscriber);
     REQUIRE(fixture.api.subscriber_count() == 1);
 
-    fixture.api.emit({"lpar.state", "LPAR2", R"({"state":"stopped","reason":"guest exit 0"})"});
+    fixture.api.emit({"lpar.state", "LPAR2", R"({"state":"stopped","reason":"guest exit 0"})",
+                      1'765'101'662'000'001, 7});
     const json event = parse_line(subscriber.read_line());
     CHECK(event == json{{"jsonrpc", "2.0"},
                         {"method", "event"},
                         {"params",
                          {{"event", "lpar.state"},
                           {"lpar", "LPAR2"},
+                          {"time", "2025-12-07T10:01:02.000001Z"},
+                          {"monotonic_us", 7},
                           {"state", "stopped"},
                           {"reason", "guest exit 0"}}}});
     // The bystander gets its response and nothing else.
@@ -455,6 +458,54 @@ TEST_CASE("events reach subscribers only, as whole lines between responses", "[s
     CHECK(eventually([&] { return fixture.api.subscriber_count() == 0; }));
     fixture.api.emit({"lpar.state", "LPAR2", "{}"});
     CHECK(!subscriber.read_line(200ms).has_value());
+}
+
+TEST_CASE("events.subscribe filters by event and LPAR; subscribing again replaces the filter",
+          "[socket][events]") {
+    ServerFixture fixture;
+    LineClient subscriber(fixture.socket_path);
+    subscriber.send(
+        R"({"jsonrpc":"2.0","id":"sub","method":"events.subscribe","params":{"events":["mvstor.*"],"lpars":["LPAR2"]}})"
+        "\n");
+    std::vector<json> events;
+    CHECK(response_with_id(subscriber, "sub", events).at("result") ==
+          json{{"subscribed", true}, {"filter", {{"events", {"mvstor.*"}}, {"lpars", {"LPAR2"}}}}});
+    // Events arrive in order: the ones the filter lets through, and nothing between them.
+    fixture.api.emit({"lpar.state", "LPAR2", R"({"state":"stopped","reason":"x"})"});
+    fixture.api.emit({"mvstor.phase", "LPAR1", R"({"phase":"copy","us":1})"});
+    fixture.api.emit({"mvstor.phase", "LPAR2", R"({"phase":"copy","us":2})"});
+    fixture.api.emit({"storage.expanded", "LPAR2", "{}"});
+    fixture.api.emit({"mvstor.done", "LPAR2", "{}"});
+    json first = parse_line(subscriber.read_line()).at("params");
+    CHECK(first.at("event") == "mvstor.phase");
+    CHECK(first.at("lpar") == "LPAR2");
+    CHECK(first.at("us") == 2);
+    CHECK(parse_line(subscriber.read_line()).at("params").at("event") == "mvstor.done");
+
+    // A new filter: lpar.state of any LPAR.
+    subscriber.send(
+        R"({"jsonrpc":"2.0","id":"again","method":"events.subscribe","params":{"events":["lpar.state"]}})"
+        "\n");
+    CHECK(response_with_id(subscriber, "again", events).at("result").at("filter") ==
+          json{{"events", {"lpar.state"}}, {"lpars", json::array()}});
+    CHECK(events.empty());
+    CHECK(fixture.api.subscriber_count() == 1);  // the same subscription, a new filter
+    fixture.api.emit({"mvstor.phase", "LPAR2", R"({"phase":"copy","us":3})"});
+    fixture.api.emit({"lpar.state", "LPAR1", R"({"state":"running","reason":"y"})"});
+    const json second = parse_line(subscriber.read_line()).at("params");
+    CHECK(second.at("event") == "lpar.state");
+    CHECK(second.at("lpar") == "LPAR1");
+
+    // A name no event has is refused, and the subscription keeps its filter.
+    subscriber.send(
+        R"({"jsonrpc":"2.0","id":"bad","method":"events.subscribe","params":{"events":["mvstor.dnoe"]}})"
+        "\n");
+    const json refused = response_with_id(subscriber, "bad", events);
+    CHECK(refused.at("error").at("code") == -32602);
+    CHECK(refused.at("error").at("message") ==
+          "events: no event is named \"mvstor.dnoe\" (system.describe lists them)");
+    fixture.api.emit({"lpar.state", "LPAR3", R"({"state":"running","reason":"z"})"});
+    CHECK(parse_line(subscriber.read_line()).at("params").at("lpar") == "LPAR3");
 }
 
 TEST_CASE("a subscription ends when its connection closes", "[socket][events]") {

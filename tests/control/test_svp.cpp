@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <vector>
@@ -483,6 +484,51 @@ TEST_CASE("svp watch prints events live and exits 0 on SIGINT", "[svp]") {
             std::this_thread::sleep_for(10ms);
         CHECK(fixture.api.subscriber_count() == 0);
     }
+}
+
+TEST_CASE("svp watch --event and --lpar filter; each line shows the event's own time", "[svp]") {
+    ServerFixture fixture;
+    BackgroundSvp watch({"--socket", fixture.socket_path.string(), "watch", "--event", "mvstor.*",
+                         "--lpar", "LPAR2"});
+    REQUIRE(fixture.api.wait_for_subscribers(1, 5000ms));
+    // 2025-12-07 10:01:02.123456 UTC, shown in local time as the test sees it.
+    constexpr std::int64_t kWallUs = 1'765'101'662'123'456;
+    fixture.api.emit({"lpar.state", "LPAR2", R"({"state":"stopped","reason":"x"})", kWallUs, 1});
+    fixture.api.emit({"mvstor.phase", "LPAR1", R"({"phase":"copy","us":1})", kWallUs, 2});
+    fixture.api.emit({"mvstor.phase", "LPAR2", R"({"phase":"copy","us":2})", kWallUs, 3});
+    CHECK(watch.read_until(
+        [](const std::string& out) { return out.find('\n') != std::string::npos; }));
+    CHECK(watch.interrupt() == 0);
+    INFO(watch.out);
+    const std::time_t seconds = kWallUs / 1'000'000;
+    std::tm local{};
+    ::localtime_r(&seconds, &local);
+    char clock[16];
+    std::strftime(clock, sizeof(clock), "%H:%M:%S", &local);
+    CHECK(watch.out == std::string(clock) + ".123  mvstor.phase     LPAR2    phase=copy us=2\n");
+}
+
+TEST_CASE("svp describe lists every method and event; bad watch filters are refused", "[svp]") {
+    ServerFixture fixture;
+    const Outcome described = run_svp_on(fixture, {"describe"});
+    CHECK(described.exit_code == 0);
+    INFO(described.out);
+    for (const auto& method : lparvisor::control::kMethodSchemas)
+        CHECK(contains(described.out, "\n  " + std::string(method.name) + " ("));
+    for (const auto& event : lparvisor::control::kEventSchemas)
+        CHECK(contains(described.out, "\n  " + std::string(event.name) + ": "));
+    CHECK(contains(described.out, "  storage.mvstor (long pool): moves an LPAR's storage"));
+    CHECK(
+        contains(described.out, "      timeout_ms             integer 1..600000, default 10000: "));
+    CHECK(contains(described.out, "      origin_mib             integer 0..2^44-1, required: "));
+    CHECK(contains(described.out, "\"stop-and-copy\" | \"live\", default stop-and-copy"));
+    const Outcome raw = run_svp_on(fixture, {"describe", "--json"});
+    CHECK(json::parse(raw.out).at("methods").size() ==
+          std::size(lparvisor::control::kMethodSchemas));
+
+    const Outcome typo = run_svp_on(fixture, {"watch", "--event", "mvstor.dnoe"});
+    CHECK(typo.exit_code == 1);
+    CHECK(contains(typo.err, "no event is named \"mvstor.dnoe\""));
 }
 
 TEST_CASE("svp console --follow prints appended text once, across a wrapped ring", "[svp]") {

@@ -4,8 +4,11 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "kvm/kvm.hpp"
+#include "lpar/events.hpp"
 
 int main(int argc, char** argv) {
     if (auto reason = lparvisor::kvm::unavailable_reason()) {
@@ -16,5 +19,12 @@ int main(int argc, char** argv) {
         return LPARVISOR_SKIP_CODE;
     }
     std::fprintf(stderr, "KVM: %s\n", lparvisor::kvm::to_string(lparvisor::kvm::detect_flavour()));
+    // An event that differs from what system.describe says fails the test run at once: the
+    // schema (control/protocol_schema.hpp) is a promise to clients.
+    lparvisor::EventHub::set_mismatch_handler([](const std::string& type, const std::string& why) {
+        std::fprintf(stderr, "FAIL: event %s does not match its schema: %s\n", type.c_str(),
+                     why.c_str());
+        std::abort();
+    });
     return Catch::Session().run(argc, argv);
 }
