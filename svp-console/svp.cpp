@@ -74,6 +74,10 @@ struct Options {
     std::optional<std::uint64_t> define_origin_mib;
     std::optional<unsigned> vcpus;
     std::optional<std::string> firmware;
+    std::optional<std::string> kernel, initrd, cmdline;
+    std::vector<std::string> disks;  // PATH[,ro][,latency=MS]
+    bool no_rng = false;
+    std::optional<std::uint64_t> max_size_mib, rewrite_pages_per_sec, working_set_mib, round_limit;
 
     std::string other_lpar;       // exchange
     std::uint64_t extra_mib = 0;  // grow / make-room / expand / shrink
@@ -131,6 +135,61 @@ void print_json(const json& value) {
     std::cout << value.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
 }
 
+// --disk PATH[,ro][,latency=MS]: one entry of lpar.define's disks, as the configuration writes
+// it (a plain path when it has no options).
+json disk_param(const std::string& text) {
+    std::vector<std::string> parts;
+    std::size_t start = 0;
+    for (std::size_t comma; (comma = text.find(',', start)) != std::string::npos; start = comma + 1)
+        parts.push_back(text.substr(start, comma - start));
+    parts.push_back(text.substr(start));
+    if (parts[0].empty()) throw Failure(kExitUsage, "--disk " + text + ": no image path");
+    if (parts.size() == 1) return parts[0];
+    json disk{{"path", parts[0]}};
+    for (std::size_t i = 1; i < parts.size(); ++i) {
+        if (parts[i] == "ro") {
+            disk["read_only"] = true;
+        } else if (parts[i].rfind("latency=", 0) == 0) {
+            try {
+                std::size_t used = 0;
+                const auto ms = std::stoull(parts[i].substr(8), &used);
+                if (used != parts[i].size() - 8) throw std::invalid_argument("trailing");
+                disk["latency_ms"] = ms;
+            } catch (const std::exception&) {
+                throw Failure(kExitUsage, "--disk " + text + ": latency=MS takes a number");
+            }
+        } else {
+            throw Failure(kExitUsage, "--disk " + text + ": unknown option '" + parts[i] +
+                                          "' (PATH[,ro][,latency=MS])");
+        }
+    }
+    return disk;
+}
+
+// lpar.define's params: every field of the configuration file's LPAR but "active". The
+// daemon checks them all (one validator for every path); svp only shapes them.
+json define_params(const Options& options) {
+    json params{{"name", options.lpar}, {"size_mib", options.size_mib}};
+    if (options.define_origin_mib) params["origin_mib"] = *options.define_origin_mib;
+    if (options.vcpus) params["vcpus"] = *options.vcpus;
+    if (options.firmware) params["firmware"] = *options.firmware;
+    if (options.kernel) params["kernel"] = *options.kernel;
+    if (options.initrd) params["initrd"] = *options.initrd;
+    if (options.cmdline) params["cmdline"] = *options.cmdline;
+    if (!options.disks.empty()) {
+        json disks = json::array();
+        for (const auto& disk : options.disks) disks.push_back(disk_param(disk));
+        params["disks"] = std::move(disks);
+    }
+    if (options.no_rng) params["rng"] = false;
+    if (options.max_size_mib) params["max_size_mib"] = *options.max_size_mib;
+    if (options.rewrite_pages_per_sec)
+        params["rewrite_pages_per_sec"] = *options.rewrite_pages_per_sec;
+    if (options.working_set_mib) params["working_set_mib"] = *options.working_set_mib;
+    if (options.round_limit) params["round_limit"] = *options.round_limit;
+    return params;
+}
+
 // The single-call commands: the method and params for each.
 std::pair<std::string, json> request_for(const std::string& command, const Options& options) {
     if (command == "lpars" || command == "map") return {"lpar.list", json::object()};
@@ -144,13 +203,7 @@ std::pair<std::string, json> request_for(const std::string& command, const Optio
     if (command == "console") {
         return {"lpar.console", {{"lpar", options.lpar}, {"bytes", options.console_bytes}}};
     }
-    if (command == "define") {
-        json params{{"name", options.lpar}, {"size_mib", options.size_mib}};
-        if (options.define_origin_mib) params["origin_mib"] = *options.define_origin_mib;
-        if (options.vcpus) params["vcpus"] = *options.vcpus;
-        if (options.firmware) params["firmware"] = *options.firmware;
-        return {"lpar.define", params};
-    }
+    if (command == "define") return {"lpar.define", define_params(options)};
     if (command == "activate" || command == "stop" || command == "start" || command == "reset" ||
         command == "deactivate" || command == "remove") {
         return {"lpar." + command, {{"lpar", options.lpar}}};
@@ -490,15 +543,29 @@ int main_with_exceptions(int argc, char** argv) {
 
     auto* define = app.add_subcommand("define", "define an LPAR (no storage until activate)");
     define->add_option("NAME", options.lpar, "the new LPAR's name")->required();
-    define->add_option("--size", options.size_mib, "its main storage, MiB")
-        ->required()
-        ->check(CLI::Range(std::uint64_t{1}, (std::uint64_t{1} << 44) - 1));
+    // Ranges are the daemon's to check (svp describe shows them): one validator for every path.
+    define->add_option("--size", options.size_mib, "its main storage, MiB (4-3584, even)")
+        ->required();
     define->add_option("--origin", options.define_origin_mib,
                        "where its storage starts, MiB (default: first fit at activation)");
-    define->add_option("--vcpus", options.vcpus, "virtual CPUs (default 1)")
-        ->check(CLI::Range(1, 255));
+    define->add_option("--vcpus", options.vcpus, "virtual CPUs (1-8, default 1)");
     define->add_option("--firmware", options.firmware,
                        "the guest ELF (default: the daemon's test firmware)");
+    define->add_option("--kernel", options.kernel,
+                       "boot Linux from this bzImage or vmlinux instead of the firmware");
+    define->add_option("--initrd", options.initrd, "the initrd (with --kernel)");
+    define->add_option("--cmdline", options.cmdline, "the kernel command line (with --kernel)");
+    define->add_option("--disk", options.disks,
+                       "a virtio-blk disk: PATH[,ro][,latency=MS] (repeatable, at most 8)");
+    define->add_flag("--no-rng", options.no_rng, "no virtio-rng device");
+    define->add_option("--max-size", options.max_size_mib,
+                       "how far EXPAND may grow it, MiB (default: it cannot grow)");
+    define->add_option("--rewrite-pages-per-sec", options.rewrite_pages_per_sec,
+                       "firmware pacing: pages rewritten per second");
+    define->add_option("--working-set", options.working_set_mib,
+                       "firmware pacing: MiB it rewrites");
+    define->add_option("--round-limit", options.round_limit,
+                       "firmware: verification rounds before it exits");
 
     CLI::App* lifecycle[6];
     const char* lifecycle_names[6][2] = {

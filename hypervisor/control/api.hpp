@@ -116,6 +116,7 @@ struct DiskDefinition {
     std::string path;
     bool read_only = false;
     std::uint32_t latency_ms = 0;
+    bool operator==(const DiskDefinition&) const = default;
 };
 
 // An LPAR definition (lpar.define). Without an origin, activation places it first-fit. It runs
@@ -137,6 +138,7 @@ struct LparDefinition {
     // Above size_mib up to here the LPAR gets a virtio-mem region that storage.expand fills
     // (0: no region, the LPAR cannot grow).
     std::uint64_t max_size_mib = 0;
+    bool operator==(const LparDefinition&) const = default;
 };
 
 // EXPAND and shrink (claim 6): the LPAR's storage grows into the free storage directly above it

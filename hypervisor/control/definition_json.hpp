@@ -1,20 +1,69 @@
-// The parts of an LPAR definition that the configuration file and lpar.define share beyond
-// plain integers: the boot source (firmware or kernel) and the disk list. Header-only so that
-// both the daemon's configuration parser and the JSON-RPC layer use the same rules; errors are
-// std::invalid_argument("key: why") that each caller wraps in its own error type.
+// An LPAR definition as JSON, for every path that takes one: lpar.define, each LPAR of the
+// configuration file, and (through check_definition) a definition made in code. One parser and
+// one validator, with the limits of one table (protocol_schema.hpp's lpar.define), so that a bad
+// value gets the same words wherever it comes from. Header-only so that the daemon's
+// configuration parser (lpar/) and the JSON-RPC layer (control/) use it without a link between
+// them; errors are std::invalid_argument("key: why") that each caller wraps in its own error.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <optional>
+#include <regex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "control/api.hpp"
 #include "control/protocol_schema.hpp"
 
 namespace lparvisor::control {
+
+[[noreturn]] inline void refuse_param(std::string_view key, std::string_view why) {
+    throw std::invalid_argument(fmt::format("{}: {}", key, why));
+}
+
+// Throws std::invalid_argument("KEY: expected ...") when `value` is outside the Integer
+// parameter's range or not a multiple of its unit.
+inline void check_schema_integer(const ParamSchema& spec, std::uint64_t value) {
+    if (value < spec.min || value > spec.max)
+        refuse_param(spec.name,
+                     fmt::format("expected an integer from {} to {}", spec.min, spec.max));
+    if (spec.multiple_of > 1 && value % spec.multiple_of != 0) {
+        refuse_param(spec.name, spec.multiple_why.empty()
+                                    ? fmt::format("expected a multiple of {}", spec.multiple_of)
+                                    : fmt::format("expected a multiple of {} ({})",
+                                                  spec.multiple_of, spec.multiple_why));
+    }
+}
+
+// An Integer parameter from JSON. nlohmann stores 0..2^64-1 as unsigned, negatives as signed,
+// and anything else (fractions, exponents, integers beyond 64 bits) as double: only the first
+// is acceptable.
+inline std::uint64_t schema_integer(const ParamSchema& spec, const nlohmann::json& value) {
+    if (value.is_number_unsigned()) {
+        check_schema_integer(spec, value.get<std::uint64_t>());
+        return value.get<std::uint64_t>();
+    }
+    if (value.is_number_integer() && value.get<std::int64_t>() >= 0) {
+        const auto number = static_cast<std::uint64_t>(value.get<std::int64_t>());
+        check_schema_integer(spec, number);
+        return number;
+    }
+    if (value.is_number_float()) {
+        const double number = value.get<double>();
+        if (std::isfinite(number) && number >= 0 && std::floor(number) == number &&
+            number > static_cast<double>(spec.max)) {  // an integer too large for 64 bits
+            refuse_param(spec.name,
+                         fmt::format("expected an integer from {} to {}", spec.min, spec.max));
+        }
+    }
+    refuse_param(spec.name, "expected a non-negative integer");
+}
 
 // "disks": ["a.img", {"path": "b.img", "read_only": true, "latency_ms": 5}]
 inline std::vector<DiskDefinition> parse_disk_list(const nlohmann::json& value,
@@ -80,8 +129,93 @@ inline void check_boot_source(const LparDefinition& d) {
     if (d.kernel.empty() && (!d.initrd.empty() || !d.cmdline.empty()))
         throw std::invalid_argument(std::string(d.initrd.empty() ? "cmdline" : "initrd") +
                                     ": only with a kernel");
-    if (d.cmdline.size() > kMaxCmdlineBytes)
-        throw std::invalid_argument("cmdline: at most 2048 bytes");
+}
+
+inline const ParamSchema& define_param(std::string_view name) {
+    const ParamSchema* spec = find_param(*find_method_schema("lpar.define"), name);
+    if (spec == nullptr) throw std::logic_error(fmt::format("lpar.define has no {}", name));
+    return *spec;
+}
+
+// The one validator of an LPAR definition, whatever it came from: every number within the
+// lpar.define schema's range and unit, the name's characters, the rules between fields, the
+// boot source and the disks. Throws std::invalid_argument("key: why").
+inline void check_definition(const LparDefinition& d) {
+    static const std::regex kNamePattern("[A-Za-z0-9_.-]{1,31}");
+    if (!std::regex_match(d.name, kNamePattern))
+        refuse_param("name",
+                     fmt::format("'{}' must be 1-31 letters, digits, '_', '.' or '-'", d.name));
+    check_schema_integer(define_param("size_mib"), d.size_mib);
+    if (d.origin_mib) check_schema_integer(define_param("origin_mib"), *d.origin_mib);
+    check_schema_integer(define_param("vcpus"), d.vcpus);
+    check_schema_integer(define_param("rewrite_pages_per_sec"), d.rewrite_pages_per_sec);
+    check_schema_integer(define_param("working_set_mib"), d.working_set_mib);
+    check_schema_integer(define_param("round_limit"), d.round_limit);
+    check_schema_integer(define_param("max_size_mib"), d.max_size_mib);
+    if (d.working_set_mib > d.size_mib)
+        refuse_param("working_set_mib", fmt::format("{} MiB is more than size_mib ({} MiB)",
+                                                    d.working_set_mib, d.size_mib));
+    if (d.max_size_mib != 0 && d.max_size_mib < d.size_mib)
+        refuse_param("max_size_mib", fmt::format("{} MiB is below size_mib ({} MiB): 0 (cannot "
+                                                 "grow) or size_mib and up",
+                                                 d.max_size_mib, d.size_mib));
+    for (auto [key, text] : {std::pair{"firmware", &d.firmware}, std::pair{"kernel", &d.kernel},
+                             std::pair{"initrd", &d.initrd}, std::pair{"cmdline", &d.cmdline}}) {
+        if (text->size() > define_param(key).max)
+            refuse_param(key, fmt::format("longer than {} bytes", define_param(key).max));
+    }
+    if (d.disks.size() > kMaxDisksPerLpar)
+        refuse_param("disks", fmt::format("at most {} disks per LPAR", kMaxDisksPerLpar));
+    check_boot_source(d);
+}
+
+// The one parser of an LPAR definition in JSON (lpar.define's params, an LPAR of the
+// configuration file without its "active"): every key must be one lpar.define takes, each value
+// of its type and within its range, then check_definition. Throws std::invalid_argument.
+inline LparDefinition parse_definition(const nlohmann::json& object) {
+    if (!object.is_object()) refuse_param("definition", "expected an object");
+    const MethodSchema& schema = *find_method_schema("lpar.define");
+    for (const auto& [key, value] : object.items())
+        if (find_param(schema, key) == nullptr) refuse_param(key, "unknown parameter");
+    for (const ParamSchema& param : schema.params) {
+        if (param.required && !object.contains(param.name)) {
+            refuse_param(param.name, param.type == ParamType::Integer
+                                         ? "missing (expected a non-negative integer)"
+                                         : "missing (expected a string)");
+        }
+    }
+    const auto string_of = [&](std::string_view key) -> std::string {
+        auto it = object.find(key);
+        if (it == object.end()) return {};
+        if (!it->is_string()) refuse_param(key, "expected a string");
+        return it->get<std::string>();
+    };
+    const auto integer_of = [&](std::string_view key) -> std::optional<std::uint64_t> {
+        auto it = object.find(key);
+        if (it == object.end()) return std::nullopt;
+        return schema_integer(define_param(key), *it);
+    };
+    LparDefinition d;
+    d.name = string_of("name");
+    if (d.name.empty()) refuse_param("name", "expected a non-empty string");
+    d.size_mib = *integer_of("size_mib");
+    d.origin_mib = integer_of("origin_mib");
+    d.vcpus = static_cast<unsigned>(integer_of("vcpus").value_or(define_param("vcpus").fallback));
+    d.firmware = string_of("firmware");
+    d.rewrite_pages_per_sec = integer_of("rewrite_pages_per_sec").value_or(0);
+    d.working_set_mib = integer_of("working_set_mib").value_or(0);
+    d.round_limit = integer_of("round_limit").value_or(0);
+    d.kernel = string_of("kernel");
+    d.initrd = string_of("initrd");
+    d.cmdline = string_of("cmdline");
+    if (auto it = object.find("disks"); it != object.end()) d.disks = parse_disk_list(*it, "disks");
+    if (auto it = object.find("rng"); it != object.end()) {
+        if (!it->is_boolean()) refuse_param("rng", "expected true or false");
+        d.rng = it->get<bool>();
+    }
+    d.max_size_mib = integer_of("max_size_mib").value_or(0);
+    check_definition(d);
+    return d;
 }
 
 }  // namespace lparvisor::control

@@ -102,7 +102,7 @@ class Params {
             if (spec.required) fail_param(key, "missing (expected a non-negative integer)");
             return spec.fallback;
         }
-        return to_integer(spec, *value);
+        return schema_integer(spec, *value);
     }
 
     // ParamType::Integer without a default: absent stays absent.
@@ -110,7 +110,7 @@ class Params {
         const ParamSchema& spec = schema(key, ParamType::Integer);
         const json* value = find(key);
         if (value == nullptr) return std::nullopt;
-        return to_integer(spec, *value);
+        return schema_integer(spec, *value);
     }
 
     // ParamType::String: absent is empty.
@@ -158,6 +158,8 @@ class Params {
         return out;
     }
 
+    [[nodiscard]] const json& object() const { return params_; }
+
     [[nodiscard]] const json* find(std::string_view key) const {
         auto it = params_.find(key);
         return it == params_.end() ? nullptr : &*it;
@@ -189,40 +191,6 @@ class Params {
         for (std::size_t i = 0; i < spec.choices.size(); ++i)
             if (spec.choices[i] == text) return i;
         fail_param(key, fmt::format("expected {}, got \"{}\"", expected, sanitize_utf8(text)));
-    }
-
-    // nlohmann stores 0..2^64-1 as unsigned, negatives as signed, and anything else (fractions,
-    // exponents, integers beyond 64 bits) as double: only the first is acceptable.
-    static std::uint64_t to_integer(const ParamSchema& spec, const json& value) {
-        const std::string_view key = spec.name;
-        const auto checked = [&](std::uint64_t number) {
-            if (number < spec.min || number > spec.max)
-                fail_param(key,
-                           fmt::format("expected an integer from {} to {}", spec.min, spec.max));
-            if (spec.multiple_of > 1 && number % spec.multiple_of != 0) {
-                fail_param(key, spec.multiple_why.empty()
-                                    ? fmt::format("expected a multiple of {}", spec.multiple_of)
-                                    : fmt::format("expected a multiple of {} ({})",
-                                                  spec.multiple_of, spec.multiple_why));
-            }
-            return number;
-        };
-        if (value.is_number_unsigned()) return checked(value.get<std::uint64_t>());
-        if (value.is_number_integer()) {  // signed: only negatives land here
-            if (value.get<std::int64_t>() >= 0)
-                return checked(static_cast<std::uint64_t>(value.get<std::int64_t>()));
-            fail_param(key, "expected a non-negative integer");
-        }
-        if (value.is_number_float()) {
-            double number = value.get<double>();
-            if (std::isfinite(number) && number >= 0 && std::floor(number) == number &&
-                number > static_cast<double>(spec.max)) {
-                // an integer too large for 64 bits
-                fail_param(key,
-                           fmt::format("expected an integer from {} to {}", spec.min, spec.max));
-            }
-        }
-        fail_param(key, "expected a non-negative integer");
     }
 
     const json& params_;
@@ -272,32 +240,9 @@ Call parse_console(const Params& checked) {
     return call;
 }
 
+// The one definition parser (definition_json.hpp), shared with the configuration file.
 Call parse_define(const Params& checked) {
-    LparDefinition definition;
-    definition.name = checked.name("name");
-    definition.size_mib = checked.integer("size_mib");
-    definition.origin_mib = checked.maybe_integer("origin_mib");
-    definition.vcpus = static_cast<unsigned>(checked.integer("vcpus"));
-    definition.firmware = checked.string("firmware");
-    definition.rewrite_pages_per_sec = checked.integer("rewrite_pages_per_sec");
-    definition.working_set_mib = checked.integer("working_set_mib");
-    definition.round_limit = checked.integer("round_limit");
-    definition.kernel = checked.string("kernel");
-    definition.initrd = checked.string("initrd");
-    definition.cmdline = checked.string("cmdline");
-    definition.rng = checked.boolean("rng");
-    // 0 or absent: no virtio-mem region. The hypervisor checks it against size_mib.
-    definition.max_size_mib = checked.integer("max_size_mib");
-    try {
-        if (const json* disks = checked.find("disks"))
-            definition.disks = parse_disk_list(*disks, "disks");
-        check_boot_source(definition);
-    } catch (const std::invalid_argument& e) {
-        std::string what = e.what();
-        throw RpcFailure(RpcErrorCode::InvalidParams, what,
-                         json{{"param", what.substr(0, what.find_first_of(".[:"))}});
-    }
-    return DefineCall{std::move(definition)};
+    return DefineCall{parse_definition(checked.object())};
 }
 
 template <Lifecycle operation>
@@ -578,7 +523,14 @@ ParseOutcome parse_request(std::string_view line) {
             fail_param("params", "expected an object (parameters by name)");
         }
         const MethodSchema& schema = *find_method_schema(entry->name);
-        parsed.call = entry->parse(Params(params == request.end() ? kNoParams : *params, schema));
+        try {
+            parsed.call =
+                entry->parse(Params(params == request.end() ? kNoParams : *params, schema));
+        } catch (const std::invalid_argument& error) {  // "key: why" from definition_json.hpp
+            const std::string what = error.what();
+            throw RpcFailure(RpcErrorCode::InvalidParams, what,
+                             json{{"param", what.substr(0, what.find_first_of(".[:"))}});
+        }
         parsed.execution = schema.execution;
         return parsed;
     } catch (const RpcFailure& failure) {

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <limits>
 #include <span>
 #include <string_view>
 
@@ -26,8 +25,15 @@ inline constexpr std::uint64_t kMaxDrainTimeoutMs = 600000;
 // origin_mib is turned into a byte offset by the hypervisor: it must fit in 64 bits as bytes.
 inline constexpr std::uint64_t kMaxOriginMib = (std::uint64_t{1} << 44) - 1;
 inline constexpr std::uint64_t kMaxSizeMib = kMaxOriginMib;
-// The protocol's own bound; the hypervisor refuses what its configuration does not allow.
-inline constexpr std::uint64_t kMaxVcpus = 255;
+// An LPAR definition's limits, the same on every path (configuration file, lpar.define, svp
+// define, a definition made in code): an LPAR's storage must end below the PCI window
+// (LPV_MAX_STORAGE, checked against this in lpar/), and the vCPUs its ACPI tables describe.
+inline constexpr std::uint64_t kMaxLparStorageMib = 3584;
+inline constexpr std::uint64_t kMinLparStorageMib = 4;  // the test firmware's least
+inline constexpr std::uint64_t kMaxVcpus = 8;
+inline constexpr std::size_t kMaxLparNameBytes = 31;
+inline constexpr std::uint64_t kMaxRewritePagesPerSec = 100'000'000;
+inline constexpr std::uint64_t kMaxRoundLimit = 1'000'000'000;
 inline constexpr std::size_t kMaxFirmwarePathBytes = 4096;
 inline constexpr std::size_t kMaxDisksPerLpar = 8;
 inline constexpr std::size_t kMaxPathBytes = 4096;
@@ -95,7 +101,6 @@ struct EventSchema {
 
 namespace schema_detail {
 
-inline constexpr std::uint64_t kAnyInteger = std::numeric_limits<std::uint64_t>::max();
 inline constexpr std::string_view kModes[] = {"stop-and-copy", "live"};
 
 inline constexpr ParamSchema lpar_param(std::string_view description = "the LPAR's name") {
@@ -172,20 +177,26 @@ inline constexpr ParamSchema kConsole[] = {
      .description = "how many of the most recent bytes of serial output"},
 };
 
+// lpar.define, and each LPAR of the configuration file (which adds "active"): one table.
 inline constexpr ParamSchema kDefine[] = {
     {.name = "name",
      .type = ParamType::Name,
      .required = true,
-     .description = "the new LPAR's name"},
+     .max = kMaxLparNameBytes,
+     .description = "the new LPAR's name: 1-31 letters, digits, '_', '.' or '-'"},
     {.name = "size_mib",
      .type = ParamType::Integer,
      .required = true,
-     .min = 1,
-     .max = kMaxSizeMib,
+     .min = kMinLparStorageMib,
+     .max = kMaxLparStorageMib,
+     .multiple_of = 2,
+     .multiple_why = "2 MiB units",
      .description = "its main storage, MiB"},
     {.name = "origin_mib",
      .type = ParamType::Integer,
      .max = kMaxOriginMib,
+     .multiple_of = 2,
+     .multiple_why = "2 MiB units",
      .description = "where its storage goes at activation; absent: first fit"},
     {.name = "vcpus",
      .type = ParamType::Integer,
@@ -193,24 +204,24 @@ inline constexpr ParamSchema kDefine[] = {
      .max = kMaxVcpus,
      .has_default = true,
      .fallback = 1,
-     .description = "virtual CPUs (the hypervisor refuses more than its limit)"},
+     .description = "virtual CPUs"},
     {.name = "firmware",
      .type = ParamType::String,
      .max = kMaxFirmwarePathBytes,
      .description = "the guest ELF; absent: the daemon's test firmware"},
     {.name = "rewrite_pages_per_sec",
      .type = ParamType::Integer,
-     .max = kAnyInteger,
+     .max = kMaxRewritePagesPerSec,
      .has_default = true,
      .description = "firmware pacing: pages rewritten per second (0: as fast as it can)"},
     {.name = "working_set_mib",
      .type = ParamType::Integer,
-     .max = kMaxSizeMib,
+     .max = kMaxLparStorageMib,
      .has_default = true,
-     .description = "firmware pacing: the storage it rewrites (0: all of it)"},
+     .description = "firmware pacing: the storage it rewrites, at most size_mib (0: all of it)"},
     {.name = "round_limit",
      .type = ParamType::Integer,
-     .max = kAnyInteger,
+     .max = kMaxRoundLimit,
      .has_default = true,
      .description = "firmware: verification rounds before it exits (0: no end)"},
     {.name = "kernel",
@@ -236,9 +247,11 @@ inline constexpr ParamSchema kDefine[] = {
      .description = "a virtio-rng device"},
     {.name = "max_size_mib",
      .type = ParamType::Integer,
-     .max = kMaxSizeMib,
+     .max = kMaxLparStorageMib,
+     .multiple_of = 2,
+     .multiple_why = "2 MiB units",
      .has_default = true,
-     .description = "how far storage.expand may grow it (0: not at all)"},
+     .description = "how far storage.expand may grow it: 0 (not at all) or size_mib and up"},
 };
 
 inline constexpr ParamSchema kExchange[] = {

@@ -1,7 +1,6 @@
 #include "lpar/config.hpp"
 
 #include <fstream>
-#include <regex>
 #include <set>
 #include <tuple>
 
@@ -22,7 +21,8 @@ namespace {
 using nlohmann::json;
 
 [[noreturn]] void refuse(const std::string& key, const std::string& why) {
-    throw Error(ErrorKind::InvalidArgument, "configuration: " + key + ": " + why);
+    throw Error(ErrorKind::InvalidArgument,
+                "configuration: " + key + (why.empty() ? "" : ": " + why));
 }
 
 void check_keys(const json& object, const std::string& where, const std::set<std::string>& known) {
@@ -48,19 +48,7 @@ std::uint64_t unsigned_value(const json& object, const std::string& key, const s
     return n;
 }
 
-std::string string_value(const json& object, const std::string& key, const std::string& where) {
-    const json& v = object.at(key);
-    if (!v.is_string()) refuse(where + "." + key, "expected a string");
-    return v.get<std::string>();
-}
-
 }  // namespace
-
-void check_lpar_name(const std::string& name, const std::string& key) {
-    static const std::regex name_pattern("[A-Za-z0-9_.-]{1,31}");
-    if (!std::regex_match(name, name_pattern))
-        refuse(key, "'" + name + "' must be 1-31 letters, digits, '_', '.' or '-'");
-}
 
 void check_lpar_limit(std::size_t defined, const std::string& name) {
     if (defined >= kMaxLpars)
@@ -69,6 +57,9 @@ void check_lpar_limit(std::size_t defined, const std::string& name) {
                                 "(remove one first)",
                                 name, defined));
 }
+
+// The definition schema's storage limit is the guest ABI's.
+static_assert(control::kMaxLparStorageMib * kMiB == LPV_MAX_STORAGE);
 
 SystemConfig fig3a_config() {
     SystemConfig config{509, {}};
@@ -94,63 +85,29 @@ SystemConfig parse_config(const json& document) {
             refuse("lpars", fmt::format("{} LPARs: at most {} may be defined",
                                         document["lpars"].size(), kMaxLpars));
         for (std::size_t i = 0; i < document["lpars"].size(); ++i) {
-            const json& entry = document["lpars"][i];
-            std::string where = fmt::format("lpars[{}]", i);
-            check_keys(entry, where,
-                       {"name", "origin_mib", "size_mib", "vcpus", "firmware",
-                        "rewrite_pages_per_sec", "working_set_mib", "round_limit", "active",
-                        "kernel", "initrd", "cmdline", "disks", "rng", "max_size_mib"});
-            for (const char* required : {"name", "size_mib"})
-                if (!entry.contains(required)) refuse(where + "." + required, "missing");
+            const std::string where = fmt::format("lpars[{}]", i);
+            json entry = document["lpars"][i];
+            if (!entry.is_object()) refuse(where, "expected an object");
+            // "active" is the file's own; everything else is an lpar.define definition, read
+            // and checked by the one parser every path uses.
             LparConfig lpar;
-            lpar.name = string_value(entry, "name", where);
-            check_lpar_name(lpar.name, where + ".name");
-            if (entry.contains("origin_mib"))
-                lpar.origin_mib =
-                    unsigned_value(entry, "origin_mib", where, 0, config.main_storage_mib);
-            if (entry.contains("active")) {
-                if (!entry["active"].is_boolean())
-                    refuse(where + ".active", "expected true or false");
-                lpar.active = entry["active"].get<bool>();
-            }
-            lpar.size_mib = unsigned_value(entry, "size_mib", where, 4, config.main_storage_mib);
-            if (entry.contains("vcpus"))
-                lpar.vcpus = static_cast<unsigned>(unsigned_value(entry, "vcpus", where, 1, 8));
-            if (entry.contains("firmware")) lpar.firmware = string_value(entry, "firmware", where);
-            if (entry.contains("rewrite_pages_per_sec"))
-                lpar.rewrite_pages_per_sec =
-                    unsigned_value(entry, "rewrite_pages_per_sec", where, 0, 100'000'000);
-            if (entry.contains("working_set_mib"))
-                lpar.working_set_mib =
-                    unsigned_value(entry, "working_set_mib", where, 0, lpar.size_mib);
-            if (entry.contains("round_limit"))
-                lpar.round_limit = unsigned_value(entry, "round_limit", where, 0, 1'000'000'000);
-            if (entry.contains("max_size_mib"))
-                lpar.max_size_mib = unsigned_value(entry, "max_size_mib", where, lpar.size_mib,
-                                                   LPV_MAX_STORAGE / kMiB);
-            for (auto [key, field] :
-                 {std::pair{"kernel", &lpar.kernel}, std::pair{"initrd", &lpar.initrd},
-                  std::pair{"cmdline", &lpar.cmdline}})
-                if (entry.contains(key)) *field = string_value(entry, key, where);
-            if (entry.contains("rng")) {
-                if (!entry["rng"].is_boolean()) refuse(where + ".rng", "expected true or false");
-                lpar.rng = entry["rng"].get<bool>();
+            if (auto active = entry.find("active"); active != entry.end()) {
+                if (!active->is_boolean()) refuse(where + ".active", "expected true or false");
+                lpar.active = active->get<bool>();
+                entry.erase(active);
             }
             try {
-                if (entry.contains("disks"))
-                    lpar.disks = control::parse_disk_list(entry["disks"], where + ".disks");
-                control::check_boot_source(lpar);
+                static_cast<control::LparDefinition&>(lpar) = control::parse_definition(entry);
             } catch (const std::invalid_argument& e) {
-                std::string what = e.what();
-                throw Error(
-                    ErrorKind::InvalidArgument,
-                    "configuration: " + (what.starts_with(where) ? what : where + "." + what));
+                refuse(where + "." + e.what(), "");
             }
-            if (lpar.size_mib * kMiB > LPV_MAX_STORAGE)
-                refuse(where + ".size_mib",
-                       fmt::format("{} MiB: an LPAR's storage must end below the PCI window at "
-                                   "{} MiB",
-                                   lpar.size_mib, LPV_MAX_STORAGE / kMiB));
+            if (lpar.size_mib > config.main_storage_mib)
+                refuse(where + ".size_mib", fmt::format("{} MiB is more than main storage ({} MiB)",
+                                                        lpar.size_mib, config.main_storage_mib));
+            if (lpar.origin_mib && *lpar.origin_mib + lpar.size_mib > config.main_storage_mib)
+                refuse(where + ".origin_mib",
+                       fmt::format("{}-{} MiB ends beyond main storage ({} MiB)", *lpar.origin_mib,
+                                   *lpar.origin_mib + lpar.size_mib, config.main_storage_mib));
             config.lpars.push_back(std::move(lpar));
         }
     }

@@ -28,9 +28,6 @@ struct SystemConfig {
 // Fig. 3A: 509 MiB of main storage, LPAR1 at 0 with 128 MiB, LPAR2 at 128 with 256 MiB.
 SystemConfig fig3a_config();
 
-// Checks a name: 1-31 letters, digits, '_', '.', '-'. Throws Error(InvalidArgument).
-void check_lpar_name(const std::string& name, const std::string& key);
-
 // How many LPARs may be defined at once (configuration file and lpar.define together): each
 // costs memory, threads and log lines even while only defined.
 inline constexpr std::size_t kMaxLpars = 64;

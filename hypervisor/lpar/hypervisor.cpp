@@ -286,35 +286,13 @@ void Hypervisor::deactivate_locked(Record& r) {
 }
 
 control::LparStatus Hypervisor::define(const control::LparDefinition& definition) {
-    check_lpar_name(definition.name, "name");
-    if (definition.size_mib < 4 || definition.size_mib % 2 != 0)
-        throw Error(
-            ErrorKind::InvalidArgument,
-            fmt::format("{}: size {} MiB: the firmware needs at least 4 MiB, in 2 MiB units",
-                        definition.name, definition.size_mib));
-    if (definition.origin_mib && *definition.origin_mib % 2 != 0)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: origin {} MiB is not a multiple of 2 MiB", definition.name,
-                                *definition.origin_mib));
-    if (definition.vcpus < 1 || definition.vcpus > 8)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: vcpus {}: 1 to 8", definition.name, definition.vcpus));
-    if (definition.size_mib * kMiB > LPV_MAX_STORAGE)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: size {} MiB: an LPAR's storage must end below the PCI "
-                                "window at {} MiB",
-                                definition.name, definition.size_mib, LPV_MAX_STORAGE / kMiB));
-    if (definition.max_size_mib != 0 &&
-        (definition.max_size_mib < definition.size_mib || definition.max_size_mib % 2 != 0 ||
-         definition.max_size_mib * kMiB > LPV_MAX_STORAGE))
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: max_size_mib {}: a multiple of 2 from size_mib ({}) up to {}",
-                                definition.name, definition.max_size_mib, definition.size_mib,
-                                LPV_MAX_STORAGE / kMiB));
+    // The same validator as lpar.define's and the configuration file's (one table of limits).
     try {
-        control::check_boot_source(definition);
+        control::check_definition(definition);
     } catch (const std::invalid_argument& e) {
-        throw Error(ErrorKind::InvalidArgument, definition.name + ": " + e.what());
+        throw Error(ErrorKind::InvalidArgument,
+                    (definition.name.empty() ? std::string("definition") : definition.name) + ": " +
+                        e.what());
     }
     {
         std::lock_guard lock(map_mutex_);

@@ -662,9 +662,14 @@ TEST_CASE("lpar.define takes max_size_mib; the hypervisor checks it against size
     call(api, request_for("lpar.define", R"({"name":"LPAR4","size_mib":64,"max_size_mib":0})"));
     REQUIRE(api.defined.size() == 2);
     CHECK(api.defined[1].max_size_mib == 0);
-    // Below size_mib or odd passes the protocol; the Api refuses it (here: the fake accepts).
-    call(api, request_for("lpar.define", R"({"name":"LPAR5","size_mib":64,"max_size_mib":32})"));
-    CHECK(api.defined.size() == 3);
+    // Below size_mib or odd: the one definition validator refuses it before any Api call.
+    CHECK(message_of(api, request_for("lpar.define",
+                                      R"({"name":"LPAR5","size_mib":64,"max_size_mib":32})")) ==
+          "max_size_mib: 32 MiB is below size_mib (64 MiB): 0 (cannot grow) or size_mib and up");
+    CHECK(message_of(api, request_for("lpar.define",
+                                      R"({"name":"LPAR5","size_mib":64,"max_size_mib":65})")) ==
+          "max_size_mib: expected a multiple of 2 (2 MiB units)");
+    CHECK(api.defined.size() == 2);
 
     for (const char* bad : {R"(-2)", R"(1.5)", R"("256")", R"(true)", R"(17592186044416)"}) {
         INFO(bad);
@@ -675,7 +680,7 @@ TEST_CASE("lpar.define takes max_size_mib; the hypervisor checks it against size
         CHECK(error.at("code") == -32602);
         CHECK(error.at("data").at("param") == "max_size_mib");
     }
-    CHECK(api.defined.size() == 3);
+    CHECK(api.defined.size() == 2);
 }
 
 TEST_CASE("storage.expand / shrink / grow: params", "[json_rpc][resize]") {

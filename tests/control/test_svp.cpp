@@ -392,6 +392,59 @@ TEST_CASE("svp define, the lifecycle commands, remove and config", "[svp]") {
     CHECK(run_svp({"--socket", "/nonexistent", "activate"}).exit_code == 2);
 }
 
+TEST_CASE("svp define takes every field of the configuration file's LPAR", "[svp]") {
+    ServerFixture fixture;
+    const Outcome linux = run_svp_on(fixture, {"define",    "L1",
+                                               "--size",    "512",
+                                               "--origin",  "1024",
+                                               "--vcpus",   "2",
+                                               "--kernel",  "/k/bzImage",
+                                               "--initrd",  "/k/initrd",
+                                               "--cmdline", "console=ttyS0 quiet",
+                                               "--disk",    "/d/a.img",
+                                               "--disk",    "/d/b.img,ro,latency=5",
+                                               "--no-rng",  "--max-size",
+                                               "1024"});
+    INFO(linux.err);
+    CHECK(linux.exit_code == 0);
+    const Outcome firmware = run_svp_on(
+        fixture, {"define", "F1", "--size", "64", "--firmware", "/fw.elf",
+                  "--rewrite-pages-per-sec", "5000", "--working-set", "32", "--round-limit", "7"});
+    CHECK(firmware.exit_code == 0);
+    REQUIRE(fixture.api.defined.size() == 2);
+
+    LparDefinition expected_linux;
+    expected_linux.name = "L1";
+    expected_linux.size_mib = 512;
+    expected_linux.origin_mib = 1024;
+    expected_linux.vcpus = 2;
+    expected_linux.kernel = "/k/bzImage";
+    expected_linux.initrd = "/k/initrd";
+    expected_linux.cmdline = "console=ttyS0 quiet";
+    expected_linux.disks = {{"/d/a.img", false, 0}, {"/d/b.img", true, 5}};
+    expected_linux.rng = false;
+    expected_linux.max_size_mib = 1024;
+    CHECK(fixture.api.defined[0] == expected_linux);
+    LparDefinition expected_firmware;
+    expected_firmware.name = "F1";
+    expected_firmware.size_mib = 64;
+    expected_firmware.firmware = "/fw.elf";
+    expected_firmware.rewrite_pages_per_sec = 5000;
+    expected_firmware.working_set_mib = 32;
+    expected_firmware.round_limit = 7;
+    CHECK(fixture.api.defined[1] == expected_firmware);
+
+    // The daemon's validator answers for svp: the same words as for the configuration file.
+    const Outcome vcpus = run_svp_on(fixture, {"define", "X", "--size", "64", "--vcpus", "9"});
+    CHECK(vcpus.exit_code == 1);
+    CHECK(vcpus.err ==
+          "svp: vcpus: expected an integer from 1 to 8 (InvalidParams, code -32602)\n");
+    const Outcome disk = run_svp_on(fixture, {"define", "X", "--size", "64", "--disk", "a,rw"});
+    CHECK(disk.exit_code == 2);
+    CHECK_THAT(disk.err, Catch::Contains("--disk a,rw: unknown option 'rw'"));
+    CHECK(fixture.api.defined.size() == 2);
+}
+
 TEST_CASE("svp cancel cancels a held mvstor", "[svp]") {
     ServerFixture fixture;
     fixture.api.close_mvstor_gate();

@@ -67,7 +67,7 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     CHECK_THROWS_WITH(hv.define({"bad name", std::nullopt, 16, 1, {}, 0, 0, 0}),
                       Catch::Contains("name"));
     CHECK_THROWS_WITH(hv.define(test::firmware_lpar("C", 3, 16, 1)),
-                      Catch::Contains("not a multiple of 2 MiB"));
+                      Catch::Contains("C: origin_mib: expected a multiple of 2 (2 MiB units)"));
     CHECK_THROWS_WITH(hv.console("B", 100), Catch::Contains("not active"));
 
     auto active = hv.activate("B");

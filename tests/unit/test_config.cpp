@@ -54,10 +54,10 @@ TEST_CASE("unknown keys and bad values are refused with the key's name", "[confi
     refused(doc, "colour: unknown key");
     doc = valid();
     doc["lpars"][1]["sizemib"] = 2;
-    refused(doc, "lpars[1].sizemib: unknown key");
+    refused(doc, "lpars[1].sizemib: unknown parameter");
     doc = valid();
     doc["lpars"][0]["vcpus"] = 0;
-    refused(doc, "lpars[0].vcpus: 0 is out of range 1..8");
+    refused(doc, "lpars[0].vcpus: expected an integer from 1 to 8");
     doc = valid();
     doc["lpars"][0]["size_mib"] = "128";
     refused(doc, "lpars[0].size_mib: expected a non-negative integer");
@@ -78,7 +78,7 @@ TEST_CASE("unknown keys and bad values are refused with the key's name", "[confi
     refused(doc, "LPAR2: area 100-356 MiB overlaps LPAR1 at 0-128 MiB");
     doc = valid();
     doc["lpars"][1]["origin_mib"] = 129;
-    refused(doc, "origin 129 MiB is not a multiple of 2 MiB");
+    refused(doc, "lpars[1].origin_mib: expected a multiple of 2 (2 MiB units)");
     doc = valid();
     doc["lpars"][1]["name"] = "LPAR1";
     refused(doc, "already exists");
@@ -87,6 +87,6 @@ TEST_CASE("unknown keys and bad values are refused with the key's name", "[confi
     refused(doc, "lpars[1].active: expected true or false");
     doc = valid();
     doc["main_storage_mib"] = 300;
-    refused(doc, "LPAR2: area 128-384 MiB ends beyond main storage (300 MiB)");
+    refused(doc, "lpars[1].origin_mib: 128-384 MiB ends beyond main storage (300 MiB)");
     refused(json::array(), "expected an object");
 }
