@@ -39,7 +39,8 @@ constexpr double kDefaultTimeoutSeconds = 10;
 constexpr double kDefaultMvstorTimeoutSeconds = 60;
 constexpr double kDefaultLongTimeoutSeconds = 120;  // activate, reset, deactivate
 constexpr auto kFollowInterval = std::chrono::milliseconds(200);
-constexpr auto kEventGrace = std::chrono::milliseconds(1000);  // mvstor: late events after result
+// After a long command's result, how long its progress may still wait for its final event.
+constexpr auto kEventGrace = std::chrono::milliseconds(1000);
 
 volatile std::sig_atomic_t g_interrupted = 0;
 
@@ -290,9 +291,10 @@ void print_table_after(const Options& options) {
     }
 }
 
-int run_single(const std::string& command, const Options& options) {
-    const auto [method, params] = request_for(command, options);
-    const Reply reply = call(options.socket_path, method, params, timeout_for(options, command));
+// Prints a command's answer: the refusal (returning its exit code), or the result as a table or
+// JSON, then the storage table after a size change.
+int print_reply(const std::string& command, const Options& options, const std::string& method,
+                const Reply& reply) {
     if (!reply.ok) return report_refusal(reply, options);
     const auto& result = reply.result();
     try {
@@ -317,11 +319,20 @@ int run_single(const std::string& command, const Options& options) {
     return kExitOk;
 }
 
-// Subscribes `session` to events; false when the daemon does not offer them.
-bool subscribe(Session& session, const Options& options) {
+int run_single(const std::string& command, const Options& options) {
+    const auto [method, params] = request_for(command, options);
+    return print_reply(command, options, method,
+                       call(options.socket_path, method, params, timeout_for(options, command)));
+}
+
+// Subscribes `session` to the events `filter` lets through; false when the daemon does not
+// offer events. A daemon that predates filters refuses one: then every event, filtered here.
+bool subscribe(Session& session, const Options& options, const json& filter) {
     const Reply reply =
-        session.request(1, "events.subscribe", json::object(), timeout_for(options, "subscribe"));
-    return reply.ok;
+        session.request(1, "events.subscribe", filter, timeout_for(options, "subscribe"));
+    if (reply.ok || filter.empty()) return reply.ok;
+    return session.request(2, "events.subscribe", json::object(), timeout_for(options, "subscribe"))
+        .ok;
 }
 
 int run_watch(const Options& options) {
@@ -380,36 +391,78 @@ int run_console_follow(const Options& options) {
     return kExitOk;
 }
 
-// Draws MVSTOR's progress on stderr from the events of a second connection.
+// What a long command's progress listens to, and which event ends it.
+struct ProgressScope {
+    std::vector<std::string> events;  // names or prefixes ("mvstor.*")
+    std::vector<std::string> lpars;   // empty: any LPAR (grow and make-room move others)
+    std::vector<std::string> finals;  // an event of these, about final_lpar, ends the progress
+    std::string final_lpar;
+};
+
+std::optional<ProgressScope> progress_scope(const std::string& command, const Options& options) {
+    if (command == "mvstor")
+        return ProgressScope{
+            {"mvstor.*"}, {options.lpar}, {"mvstor.done", "mvstor.failed"}, options.lpar};
+    if (command == "exchange")
+        return ProgressScope{{"exchange.*"}, {options.lpar}, {"exchange.done"}, options.lpar};
+    if (command == "expand")
+        return ProgressScope{
+            {"expand.*", "storage.expanded"}, {options.lpar}, {"storage.expanded"}, options.lpar};
+    if (command == "shrink")
+        return ProgressScope{
+            {"shrink.*", "storage.shrunk"}, {options.lpar}, {"storage.shrunk"}, options.lpar};
+    if (command == "grow" && !options.dry_run)
+        return ProgressScope{
+            {"mvstor.*", "expand.*", "storage.expanded"}, {}, {"storage.expanded"}, options.lpar};
+    if (command == "make-room") return ProgressScope{{"mvstor.*"}, {}, {}, {}};
+    return std::nullopt;
+}
+
+// Draws a long command's progress on stderr from the events of a second connection: a bar on a
+// terminal, a line per finished phase otherwise, the events themselves as JSON lines with --json.
 class ProgressView {
   public:
-    ProgressView(std::string lpar, bool tty) : lpar_(std::move(lpar)), tty_(tty) {}
+    ProgressView(ProgressScope scope, bool tty, bool json_lines)
+        : scope_(std::move(scope)), tty_(tty && !json_lines), json_lines_(json_lines) {}
 
-    // True once the relocation's final event (mvstor.done / mvstor.failed) came.
+    // True once the command's final event came.
     bool on_event(const json& params) {
-        if (params.value("lpar", "") != lpar_) return false;
         const std::string type = params.value("event", "");
-        if (type == "mvstor.progress") {
-            copied_ = params.value("copied", std::uint64_t{0});
-            total_ = params.value("total", std::uint64_t{0});
-            if (tty_) draw("copy");
-        } else if (type == "mvstor.phase") {
-            const std::string phase = params.value("phase", "?");
-            const std::uint64_t us = params.value("us", std::uint64_t{0});
-            if (tty_) {
-                draw(phase + " done");
+        const std::string lpar = params.value("lpar", "");
+        if (!wanted(type, lpar)) return false;
+        const std::string op = type.substr(0, type.find('.'));
+        if (json_lines_) {
+            std::cerr << params.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+        } else if (type.ends_with(".progress")) {
+            if (params.contains("copied")) {
+                done_ = params.value("copied", std::uint64_t{0});
+                total_ = params.value("total", std::uint64_t{0});
             } else {
-                std::cerr << fmt::format("mvstor {}: {} done ({})\n", lpar_, phase, format_ms(us));
+                constexpr std::uint64_t kMiB = 1024 * 1024;
+                done_ = params.value(op == "shrink" ? "released_mib" : "plugged_mib",
+                                     std::uint64_t{0}) *
+                        kMiB;
+                total_ = params.value("total_mib", std::uint64_t{0}) * kMiB;
             }
-        } else if (type == "mvstor.done" || type == "mvstor.failed") {
-            finish();
-            if (!tty_ && type == "mvstor.failed") {
-                std::cerr << fmt::format("mvstor {}: failed: {}\n", lpar_,
-                                         params.value("message", std::string("?")));
+            if (tty_) draw(fmt::format("{} {} {}", op, lpar, verb(op)));
+        } else if (type.ends_with(".phase")) {
+            const std::string phase = params.value("phase", "?");
+            if (tty_) {
+                draw(fmt::format("{} {} {} done", op, lpar, phase));
+            } else {
+                std::cerr << fmt::format("{} {}: {} done ({})\n", op, lpar, phase,
+                                         format_ms(params.value("us", std::uint64_t{0})));
             }
-            return true;
+        } else if (type == "mvstor.failed" && !tty_) {
+            std::cerr << fmt::format("mvstor {}: failed: {}\n", lpar,
+                                     params.value("message", std::string("?")));
         }
-        return false;
+        std::cerr.flush();
+        const bool final =
+            std::find(scope_.finals.begin(), scope_.finals.end(), type) != scope_.finals.end() &&
+            lpar == scope_.final_lpar;
+        if (final) finish();
+        return final;
     }
 
     void finish() {
@@ -418,35 +471,58 @@ class ProgressView {
     }
 
   private:
+    // The filter again, here: a daemon without filters sends everything.
+    bool wanted(const std::string& type, const std::string& lpar) const {
+        const auto named = [&](const std::string& entry) {
+            return entry.ends_with(".*") ? type.starts_with(entry.substr(0, entry.size() - 1))
+                                         : type == entry;
+        };
+        if (std::none_of(scope_.events.begin(), scope_.events.end(), named)) return false;
+        return scope_.lpars.empty() ||
+               std::find(scope_.lpars.begin(), scope_.lpars.end(), lpar) != scope_.lpars.end();
+    }
+
+    static std::string verb(const std::string& op) {
+        if (op == "expand") return "plug";
+        if (op == "shrink") return "unplug";
+        return op == "mvstor" ? "copy" : op;
+    }
+
     void draw(const std::string& label) {
-        std::cerr << '\r' << "\033[K" << progress_bar(copied_, total_, label) << std::flush;
+        std::cerr << '\r' << "\033[K" << progress_bar(done_, total_, label) << std::flush;
         drawn_ = true;
     }
 
-    std::string lpar_;
+    ProgressScope scope_;
     bool tty_;
+    bool json_lines_;
     bool drawn_ = false;
-    std::uint64_t copied_ = 0;
+    std::uint64_t done_ = 0;
     std::uint64_t total_ = 0;
 };
 
-int run_mvstor(const Options& options) {
-    const auto timeout = timeout_for(options, "mvstor");
+// A long command (mvstor, exchange, expand, shrink, grow, make-room) with its progress from a
+// second, subscribed connection; without events (an older daemon) it just waits for the result.
+int run_with_progress(const std::string& command, const Options& options) {
+    const auto scope = progress_scope(command, options);
+    const auto timeout = timeout_for(options, command);
     std::optional<Session> events;
-    if (!options.json_output) {
+    if (scope) {
+        json filter{{"events", scope->events}};
+        if (!scope->lpars.empty()) filter["lpars"] = scope->lpars;
         try {
             events.emplace(options.socket_path, timeout_for(options, "subscribe"));
-            if (!subscribe(*events, options)) events.reset();  // an older daemon: no progress
+            if (!subscribe(*events, options, filter)) events.reset();
         } catch (const Failure& failure) {
             if (failure.exit_code() == kExitNoDaemon) throw;
             events.reset();
         }
     }
-    if (!events) return run_single("mvstor", options);
+    if (!events) return run_single(command, options);
 
-    ProgressView view(options.lpar, ::isatty(STDERR_FILENO) == 1);
+    ProgressView view(*scope, ::isatty(STDERR_FILENO) == 1, options.json_output);
     Session session(options.socket_path, timeout);
-    const auto [method, params] = request_for("mvstor", options);
+    const auto [method, params] = request_for(command, options);
     session.send_request(1, method, params);
     const auto deadline = Session::Clock::now() + timeout;
     std::optional<Reply> reply;
@@ -467,7 +543,10 @@ int run_mvstor(const Options& options) {
                     throw Failure(kExitProtocol, fmt::format("{} answered with invalid JSON: {}",
                                                              options.socket_path, error.what()));
                 }
-                grace_end = Session::Clock::now() + kEventGrace;
+                // A command without a final event (make-room), or a refusal, waits only for
+                // what is already on its way.
+                grace_end = Session::Clock::now() +
+                            (scope->finals.empty() || !reply->ok ? kEventGrace / 5 : kEventGrace);
             }
         }
         const auto now = Session::Clock::now();
@@ -485,15 +564,7 @@ int run_mvstor(const Options& options) {
         (void)events->receive(std::chrono::milliseconds(20));
     }
     view.finish();
-    if (!reply->ok) return report_refusal(*reply, options);
-    try {
-        std::cout << format_mvstor(reply->result());
-    } catch (const json::exception& error) {
-        throw Failure(kExitProtocol, fmt::format("unexpected storage.mvstor result from {}: {}",
-                                                 options.socket_path, error.what()));
-    }
-    std::cout.flush();
-    return kExitOk;
+    return print_reply(command, options, method, *reply);
 }
 
 int main_with_exceptions(int argc, char** argv) {
@@ -668,7 +739,7 @@ int main_with_exceptions(int argc, char** argv) {
 
     if (command == "watch") return run_watch(options);
     if (command == "console" && options.follow) return run_console_follow(options);
-    if (command == "mvstor") return run_mvstor(options);
+    if (progress_scope(command, options)) return run_with_progress(command, options);
     (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
         (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room, (void)expand,
         (void)shrink, (void)describe;

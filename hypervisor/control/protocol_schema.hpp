@@ -332,6 +332,14 @@ inline constexpr FieldSchema kExchangeDoneFields[] = {
     {"b_new_origin_mib", FieldType::Integer, "b's new origin"},
     {"pause_us", FieldType::Integer, "how long both were stopped, microseconds"},
 };
+inline constexpr FieldSchema kResizeProgressFields[] = {
+    {"plugged_mib", FieldType::Integer, "of the MiB asked for, how many the guest has plugged"},
+    {"total_mib", FieldType::Integer, "the MiB asked for"},
+};
+inline constexpr FieldSchema kShrinkProgressFields[] = {
+    {"released_mib", FieldType::Integer, "of the MiB asked for, how many the guest has unplugged"},
+    {"total_mib", FieldType::Integer, "the MiB asked for"},
+};
 inline constexpr FieldSchema kResizeFields[] = {
     {"old_size_mib", FieldType::Integer, "the size before"},
     {"new_size_mib", FieldType::Integer, "the size after"},
@@ -399,8 +407,17 @@ inline constexpr EventSchema kEventSchemas[] = {
     {"mvstor.done", true, schema_detail::kMvstorDoneFields, "an MVSTOR finished"},
     {"mvstor.failed", true, schema_detail::kFailedFields,
      "an MVSTOR was refused late, timed out or was cancelled"},
+    {"exchange.phase", true, schema_detail::kPhaseFields, "an EXCHANGE phase finished (lpar is a)"},
+    {"exchange.progress", true, schema_detail::kProgressFields,
+     "an EXCHANGE's copy advanced, both LPARs' bytes counted (lpar is a)"},
     {"exchange.done", true, schema_detail::kExchangeDoneFields, "an EXCHANGE finished (lpar is a)"},
+    {"expand.phase", true, schema_detail::kPhaseFields, "an EXPAND phase finished"},
+    {"expand.progress", true, schema_detail::kResizeProgressFields,
+     "the guest plugged more of an EXPAND"},
     {"storage.expanded", true, schema_detail::kResizeFields, "an EXPAND finished"},
+    {"shrink.phase", true, schema_detail::kPhaseFields, "a SHRINK phase finished"},
+    {"shrink.progress", true, schema_detail::kShrinkProgressFields,
+     "the guest unplugged more of a SHRINK"},
     {"storage.shrunk", true, schema_detail::kResizeFields, "a SHRINK finished"},
     {"events.dropped", false, schema_detail::kDroppedFields,
      "events were lost because this client did not read"},

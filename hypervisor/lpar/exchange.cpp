@@ -27,7 +27,12 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
     result.a = request.a;
     result.b = request.b;
     auto phase = [&](const char* name, Clock::time_point since) {
-        result.phases.push_back({name, microseconds_since(since)});
+        const std::uint64_t us = microseconds_since(since);
+        result.phases.push_back({name, us});
+        events_.publish("exchange.phase", request.a, {{"phase", name}, {"us", us}});
+    };
+    const CopyProgress progress = [&](std::uint64_t done, std::uint64_t total) {
+        events_.publish("exchange.progress", request.a, {{"copied", done}, {"total", total}});
     };
 
     // Which shape, decided before anything stops: a refused exchange must not pause anyone.
@@ -93,8 +98,8 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
     // Swapping is its own inverse; a rotation of neighbours is undone by rotating back.
     bool swapped = false;
     auto exchange_storage = [&] {
-        return equal ? swap_equal_ranges(arena_, keys_, a, b)
-                     : rotate_adjacent_ranges(arena_, keys_, lower, upper);
+        return equal ? swap_equal_ranges(arena_, keys_, a, b, progress)
+                     : rotate_adjacent_ranges(arena_, keys_, lower, upper, progress);
     };
     auto exchange_back = [&] {
         if (equal) {

@@ -5,6 +5,7 @@
 // guest plug that much, and waits until it has. Shrink asks the guest to unplug the top, waits
 // until exactly the top is free, then unmaps, scrubs and returns it to the storage map.
 #include <algorithm>
+#include <functional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -50,17 +51,27 @@ virtio::VirtioMem& memory_device_of(Lpar& lpar) {
     return *device;
 }
 
-// Waits for the guest's virtio-mem driver, in short slices so that a shutdown ends the wait.
+// Called with the guest's plugged size whenever it changed during a wait.
+using PluggedProgress = std::function<void(std::uint64_t plugged_bytes)>;
+
+// Waits for the guest's virtio-mem driver, in short slices so that a shutdown ends the wait,
+// and reports each change of the plugged size.
 bool wait_for_plugged(virtio::VirtioMem& device, std::uint64_t target,
-                      std::chrono::milliseconds timeout, const Hypervisor& hypervisor) {
+                      std::chrono::milliseconds timeout, const Hypervisor& hypervisor,
+                      const PluggedProgress& progress = {}) {
     const auto deadline = Clock::now() + timeout;
+    std::uint64_t seen = device.plugged_size();
     for (;;) {
         const auto now = Clock::now();
         if (now >= deadline || hypervisor.shutting_down()) return false;
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-        if (device.wait_for_plugged(target, std::clamp(left, std::chrono::milliseconds(1),
-                                                       std::chrono::milliseconds(100))))
-            return true;
+        const bool reached = device.wait_for_plugged(
+            target, std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(100)));
+        if (const std::uint64_t plugged = device.plugged_size(); plugged != seen) {
+            seen = plugged;
+            if (progress) progress(plugged);
+        }
+        if (reached) return true;
     }
 }
 
@@ -107,6 +118,16 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
     const std::uint64_t target = new_range.size - boot;
     // The fault point "expand.plug": a guest that never plugs (it is not even asked).
     const bool never_plugs = fault::triggered("expand.plug");
+    events_.publish("expand.phase", request.lpar,
+                    {{"phase", "populate"}, {"us", microseconds_since(accepted)}});
+    const auto plug_started = Clock::now();
+    const std::uint64_t plugged_before = old_range.size - boot;
+    const PluggedProgress plug_progress = [&](std::uint64_t plugged) {
+        const std::uint64_t done = plugged > plugged_before ? plugged - plugged_before : 0;
+        events_.publish(
+            "expand.progress", request.lpar,
+            {{"plugged_mib", std::min(done, extra) / kMiB}, {"total_mib", request.mib}});
+    };
     if (!never_plugs) {
         device.set_usable_region_size(usable_extent(device, target));
         device.set_requested_size(target);
@@ -117,7 +138,7 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
     control::ResizeResult result;
     result.lpar = request.lpar;
     result.old_size_mib = old_range.size / kMiB;
-    if (never_plugs || !wait_for_plugged(device, target, request.timeout, *this)) {
+    if (never_plugs || !wait_for_plugged(device, target, request.timeout, *this, plug_progress)) {
         const std::uint64_t plugged = device.plugged_size();
         if (plugged + boot <= old_range.size) {
             // The guest took none of it: everything goes back as it was.
@@ -160,6 +181,8 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
                         request.lpar, format_mib(plugged - (old_range.size - boot)),
                         format_mib(extra), request.timeout.count(), format_mib(new_range.size)));
     }
+    events_.publish("expand.phase", request.lpar,
+                    {{"phase", "plug"}, {"us", microseconds_since(plug_started)}});
     result.new_size_mib = new_range.size / kMiB;
     result.plugged_mib = device.plugged_size() / kMiB;
     result.total_us = microseconds_since(accepted);
@@ -197,11 +220,19 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
     spdlog::info("{}: shrink by {} MiB: waiting for the guest to unplug the top", request.lpar,
                  request.mib);
     // The guest chooses which blocks it gives back; only the top can leave the LPAR's range.
+    const auto unplug_started = Clock::now();
+    const PluggedProgress unplug_progress = [&](std::uint64_t plugged) {
+        const std::uint64_t done = plugged < old_target ? old_target - plugged : 0;
+        events_.publish(
+            "shrink.progress", request.lpar,
+            {{"released_mib", std::min(done, less) / kMiB}, {"total_mib", request.mib}});
+    };
     auto deadline = Clock::now() + request.timeout;
     bool released = false;
     while (Clock::now() < deadline && !shutting_down()) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (wait_for_plugged(device, target, std::max(left, std::chrono::milliseconds(1)), *this)) {
+        if (wait_for_plugged(device, target, std::max(left, std::chrono::milliseconds(1)), *this,
+                             unplug_progress)) {
             if (device.plugged_range_is_prefix()) {
                 released = true;
                 break;
@@ -220,6 +251,9 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
                                 request.lpar, request.mib, request.timeout.count(),
                                 format_mib(old_range.size)));
     }
+    events_.publish("shrink.phase", request.lpar,
+                    {{"phase", "unplug"}, {"us", microseconds_since(unplug_started)}});
+    const auto remove_started = Clock::now();
     // The top leaves the window only while the LPAR is quiesced: a device that passed its
     // bounds check just before must not find the page gone (vCPUs paused, devices drained).
     {
@@ -260,7 +294,12 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
         std::lock_guard lock(map_mutex_);
         map_.resize(request.lpar, old_range.size - less);
     }
+    events_.publish("shrink.phase", request.lpar,
+                    {{"phase", "remove"}, {"us", microseconds_since(remove_started)}});
+    const auto scrub_started = Clock::now();
     scrub(arena_, keys_, freed);  // nothing of this guest may reach the next owner
+    events_.publish("shrink.phase", request.lpar,
+                    {{"phase", "scrub"}, {"us", microseconds_since(scrub_started)}});
 
     control::ResizeResult result;
     result.lpar = request.lpar;

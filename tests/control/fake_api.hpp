@@ -180,6 +180,19 @@ class FakeApi : public Api {
         std::lock_guard lock(mutex_);
         maybe_throw();
         exchange_requests.push_back(request);
+        if (operations_emit_events) {
+            const std::string a = request.a;
+            emit({"exchange.phase", a, R"({"phase":"check","us":20})"});
+            emit({"exchange.phase", a, R"({"phase":"stop_vcpus","us":100})"});
+            emit({"exchange.progress", a, R"({"copied":268435456,"total":536870912})"});
+            emit({"exchange.progress", a, R"({"copied":536870912,"total":536870912})"});
+            emit({"exchange.phase", a, R"({"phase":"exchange","us":1200})"});
+            emit({"exchange.phase", a, R"({"phase":"remap","us":150})"});
+            emit({"exchange.phase", a, R"({"phase":"resume","us":50})"});
+            emit({"exchange.done", a,
+                  R"({"a":")" + a + R"(","b":")" + request.b +
+                      R"(","a_new_origin_mib":128,"b_new_origin_mib":0,"pause_us":1500})"});
+        }
         return ExchangeResult{request.a, request.b, 0, 128, 128, 0, 256ull << 20, 1500, 2000, {}};
     }
     GrowPlanResult plan_grow(const std::string& name, std::uint64_t extra_mib) override {
@@ -349,7 +362,8 @@ class FakeApi : public Api {
     std::vector<ExchangeRequest> exchange_requests;
     std::string console_text = "LPAR2 console\n";
     std::chrono::milliseconds mvstor_hold{0};
-    bool mvstor_emits_events = false;  // phase, progress and done events, like the hypervisor
+    bool mvstor_emits_events = false;     // phase, progress and done events, like the hypervisor
+    bool operations_emit_events = false;  // the same for exchange, expand and shrink
     std::string config_json =
         R"({"main_storage_mib":509,"lpars":[{"name":"LPAR1","origin_mib":0,"size_mib":128,"vcpus":1},)"
         R"({"name":"LPAR2","origin_mib":128,"size_mib":256,"vcpus":2}]})";
@@ -459,6 +473,25 @@ class FakeApi : public Api {
     }
 
     // EXPAND (grow) or shrink by request.mib, refused as the hypervisor would.
+    // expand.* / shrink.* and storage.expanded / storage.shrunk, as the hypervisor sends them.
+    void emit_resize_events(const ResizeResult& result, bool grow, std::uint64_t mib) {
+        const std::string op = grow ? "expand" : "shrink";
+        const std::string field = grow ? "plugged_mib" : "released_mib";
+        const std::string total = std::to_string(mib);
+        emit({op + ".phase", result.lpar,
+              std::string(R"({"phase":")") + (grow ? "populate" : "unplug") + R"(","us":300})"});
+        emit({op + ".progress", result.lpar,
+              R"({")" + field + R"(":)" + std::to_string(mib / 2) + R"(,"total_mib":)" + total +
+                  "}"});
+        emit({op + ".progress", result.lpar,
+              R"({")" + field + R"(":)" + total + R"(,"total_mib":)" + total + "}"});
+        emit({op + ".phase", result.lpar,
+              std::string(R"({"phase":")") + (grow ? "plug" : "remove") + R"(","us":4000})"});
+        emit({grow ? "storage.expanded" : "storage.shrunk", result.lpar,
+              R"({"old_size_mib":)" + std::to_string(result.old_size_mib) + R"(,"new_size_mib":)" +
+                  std::to_string(result.new_size_mib) + R"(,"total_us":4300})"});
+    }
+
     ResizeResult resize_locked(const ResizeRequest& request, bool grow) {
         LparStatus& lpar = placed(request.lpar);
         const std::uint64_t mib = request.mib;
@@ -489,6 +522,7 @@ class FakeApi : public Api {
         result.new_size_mib = lpar.size_mib;
         result.plugged_mib = lpar.plugged_mib;
         recompute();
+        if (operations_emit_events) emit_resize_events(result, grow, mib);
         return result;
     }
 

@@ -12,6 +12,7 @@
 #include <ctime>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -614,10 +615,55 @@ TEST_CASE("svp mvstor shows progress from events: one line per phase when not a 
           "mvstor LPAR2: remap done (0.6 ms)\n"
           "mvstor LPAR2: resume done (0.2 ms)\n"
           "mvstor LPAR2: scrub done (26.8 ms)\n");
-    const Outcome quiet = run_svp_on(fixture, {"--json", "mvstor", "LPAR2", "192"});
-    CHECK(quiet.exit_code == 0);
-    CHECK(quiet.err.empty());
-    CHECK(json::parse(quiet.out).at("new_origin_mib") == 192);
+    // --json: the result on stdout, the events as JSON lines on stderr.
+    const Outcome raw = run_svp_on(fixture, {"--json", "mvstor", "LPAR2", "192"});
+    CHECK(raw.exit_code == 0);
+    CHECK(json::parse(raw.out).at("new_origin_mib") == 192);
+    std::istringstream lines(raw.err);
+    std::vector<std::string> types;
+    for (std::string line; std::getline(lines, line);)
+        types.push_back(json::parse(line).at("event").get<std::string>());
+    REQUIRE(!types.empty());
+    CHECK(types.front() == "mvstor.phase");
+    CHECK(types.back() == "mvstor.done");
+    CHECK(std::count(types.begin(), types.end(), "mvstor.progress") == 4);
+}
+
+TEST_CASE("svp exchange, expand, shrink and grow show progress from events too", "[svp]") {
+    ServerFixture fixture;
+    fixture.api.operations_emit_events = true;
+    const Outcome exchanged = run_svp_on(fixture, {"exchange", "LPAR1", "LPAR2"});
+    CHECK(exchanged.exit_code == 0);
+    CHECK(exchanged.err ==
+          "exchange LPAR1: check done (0.0 ms)\n"
+          "exchange LPAR1: stop_vcpus done (0.1 ms)\n"
+          "exchange LPAR1: exchange done (1.2 ms)\n"
+          "exchange LPAR1: remap done (0.1 ms)\n"
+          "exchange LPAR1: resume done (0.1 ms)\n");
+
+    fixture.api.status.lpars[1].max_size_mib = 512;  // LPAR2: 256 MiB at 128, 125 MiB free above
+    const Outcome expanded = run_svp_on(fixture, {"expand", "LPAR2", "64"});
+    INFO(expanded.err);
+    CHECK(expanded.exit_code == 0);
+    CHECK(expanded.err ==
+          "expand LPAR2: populate done (0.3 ms)\n"
+          "expand LPAR2: plug done (4.0 ms)\n");
+    const Outcome shrunk = run_svp_on(fixture, {"--json", "shrink", "LPAR2", "32"});
+    CHECK(shrunk.exit_code == 0);
+    std::istringstream lines(shrunk.err);
+    std::vector<std::string> types;
+    for (std::string line; std::getline(lines, line);)
+        types.push_back(json::parse(line).at("event").get<std::string>());
+    CHECK(types == std::vector<std::string>{"shrink.phase", "shrink.progress", "shrink.progress",
+                                            "shrink.phase", "storage.shrunk"});
+    CHECK(json::parse(shrunk.out).at("new_size_mib") == 288);
+
+    // grow: the room-making MVSTORs' events (the fake makes none here), then the EXPAND's.
+    const Outcome grown = run_svp_on(fixture, {"grow", "LPAR2", "32"});
+    CHECK(grown.exit_code == 0);
+    CHECK(grown.err ==
+          "expand LPAR2: populate done (0.3 ms)\n"
+          "expand LPAR2: plug done (4.0 ms)\n");
 }
 
 TEST_CASE("svp exits 4 when the daemon's query timeout answers", "[svp]") {
