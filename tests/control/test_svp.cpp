@@ -124,6 +124,15 @@ Outcome run_svp_on(ServerFixture& fixture, const std::vector<std::string>& args)
     return outcome;
 }
 
+// The event names of --json progress: one JSON notification's params per line.
+std::vector<std::string> event_types(const std::string& json_lines) {
+    std::istringstream lines(json_lines);
+    std::vector<std::string> types;
+    for (std::string line; std::getline(lines, line);)
+        types.push_back(json::parse(line).at("event").get<std::string>());
+    return types;
+}
+
 }  // namespace
 
 TEST_CASE("svp lpars prints the Fig. 3A table", "[svp]") {
@@ -619,10 +628,7 @@ TEST_CASE("svp mvstor shows progress from events: one line per phase when not a 
     const Outcome raw = run_svp_on(fixture, {"--json", "mvstor", "LPAR2", "192"});
     CHECK(raw.exit_code == 0);
     CHECK(json::parse(raw.out).at("new_origin_mib") == 192);
-    std::istringstream lines(raw.err);
-    std::vector<std::string> types;
-    for (std::string line; std::getline(lines, line);)
-        types.push_back(json::parse(line).at("event").get<std::string>());
+    const std::vector<std::string> types = event_types(raw.err);
     REQUIRE(!types.empty());
     CHECK(types.front() == "mvstor.phase");
     CHECK(types.back() == "mvstor.done");
@@ -650,12 +656,9 @@ TEST_CASE("svp exchange, expand, shrink and grow show progress from events too",
           "expand LPAR2: plug done (4.0 ms)\n");
     const Outcome shrunk = run_svp_on(fixture, {"--json", "shrink", "LPAR2", "32"});
     CHECK(shrunk.exit_code == 0);
-    std::istringstream lines(shrunk.err);
-    std::vector<std::string> types;
-    for (std::string line; std::getline(lines, line);)
-        types.push_back(json::parse(line).at("event").get<std::string>());
-    CHECK(types == std::vector<std::string>{"shrink.phase", "shrink.progress", "shrink.progress",
-                                            "shrink.phase", "storage.shrunk"});
+    CHECK(event_types(shrunk.err) == std::vector<std::string>{"shrink.phase", "shrink.progress",
+                                                              "shrink.progress", "shrink.phase",
+                                                              "storage.shrunk"});
     CHECK(json::parse(shrunk.out).at("new_size_mib") == 288);
 
     // grow: the room-making MVSTORs' events (the fake makes none here), then the EXPAND's.
