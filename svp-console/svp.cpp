@@ -379,7 +379,13 @@ int run_console_follow(const Options& options) {
         std::string current = reply.result().at("text").get<std::string>();
         const std::string fresh = new_console_text(previous, current);
         if (!fresh.empty()) {
-            std::cout << fresh;
+            if (options.json_output) {  // one JSON line per new piece of output
+                std::cout << json{{"lpar", options.lpar}, {"text", fresh}}.dump(
+                                 -1, ' ', false, json::error_handler_t::replace)
+                          << '\n';
+            } else {
+                std::cout << fresh;
+            }
             std::cout.flush();
         }
         previous = std::move(current);

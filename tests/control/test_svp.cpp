@@ -608,6 +608,19 @@ TEST_CASE("svp console --follow prints appended text once, across a wrapped ring
     std::this_thread::sleep_for(500ms);  // a few more polls of the same text print nothing
     CHECK(follow.interrupt() == 0);
     CHECK(follow.out == "boot\nmore\nagain\n");
+
+    // --json: each new piece as one JSON line.
+    fixture.api.set_console_text("one\n");
+    BackgroundSvp raw(
+        {"--socket", fixture.socket_path.string(), "--json", "console", "LPAR2", "--follow"});
+    CHECK(raw.read_until([](const std::string& out) { return contains(out, "\n"); }));
+    fixture.api.set_console_text("one\ntwo\n");
+    CHECK(raw.read_until([](const std::string& out) { return contains(out, "two"); }));
+    CHECK(raw.interrupt() == 0);
+    CHECK(raw.out == R"({"lpar":"LPAR2","text":"one\n"})"
+                     "\n"
+                     R"({"lpar":"LPAR2","text":"two\n"})"
+                     "\n");
 }
 
 TEST_CASE("svp mvstor shows progress from events: one line per phase when not a TTY", "[svp]") {
