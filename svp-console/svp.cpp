@@ -39,8 +39,13 @@ constexpr double kDefaultTimeoutSeconds = 10;
 constexpr double kDefaultMvstorTimeoutSeconds = 60;
 constexpr double kDefaultLongTimeoutSeconds = 120;  // activate, reset, deactivate
 constexpr auto kFollowInterval = std::chrono::milliseconds(200);
-// After a long command's result, how long its progress may still wait for its final event.
-constexpr auto kEventGrace = std::chrono::milliseconds(1000);
+// After a long command's result, how long its progress may still wait for events. The daemon
+// publishes an operation's final event (mvstor.done, storage.expanded ...) before it answers, so
+// after a success that event is on its way: the wait ends when it comes, and the bound only
+// covers a lost one (events.dropped). Without a final event to wait for (make-room, a refusal),
+// only what is already in flight is drained.
+constexpr auto kFinalEventWait = std::chrono::milliseconds(10000);
+constexpr auto kEventDrain = std::chrono::milliseconds(200);
 
 volatile std::sig_atomic_t g_interrupted = 0;
 
@@ -549,10 +554,8 @@ int run_with_progress(const std::string& command, const Options& options) {
                     throw Failure(kExitProtocol, fmt::format("{} answered with invalid JSON: {}",
                                                              options.socket_path, error.what()));
                 }
-                // A command without a final event (make-room), or a refusal, waits only for
-                // what is already on its way.
                 grace_end = Session::Clock::now() +
-                            (scope->finals.empty() || !reply->ok ? kEventGrace / 5 : kEventGrace);
+                            (scope->finals.empty() || !reply->ok ? kEventDrain : kFinalEventWait);
             }
         }
         const auto now = Session::Clock::now();

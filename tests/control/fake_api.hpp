@@ -97,7 +97,9 @@ class FakeApi : public Api {
             if (emit_events) emit({"mvstor.failed", request.lpar, R"({"message":"cancelled"})"});
             throw Error(ErrorKind::Busy, request.lpar + ": MVSTOR cancelled");
         }
-        if (emit_events) emit_mvstor_events(result);
+        // Like the hypervisor, the final event always goes out before the answer; the phases
+        // and progress only when asked.
+        emit_mvstor_events(result, emit_events);
         return result;
     }
 
@@ -180,8 +182,8 @@ class FakeApi : public Api {
         std::lock_guard lock(mutex_);
         maybe_throw();
         exchange_requests.push_back(request);
+        const std::string a = request.a;
         if (operations_emit_events) {
-            const std::string a = request.a;
             emit({"exchange.phase", a, R"({"phase":"check","us":20})"});
             emit({"exchange.phase", a, R"({"phase":"stop_vcpus","us":100})"});
             emit({"exchange.progress", a, R"({"copied":268435456,"total":536870912})"});
@@ -189,10 +191,10 @@ class FakeApi : public Api {
             emit({"exchange.phase", a, R"({"phase":"exchange","us":1200})"});
             emit({"exchange.phase", a, R"({"phase":"remap","us":150})"});
             emit({"exchange.phase", a, R"({"phase":"resume","us":50})"});
-            emit({"exchange.done", a,
-                  R"({"a":")" + a + R"(","b":")" + request.b +
-                      R"(","a_new_origin_mib":128,"b_new_origin_mib":0,"pause_us":1500})"});
         }
+        emit({"exchange.done", a,
+              R"({"a":")" + a + R"(","b":")" + request.b +
+                  R"(","a_new_origin_mib":128,"b_new_origin_mib":0,"pause_us":1500})"});
         return ExchangeResult{request.a, request.b, 0, 128, 128, 0, 256ull << 20, 1500, 2000, {}};
     }
     GrowPlanResult plan_grow(const std::string& name, std::uint64_t extra_mib) override {
@@ -407,8 +409,8 @@ class FakeApi : public Api {
         return it != cancelled_.end() && it->second;
     }
 
-    void emit_mvstor_events(const MvstorResult& result) {
-        for (const auto& phase : result.phases) {
+    void emit_mvstor_events(const MvstorResult& result, bool with_phases) {
+        for (const auto& phase : with_phases ? result.phases : std::vector<PhaseTiming>{}) {
             if (phase.phase == "copy") {
                 const std::uint64_t total = result.bytes_copied;
                 for (std::uint64_t quarter = 1; quarter <= 4; ++quarter) {
@@ -474,10 +476,19 @@ class FakeApi : public Api {
 
     // EXPAND (grow) or shrink by request.mib, refused as the hypervisor would.
     // expand.* / shrink.* and storage.expanded / storage.shrunk, as the hypervisor sends them.
-    void emit_resize_events(const ResizeResult& result, bool grow, std::uint64_t mib) {
+    void emit_resize_events(const ResizeResult& result, bool grow, std::uint64_t mib,
+                            bool with_phases) {
         const std::string op = grow ? "expand" : "shrink";
         const std::string field = grow ? "plugged_mib" : "released_mib";
         const std::string total = std::to_string(mib);
+        if (with_phases) emit_resize_phases(result, op, field, total, grow);
+        emit({grow ? "storage.expanded" : "storage.shrunk", result.lpar,
+              R"({"old_size_mib":)" + std::to_string(result.old_size_mib) + R"(,"new_size_mib":)" +
+                  std::to_string(result.new_size_mib) + R"(,"total_us":4300})"});
+    }
+    void emit_resize_phases(const ResizeResult& result, const std::string& op,
+                            const std::string& field, const std::string& total, bool grow) {
+        const std::uint64_t mib = std::stoull(total);
         emit({op + ".phase", result.lpar,
               std::string(R"({"phase":")") + (grow ? "populate" : "unplug") + R"(","us":300})"});
         emit({op + ".progress", result.lpar,
@@ -487,9 +498,6 @@ class FakeApi : public Api {
               R"({")" + field + R"(":)" + total + R"(,"total_mib":)" + total + "}"});
         emit({op + ".phase", result.lpar,
               std::string(R"({"phase":")") + (grow ? "plug" : "remove") + R"(","us":4000})"});
-        emit({grow ? "storage.expanded" : "storage.shrunk", result.lpar,
-              R"({"old_size_mib":)" + std::to_string(result.old_size_mib) + R"(,"new_size_mib":)" +
-                  std::to_string(result.new_size_mib) + R"(,"total_us":4300})"});
     }
 
     ResizeResult resize_locked(const ResizeRequest& request, bool grow) {
@@ -522,7 +530,7 @@ class FakeApi : public Api {
         result.new_size_mib = lpar.size_mib;
         result.plugged_mib = lpar.plugged_mib;
         recompute();
-        if (operations_emit_events) emit_resize_events(result, grow, mib);
+        emit_resize_events(result, grow, mib, operations_emit_events);
         return result;
     }
 
