@@ -353,6 +353,21 @@ class FakeApi : public Api {
     // threads for ThreadSanitizer, where the real order goes through a child process it cannot see.
     void sync() { std::lock_guard lock(mutex_); }
 
+    // Back to `fresh` with nothing recorded, under the fake's lock: a call of an earlier client
+    // may still be running (a notification gets no answer, so its connection can close first).
+    void reset(SystemStatus fresh) {
+        std::lock_guard lock(mutex_);
+        status = std::move(fresh);
+        mvstor_requests.clear();
+        console_requests.clear();
+        defined.clear();
+        cancel_calls.clear();
+        exchange_requests.clear();
+        expand_requests.clear();
+        shrink_requests.clear();
+        grow_requests.clear();
+    }
+
     void throw_next(ErrorKind kind, std::string message) {
         std::lock_guard lock(mutex_);
         error_ = Error(kind, std::move(message));
