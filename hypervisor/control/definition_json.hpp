@@ -195,25 +195,30 @@ inline LparDefinition parse_definition(const nlohmann::json& object) {
         if (it == object.end()) return std::nullopt;
         return schema_integer(define_param(key), *it);
     };
+    // An absent parameter with a default takes the schema's.
+    const auto integer_or_default = [&](std::string_view key) {
+        return integer_of(key).value_or(define_param(key).fallback);
+    };
     LparDefinition d;
     d.name = string_of("name");
     if (d.name.empty()) refuse_param("name", "expected a non-empty string");
     d.size_mib = *integer_of("size_mib");
     d.origin_mib = integer_of("origin_mib");
-    d.vcpus = static_cast<unsigned>(integer_of("vcpus").value_or(define_param("vcpus").fallback));
+    d.vcpus = static_cast<unsigned>(integer_or_default("vcpus"));
     d.firmware = string_of("firmware");
-    d.rewrite_pages_per_sec = integer_of("rewrite_pages_per_sec").value_or(0);
-    d.working_set_mib = integer_of("working_set_mib").value_or(0);
-    d.round_limit = integer_of("round_limit").value_or(0);
+    d.rewrite_pages_per_sec = integer_or_default("rewrite_pages_per_sec");
+    d.working_set_mib = integer_or_default("working_set_mib");
+    d.round_limit = integer_or_default("round_limit");
     d.kernel = string_of("kernel");
     d.initrd = string_of("initrd");
     d.cmdline = string_of("cmdline");
     if (auto it = object.find("disks"); it != object.end()) d.disks = parse_disk_list(*it, "disks");
+    d.rng = define_param("rng").fallback != 0;
     if (auto it = object.find("rng"); it != object.end()) {
         if (!it->is_boolean()) refuse_param("rng", "expected true or false");
         d.rng = it->get<bool>();
     }
-    d.max_size_mib = integer_of("max_size_mib").value_or(0);
+    d.max_size_mib = integer_or_default("max_size_mib");
     check_definition(d);
     return d;
 }

@@ -96,40 +96,13 @@ class Params {
     [[nodiscard]] std::uint64_t integer(std::string_view key) const {
         const ParamSchema& spec = schema(key, ParamType::Integer);
         if (!spec.required && !spec.has_default)
-            throw std::logic_error(std::string(key) + ": no default: use maybe_integer()");
+            throw std::logic_error(std::string(key) + ": neither required nor defaulted");
         const json* value = find(key);
         if (value == nullptr) {
             if (spec.required) fail_param(key, "missing (expected a non-negative integer)");
             return spec.fallback;
         }
         return schema_integer(spec, *value);
-    }
-
-    // ParamType::Integer without a default: absent stays absent.
-    [[nodiscard]] std::optional<std::uint64_t> maybe_integer(std::string_view key) const {
-        const ParamSchema& spec = schema(key, ParamType::Integer);
-        const json* value = find(key);
-        if (value == nullptr) return std::nullopt;
-        return schema_integer(spec, *value);
-    }
-
-    // ParamType::String: absent is empty.
-    [[nodiscard]] std::string string(std::string_view key) const {
-        const ParamSchema& spec = schema(key, ParamType::String);
-        const json* value = find(key);
-        if (value == nullptr) return {};
-        if (!value->is_string()) fail_param(key, "expected a string");
-        auto text = value->get<std::string>();
-        if (text.size() > spec.max) fail_param(key, fmt::format("longer than {} bytes", spec.max));
-        return text;
-    }
-
-    [[nodiscard]] bool boolean(std::string_view key) const {
-        const ParamSchema& spec = schema(key, ParamType::Boolean);
-        const json* value = find(key);
-        if (value == nullptr) return spec.fallback != 0;
-        if (!value->is_boolean()) fail_param(key, "expected true or false");
-        return value->get<bool>();
     }
 
     // "mode": "stop-and-copy" (the default) or "live".
@@ -305,12 +278,9 @@ Call parse_subscription(const Params& checked) {
     if constexpr (subscribe) {
         if (auto events = checked.string_list("events")) {
             for (const std::string& name : *events) {
-                const bool prefix = name.size() > 2 && name.ends_with(".*");
-                const std::string_view stem =
-                    prefix ? std::string_view(name).substr(0, name.size() - 1) : name;
                 bool known = false;
                 for (const EventSchema& event : kEventSchemas)
-                    known = known || (prefix ? event.name.starts_with(stem) : event.name == name);
+                    known = known || event_name_matches(name, event.name);
                 if (!known) {
                     fail_param("events", fmt::format("no event is named \"{}\" (system.describe "
                                                      "lists them)",
@@ -832,9 +802,7 @@ std::string_view execution_name(Execution execution) {
 
 bool EventFilter::matches(const Event& event) const {
     const auto named = [&](const std::string& entry) {
-        if (entry.size() > 2 && entry.ends_with(".*"))
-            return event.type.starts_with(std::string_view(entry).substr(0, entry.size() - 1));
-        return event.type == entry;
+        return event_name_matches(entry, event.type);
     };
     if (!events.empty() && std::none_of(events.begin(), events.end(), named)) return false;
     return lpars.empty() || std::find(lpars.begin(), lpars.end(), event.lpar) != lpars.end();

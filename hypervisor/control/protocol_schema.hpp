@@ -423,6 +423,13 @@ inline constexpr EventSchema kEventSchemas[] = {
      "events were lost because this client did not read"},
 };
 
+// Whether a filter entry of events.subscribe (a name, or a prefix ending in ".*") names `type`.
+inline constexpr bool event_name_matches(std::string_view entry, std::string_view type) {
+    if (entry.size() > 2 && entry.ends_with(".*"))
+        return type.starts_with(entry.substr(0, entry.size() - 1));
+    return type == entry;
+}
+
 inline constexpr const MethodSchema* find_method_schema(std::string_view name) {
     for (const auto& method : kMethodSchemas)
         if (method.name == name) return &method;
