@@ -37,6 +37,14 @@ esac
 
 jobs=$(nproc)
 
+# Each lane's wall time, printed when it ends, so that CI's budget (50 minutes on 2 cores) can be
+# read off any run's log.
+lane_started=$SECONDS
+lane_done() {
+  echo "test.sh: $1 took $((SECONDS - lane_started)) s (total $SECONDS s)" >&2
+  lane_started=$SECONDS
+}
+
 # A full build in $1 with the extra cmake arguments that follow, then every test.
 run_full_lane() {
   build_full_lane "$@"
@@ -56,7 +64,9 @@ build_full_lane() {
 # tests, whose nested-KVM tests run one at a time on one core (its output is shown at the end).
 run_all_lanes() {
   run_format_check
+  lane_done "the format check"
   build_full_lane build
+  lane_done "the normal lane's build"
   local fuzz_log=$PWD/build/fuzz-lane.log fuzz_status=0
   FUZZ_BUILD_JOBS=1 scripts/fuzz.sh --seconds 20 --jobs 1 >"$fuzz_log" 2>&1 &
   local fuzz_pid=$!
@@ -70,9 +80,12 @@ run_all_lanes() {
     echo "test.sh: the fuzz smoke run FAILED (exit $fuzz_status)" >&2
     status=1
   fi
+  lane_done "the normal lane's tests and the fuzz smoke run"
   ((status == 0)) || return 1
   run_tsan_lane
+  lane_done "the TSan lane's stress run"
   run_asan_lane
+  lane_done "the ASan + UBSan lane's stress run"
 }
 
 # The ThreadSanitizer lane: the tests labelled unit (tests/unit and the JSON-RPC core) and socket
@@ -94,6 +107,7 @@ run_tsan_lane() {
   # missed would not be built, and ctest would fail it.
   echo "test.sh: TSan lane: building ${#tests[@]} tests in $build_dir/" >&2
   cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
+  lane_done "the TSan lane's build"
 
   # Reports go to files (one per process), so that a report from a child process whose exit
   # status a test does not look at still fails the lane; halt_on_error also makes the process
@@ -114,6 +128,7 @@ run_tsan_lane() {
     cat "${reports[@]}" >&2
     status=1
   fi
+  lane_done "the TSan lane's unit and socket tests"
 
   # The stress driver (tests/kvm/test_stress.cpp) under TSan: its vCPU, device, mover and client
   # threads doing every storage operation at once. Another series than the normal lane's (seed
@@ -148,6 +163,7 @@ run_asan_lane() {
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" >/dev/null
   echo "test.sh: ASan + UBSan lane: building the unit and socket tests in $build_dir/" >&2
   cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
+  lane_done "the ASan + UBSan lane's build"
   local logs=$PWD/$build_dir/asan-logs
   rm -rf "$logs"
   mkdir -p "$logs"
@@ -162,6 +178,7 @@ run_asan_lane() {
     cat "${reports[@]}" >&2
     status=1
   fi
+  lane_done "the ASan + UBSan lane's unit and socket tests"
   # The stress driver under ASan + UBSan: another series than the other lanes' (seed 3), short.
   # Reports go to the console and fail it (the nested guest cannot write back to our folder).
   local stress_status=0
