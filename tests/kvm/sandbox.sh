@@ -93,6 +93,10 @@ grep -q "running as uid 65534 gid 65534" "$work/lparvisor.log" || fail "no line 
 for task in /proc/"$daemon"/task/*; do
   uids=$(sed -n 's/^Uid:[[:space:]]*//p' "$task/status" 2>/dev/null) || continue
   [ -z "$uids" ] && continue
+  # KVM's NX huge-page recovery worker (Linux 6.x, a kernel "user worker" listed among the
+  # process's threads) keeps the credentials of the ioctl that created the VM, before the drop.
+  # It runs only kernel code: no user code of lparvisor can run on it.
+  case $(cat "$task/comm" 2>/dev/null) in kvm-nx-lpage-re*) continue ;; esac
   for uid in $uids; do
     [ "$uid" = 65534 ] || fail "thread $(cat "$task/comm"): Uid: $uids (expected 65534 everywhere)"
   done
@@ -113,9 +117,10 @@ echo "== 3. a device worker makes a forbidden system call"
 launch_daemon LPARVISOR_FAULTS=device.forbidden_syscall -- --config "$work/config.json"
 wait_exit 120
 [ "$status" = 159 ] || fail "exit status $status (expected 159: 128 + SIGSYS)"
-grep -q "sandbox: thread 'virtio-blk0' (device worker thread) made the forbidden system call socket" \
+# Whichever device worker its queue wakes first (A's disk, or an LPAR's rng) makes the call.
+grep -Eq "sandbox: thread 'virtio-(blk|rng)[0-9]' \(device worker thread\) made the forbidden system call socket" \
   "$work/lparvisor.log" || fail "the log does not name the thread, its class and the call"
-echo "ok: status 159; $(grep 'forbidden system call' "$work/lparvisor.log")"
+echo "ok: status 159; $(grep 'made the forbidden system call' "$work/lparvisor.log")"
 
 echo "== 4. --no-sandbox"
 start_daemon -- --config "$work/config.json" --no-sandbox
