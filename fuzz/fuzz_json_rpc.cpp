@@ -39,11 +39,17 @@ class FuzzApi : public Api {
         result.phases = {{"copy", 1}};
         return result;
     }
-    std::string console(const std::string& lpar, std::size_t max_bytes) override {
+    ConsoleText console(const std::string& lpar, std::optional<std::uint64_t> since,
+                        std::size_t max_bytes) override {
         maybe_throw();
-        std::string text = lpar + "\xff\xc0\x80 console";  // invalid UTF-8 on purpose
-        text.resize(std::min(text.size(), max_bytes));
-        return text;
+        std::string text = lpar + "\xff\xc0\x80 console \xe2\x82";  // invalid UTF-8 on purpose
+        const std::size_t start =
+            since ? static_cast<std::size_t>(std::min<std::uint64_t>(*since, text.size())) : 0;
+        return {text.substr(start, max_bytes), start, 1};
+    }
+    std::size_t console_write(const std::string&, std::string_view bytes) override {
+        maybe_throw();
+        return bytes.size() / 2;
     }
 
     LparStatus define(const LparDefinition& definition) override {

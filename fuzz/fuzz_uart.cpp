@@ -7,7 +7,9 @@
 // value % 24 bytes (value, value + 1, ...).
 // Invariants beyond "no crash, no sanitizer report": the interrupt callback only reports
 // changes (it alternates, starting from low) and irq_level() is the last level reported;
-// receive_input never takes more than the FIFO holds; the console receives exactly the bytes
+// receive_input never takes more than its buffer holds (input_waiting() never exceeds
+// kInputBufferBytes + the FIFO), and every byte taken is either still waiting or was read by the
+// guest, none made up or lost; the console receives exactly the bytes
 // written to THR with DLAB clear outside loopback.
 #include <cstddef>
 #include <cstdint>
@@ -72,8 +74,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 std::vector<std::uint8_t> bytes(value % 24);
                 for (std::size_t i = 0; i < bytes.size(); ++i)
                     bytes[i] = static_cast<std::uint8_t>(value + i);
-                fuzz::check(uart.receive_input(bytes) <= Uart8250::kFifoSize,
-                            "receive_input took more than the FIFO holds");
+                fuzz::check(uart.receive_input(bytes) <= Uart8250::kInputBufferBytes,
+                            "receive_input took more than its buffer holds");
+                fuzz::check(
+                    uart.input_waiting() <= Uart8250::kInputBufferBytes + Uart8250::kFifoSize,
+                    "more input waiting than the buffer and the FIFO hold");
                 break;
             }
         }

@@ -70,23 +70,4 @@ std::string progress_bar(std::uint64_t done_bytes, std::uint64_t total_bytes,
                        label);
 }
 
-std::string new_console_text(std::string_view previous, std::string_view current) {
-    if (current.empty()) return {};
-    // failure[i]: length of the longest proper prefix of current[0..i] that is also its suffix.
-    std::vector<std::size_t> failure(current.size(), 0);
-    for (std::size_t i = 1, k = 0; i < current.size(); ++i) {
-        while (k > 0 && current[i] != current[k]) k = failure[k - 1];
-        if (current[i] == current[k]) ++k;
-        failure[i] = k;
-    }
-    // Run `current` as the pattern over `previous`: the state at the end is the overlap.
-    std::size_t matched = 0;
-    for (char c : previous) {
-        if (matched == current.size()) matched = failure[matched - 1];
-        while (matched > 0 && c != current[matched]) matched = failure[matched - 1];
-        if (c == current[matched]) ++matched;
-    }
-    return std::string(current.substr(matched));
-}
-
 }  // namespace lparvisor::svp

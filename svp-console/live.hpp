@@ -1,5 +1,4 @@
-// svp's live views: event lines for `svp watch`, the MVSTOR progress bar, and the text overlap
-// that `svp console --follow` uses to print only what is new.
+// svp's live views: event lines for `svp watch` and the progress bar of long commands.
 #pragma once
 
 #include <chrono>
@@ -26,11 +25,5 @@ namespace lparvisor::svp {
 // "[#####.....] 128/256 MiB copy": `width` cells of '#' (done) and '.' (to do).
 [[nodiscard]] std::string progress_bar(std::uint64_t done_bytes, std::uint64_t total_bytes,
                                        std::string_view label, std::size_t width = 30);
-
-// What `current` adds to `previous`, both the most recent bytes of a ring that may have wrapped:
-// the part of `current` after the longest suffix of `previous` that is a prefix of `current`.
-// Linear time (KMP). Text that repeats itself may hide a repeat of itself; it is never printed
-// twice.
-[[nodiscard]] std::string new_console_text(std::string_view previous, std::string_view current);
 
 }  // namespace lparvisor::svp

@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "client.hpp"
+#include "console.hpp"
 #include "live.hpp"
 #include "map.hpp"
 #include "table.hpp"
@@ -39,6 +40,7 @@ constexpr double kDefaultTimeoutSeconds = 10;
 constexpr double kDefaultMvstorTimeoutSeconds = 60;
 constexpr double kDefaultLongTimeoutSeconds = 120;  // activate, reset, deactivate
 constexpr auto kFollowInterval = std::chrono::milliseconds(200);
+constexpr auto kAttachInterval = std::chrono::milliseconds(50);
 // After a long command's result, how long its progress may still wait for events. The daemon
 // publishes an operation's final event (mvstor.done, storage.expanded ...) before it answers, so
 // after a success that event is on its way: the wait ends when it comes, and the bound only
@@ -75,6 +77,7 @@ struct Options {
     std::optional<std::uint64_t> target_pause_us;
     std::uint64_t console_bytes = 4096;
     bool follow = false;
+    bool attach = false;
 
     std::uint64_t size_mib = 0;
     std::optional<std::uint64_t> define_origin_mib;
@@ -84,6 +87,7 @@ struct Options {
     std::vector<std::string> disks;  // PATH[,ro][,latency=MS]
     bool no_rng = false;
     std::optional<std::uint64_t> max_size_mib, rewrite_pages_per_sec, working_set_mib, round_limit;
+    std::optional<std::string> on_reboot, on_poweroff, on_crash;  // restart, stop or deactivate
 
     std::string other_lpar;       // exchange
     std::uint64_t extra_mib = 0;  // grow / make-room / expand / shrink
@@ -193,6 +197,9 @@ json define_params(const Options& options) {
         params["rewrite_pages_per_sec"] = *options.rewrite_pages_per_sec;
     if (options.working_set_mib) params["working_set_mib"] = *options.working_set_mib;
     if (options.round_limit) params["round_limit"] = *options.round_limit;
+    if (options.on_reboot) params["on_reboot"] = *options.on_reboot;
+    if (options.on_poweroff) params["on_poweroff"] = *options.on_poweroff;
+    if (options.on_crash) params["on_crash"] = *options.on_crash;
     return params;
 }
 
@@ -371,35 +378,23 @@ int run_watch(const Options& options) {
     return kExitOk;
 }
 
-int run_console_follow(const Options& options) {
+ConsoleOptions console_options(const Options& options) {
+    ConsoleOptions console;
+    console.socket_path = options.socket_path;
+    console.lpar = options.lpar;
+    console.bytes = options.console_bytes;
+    console.json_lines = options.json_output;
+    console.timeout = timeout_for(options, "console");
+    // Typing wants its echo at once; following a log does not.
+    console.interval = options.attach ? kAttachInterval : kFollowInterval;
+    return console;
+}
+
+int run_console(const Options& options) {
     install_interrupt_handler();
-    Session session(options.socket_path, timeout_for(options, "console"));
-    const json params{{"lpar", options.lpar}, {"bytes", options.console_bytes}};
-    std::string previous;
-    int id = 1;
-    while (!g_interrupted) {
-        const Reply reply =
-            session.request(id++, "lpar.console", params, timeout_for(options, "console"));
-        if (!reply.ok) return report_refusal(reply, options);
-        std::string current = reply.result().at("text").get<std::string>();
-        const std::string fresh = new_console_text(previous, current);
-        if (!fresh.empty()) {
-            if (options.json_output) {  // one JSON line per new piece of output
-                std::cout << json{{"lpar", options.lpar}, {"text", fresh}}.dump(
-                                 -1, ' ', false, json::error_handler_t::replace)
-                          << '\n';
-            } else {
-                std::cout << fresh;
-            }
-            std::cout.flush();
-        }
-        previous = std::move(current);
-        for (auto waited = std::chrono::milliseconds(0); waited < kFollowInterval && !g_interrupted;
-             waited += std::chrono::milliseconds(20)) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-    }
-    return kExitOk;
+    const auto refuse = [&](const Reply& reply) { return report_refusal(reply, options); };
+    return options.attach ? attach_console(console_options(options), g_interrupted, refuse)
+                          : follow_console(console_options(options), g_interrupted, refuse);
 }
 
 // What a long command's progress listens to, and which event ends it.
@@ -611,14 +606,21 @@ int main_with_exceptions(int argc, char** argv) {
         ->add_option("--target-pause-us", options.target_pause_us,
                      "live: the pause each stop aims for (default 1000)")
         ->check(CLI::Range(1, 10000000));
-    auto* console = app.add_subcommand("console", "print the recent serial output of an LPAR");
+    auto* console = app.add_subcommand(
+        "console", "print an LPAR's recent serial output, follow it, or attach to it");
     console->add_option("LPAR", options.lpar, "the LPAR")->required();
     console
         ->add_option("--bytes", options.console_bytes,
                      "how many of the most recent bytes (default 4096, at most 1048576)")
         ->check(CLI::Range(0, 1048576));
-    console->add_flag("--follow,-f", options.follow,
-                      "keep printing new output as it comes (Ctrl-C to stop)");
+    auto* follow = console->add_flag("--follow,-f", options.follow,
+                                     "keep printing new output as it comes (Ctrl-C to stop)");
+    console
+        ->add_flag("--attach,-a", options.attach,
+                   "an interactive session: what you type goes to the LPAR's serial port (raw "
+                   "terminal; Ctrl-] detaches). One client holds the input at a time; others "
+                   "attach read-only and are told who holds it")
+        ->excludes(follow);
     auto* ping = app.add_subcommand("ping", "check that the daemon answers; print its version");
 
     auto* define = app.add_subcommand("define", "define an LPAR (no storage until activate)");
@@ -646,13 +648,21 @@ int main_with_exceptions(int argc, char** argv) {
                        "firmware pacing: MiB it rewrites");
     define->add_option("--round-limit", options.round_limit,
                        "firmware: verification rounds before it exits");
+    define->add_option("--on-reboot", options.on_reboot,
+                       "when the guest reboots: restart (default: re-IPL in place, storage "
+                       "scrubbed), stop or deactivate");
+    define->add_option("--on-poweroff", options.on_poweroff,
+                       "when the guest powers off: stop (default), restart or deactivate");
+    define->add_option("--on-crash", options.on_crash,
+                       "when the guest crashes (triple fault, an exit nothing serves): stop "
+                       "(default, registers in the reason), restart or deactivate");
 
     CLI::App* lifecycle[6];
     const char* lifecycle_names[6][2] = {
         {"activate", "IPL a defined LPAR: give it storage and start its vCPUs"},
         {"stop", "stop a running LPAR's vCPUs (its storage stays)"},
         {"start", "let a stopped LPAR run again"},
-        {"reset", "re-IPL an LPAR in place (storage cleared)"},
+        {"reset", "reset: re-IPL an LPAR in place, its storage scrubbed (as a guest reboot does)"},
         {"deactivate", "stop an LPAR and give its storage back (it stays defined)"},
         {"remove", "delete a defined (inactive) LPAR"}};
     for (int i = 0; i < 6; ++i) {
@@ -747,7 +757,7 @@ int main_with_exceptions(int argc, char** argv) {
     for (auto* subcommand : app.get_subcommands()) command = subcommand->get_name();
 
     if (command == "watch") return run_watch(options);
-    if (command == "console" && options.follow) return run_console_follow(options);
+    if (command == "console" && (options.follow || options.attach)) return run_console(options);
     if (progress_scope(command, options)) return run_with_progress(command, options);
     (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
         (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room, (void)expand,

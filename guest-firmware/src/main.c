@@ -261,11 +261,22 @@ static void set_keys(const struct ctx *c, uint64_t key_round, uint64_t round)
 
 /* ---------------------------------------------------------------- main */
 
+static uint32_t end_flags; /* LPV_BOOT_FLAG_*_AT_END: how the firmware ends after round_limit */
+
 static __attribute__((noreturn)) void finish(const struct ctx *c, uint64_t rounds)
 {
     if (__atomic_add_fetch(&done_count, 1, __ATOMIC_ACQ_REL) == c->ncpu) {
         const uint32_t f = __atomic_load_n(&failure_count, __ATOMIC_ACQUIRE);
         fw_println("lparvisor-firmware: done rounds=%lu failures=%u", rounds, f);
+        if (end_flags & LPV_BOOT_FLAG_REBOOT_AT_END) {
+            fw_println("lparvisor-firmware: rebooting (i8042 reset)");
+            outb(LPV_PORT_I8042_COMMAND, 0xfe);
+            park();
+        }
+        if (end_flags & LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END) {
+            fw_println("lparvisor-firmware: triple fault (UD2 without an IDT)");
+            __asm__ volatile("ud2");
+        }
         fw_exit(f ? 1 : 0);
     }
     park();
@@ -348,6 +359,7 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
         fw_console_flood();
     }
 
+    end_flags = bi->flags & (LPV_BOOT_FLAG_REBOOT_AT_END | LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END);
     struct ctx c = {
         .cpu = (uint32_t)cpu,
         .ncpu = ncpu,

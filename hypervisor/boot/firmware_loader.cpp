@@ -55,6 +55,7 @@ std::vector<std::uint16_t> firmware_ports() {
     // PCI configuration mechanism #1: address 0xcf8-0xcfb, data 0xcfc-0xcff
     for (std::uint16_t p = LPV_PORT_PCI_CONFIG; p < LPV_PORT_PCI_CONFIG + 8; ++p)
         ports.push_back(p);
+    ports.push_back(LPV_PORT_I8042_COMMAND);
     return ports;
 }
 
@@ -202,7 +203,9 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     info.working_set_bytes = params.working_set_bytes;
     info.flags = (params.storage_keys ? LPV_BOOT_FLAG_STORAGE_KEYS : 0) |
                  (params.pci_bus ? LPV_BOOT_FLAG_PCI : 0) |
-                 (params.console_flood ? LPV_BOOT_FLAG_CONSOLE_FLOOD : 0);
+                 (params.console_flood ? LPV_BOOT_FLAG_CONSOLE_FLOOD : 0) |
+                 (params.reboot_at_end ? LPV_BOOT_FLAG_REBOOT_AT_END : 0) |
+                 (params.triple_fault_at_end ? LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END : 0);
     info.round_limit = params.round_limit;
     info.max_storage_bytes = mapped > storage ? mapped : 0;
     std::snprintf(info.name, sizeof info.name, "%s", params.lpar_name.c_str());

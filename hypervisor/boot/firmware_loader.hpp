@@ -37,6 +37,10 @@ struct FirmwareParams {
     // Tests of the console limits: the firmware writes its console without end instead of
     // running its rounds (LPV_BOOT_FLAG_CONSOLE_FLOOD).
     bool console_flood = false;
+    // Tests of on_reboot and on_crash: after round_limit the firmware reboots (i8042 reset
+    // line) or triple-faults instead of the debug exit (LPV_BOOT_FLAG_*_AT_END).
+    bool reboot_at_end = false;
+    bool triple_fault_at_end = false;
 };
 
 // The smallest LPAR the firmware can run in: system area and image below 2 MiB, one 2 MiB page

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace lparvisor::control {
@@ -119,6 +120,12 @@ struct DiskDefinition {
     bool operator==(const DiskDefinition&) const = default;
 };
 
+// What the daemon does when an LPAR's guest reboots, powers off or crashes (QEMU's -action,
+// Cloud Hypervisor's reboot handling): re-IPL it in place with its storage scrubbed, stop it
+// (the registers and the guest's words in the reason), or deactivate it (its storage scrubbed
+// and freed). The order is protocol_schema.hpp's kGuestActions.
+enum class GuestAction { Restart, Stop, Deactivate };
+
 // An LPAR definition (lpar.define). Without an origin, activation places it first-fit. It runs
 // the test firmware (`firmware`, or the daemon's default) unless `kernel` names a Linux kernel.
 struct LparDefinition {
@@ -138,6 +145,11 @@ struct LparDefinition {
     // Above size_mib up to here the LPAR gets a virtio-mem region that storage.expand fills
     // (0: no region, the LPAR cannot grow).
     std::uint64_t max_size_mib = 0;
+    // A guest reboot (ACPI or i8042 reset, a Linux guest's triple fault), a power-off (ACPI S5,
+    // the firmware's exit) and a crash (a firmware's triple fault, an exit nothing can serve).
+    GuestAction on_reboot = GuestAction::Restart;
+    GuestAction on_poweroff = GuestAction::Stop;
+    GuestAction on_crash = GuestAction::Stop;
     bool operator==(const LparDefinition&) const = default;
 };
 
@@ -162,6 +174,15 @@ struct ResizeResult {
 struct GrowResult {
     GrowPlanResult plan;
     ResizeResult expansion;
+};
+
+// A piece of an LPAR's serial output (lpar.console). Offsets count the bytes the guest wrote
+// since its IPL; `ipl` names that IPL (activation, reset and restart each start a new one, and
+// the offsets start again at 0).
+struct ConsoleText {
+    std::string text;
+    std::uint64_t start = 0;  // the offset of text's first byte
+    std::uint64_t ipl = 0;
 };
 
 // Something that happened, pushed to subscribed clients as a JSON-RPC notification
@@ -207,8 +228,14 @@ class Api {
     virtual SystemStatus list() = 0;
     // Blocks for the whole relocation; the server runs it off its I/O thread.
     virtual MvstorResult mvstor(const MvstorRequest& request) = 0;
-    // The most recent `max_bytes` of the LPAR's serial output.
-    virtual std::string console(const std::string& lpar, std::size_t max_bytes) = 0;
+    // The LPAR's serial output: at most `max_bytes` from offset `since` on (start > since when
+    // bytes are gone from the ring; a since beyond the end reads nothing), or without `since`
+    // the most recent `max_bytes`.
+    virtual ConsoleText console(const std::string& lpar, std::optional<std::uint64_t> since,
+                                std::size_t max_bytes) = 0;
+    // Types `bytes` at the LPAR's serial port: how many were taken (the UART buffers a few KiB;
+    // the caller sends the rest later). Refused for an LPAR that is not active.
+    virtual std::size_t console_write(const std::string& lpar, std::string_view bytes) = 0;
 
     // --- Lifecycle (issue 4). States: "defined" (no storage) -> activate -> "running";
     // stop -> "stopped" (reason "operator stop") -> start -> "running"; reset re-IPLs a running

@@ -65,6 +65,24 @@ inline std::uint64_t schema_integer(const ParamSchema& spec, const nlohmann::jso
     refuse_param(spec.name, "expected a non-negative integer");
 }
 
+// A Choice parameter from JSON: the index of its value in the schema's choices.
+inline std::uint64_t schema_choice(const ParamSchema& spec, const nlohmann::json& value) {
+    std::string known;
+    for (std::size_t i = 0; i < spec.choices.size(); ++i) {
+        if (value.is_string() && value.get<std::string>() == spec.choices[i]) return i;
+        known += fmt::format("{}\"{}\"",
+                             i == 0                         ? ""
+                             : i + 1 == spec.choices.size() ? " or "
+                                                            : ", ",
+                             spec.choices[i]);
+    }
+    refuse_param(spec.name, "expected " + known);
+}
+
+inline std::string_view to_string(GuestAction action) {
+    return kGuestActions[static_cast<std::size_t>(action)];
+}
+
 // "disks": ["a.img", {"path": "b.img", "read_only": true, "latency_ms": 5}]
 inline std::vector<DiskDefinition> parse_disk_list(const nlohmann::json& value,
                                                    const std::string& key) {
@@ -219,6 +237,15 @@ inline LparDefinition parse_definition(const nlohmann::json& object) {
         d.rng = it->get<bool>();
     }
     d.max_size_mib = integer_or_default("max_size_mib");
+    const auto action_of = [&](std::string_view key) {
+        const ParamSchema& spec = define_param(key);
+        auto it = object.find(key);
+        if (it == object.end()) return static_cast<GuestAction>(spec.fallback);
+        return static_cast<GuestAction>(schema_choice(spec, *it));
+    };
+    d.on_reboot = action_of("on_reboot");
+    d.on_poweroff = action_of("on_poweroff");
+    d.on_crash = action_of("on_crash");
     check_definition(d);
     return d;
 }

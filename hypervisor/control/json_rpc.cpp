@@ -105,6 +105,28 @@ class Params {
         return schema_integer(spec, *value);
     }
 
+    // ParamType::Integer that is neither required nor defaulted: nullopt when absent.
+    [[nodiscard]] std::optional<std::uint64_t> optional_integer(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::Integer);
+        const json* value = find(key);
+        if (value == nullptr) return std::nullopt;
+        return schema_integer(spec, *value);
+    }
+
+    // ParamType::String of at most `max` bytes.
+    [[nodiscard]] std::string string(std::string_view key) const {
+        const ParamSchema& spec = schema(key, ParamType::String);
+        const json* value = find(key);
+        if (value == nullptr) {
+            if (spec.required) fail_param(key, "missing (expected a string)");
+            return {};
+        }
+        if (!value->is_string()) fail_param(key, "expected a string");
+        auto text = value->get<std::string>();
+        if (text.size() > spec.max) fail_param(key, fmt::format("longer than {} bytes", spec.max));
+        return text;
+    }
+
     // "mode": "stop-and-copy" (the default) or "live".
     [[nodiscard]] MvstorMode mode() const {
         static_assert(schema_detail::kModes[0] == "stop-and-copy" &&
@@ -216,7 +238,17 @@ Call parse_console(const Params& checked) {
     ConsoleCall call;
     call.lpar = checked.name("lpar");
     call.max_bytes = static_cast<std::size_t>(checked.integer("bytes"));
+    call.since = checked.optional_integer("since");
     return call;
+}
+
+Call parse_console_write(const Params& checked) {
+    return ConsoleWriteCall{checked.name("lpar"), checked.string("data")};
+}
+
+template <bool attach>
+Call parse_console_input(const Params& checked) {
+    return ConsoleInputCall{checked.name("lpar"), attach};
 }
 
 // The one definition parser (definition_json.hpp), shared with the configuration file.
@@ -304,6 +336,9 @@ constexpr std::array kMethods{
     MethodEntry{"lpar.list", parse_no_params},
     MethodEntry{"storage.mvstor", parse_mvstor},
     MethodEntry{"lpar.console", parse_console},
+    MethodEntry{"lpar.console_write", parse_console_write},
+    MethodEntry{"lpar.console_attach", parse_console_input<true>},
+    MethodEntry{"lpar.console_detach", parse_console_input<false>},
     MethodEntry{"system.ping", parse_ping},
     MethodEntry{"lpar.define", parse_define},
     MethodEntry{"lpar.activate", parse_lifecycle<Lifecycle::Activate>},
@@ -336,6 +371,42 @@ constexpr bool parsers_match_schema() {
     return true;
 }
 static_assert(parsers_match_schema(), "kMethods and kMethodSchemas must list the same methods");
+
+// How many bytes at the end of `text` start a UTF-8 character that continues past it (0-3): left
+// for the next read, so that a character cut by a read's end is not sent as U+FFFD twice.
+std::size_t incomplete_utf8_tail(std::string_view text) {
+    for (std::size_t back = 1; back <= std::min<std::size_t>(3, text.size()); ++back) {
+        const auto byte = static_cast<unsigned char>(text[text.size() - back]);
+        if ((byte & 0xc0) == 0x80) continue;  // a continuation byte: look further back
+        const std::size_t length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+        return length > back ? back : 0;
+    }
+    return 0;
+}
+
+// lpar.console: {"lpar", "text", "start", "next", "ipl"} and "lost" when bytes from `since` on
+// are gone from the ring. Offsets count the raw bytes the guest wrote; `next` is where the
+// following read carries on.
+json console_result(Api& api, const ConsoleCall& call) {
+    ConsoleText read = api.console(call.lpar, call.since, call.max_bytes);
+    // The contract is "at most max_bytes": hold the Api to it.
+    if (read.text.size() > call.max_bytes) {
+        if (call.since) {
+            read.text.resize(call.max_bytes);  // from `since`: the first bytes
+        } else {
+            read.start += read.text.size() - call.max_bytes;  // the most recent bytes
+            read.text.erase(0, read.text.size() - call.max_bytes);
+        }
+    }
+    read.text.resize(read.text.size() - incomplete_utf8_tail(read.text));
+    json result{{"lpar", call.lpar},
+                {"text", sanitize_utf8(read.text)},
+                {"start", read.start},
+                {"next", read.start + read.text.size()},
+                {"ipl", read.ipl}};
+    if (call.since && read.start > *call.since) result["lost"] = read.start - *call.since;
+    return result;
+}
 
 json run_resize(Api& api, const ResizeCall& call) {
     switch (call.operation) {
@@ -564,10 +635,15 @@ std::string execute(Api& api, const ParsedCall& parsed) {
                 } else if constexpr (std::is_same_v<T, ResizeCall>) {
                     return run_resize(api, call);
                 } else if constexpr (std::is_same_v<T, ConsoleCall>) {
-                    std::string text = api.console(call.lpar, call.max_bytes);
-                    // The contract is "the most recent max_bytes": hold the Api to it.
-                    if (text.size() > call.max_bytes) text.erase(0, text.size() - call.max_bytes);
-                    return json{{"lpar", call.lpar}, {"text", sanitize_utf8(text)}};
+                    return console_result(api, call);
+                } else if constexpr (std::is_same_v<T, ConsoleWriteCall>) {
+                    const std::size_t written = api.console_write(call.lpar, call.data);
+                    return json{{"lpar", call.lpar}, {"written", written}};
+                } else if constexpr (std::is_same_v<T, ConsoleInputCall>) {
+                    // The server answers these itself (console_input_response); a caller
+                    // without a connection has no input to take.
+                    throw Error(ErrorKind::Refused,
+                                "lpar.console_attach needs a connection to the control socket");
                 } else {
                     static_assert(sizeof(T) == 0, "every Call needs an executor");
                 }
@@ -598,6 +674,14 @@ std::string error_response_for(const ParsedCall& parsed, const Error& error) {
     const RpcErrorCode code = rpc_code_for(error.kind());
     return error_response_with_id(parsed.id, code, error.what(),
                                   json{{"kind", rpc_code_name(code)}});
+}
+
+std::string console_input_response(const ParsedCall& parsed, bool input, std::string_view holder) {
+    if (parsed.is_notification) return {};
+    const auto& call = std::get<ConsoleInputCall>(parsed.call);
+    json result{{"lpar", call.lpar}, {"input", input}};
+    if (!holder.empty()) result["holder"] = holder;
+    return result_response(parsed.id, std::move(result));
 }
 
 std::string timeout_response(const ParsedCall& parsed, std::chrono::milliseconds timeout) {
@@ -703,8 +787,6 @@ json to_json(const GrowResult& result) {
     return json{{"plan", to_json(result.plan)}, {"expansion", to_json(result.expansion)}};
 }
 
-namespace {
-
 // "2026-12-07T10:01:02.123456Z"
 std::string rfc3339_utc(std::int64_t wall_us) {
     const std::int64_t seconds =
@@ -716,6 +798,8 @@ std::string rfc3339_utc(std::int64_t wall_us) {
     return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", utc.tm_year + 1900,
                        utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, micros);
 }
+
+namespace {
 
 json event_params(std::string_view type, std::int64_t wall_us, std::int64_t monotonic_us) {
     return json{{"event", type}, {"time", rfc3339_utc(wall_us)}, {"monotonic_us", monotonic_us}};

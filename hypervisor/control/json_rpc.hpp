@@ -56,6 +56,18 @@ struct MvstorCall {
 struct ConsoleCall {
     std::string lpar;
     std::size_t max_bytes = kDefaultConsoleBytes;
+    std::optional<std::uint64_t> since;  // absent: the most recent max_bytes
+};
+struct ConsoleWriteCall {
+    std::string lpar;
+    std::string data;
+};
+// lpar.console_attach / lpar.console_detach: the connection takes or gives back the LPAR's
+// console input. Like events.subscribe, the server does the work (Execution::Session) and
+// answers with console_input_result().
+struct ConsoleInputCall {
+    std::string lpar;
+    bool attach = true;
 };
 struct DefineCall {
     LparDefinition definition;
@@ -106,7 +118,7 @@ struct ResizeCall {
 };
 using Call = std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall,
                           RemoveCall, ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall,
-                          ResizeCall, DescribeCall>;
+                          ResizeCall, DescribeCall, ConsoleWriteCall, ConsoleInputCall>;
 
 // A request that passed validation.
 struct ParsedCall {
@@ -146,6 +158,11 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 // calls, such as subscribe); empty for a notification.
 [[nodiscard]] std::string error_response_for(const ParsedCall& parsed, const Error& error);
 
+// The response to lpar.console_attach / _detach: {"lpar", "input": whether this connection
+// holds the LPAR's console input now, "holder": who does, when another connection}.
+[[nodiscard]] std::string console_input_response(const ParsedCall& parsed, bool input,
+                                                 std::string_view holder);
+
 // The -32005 response for a call that did not return within `timeout` ("timed out after 30 s",
 // data {"kind":"Timeout","timeout_ms":...,"method":...}); empty for a notification.
 [[nodiscard]] std::string timeout_response(const ParsedCall& parsed,
@@ -172,6 +189,9 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 // {"jsonrpc":"2.0","method":"event","params":{"event":"events.dropped","time":...,
 // "monotonic_us":...,"count":N}}, stamped now
 [[nodiscard]] std::string events_dropped_notification(std::uint64_t count);
+
+// Microseconds since the Unix epoch as RFC 3339 UTC: "2026-12-07T10:01:02.123456Z".
+[[nodiscard]] std::string rfc3339_utc(std::int64_t wall_us);
 
 // Replaces every byte sequence that is not valid UTF-8 (including overlong forms, surrogates and
 // code points above U+10FFFF) with U+FFFD, so that guest console output can always be sent.

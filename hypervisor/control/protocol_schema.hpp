@@ -20,6 +20,8 @@ inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;  // one request line,
 inline constexpr std::size_t kMaxNestingDepth = 32;         // arrays/objects inside a request
 inline constexpr std::size_t kDefaultConsoleBytes = 4096;
 inline constexpr std::size_t kMaxConsoleBytes = 1024 * 1024;
+inline constexpr std::size_t kMaxConsoleWriteBytes = 4096;  // one lpar.console_write
+inline constexpr std::uint64_t kMaxConsoleOffset = (std::uint64_t{1} << 63) - 1;
 inline constexpr std::uint64_t kDefaultDrainTimeoutMs = 10000;
 inline constexpr std::uint64_t kMaxDrainTimeoutMs = 600000;
 // origin_mib is turned into a byte offset by the hypervisor: it must fit in 64 bits as bytes.
@@ -99,9 +101,21 @@ struct EventSchema {
     std::string_view summary;
 };
 
+// GuestAction's names (api.hpp), in its order.
+inline constexpr std::string_view kGuestActions[] = {"restart", "stop", "deactivate"};
+
 namespace schema_detail {
 
 inline constexpr std::string_view kModes[] = {"stop-and-copy", "live"};
+inline constexpr ParamSchema action_param(std::string_view name, std::uint64_t fallback,
+                                          std::string_view description) {
+    return {.name = name,
+            .type = ParamType::Choice,
+            .has_default = true,
+            .fallback = fallback,
+            .choices = kGuestActions,
+            .description = description};
+}
 
 inline constexpr ParamSchema lpar_param(std::string_view description = "the LPAR's name") {
     return {.name = "lpar", .type = ParamType::Name, .required = true, .description = description};
@@ -174,7 +188,21 @@ inline constexpr ParamSchema kConsole[] = {
      .max = kMaxConsoleBytes,
      .has_default = true,
      .fallback = kDefaultConsoleBytes,
-     .description = "how many of the most recent bytes of serial output"},
+     .description = "at most this many bytes: the most recent, or from `since` on"},
+    {.name = "since",
+     .type = ParamType::Integer,
+     .max = kMaxConsoleOffset,
+     .description = "the offset to read from (a previous answer's `next`); absent: the most "
+                    "recent bytes"},
+};
+
+inline constexpr ParamSchema kConsoleWrite[] = {
+    lpar_param(),
+    {.name = "data",
+     .type = ParamType::String,
+     .required = true,
+     .max = kMaxConsoleWriteBytes,
+     .description = "the bytes to type, as UTF-8 text (control characters as \\u escapes)"},
 };
 
 // lpar.define, and each LPAR of the configuration file (which adds "active"): one table.
@@ -252,6 +280,13 @@ inline constexpr ParamSchema kDefine[] = {
      .multiple_why = "2 MiB units",
      .has_default = true,
      .description = "how far storage.expand may grow it: 0 (not at all) or size_mib and up"},
+    action_param("on_reboot", 0,
+                 "when the guest reboots (ACPI or i8042 reset, a Linux guest's triple fault): "
+                 "restart re-IPLs it in place, storage scrubbed"),
+    action_param("on_poweroff", 1, "when the guest powers off (ACPI S5, the firmware's exit)"),
+    action_param("on_crash", 1,
+                 "when the guest crashes (a firmware's triple fault, an exit nothing can "
+                 "serve); stop keeps the registers in the reason"),
 };
 
 inline constexpr ParamSchema kExchange[] = {
@@ -300,6 +335,16 @@ inline constexpr std::span<const ParamSchema> none() {
 inline constexpr FieldSchema kStateFields[] = {
     {"state", FieldType::String, "the new state: defined, running, stopped, failed, removed, ..."},
     {"reason", FieldType::String, "why (guest exits and faults included)"},
+};
+inline constexpr FieldSchema kGuestEventFields[] = {
+    {"guest_event", FieldType::String, "what the guest did: reboot, poweroff or crash"},
+    {"action", FieldType::String,
+     "the LPAR's on_reboot, on_poweroff or on_crash: restart, stop or deactivate"},
+    {"reason", FieldType::String, "the guest's words, or the registers of a crash"},
+};
+inline constexpr FieldSchema kRestartFields[] = {
+    {"cause", FieldType::String, "operator reset, guest reboot, guest poweroff or guest crash"},
+    {"origin_mib", FieldType::Integer, "where it was re-IPLed (its origin before and after)"},
 };
 inline constexpr FieldSchema kPhaseFields[] = {
     {"phase", FieldType::String, "the MVSTOR phase that finished"},
@@ -363,7 +408,14 @@ inline constexpr MethodSchema kMethodSchemas[] = {
     {"storage.mvstor", Execution::LongRunning, schema_detail::kMvstor,
      "moves an LPAR's storage to a new origin while it keeps running (MVSTOR)"},
     {"lpar.console", Execution::Query, schema_detail::kConsole,
-     "the most recent serial output of an LPAR"},
+     "an LPAR's serial output: the most recent bytes, or from an offset on"},
+    {"lpar.console_write", Execution::Query, schema_detail::kConsoleWrite,
+     "types bytes at an LPAR's serial console; refused while another connection holds its input"},
+    {"lpar.console_attach", Execution::Session, schema_detail::kLparOnly,
+     "this connection takes the LPAR's console input until it detaches or closes; when another "
+     "holds it, the answer says who"},
+    {"lpar.console_detach", Execution::Session, schema_detail::kLparOnly,
+     "gives the LPAR's console input back"},
     {"system.ping", Execution::Inline, schema_detail::none(), "the daemon's version"},
     {"lpar.define", Execution::Query, schema_detail::kDefine, "defines a new LPAR"},
     {"lpar.activate", Execution::LongRunning, schema_detail::kLparOnly,
@@ -401,6 +453,10 @@ inline constexpr MethodSchema kMethodSchemas[] = {
 
 inline constexpr EventSchema kEventSchemas[] = {
     {"lpar.state", true, schema_detail::kStateFields, "an LPAR changed state"},
+    {"lpar.guest_event", true, schema_detail::kGuestEventFields,
+     "the guest rebooted, powered off or crashed; the action follows (restart: lpar.restart)"},
+    {"lpar.restart", true, schema_detail::kRestartFields,
+     "an LPAR was re-IPLed in place, its storage scrubbed (svp reset, or a guest action)"},
     {"mvstor.phase", true, schema_detail::kPhaseFields, "an MVSTOR phase finished"},
     {"mvstor.progress", true, schema_detail::kProgressFields,
      "an MVSTOR's copy advanced (at most every 2 MiB)"},

@@ -15,6 +15,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -359,6 +360,13 @@ struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Share
     // The event queue of each subscribed connection, so that stop() can end every subscription
     // before it returns (the Api need only outlive the server) and queued_events() can count.
     std::unordered_map<std::uint64_t, std::weak_ptr<EventQueue>> subscribers;
+    // Who holds each LPAR's console input (lpar.console_attach): lpar.console_write from any
+    // other connection is refused until the holder detaches or its connection closes.
+    struct ConsoleInputHolder {
+        std::uint64_t connection = 0;
+        std::string who;  // "client 3 (pid 1234, uid 0) since 12:00:01 UTC"
+    };
+    std::unordered_map<std::string, ConsoleInputHolder> console_inputs;
     std::uint64_t next_id = 1;
     std::size_t counted_clients = 0;
     std::size_t evicted_unreported = 0;  // since the last table-full warning
@@ -486,8 +494,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
             case Execution::Inline:
                 return send(execute(shared_->api, parsed), false);
             case Execution::Session:
+                if (std::holds_alternative<ConsoleInputCall>(parsed.call))
+                    return handle_console_input(parsed);
                 return handle_session(std::move(parsed));
             case Execution::Query:
+                if (const auto* write = std::get_if<ConsoleWriteCall>(&parsed.call)) {
+                    if (auto refusal = console_input_refusal(write->lpar))
+                        return send(error_response_for(parsed, *refusal), false);
+                }
                 return run_query(std::move(parsed));
             case Execution::LongRunning:
                 break;
@@ -533,6 +547,77 @@ class Connection : public std::enable_shared_from_this<Connection> {
                        });
         });
         if (!submitted) close("server stopping");
+    }
+
+    // lpar.console_attach takes the LPAR's console input for this connection, unless another
+    // holds it (the answer then names the holder, and this connection may still read);
+    // lpar.console_detach gives it back. Bounded: an LPAR name is at most kMaxLparNameBytes, and
+    // a connection holds at most kMaxConsoleInputs inputs.
+    void handle_console_input(const ParsedCall& parsed) {
+        static constexpr std::size_t kMaxConsoleInputs = 16;
+        const auto& call = std::get<ConsoleInputCall>(parsed.call);
+        if (call.lpar.size() > kMaxLparNameBytes) {
+            return send(error_response_for(
+                            parsed, Error(ErrorKind::NotFound, "no LPAR has a name that long")),
+                        false);
+        }
+        bool input = false;
+        std::string holder;
+        {
+            std::lock_guard lock(shared_->mutex);
+            auto& holders = shared_->console_inputs;
+            auto it = holders.find(call.lpar);
+            if (!call.attach) {
+                if (it != holders.end() && it->second.connection == id_) holders.erase(it);
+            } else if (it != holders.end() && it->second.connection != id_) {
+                holder = it->second.who;
+            } else if (it == holders.end() && console_inputs_.size() >= kMaxConsoleInputs) {
+                return send(
+                    error_response_for(
+                        parsed, Error(ErrorKind::Refused,
+                                      fmt::format("this connection holds the console "
+                                                  "input of {} LPARs already (at most {})",
+                                                  console_inputs_.size(), kMaxConsoleInputs))),
+                    false);
+            } else {
+                holders[call.lpar] = {
+                    id_, fmt::format("client {} (pid {}, uid {}) since {}", id_, peer_.pid,
+                                     peer_.uid, rfc3339_utc(now_wall_us()))};
+                input = true;
+            }
+        }
+        if (input && console_inputs_.insert(call.lpar).second) {
+            spdlog::info("control: client {} (pid {}) holds {}'s console input", id_, peer_.pid,
+                         call.lpar);
+        }
+        if (!call.attach && console_inputs_.erase(call.lpar) > 0) {
+            spdlog::info("control: client {} gave {}'s console input back", id_, call.lpar);
+        }
+        send(console_input_response(parsed, input, holder), false);
+    }
+
+    // Why this connection may not type at `lpar`'s console now (another connection holds its
+    // input), or nothing.
+    std::optional<Error> console_input_refusal(const std::string& lpar) const {
+        std::lock_guard lock(shared_->mutex);
+        auto it = shared_->console_inputs.find(lpar);
+        if (it == shared_->console_inputs.end() || it->second.connection == id_) return {};
+        return Error(ErrorKind::Busy,
+                     fmt::format("{}'s console input is held by {}; its output can still be read "
+                                 "(lpar.console), and it can be typed at once that client "
+                                 "detaches or disconnects",
+                                 lpar, it->second.who));
+    }
+
+    void release_console_inputs() {
+        if (console_inputs_.empty()) return;
+        std::lock_guard lock(shared_->mutex);
+        for (const auto& lpar : console_inputs_) {
+            auto it = shared_->console_inputs.find(lpar);
+            if (it != shared_->console_inputs.end() && it->second.connection == id_)
+                shared_->console_inputs.erase(it);
+        }
+        console_inputs_.clear();
     }
 
     void handle_session(ParsedCall parsed) {
@@ -658,6 +743,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         if (closed_) return;
         closed_ = true;
         query_timer_.cancel();
+        release_console_inputs();
         if (events_) {
             {
                 std::lock_guard lock(shared_->mutex);
@@ -694,7 +780,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     };
     std::optional<PendingDrop> pending_drop_;  // set by drop() while a write is in flight
     bool writing_ = false;
-    std::shared_ptr<EventQueue> events_;  // set while subscribed
+    std::shared_ptr<EventQueue> events_;    // set while subscribed
+    std::set<std::string> console_inputs_;  // the LPARs whose console input this one holds
     asio::steady_timer query_timer_{strand_};
     std::uint64_t query_sequence_ = 0;
     std::uint64_t awaited_query_ = 0;  // the query whose answer is still due; 0: none

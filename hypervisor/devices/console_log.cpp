@@ -177,6 +177,25 @@ std::string ConsoleLog::tail(std::size_t max_bytes) const {
     return ordered;
 }
 
+ConsoleLog::Slice ConsoleLog::read(std::optional<std::uint64_t> since,
+                                   std::size_t max_bytes) const {
+    std::lock_guard lock(mutex_);
+    const std::uint64_t oldest = total_ - ring_.size();  // what the ring still holds
+    const std::uint64_t start = since ? std::clamp(*since, oldest, total_)
+                                      : total_ - std::min<std::uint64_t>(ring_.size(), max_bytes);
+    const auto count = static_cast<std::size_t>(std::min<std::uint64_t>(total_ - start, max_bytes));
+    Slice slice;
+    slice.start = start;
+    if (count == 0) return slice;
+    // The oldest byte is at head_ (0 until the ring is full); offsets run on from there.
+    const std::size_t first = (head_ + static_cast<std::size_t>(start - oldest)) % ring_.size();
+    const std::size_t to_end = std::min(count, ring_.size() - first);
+    slice.text.reserve(count);
+    slice.text.append(ring_, first, to_end);
+    slice.text.append(ring_, 0, count - to_end);
+    return slice;
+}
+
 std::uint64_t ConsoleLog::total_bytes() const {
     std::lock_guard lock(mutex_);
     return total_;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -37,9 +38,17 @@ class ConsoleLog {
 
     void append(std::string_view bytes);
     std::string tail(std::size_t max_bytes) const;  // the most recent bytes, oldest first
-    std::uint64_t total_bytes() const;              // everything ever appended
-    std::size_t pending_line_bytes() const;         // the line not yet ended (<= kMaxLineBytes)
-    void flush();                                   // what is buffered for the file, now
+    // Output by offset (bytes since the LPAR's IPL), for a reader that follows it: at most
+    // `max_bytes` from `since` (clamped to what the ring still holds: start > since means bytes
+    // were lost), or without `since` the most recent `max_bytes`.
+    struct Slice {
+        std::string text;
+        std::uint64_t start = 0;  // the offset of text's first byte
+    };
+    Slice read(std::optional<std::uint64_t> since, std::size_t max_bytes) const;
+    std::uint64_t total_bytes() const;       // everything ever appended
+    std::size_t pending_line_bytes() const;  // the line not yet ended (<= kMaxLineBytes)
+    void flush();                            // what is buffered for the file, now
 
   private:
     void emit_line();     // line_ to the log (caller holds mutex_)

@@ -44,6 +44,16 @@ bool Uart8250::line_level() const {
     return interrupt_id() != kIirNoInterrupt;
 }
 
+void Uart8250::refill_rx() {
+    // In loopback the serial input is disconnected (the 16550 datasheet): input waits.
+    if (mcr_ & kMcrLoop) return;
+    const std::size_t depth = (fcr_ & kFcrEnable) ? kFifoSize : 1;
+    while (!input_.empty() && rx_.size() < depth) {
+        rx_.push_back(input_.front());
+        input_.pop_front();
+    }
+}
+
 void Uart8250::push_received(std::uint8_t byte) {
     const std::size_t depth = (fcr_ & kFcrEnable) ? kFifoSize : 1;
     if (rx_.size() >= depth) {
@@ -62,6 +72,7 @@ std::uint8_t Uart8250::read_register(std::uint16_t offset) {
             {
                 std::uint8_t byte = rx_.front();
                 rx_.pop_front();
+                refill_rx();
                 return byte;
             }
         case kIer:
@@ -122,12 +133,14 @@ void Uart8250::write_register(std::uint16_t offset, std::uint8_t value) {
             if ((value ^ fcr_) & kFcrEnable) rx_.clear();  // switching the FIFOs resets them
             if (value & kFcrClearRx) rx_.clear();
             fcr_ = value & static_cast<std::uint8_t>(~0x06);  // the clear bits self-reset
+            refill_rx();
             break;
         case kLcr:
             lcr_ = value;
             break;
         case kMcr:
             mcr_ = value & 0x1f;
+            refill_rx();  // loopback off again: waiting input comes in
             break;
         case kScr:
             scr_ = value;
@@ -165,11 +178,19 @@ void Uart8250::write(std::uint16_t offset, std::span<const std::uint8_t> data) {
 std::size_t Uart8250::receive_input(std::span<const std::uint8_t> bytes) {
     std::lock_guard order(irq_mutex_);
     std::unique_lock lock(mutex_);
-    const std::size_t depth = (fcr_ & kFcrEnable) ? kFifoSize : 1;
-    std::size_t taken = 0;
-    while (taken < bytes.size() && rx_.size() < depth) rx_.push_back(bytes[taken++]);
+    // Room for kInputBufferBytes waiting in all, the FIFO's included.
+    const std::size_t waiting = input_.size() + rx_.size();
+    const std::size_t room = waiting < kInputBufferBytes ? kInputBufferBytes - waiting : 0;
+    const std::size_t taken = std::min(bytes.size(), room);
+    input_.insert(input_.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(taken));
+    refill_rx();
     update_irq(lock);
     return taken;
+}
+
+std::size_t Uart8250::input_waiting() const {
+    std::lock_guard lock(mutex_);
+    return input_.size() + rx_.size();
 }
 
 bool Uart8250::irq_level() const {

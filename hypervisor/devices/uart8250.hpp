@@ -11,8 +11,11 @@
 // is cleared by reading IIR while it is the reported source, and the line is high while an
 // enabled interrupt is pending. The owner maps the level to KVM_IRQ_LINE (IRQ 4 for COM1).
 //
-// Input: receive_input() queues bytes into the 16-byte receive FIFO (LSR.DR, IIR "data
-// available" when IER bit 0 is set); nothing calls it yet but loopback. RBR reads 0 when empty.
+// Input: receive_input() (a console typing at the LPAR) queues bytes behind the receive FIFO,
+// up to kInputBufferBytes, and feeds the FIFO (16 bytes, 1 with FIFOs off) as the guest reads
+// RBR, so that a line typed at once reaches a guest that reads a byte at a time: LSR.DR, and
+// IIR "data available" when IER bit 0 is set, while any is waiting. In loopback (MCR bit 4) the
+// input waits, as the serial input is disconnected then. RBR reads 0 when empty.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +34,7 @@ class Uart8250 final : public PortDevice {
   public:
     static constexpr std::uint16_t kPortCount = 8;
     static constexpr std::size_t kFifoSize = 16;
+    static constexpr std::size_t kInputBufferBytes = 4096;  // typed, not yet in the FIFO
     static constexpr std::uint32_t kCom1Irq = 4;  // ISA IRQ 4 = IOAPIC pin 4 (no MADT override)
     // Called with the new level whenever the interrupt line changes, never with the register
     // lock held (but serialized, so levels arrive in order). It must not call into the UART.
@@ -43,9 +47,11 @@ class Uart8250 final : public PortDevice {
     void read(std::uint16_t offset, std::span<std::uint8_t> data) override;
     void write(std::uint16_t offset, std::span<const std::uint8_t> data) override;
 
-    // Bytes from outside (a console) for the guest to read; returns how many fit the FIFO (the
-    // rest is refused, not lost silently: the caller keeps it for later).
+    // Bytes from outside (a console) for the guest to read; returns how many were taken (up to
+    // kInputBufferBytes may wait; the rest is refused, not lost silently: the caller keeps it
+    // for later). Any thread.
     std::size_t receive_input(std::span<const std::uint8_t> bytes);
+    std::size_t input_waiting() const;  // typed bytes the guest has not read yet
 
     bool irq_level() const;  // the line as last computed (for tests and state dumps)
 
@@ -56,6 +62,7 @@ class Uart8250 final : public PortDevice {
     bool line_level() const;
     std::uint8_t modem_status() const;
     void push_received(std::uint8_t byte);
+    void refill_rx();  // input_ -> rx_ while the FIFO has room (caller holds mutex_)
     void update_irq(std::unique_lock<std::mutex>& lock);  // releases `lock`
 
     std::shared_ptr<ConsoleLog> console_;
@@ -63,10 +70,11 @@ class Uart8250 final : public PortDevice {
     std::mutex irq_mutex_;  // outer: orders the callbacks; taken before mutex_
     mutable std::mutex mutex_;
     std::uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0, dll_ = 0x0c, dlm_ = 0, fcr_ = 0;
-    std::uint8_t lsr_errors_ = 0;  // overrun (LSR bit 1), cleared by reading LSR
-    bool thr_interrupt_ = false;   // a THR-empty interrupt is pending
-    std::deque<std::uint8_t> rx_;  // receive FIFO (one byte deep with the FIFO off)
-    bool level_ = false;           // the line as last reported
+    std::uint8_t lsr_errors_ = 0;     // overrun (LSR bit 1), cleared by reading LSR
+    bool thr_interrupt_ = false;      // a THR-empty interrupt is pending
+    std::deque<std::uint8_t> rx_;     // receive FIFO (one byte deep with the FIFO off)
+    std::deque<std::uint8_t> input_;  // typed bytes behind the FIFO (at most kInputBufferBytes)
+    bool level_ = false;              // the line as last reported
 };
 
 }  // namespace lparvisor

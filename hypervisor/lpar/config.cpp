@@ -157,6 +157,11 @@ json to_json(const SystemConfig& config) {
         if (!l.disks.empty()) entry["disks"] = control::disk_list_to_json(l.disks);
         if (!l.rng) entry["rng"] = false;
         if (l.max_size_mib) entry["max_size_mib"] = l.max_size_mib;
+        const control::LparDefinition defaults;
+        if (l.on_reboot != defaults.on_reboot) entry["on_reboot"] = control::to_string(l.on_reboot);
+        if (l.on_poweroff != defaults.on_poweroff)
+            entry["on_poweroff"] = control::to_string(l.on_poweroff);
+        if (l.on_crash != defaults.on_crash) entry["on_crash"] = control::to_string(l.on_crash);
         lpars.push_back(entry);
     }
     return {{"main_storage_mib", config.main_storage_mib}, {"lpars", lpars}};

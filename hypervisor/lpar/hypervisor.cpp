@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "sandbox/sandbox.hpp"
 #include "storage/address.hpp"
 #include "storage/page_mover.hpp"
 #include "util/error.hpp"
@@ -26,14 +27,26 @@ Hypervisor::Hypervisor(const SystemConfig& config, const HypervisorOptions& opti
                  arena_.backing(), kvm::to_string(kvm::detect_flavour()));
     for (const auto& c : config.lpars) add_record(c);
     // Those with an origin first, so that first-fit ones fill around them.
-    std::lock_guard operation(storage_operation_mutex_);
-    for (bool placed : {true, false})
-        for (auto& r : records_)
-            if (r.definition.active && r.definition.origin_mib.has_value() == placed)
-                activate_locked(r);
+    {
+        std::lock_guard operation(storage_operation_mutex_);
+        for (bool placed : {true, false})
+            for (auto& r : records_)
+                if (r.definition.active && r.definition.origin_mib.has_value() == placed)
+                    activate_locked(r);
+    }
+    // A guest that rebooted meanwhile has its restart queued already: the worker takes it.
+    action_worker_ = sandbox::spawn(sandbox::ThreadClass::Control, "guest-actions",
+                                    [this] { run_guest_actions(); });
 }
 
 Hypervisor::~Hypervisor() {
+    // No restart may begin once teardown has: the worker ends first (one in progress finishes).
+    {
+        std::lock_guard lock(actions_mutex_);
+        actions_stopping_ = true;
+    }
+    actions_changed_.notify_all();
+    if (action_worker_.joinable()) action_worker_.join();
     // Every LPAR's threads end and its window is unmapped before the arena goes away, whoever
     // still holds the object.
     std::vector<std::shared_ptr<Lpar>> running;
@@ -171,14 +184,34 @@ control::LparStatus Hypervisor::status_of(const std::string& name) {
     throw Error(ErrorKind::NotFound, "unknown LPAR '" + name + "'");
 }
 
-std::string Hypervisor::console(const std::string& name, std::size_t max_bytes) {
+control::ConsoleText Hypervisor::console(const std::string& name,
+                                         std::optional<std::uint64_t> since,
+                                         std::size_t max_bytes) {
     std::shared_ptr<Lpar> l;
+    std::uint64_t ipl = 0;
     {
         std::lock_guard lock(map_mutex_);
-        l = record(name).lpar;
+        const auto& r = record(name);
+        l = r.lpar;
+        ipl = r.ipl;
     }
     if (!l) throw Error(ErrorKind::Refused, name + " is defined but not active: no console yet");
-    return l->console().tail(max_bytes);
+    auto slice = l->console().read(since, max_bytes);
+    return {std::move(slice.text), slice.start, ipl};
+}
+
+std::string Hypervisor::console(const std::string& name, std::size_t max_bytes) {
+    return console(name, std::nullopt, max_bytes).text;
+}
+
+std::size_t Hypervisor::console_write(const std::string& name, std::string_view bytes) {
+    auto l = active_lpar(name);
+    if (l->state() == LparState::Failed)
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{}: cannot type at its console: it is fenced ({})", name,
+                                l->stop_reason()));
+    // Bytes as the UART takes them (char and std::uint8_t have the same size and alignment).
+    return l->console_input({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
 }
 
 std::unique_lock<std::mutex> Hypervisor::begin_storage_operation(const std::string& lpar,
@@ -216,15 +249,19 @@ ArenaOffset Hypervisor::first_fit(std::uint64_t size) const {
     return ArenaOffset{candidate};
 }
 
-void Hypervisor::activate_locked(Record& r, const char* reason) {
+void Hypervisor::activate_locked(Record& r, const std::string& reason, bool restart) {
     const auto& d = r.definition;
+    std::shared_ptr<Lpar> lpar;
+    bool published = false;
     const std::uint64_t size = d.size_mib * kMiB;
     ArenaRange range;
+    std::uint64_t ipl = 0;
     {
         std::lock_guard lock(map_mutex_);
         range = {d.origin_mib ? ArenaOffset{*d.origin_mib * kMiB} : first_fit(size), size};
         map_.add(d.name, range);  // step 203's checks; throws naming the conflict
         r.transition = "activating";
+        ipl = ++r.ipl;
     }
     try {
         arena_.populate(range);  // fault the storage in now, not during the guest's first pass
@@ -246,23 +283,40 @@ void Hypervisor::activate_locked(Record& r, const char* reason) {
         spec.disk_users = disk_users_;
         spec.rng = d.rng;
         spec.max_storage = std::max(d.max_size_mib, d.size_mib) * kMiB;
-        auto listener = [this, name = d.name](LparState state, const std::string& why) {
+        auto listener = [this, name = d.name, ipl, definition = d](
+                            LparState state, const std::string& why, GuestEvent event) {
             events_.publish("lpar.state", name, {{"state", to_string(state)}, {"reason", why}});
+            if (event != GuestEvent::None) on_guest_event(name, ipl, definition, event, why);
         };
-        auto lpar = std::make_shared<Lpar>(kvm_, arena_, keys_, spec, listener);
+        lpar = std::make_shared<Lpar>(kvm_, arena_, keys_, spec, listener);
+        {
+            std::lock_guard lock(map_mutex_);
+            r.lpar = lpar;
+            r.transition = nullptr;
+        }
+        // Published before the vCPUs start, so that nothing the guest does (a stop, a reboot)
+        // can reach a client ahead of them.
+        if (restart)
+            events_.publish("lpar.restart", d.name,
+                            {{"cause", reason}, {"origin_mib", range.start.value / kMiB}});
+        events_.publish("lpar.state", d.name, {{"state", "running"}, {"reason", reason}});
+        published = true;
         lpar->ipl();
-        std::lock_guard lock(map_mutex_);
-        r.lpar = std::move(lpar);
-        r.transition = nullptr;
     } catch (...) {
+        if (lpar) lpar->shutdown();
         scrub(arena_, keys_, range);
-        std::lock_guard lock(map_mutex_);
-        map_.remove(d.name);
-        r.transition = nullptr;
+        {
+            std::lock_guard lock(map_mutex_);
+            r.lpar.reset();
+            map_.remove(d.name);
+            r.transition = nullptr;
+        }
+        if (published)
+            events_.publish("lpar.state", d.name,
+                            {{"state", "defined"}, {"reason", "IPL failed; storage freed"}});
         throw;
     }
     spdlog::info("{}: activated at {}", d.name, format_range_mib(range.start.value, range.size));
-    events_.publish("lpar.state", d.name, {{"state", "running"}, {"reason", reason}});
 }
 
 void Hypervisor::deactivate_locked(Record& r) {
@@ -337,43 +391,136 @@ control::LparStatus Hypervisor::start(const std::string& name) {
 control::LparStatus Hypervisor::reset(const std::string& name) {
     auto operation = begin_storage_operation(name, "reset");
     Record* r;
-    ArenaOffset origin;
     {
         std::lock_guard lock(map_mutex_);
         r = &record(name);
-        if (!r->lpar) throw Error(ErrorKind::Refused, name + " is not active: activate it instead");
-        origin = map_.find(name).range.start;
     }
-    // A clear reset: the same storage range, scrubbed, and a fresh IPL. The definition is
-    // written under map_mutex_, which lpar.list and system.config read it under.
+    reset_locked(*r, "operator reset");
+    return status_of(name);
+}
+
+void Hypervisor::reset_locked(Record& r, const std::string& cause) {
+    const std::string name = r.definition.name;
+    std::shared_ptr<Lpar> lpar;
+    ArenaOffset origin;
     std::optional<std::uint64_t> defined_origin;
     {
         std::lock_guard lock(map_mutex_);
-        if (r->lpar->state() == LparState::Failed)
-            throw Error(ErrorKind::Refused,
-                        name + " is fenced (" + r->lpar->stop_reason() +
-                            "): deactivate it, which scrubs and frees all it holds, then "
-                            "activate it");
-        defined_origin = r->definition.origin_mib;
+        if (!r.lpar) throw Error(ErrorKind::Refused, name + " is not active: activate it instead");
+        lpar = r.lpar;
+        origin = map_.find(name).range.start;
+        defined_origin = r.definition.origin_mib;
     }
-    deactivate_locked(*r);
+    if (lpar->state() == LparState::Failed)
+        throw Error(ErrorKind::Refused,
+                    name + " is fenced (" + lpar->stop_reason() +
+                        "): deactivate it, which scrubs and frees all it holds, then activate it");
+    lpar.reset();
+    // A clear reset: the same storage range, scrubbed, and a fresh IPL. The definition is
+    // written under map_mutex_, which lpar.list and system.config read it under.
+    deactivate_locked(r);
     auto restore_origin = [&] {
         std::lock_guard lock(map_mutex_);
-        r->definition.origin_mib = defined_origin;
+        r.definition.origin_mib = defined_origin;
     };
     {
         std::lock_guard lock(map_mutex_);
-        r->definition.origin_mib = origin.value / kMiB;
+        r.definition.origin_mib = origin.value / kMiB;
     }
     try {
-        activate_locked(*r, "reset");
+        activate_locked(r, cause, true);
     } catch (...) {
         restore_origin();
         throw;
     }
     restore_origin();
-    spdlog::info("{}: reset (re-IPL at {})", name, format_mib(origin.value));
-    return status_of(name);
+    spdlog::info("{}: re-IPLed at {} ({})", name, format_mib(origin.value), cause);
+}
+
+void Hypervisor::on_guest_event(const std::string& lpar, std::uint64_t ipl,
+                                const LparConfig& definition, GuestEvent event,
+                                const std::string& reason) {
+    const control::GuestAction action = event == GuestEvent::Reboot     ? definition.on_reboot
+                                        : event == GuestEvent::PowerOff ? definition.on_poweroff
+                                                                        : definition.on_crash;
+    const std::string key = event == GuestEvent::Reboot     ? "on_reboot"
+                            : event == GuestEvent::PowerOff ? "on_poweroff"
+                                                            : "on_crash";
+    spdlog::info("{}: guest {}: {} is {}", lpar, to_string(event), key, control::to_string(action));
+    events_.publish("lpar.guest_event", lpar,
+                    {{"guest_event", to_string(event)},
+                     {"action", control::to_string(action)},
+                     {"reason", reason}});
+    if (action == control::GuestAction::Stop) return;  // stopped already, reason kept
+    {
+        std::lock_guard lock(actions_mutex_);
+        actions_.push_back({lpar, ipl, action, std::string("guest ") + to_string(event)});
+    }
+    actions_changed_.notify_all();
+}
+
+void Hypervisor::run_guest_actions() {
+    for (;;) {
+        GuestActionRequest request;
+        {
+            std::unique_lock lock(actions_mutex_);
+            actions_changed_.wait(lock, [&] { return actions_stopping_ || !actions_.empty(); });
+            if (actions_stopping_) return;
+            request = std::move(actions_.front());
+            actions_.pop_front();
+        }
+        try {
+            carry_out(request);
+        } catch (const std::exception& e) {
+            // The LPAR is as the failed step left it: reset's rules (stopped, or defined with its
+            // storage freed when the new IPL failed). Said in the log and as its state.
+            const std::string why =
+                fmt::format("{} after {} failed: {}", control::to_string(request.action),
+                            request.cause, e.what());
+            spdlog::error("{}: {}", request.lpar, why);
+            try {
+                events_.publish("lpar.state", request.lpar,
+                                {{"state", status_of(request.lpar).state}, {"reason", why}});
+            } catch (const std::exception&) {
+                // Removed meanwhile: nobody to tell.
+            }
+        }
+    }
+}
+
+void Hypervisor::carry_out(const GuestActionRequest& request) {
+    const std::string what =
+        fmt::format("{} after {}", control::to_string(request.action), request.cause);
+    // Like an operator's request, but waiting its turn: a relocation may be running.
+    std::unique_lock operation(storage_operation_mutex_);
+    if (shutting_down_.load()) {
+        spdlog::info("{}: no {}: the daemon is shutting down", request.lpar, what);
+        return;
+    }
+    Record* r;
+    std::shared_ptr<Lpar> lpar;
+    {
+        std::lock_guard lock(map_mutex_);
+        r = &record(request.lpar);
+        if (r->ipl == request.ipl) lpar = r->lpar;
+    }
+    // Too late when someone got there first: a reset or deactivation (another IPL or none), or
+    // an operator's start (running again).
+    if (!lpar || lpar->state() != LparState::Stopped) {
+        spdlog::info("{}: no {}: the LPAR was reset, started or deactivated meanwhile",
+                     request.lpar, what);
+        return;
+    }
+    lpar.reset();
+    if (request.action == control::GuestAction::Restart) {
+        reset_locked(*r, request.cause);
+        return;
+    }
+    deactivate_locked(*r);
+    spdlog::info("{}: deactivated after {}; its storage is scrubbed and free", request.lpar,
+                 request.cause);
+    events_.publish("lpar.state", request.lpar,
+                    {{"state", "defined"}, {"reason", "deactivated after " + request.cause}});
 }
 
 control::LparStatus Hypervisor::deactivate(const std::string& name) {

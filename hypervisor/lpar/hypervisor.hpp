@@ -5,11 +5,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include "control/api.hpp"
@@ -43,7 +47,11 @@ class Hypervisor final : public control::Api {
 
     control::SystemStatus list() override;
     control::MvstorResult mvstor(const control::MvstorRequest& request) override;
-    std::string console(const std::string& lpar, std::size_t max_bytes) override;
+    control::ConsoleText console(const std::string& lpar, std::optional<std::uint64_t> since,
+                                 std::size_t max_bytes) override;
+    std::size_t console_write(const std::string& lpar, std::string_view bytes) override;
+    // The most recent `max_bytes` of the LPAR's serial output since its IPL (for tests and tools).
+    std::string console(const std::string& lpar, std::size_t max_bytes);
 
     control::LparStatus define(const control::LparDefinition& definition) override;
     control::LparStatus activate(const std::string& lpar) override;
@@ -80,6 +88,9 @@ class Hypervisor final : public control::Api {
     struct Record {
         LparConfig definition;
         std::shared_ptr<Lpar> lpar;  // null while only defined
+        // Counts this LPAR's IPLs (activate, reset, restart): names the console's offsets, and
+        // tells a guest action queued for an earlier IPL that it is too late.
+        std::uint64_t ipl = 0;
         // Set while the LPAR owns storage but has no running Lpar: "activating" (storage placed,
         // VM being built) or "deactivating" (VM gone, storage being scrubbed).
         const char* transition = nullptr;
@@ -91,8 +102,28 @@ class Hypervisor final : public control::Api {
     std::shared_ptr<Lpar> active_lpar(const std::string& name);  // throws if not active
     control::LparStatus status_of(const std::string& name);
     // Places, populates, builds and IPLs; the caller holds storage_operation_mutex_.
-    void activate_locked(Record& record, const char* reason = "activated");
+    // `restart`: a re-IPL in place, announced with lpar.restart (cause: `reason`).
+    void activate_locked(Record& record, const std::string& reason = "activated",
+                         bool restart = false);
     void deactivate_locked(Record& record);
+    // A clear reset: deactivates and activates again at the same origin (the caller holds
+    // storage_operation_mutex_); lpar.restart and lpar.state say `cause`.
+    void reset_locked(Record& record, const std::string& cause);
+
+    // The on_reboot / on_poweroff / on_crash actions. The listener (on the vCPU thread that saw
+    // the guest's event) publishes lpar.guest_event and, for restart and deactivate, queues the
+    // action for the action worker, which takes the storage operation lock like any operator
+    // request (a vCPU thread cannot join itself, and must not wait for a relocation).
+    struct GuestActionRequest {
+        std::string lpar;
+        std::uint64_t ipl = 0;  // the IPL whose guest asked: a later one cancels it
+        control::GuestAction action = control::GuestAction::Stop;
+        std::string cause;  // "guest reboot", ...
+    };
+    void on_guest_event(const std::string& lpar, std::uint64_t ipl, const LparConfig& definition,
+                        GuestEvent event, const std::string& reason);
+    void run_guest_actions();
+    void carry_out(const GuestActionRequest& request);
     ArenaOffset first_fit(std::uint64_t size) const;  // caller holds map_mutex_
     std::unique_lock<std::mutex> begin_storage_operation(const std::string& lpar, const char* what);
 
@@ -140,6 +171,13 @@ class Hypervisor final : public control::Api {
     // Serializes operations that change storage ownership (activate, deactivate, reset, MVSTOR),
     // so a range vacated by one is scrubbed before another can take it.
     std::mutex storage_operation_mutex_;
+
+    // The guest actions waiting for the worker (restart, deactivate), in the order guests asked.
+    std::mutex actions_mutex_;
+    std::condition_variable actions_changed_;
+    std::deque<GuestActionRequest> actions_;
+    bool actions_stopping_ = false;
+    std::thread action_worker_;  // started last in the constructor, joined first
 };
 
 }  // namespace lparvisor

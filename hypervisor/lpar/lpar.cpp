@@ -29,9 +29,10 @@ namespace lparvisor {
 namespace {
 
 constexpr std::size_t kConsoleCapacity = 1024 * 1024;
-// What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT and
-// some vector instructions (KVM-NOTES.md).
-constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f";
+// What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT, some
+// vector instructions (KVM-NOTES.md) and CLAC/STAC (0f 01 ca / cb: the kernel's SMAP guards,
+// which `nosmap` turns into no-ops).
+constexpr const char* kPvmCmdline = "noxsave nosmap clearcpuid=popcnt,avx,avx2,avx512f";
 constexpr const char* kOnlineHotplugged = "memhp_default_state=online_movable";
 
 // Adds `argument` to a kernel command line, space-separated.
@@ -87,6 +88,20 @@ const char* to_string(LparState state) {
     return "unknown";
 }
 
+const char* to_string(GuestEvent event) {
+    switch (event) {
+        case GuestEvent::None:
+            return "none";
+        case GuestEvent::Reboot:
+            return "reboot";
+        case GuestEvent::PowerOff:
+            return "poweroff";
+        case GuestEvent::Crash:
+            return "crash";
+    }
+    return "unknown";
+}
+
 Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec,
            StateListener listener)
     : spec_(spec),
@@ -118,20 +133,23 @@ void Lpar::add_port_devices(StorageKeys& keys) {
     Uart8250::IrqCallback uart_irq;
     if (spec_.is_linux())
         uart_irq = [this](bool level) { vm_.set_irq_line(Uart8250::kCom1Irq, level); };
-    bus_.add(LPV_PORT_COM1, Uart8250::kPortCount,
-             std::make_shared<Uart8250>(console_, std::move(uart_irq)));
+    uart_ = std::make_shared<Uart8250>(console_, std::move(uart_irq));
+    bus_.add(LPV_PORT_COM1, Uart8250::kPortCount, uart_);
     bus_.add(LPV_PORT_DEBUG_EXIT, 1, std::make_shared<DebugExit>([this](int code) {
-                 stop(fmt::format("guest exit {}", code));
+                 stop(fmt::format("guest exit {}", code), GuestEvent::PowerOff);
              }));
     bus_.add(LPV_PORT_STORAGE_KEY, StorageKeyPort::kPortCount,
              std::make_shared<StorageKeyPort>(window_.memory(), keys, [this](GuestPhysAddr gpa) {
                  return window_.arena_offset_of(gpa);
              }));
-    if (spec_.is_linux()) {
-        auto guest_event = [this](const std::string& what) { stop("guest " + what); };
+    // The reset and power-off a PC has: ACPI's registers (Linux) and the i8042's reset line
+    // (Linux, and the test firmware when a test makes it reboot).
+    auto guest_event = [this](const std::string& what) {
+        stop("guest " + what, what == "reboot" ? GuestEvent::Reboot : GuestEvent::PowerOff);
+    };
+    if (spec_.is_linux())
         bus_.add(PowerPort::kBase, PowerPort::kPortCount, std::make_shared<PowerPort>(guest_event));
-        bus_.add(I8042::kBase, I8042::kPortCount, std::make_shared<I8042>(guest_event));
-    }
+    bus_.add(I8042::kBase, I8042::kPortCount, std::make_shared<I8042>(guest_event));
 }
 
 void Lpar::add_pci_devices() {
@@ -195,6 +213,8 @@ void Lpar::boot_firmware(const kvm::System& system) {
     params.max_storage = spec_.max_storage;  // mapped, so it can use what EXPAND adds
     // A guest that floods its UART, for the console log's limits (tests/kvm/limits.sh).
     params.console_flood = fault::triggered("firmware.console_flood");
+    params.reboot_at_end = fault::triggered("firmware.reboot");
+    params.triple_fault_at_end = fault::triggered("firmware.triple_fault");
     boot::build_system_area(window_.memory(), params);
     spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec_.name,
                  spec_.vcpus, format_mib(spec_.storage.size), format_mib(spec_.storage.start.value),
@@ -372,7 +392,11 @@ std::string Lpar::stop_reason() const {
     return stop_reason_;
 }
 
-void Lpar::stop(const std::string& reason) {
+std::size_t Lpar::console_input(std::span<const std::uint8_t> bytes) {
+    return uart_->receive_input(bytes);
+}
+
+void Lpar::stop(const std::string& reason, GuestEvent event) {
     {
         std::lock_guard lock(mutex_);
         if (state_ != LparState::Running) return;
@@ -382,7 +406,7 @@ void Lpar::stop(const std::string& reason) {
     }
     changed_.notify_all();
     spdlog::warn("{}: stopped: {}", spec_.name, reason);
-    if (listener_) listener_(LparState::Stopped, reason);
+    if (listener_) listener_(LparState::Stopped, reason, event);
 }
 
 void Lpar::fence(const std::string& reason) {
@@ -396,7 +420,7 @@ void Lpar::fence(const std::string& reason) {
     changed_.notify_all();
     for (const auto& d : devices()) d->stop_accepting();
     spdlog::error("{}: fenced (failed): {}; deactivate it to free its storage", spec_.name, reason);
-    if (listener_) listener_(LparState::Failed, reason);
+    if (listener_) listener_(LparState::Failed, reason, GuestEvent::None);
 }
 
 void Lpar::restart() {
@@ -413,7 +437,7 @@ void Lpar::restart() {
     }
     changed_.notify_all();
     spdlog::info("{}: started by the operator", spec_.name);
-    if (listener_) listener_(LparState::Running, "");
+    if (listener_) listener_(LparState::Running, "", GuestEvent::None);
 }
 
 void Lpar::vcpu_loop(unsigned index) {
@@ -448,13 +472,23 @@ void Lpar::vcpu_loop(unsigned index) {
 }
 
 std::string Lpar::describe_fault(kvm::Vcpu& vcpu, const std::string& what) {
+    // The registers an operator (or a bug report) needs to find where the guest was: the
+    // general ones, the flags, and the control registers that say which mode and page tables.
+    std::string registers;
     try {
-        auto regs = vcpu.get_regs();
-        return fmt::format("{} (vCPU {}, rip={:#x}, rsp={:#x})", what, vcpu.index(), regs.rip,
-                           regs.rsp);
+        const auto regs = vcpu.get_regs();
+        registers = fmt::format(
+            ", rip={:#x}, rsp={:#x}, rbp={:#x}, rflags={:#x}, rax={:#x}, rbx={:#x}, rcx={:#x}, "
+            "rdx={:#x}, rsi={:#x}, rdi={:#x}",
+            regs.rip, regs.rsp, regs.rbp, regs.rflags, regs.rax, regs.rbx, regs.rcx, regs.rdx,
+            regs.rsi, regs.rdi);
+        const auto sregs = vcpu.get_sregs();
+        registers += fmt::format(", cs={:#x}, cr0={:#x}, cr2={:#x}, cr3={:#x}, cr4={:#x}",
+                                 sregs.cs.selector, sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4);
     } catch (const Error&) {
-        return fmt::format("{} (vCPU {})", what, vcpu.index());
+        // What could be read is said; a vCPU whose registers cannot be read still stops.
     }
+    return fmt::format("{} (vCPU {}{})", what, vcpu.index(), registers);
 }
 
 bool Lpar::complete_unemulated(kvm::Vcpu& vcpu, std::uint8_t opcode) {
@@ -504,8 +538,10 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
                         continue;
                     }
                     stop(describe_fault(
-                        vcpu, fmt::format("unhandled I/O port {:#x} ({} of {} byte(s))", exit.port,
-                                          exit.is_write ? "write" : "read", exit.size)));
+                             vcpu,
+                             fmt::format("unhandled I/O port {:#x} ({} of {} byte(s))", exit.port,
+                                         exit.is_write ? "write" : "read", exit.size)),
+                         GuestEvent::Crash);
                     return;
                 }
             } else if constexpr (std::is_same_v<T, kvm::MmioExit>) {
@@ -520,13 +556,18 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
                 stop(describe_fault(vcpu,
                                     fmt::format("MMIO {} at guest-physical {:#x} with no "
                                                 "device there",
-                                                exit.is_write ? "write" : "read", exit.address)));
+                                                exit.is_write ? "write" : "read", exit.address)),
+                     GuestEvent::Crash);
             } else if constexpr (std::is_same_v<T, kvm::HltExit>) {
-                stop(describe_fault(vcpu, "halted"));
+                stop(describe_fault(vcpu, "halted"), GuestEvent::Crash);
             } else if constexpr (std::is_same_v<T, kvm::ShutdownExit>) {
-                // Linux with reboot=t resets this way; anything else is a crash.
-                stop(describe_fault(vcpu, spec_.is_linux() ? "triple fault (guest reset or crash)"
-                                                           : "triple fault"));
+                // A PC's chipset resets on a triple fault, and Linux's last way to reboot
+                // (reboot=t) relies on it: a reboot for Linux. The test firmware never resets
+                // this way (it has no IDT: any exception ends here), so for it a crash.
+                if (spec_.is_linux())
+                    stop(describe_fault(vcpu, "triple fault (guest reset)"), GuestEvent::Reboot);
+                else
+                    stop(describe_fault(vcpu, "triple fault"), GuestEvent::Crash);
             } else if constexpr (std::is_same_v<T, kvm::InternalErrorExit>) {
                 auto bytes = exit.instruction_bytes;
                 if (bytes.empty()) {
@@ -545,23 +586,32 @@ void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
                     return;
                 std::string hex;
                 for (auto b : bytes) hex += fmt::format("{}{:02x}", hex.empty() ? "" : " ", b);
-                stop(describe_fault(
-                    vcpu,
-                    fmt::format(
-                        "KVM internal error {}{} instruction bytes [{}]", exit.suberror,
-                        exit.suberror == KVM_INTERNAL_ERROR_EMULATION ? " (emulation failure)" : "",
-                        hex.empty() ? "unavailable" : hex)));
+                stop(describe_fault(vcpu,
+                                    fmt::format("KVM internal error {}{} instruction bytes [{}]",
+                                                exit.suberror,
+                                                exit.suberror == KVM_INTERNAL_ERROR_EMULATION
+                                                    ? " (emulation failure)"
+                                                    : "",
+                                                hex.empty() ? "unavailable" : hex)),
+                     GuestEvent::Crash);
             } else if constexpr (std::is_same_v<T, kvm::FailEntryExit>) {
                 stop(describe_fault(vcpu, fmt::format("VM entry failed, hardware reason {:#x}",
-                                                      exit.hardware_reason)));
+                                                      exit.hardware_reason)),
+                     GuestEvent::Crash);
             } else if constexpr (std::is_same_v<T, kvm::SystemEventExit>) {
-                stop(fmt::format("guest system event {} (power-off or reset)", exit.type));
+                // KVM_SYSTEM_EVENT_SHUTDOWN, _RESET, _CRASH; anything newer counts as a crash.
+                const GuestEvent event = exit.type == KVM_SYSTEM_EVENT_SHUTDOWN
+                                             ? GuestEvent::PowerOff
+                                         : exit.type == KVM_SYSTEM_EVENT_RESET ? GuestEvent::Reboot
+                                                                               : GuestEvent::Crash;
+                stop(fmt::format("guest system event {} ({})", exit.type, to_string(event)), event);
             } else if constexpr (std::is_same_v<T, kvm::OtherExit>) {
                 stop(describe_fault(
-                    vcpu,
-                    result.error != 0
-                        ? fmt::format("KVM_RUN failed: {}", std::strerror(result.error))
-                        : fmt::format("unhandled {}", kvm::describe_exit_reason(exit.reason))));
+                         vcpu,
+                         result.error != 0
+                             ? fmt::format("KVM_RUN failed: {}", std::strerror(result.error))
+                             : fmt::format("unhandled {}", kvm::describe_exit_reason(exit.reason))),
+                     GuestEvent::Crash);
             }
             // InterruptedExit: a kick; the loop parks if asked to.
         },

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +32,7 @@
 
 namespace lparvisor {
 
+class Uart8250;
 namespace pci {
 class KvmPciPlatform;
 class PciBus;
@@ -66,10 +68,22 @@ struct LparSpec {
 enum class LparState { Running, Stopped, Failed };
 const char* to_string(LparState state);
 
-// Told of every state change ("running" / "stopped", reason); called on the thread that caused
-// it (a vCPU thread for guest exits and faults): must be quick and must not call back into the
-// Lpar.
-using StateListener = std::function<void(LparState state, const std::string& reason)>;
+// What the guest asked for when it stopped itself, which picks the LPAR's on_reboot,
+// on_poweroff or on_crash action (the Hypervisor carries it out). None: an operator stop, or a
+// state change that is not the guest's.
+//   Reboot:   the ACPI reset register, the i8042 reset line, KVM's reset event, and a Linux
+//             guest's triple fault (a PC's chipset resets on one; Linux's reboot=t uses it)
+//   PowerOff: ACPI S5, KVM's shutdown event, the firmware's debug exit
+//   Crash:    a firmware's triple fault, HLT with nothing to wake it, an I/O port or MMIO access
+//             nothing serves, a KVM internal error or failed entry, KVM's crash event
+enum class GuestEvent { None, Reboot, PowerOff, Crash };
+const char* to_string(GuestEvent event);
+
+// Told of every state change ("running" / "stopped", reason, and what the guest asked for);
+// called on the thread that caused it (a vCPU thread for guest exits and faults): must be quick
+// and must not call back into the Lpar.
+using StateListener =
+    std::function<void(LparState state, const std::string& reason, GuestEvent event)>;
 
 class Lpar {
   public:
@@ -104,8 +118,8 @@ class Lpar {
     LparState state() const;
     std::string stop_reason() const;
     // A vCPU exit the hypervisor cannot serve, or the guest's own exit: the LPAR stops, the
-    // daemon and the other LPARs run on.
-    void stop(const std::string& reason);
+    // daemon and the other LPARs run on. `event` tells the listener what the guest asked for.
+    void stop(const std::string& reason, GuestEvent event = GuestEvent::None);
     // Fences the LPAR (LparState::Failed) with the reason: vCPUs park at their next exit (or
     // stay parked if paused), devices stop taking requests. Never undone but by deactivation.
     void fence(const std::string& reason);
@@ -121,6 +135,9 @@ class Lpar {
     virtio::VirtioMem* memory_device() const noexcept { return memory_device_.get(); }
     GuestMemory memory() const noexcept { return window_.memory(); }
     ConsoleLog& console() noexcept { return *console_; }
+    // Bytes typed at the LPAR's serial port (COM1), for the guest to read: how many were taken
+    // (the UART buffers up to Uart8250::kInputBufferBytes; the caller keeps the rest).
+    std::size_t console_input(std::span<const std::uint8_t> bytes);
     // Every device MVSTOR must quiesce (step 202): the port devices and the virtio devices.
     std::vector<std::shared_ptr<Quiescable>> devices() const;
 
@@ -142,6 +159,7 @@ class Lpar {
     // Every log line the guest can cause goes through this one bucket (util/rate_limit.hpp).
     std::shared_ptr<LogRateLimiter> log_limiter_;
     std::shared_ptr<ConsoleLog> console_;
+    std::shared_ptr<Uart8250> uart_;  // COM1, for console_input
     kvm::Vm vm_;
     std::vector<std::unique_ptr<kvm::Vcpu>> vcpus_;
     IoBus bus_;

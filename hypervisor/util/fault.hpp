@@ -45,6 +45,12 @@ inline constexpr PointInfo kFaultPoints[] = {
     {"firmware.console_flood",
      "booting a firmware LPAR: the firmware writes its console without end (a guest that "
      "floods its UART, for the console log's limits)"},
+    {"firmware.reboot",
+     "booting a firmware LPAR: after its round_limit the firmware reboots through the i8042 "
+     "reset line instead of exiting (for on_reboot)"},
+    {"firmware.triple_fault",
+     "booting a firmware LPAR: after its round_limit the firmware triple-faults instead of "
+     "exiting (for on_crash)"},
     {"device.forbidden_syscall",
      "a virtio device worker, woken by its queues, makes a system call no thread may make "
      "(socket(AF_INET)): the sandbox's test"},

@@ -321,11 +321,59 @@ class FakeApi : public Api {
         mvstor_gate_closed = true;
     }
 
-    std::string console(const std::string& lpar, std::size_t max_bytes) override {
+    ConsoleText console(const std::string& lpar, std::optional<std::uint64_t> since,
+                        std::size_t max_bytes) override {
         std::lock_guard lock(mutex_);
         console_requests.emplace_back(lpar, max_bytes);
         maybe_throw();
-        return console_text;
+        if (lpar != "LPAR1" && lpar != "LPAR2")
+            throw Error(ErrorKind::NotFound, "unknown LPAR '" + lpar + "'");
+        // console_text is all the output of this IPL; the ring keeps its last console_ring_bytes.
+        const std::size_t size = console_text.size();
+        const std::size_t oldest = size - std::min(size, console_ring_bytes);
+        const std::size_t start = since ? static_cast<std::size_t>(std::clamp<std::uint64_t>(
+                                              *since, oldest, static_cast<std::uint64_t>(size)))
+                                        : size - std::min(size - oldest, max_bytes);
+        return {console_text.substr(start, max_bytes), start, console_ipl};
+    }
+
+    void append_console_text(const std::string& more) {
+        std::lock_guard lock(mutex_);
+        console_text += more;
+    }
+    void set_console_ring_bytes(std::size_t bytes) {
+        std::lock_guard lock(mutex_);
+        console_ring_bytes = bytes;
+    }
+
+    // Typed bytes come back in the output, as a terminal with echo shows them; at most
+    // console_write_limit are taken per call (the UART's buffer, made small by a test).
+    std::size_t console_write(const std::string& lpar, std::string_view bytes) override {
+        std::lock_guard lock(mutex_);
+        maybe_throw();
+        if (lpar != "LPAR1" && lpar != "LPAR2")
+            throw Error(ErrorKind::NotFound, "unknown LPAR '" + lpar + "'");
+        const std::size_t taken = std::min(bytes.size(), console_write_limit);
+        console_typed.append(bytes.substr(0, taken));
+        console_text.append(bytes.substr(0, taken));
+        return taken;
+    }
+
+    void set_console_write_limit(std::size_t bytes) {
+        std::lock_guard lock(mutex_);
+        console_write_limit = bytes;
+    }
+
+    std::string typed() {
+        std::lock_guard lock(mutex_);
+        return console_typed;
+    }
+
+    // A new IPL: the output starts again, offsets from 0.
+    void restart_console(std::string text) {
+        std::lock_guard lock(mutex_);
+        console_text = std::move(text);
+        ++console_ipl;
     }
 
     std::size_t console_request_count() {
@@ -378,6 +426,10 @@ class FakeApi : public Api {
     MvstorResult mvstor_result = lpar2_moved_to_192();
     std::vector<ExchangeRequest> exchange_requests;
     std::string console_text = "LPAR2 console\n";
+    std::string console_typed;
+    std::size_t console_write_limit = 4096;
+    std::size_t console_ring_bytes = std::size_t{1} << 20;
+    std::uint64_t console_ipl = 1;
     std::chrono::milliseconds mvstor_hold{0};
     bool mvstor_emits_events = false;     // phase, progress and done events, like the hypervisor
     bool operations_emit_events = false;  // the same for exchange, expand and shrink

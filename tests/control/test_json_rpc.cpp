@@ -241,6 +241,66 @@ TEST_CASE("lpar.console: bytes, limits and invalid UTF-8", "[json_rpc]") {
         CHECK(response.at("result").at("text") == "6789");
         CHECK(response.at("result").at("lpar") == "LPAR1");
     }
+    SECTION("from an offset: start, next and ipl; lost when the ring no longer has it") {
+        api.console_text = "0123456789";
+        json result = call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":)"
+                                R"({"lpar":"LPAR1","since":3,"bytes":4}})")
+                          .at("result");
+        CHECK(result.at("text") == "3456");
+        CHECK(result.at("start") == 3);
+        CHECK(result.at("next") == 7);
+        CHECK(result.at("ipl") == 1);
+        CHECK_FALSE(result.contains("lost"));
+        api.console_ring_bytes = 4;  // keeps "6789"
+        result = call(api, R"({"jsonrpc":"2.0","id":2,"method":"lpar.console","params":)"
+                           R"({"lpar":"LPAR1","since":3}})")
+                     .at("result");
+        CHECK(result.at("text") == "6789");
+        CHECK(result.at("lost") == 3);
+        CHECK(result.at("next") == 10);
+        // Beyond the end (an earlier IPL's offset): nothing, and next stays at the end.
+        result = call(api, R"({"jsonrpc":"2.0","id":3,"method":"lpar.console","params":)"
+                           R"({"lpar":"LPAR1","since":99}})")
+                     .at("result");
+        CHECK(result.at("text") == "");
+        CHECK(result.at("next") == 10);
+    }
+    SECTION("a character cut by the read's end is left for the next read") {
+        api.console_text = "ab\xe2\x82";  // the first two bytes of U+20AC
+        json result =
+            call(api,
+                 R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":"LPAR1"}})")
+                .at("result");
+        CHECK(result.at("text") == "ab");
+        CHECK(result.at("next") == 2);
+        api.console_text += "\xac!";
+        result = call(api, R"({"jsonrpc":"2.0","id":2,"method":"lpar.console","params":)"
+                           R"({"lpar":"LPAR1","since":2}})")
+                     .at("result");
+        CHECK(result.at("text") == "\xe2\x82\xac!");
+        CHECK(result.at("next") == 6);
+    }
+    SECTION("lpar.console_write: data up to 4096 bytes; what the UART took") {
+        const json written = call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console_write",)"
+                                       R"("params":{"lpar":"LPAR2","data":"ls\u0003\r"}})");
+        CHECK(written.at("result") == json{{"lpar", "LPAR2"}, {"written", 4}});
+        CHECK(api.typed() == "ls\x03\r");
+        const json big{{"jsonrpc", "2.0"},
+                       {"id", 2},
+                       {"method", "lpar.console_write"},
+                       {"params", {{"lpar", "LPAR2"}, {"data", std::string(4097, 'x')}}}};
+        CHECK(message_of(api, big.dump()) == "data: longer than 4096 bytes");
+        CHECK(message_of(api,
+                         R"({"jsonrpc":"2.0","id":3,"method":"lpar.console_write",)"
+                         R"("params":{"lpar":"LPAR2"}})") == "data: missing (expected a string)");
+        CHECK(message_of(api,
+                         R"({"jsonrpc":"2.0","id":4,"method":"lpar.console_write",)"
+                         R"("params":{"lpar":"LPAR2","data":7}})") == "data: expected a string");
+        // Attaching needs a connection: without the server there is none.
+        CHECK(error_of(call(api, R"({"jsonrpc":"2.0","id":5,"method":"lpar.console_attach",)"
+                                 R"("params":{"lpar":"LPAR2"}})"))
+                  .at("code") == -32003);
+    }
     SECTION("invalid UTF-8 becomes U+FFFD; control bytes survive escaped") {
         api.console_text = std::string("ok \xff\xfe end\n\x01\x00 \xc3\xa9", 16);
         const std::string line = handle_line(
@@ -366,7 +426,7 @@ TEST_CASE("deep nesting is refused before it reaches the parser", "[json_rpc]") 
     const json response =
         call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":{"lpar":")" + name +
                       R"("}})");
-    CHECK(response.contains("result"));
+    CHECK(error_of(response).at("code") == -32001);  // it parsed, and reached the Api
     // Nesting at the limit parses (and is then refused for its content).
     std::string params = "{\"lpar\":" + std::string(29, '[') + std::string(29, ']') + "}";
     CHECK(message_of(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.console","params":)" + params +
@@ -412,7 +472,10 @@ TEST_CASE("Error kinds map to application codes with the Error's message", "[jso
 TEST_CASE("other exceptions from the Api become internal errors", "[json_rpc]") {
     struct ThrowingApi : test::FakeApi {
         SystemStatus list() override { throw std::logic_error("bug"); }
-        std::string console(const std::string&, std::size_t) override { throw 42; }
+        ConsoleText console(const std::string&, std::optional<std::uint64_t>,
+                            std::size_t) override {
+            throw 42;
+        }
     } api;
     const json error = error_of(call(api, R"({"jsonrpc":"2.0","id":1,"method":"lpar.list"})"));
     CHECK(error.at("code") == -32603);

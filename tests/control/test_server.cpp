@@ -408,6 +408,66 @@ TEST_CASE("lifecycle methods over the socket", "[socket]") {
     CHECK(config.at("result").at("main_storage_mib") == 509);
 }
 
+TEST_CASE("one connection holds an LPAR's console input; others read and are told who",
+          "[socket][console]") {
+    ServerFixture fixture;
+    std::optional<LineClient> first(std::in_place, fixture.socket_path);
+    LineClient second(fixture.socket_path);
+    constexpr std::string_view kAttach =
+        R"({"jsonrpc":"2.0","id":1,"method":"lpar.console_attach","params":{"lpar":"LPAR2"}})";
+    constexpr std::string_view kDetach =
+        R"({"jsonrpc":"2.0","id":2,"method":"lpar.console_detach","params":{"lpar":"LPAR2"}})";
+    const auto write = [](std::string_view data) {
+        return json{{"jsonrpc", "2.0"},
+                    {"id", 3},
+                    {"method", "lpar.console_write"},
+                    {"params", {{"lpar", "LPAR2"}, {"data", data}}}}
+            .dump();
+    };
+
+    // Nobody holds it: anyone may type (a script's one-off write).
+    CHECK(request_and_wait(second, write("a")).at("result") ==
+          json{{"lpar", "LPAR2"}, {"written", 1}});
+
+    const json taken = request_and_wait(*first, kAttach);
+    CHECK(taken.at("result") == json{{"lpar", "LPAR2"}, {"input", true}});
+    CHECK(request_and_wait(*first, kAttach).at("result").at("input") == true);  // again: harmless
+
+    const json refused = request_and_wait(second, kAttach);
+    CHECK(refused.at("result").at("input") == false);
+    const std::string holder = refused.at("result").at("holder").get<std::string>();
+    CHECK_THAT(holder, Catch::StartsWith("client "));
+    CHECK_THAT(holder, Catch::Contains("pid " + std::to_string(::getpid())));
+    CHECK_THAT(holder, Catch::Contains(" since 20"));
+
+    const json busy = request_and_wait(second, write("b"));
+    CHECK(busy.at("error").at("code") == -32004);
+    CHECK_THAT(busy.at("error").at("message").get<std::string>(),
+               Catch::Contains("LPAR2's console input is held by " + holder));
+    // Reading is never refused.
+    CHECK(
+        request_and_wait(
+            second, R"({"jsonrpc":"2.0","id":4,"method":"lpar.console","params":{"lpar":"LPAR2"}})")
+            .contains("result"));
+    // Another LPAR's input is free.
+    CHECK(request_and_wait(second, R"({"jsonrpc":"2.0","id":5,"method":"lpar.console_attach",)"
+                                   R"("params":{"lpar":"LPAR1"}})")
+              .at("result")
+              .at("input") == true);
+    // The second's detach gives back nothing it does not hold.
+    CHECK(request_and_wait(second, kDetach).at("result").at("input") == false);
+    CHECK(request_and_wait(second, write("c")).at("error").at("code") == -32004);
+
+    CHECK(request_and_wait(*first, write("d")).at("result").at("written") == 1);
+    CHECK(fixture.api.typed() == "ad");
+
+    // The holder's connection closes: the input is free again.
+    first.reset();
+    CHECK(eventually([&] { return request_and_wait(second, write("e")).contains("result"); }));
+    CHECK(fixture.api.typed() == "ade");
+    CHECK(request_and_wait(second, kAttach).at("result").at("input") == true);
+}
+
 TEST_CASE("events reach subscribers only, as whole lines between responses", "[socket][events]") {
     ServerFixture fixture;
     LineClient subscriber(fixture.socket_path);

@@ -45,19 +45,24 @@ struct SpawnedSvp {
     pid_t pid = -1;
     Fd out;
     Fd err;
+    Fd in;  // svp's stdin, when asked for
 };
 
-SpawnedSvp spawn_svp(const std::vector<std::string>& args, char* const* envp) {
+// With `with_stdin`, svp's stdin is a pipe whose write end is `in`; else it is inherited.
+SpawnedSvp spawn_svp(const std::vector<std::string>& args, char* const* envp,
+                     bool with_stdin = false) {
     std::vector<std::string> argv_storage{SVP_PATH};
     argv_storage.insert(argv_storage.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& arg : argv_storage) argv.push_back(arg.data());
     argv.push_back(nullptr);
-    int out_pipe[2], err_pipe[2];
+    int out_pipe[2], err_pipe[2], in_pipe[2] = {-1, -1};
     REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
     REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
+    if (with_stdin) REQUIRE(::pipe2(in_pipe, O_CLOEXEC) == 0);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    if (with_stdin) posix_spawn_file_actions_adddup2(&actions, in_pipe[0], 0);
     posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
     posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
     SpawnedSvp spawned;
@@ -67,6 +72,10 @@ SpawnedSvp spawn_svp(const std::vector<std::string>& args, char* const* envp) {
     ::close(err_pipe[1]);
     spawned.out = Fd(out_pipe[0]);
     spawned.err = Fd(err_pipe[0]);
+    if (with_stdin) {
+        ::close(in_pipe[0]);
+        spawned.in = Fd(in_pipe[1]);
+    }
     REQUIRE(rc == 0);
     return spawned;
 }
@@ -83,7 +92,7 @@ Outcome run_svp(const std::vector<std::string>& args, std::optional<std::string>
     for (auto& entry : environment) envp.push_back(entry.data());
     envp.push_back(nullptr);
 
-    auto [pid, out_fd, err_fd] = spawn_svp(args, envp.data());
+    auto [pid, out_fd, err_fd, in_fd] = spawn_svp(args, envp.data());
     Outcome outcome;
     const auto deadline = std::chrono::steady_clock::now() + 30s;
     bool out_open = true, err_open = true;
@@ -110,6 +119,19 @@ Outcome run_svp(const std::vector<std::string>& args, std::optional<std::string>
     INFO("svp stderr: " << outcome.err);
     return outcome;
 }
+
+// Waits until `condition` holds, polling; false after the timeout.
+template <typename Condition>
+bool eventually(Condition condition, std::chrono::milliseconds timeout = 5000ms) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (condition()) return true;
+        std::this_thread::sleep_for(5ms);
+    }
+    return condition();
+}
+
+constexpr char kDetachKeyForTest = 0x1d;  // Ctrl-], as docs/control-protocol.md says
 
 std::vector<std::string> with_socket(const ServerFixture& fixture, std::vector<std::string> args) {
     args.insert(args.begin(), {"--socket", fixture.socket_path.string()});
@@ -283,11 +305,42 @@ namespace {
 // SIGINT it.
 class BackgroundSvp {
   public:
-    explicit BackgroundSvp(const std::vector<std::string>& args) {
-        auto spawned = spawn_svp(args, environ);
+    explicit BackgroundSvp(const std::vector<std::string>& args, bool with_stdin = false) {
+        auto spawned = spawn_svp(args, environ, with_stdin);
         pid_ = spawned.pid;
         out_fd_ = std::move(spawned.out);
         err_fd_ = std::move(spawned.err);
+        in_fd_ = std::move(spawned.in);
+    }
+
+    // What the operator types (with_stdin), and the end of it.
+    void type(std::string_view keys) {
+        REQUIRE(::write(in_fd_.get(), keys.data(), keys.size()) ==
+                static_cast<ssize_t>(keys.size()));
+    }
+    void end_input() { in_fd_ = Fd(-1); }
+
+    // Waits until svp has exited by itself: its exit code, or -1 after the timeout.
+    int wait_exit(std::chrono::milliseconds timeout = 5000ms) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        int status = 0;
+        while (std::chrono::steady_clock::now() < deadline) {
+            pump(20);
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+                pid_ = -1;
+                for (int i = 0; i < 5; ++i) pump(10);
+                return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            }
+        }
+        return -1;
+    }
+
+    // Reads until `done(stderr)` holds or the timeout passes.
+    template <typename Done>
+    bool read_err_until(Done done, std::chrono::milliseconds timeout = 5000ms) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done(err) && std::chrono::steady_clock::now() < deadline) pump(50);
+        return done(err);
     }
     ~BackgroundSvp() {
         if (pid_ > 0) {
@@ -339,6 +392,7 @@ class BackgroundSvp {
     pid_t pid_ = -1;
     Fd out_fd_{-1};
     Fd err_fd_{-1};
+    Fd in_fd_{-1};
 };
 
 bool contains(const std::string& text, std::string_view part) {
@@ -594,33 +648,102 @@ TEST_CASE("svp describe lists every method and event; bad watch filters are refu
     CHECK(contains(typo.err, "no event is named \"mvstor.dnoe\""));
 }
 
-TEST_CASE("svp console --follow prints appended text once, across a wrapped ring", "[svp]") {
+TEST_CASE("svp console --follow prints each byte once by offset, and says what was lost", "[svp]") {
     ServerFixture fixture;
     fixture.api.set_console_text("boot\n");
     BackgroundSvp follow({"--socket", fixture.socket_path.string(), "console", "LPAR2", "--follow",
                           "--bytes", "12"});
     CHECK(follow.read_until([](const std::string& out) { return out == "boot\n"; }));
-    fixture.api.set_console_text("boot\nmore\n");
+    fixture.api.append_console_text("more\n");
     CHECK(follow.read_until([](const std::string& out) { return contains(out, "more\n"); }));
-    // The ring wrapped: only its last 12 bytes are there, overlapping what was printed.
-    fixture.api.set_console_text("\nmore\nagain\n");
-    CHECK(follow.read_until([](const std::string& out) { return contains(out, "again\n"); }));
-    std::this_thread::sleep_for(500ms);  // a few more polls of the same text print nothing
+    // The same text again is new output (offsets, not text, say what is new).
+    fixture.api.append_console_text("more\n");
+    CHECK(follow.read_until([](const std::string& out) { return out == "boot\nmore\nmore\n"; }));
+    // The ring keeps 4 bytes, and 6 came: 2 are lost, and svp says so.
+    fixture.api.set_console_ring_bytes(4);
+    fixture.api.append_console_text("again\n");
+    CHECK(follow.read_until([](const std::string& out) { return contains(out, "ain\n"); }));
+    // A re-IPL: the new output from its start.
+    fixture.api.set_console_ring_bytes(1 << 20);
+    fixture.api.restart_console("second boot\n");
+    CHECK(follow.read_until([](const std::string& out) { return contains(out, "second boot\n"); }));
+    std::this_thread::sleep_for(500ms);  // a few more polls print nothing
     CHECK(follow.interrupt() == 0);
-    CHECK(follow.out == "boot\nmore\nagain\n");
+    CHECK(follow.out == "boot\nmore\nmore\nain\nsecond boot\n");
+    CHECK(contains(follow.err, "2 bytes of LPAR2's output were lost"));
+    CHECK(contains(follow.err, "LPAR2 was re-IPLed; its output from the start"));
 
     // --json: each new piece as one JSON line.
     fixture.api.set_console_text("one\n");
     BackgroundSvp raw(
         {"--socket", fixture.socket_path.string(), "--json", "console", "LPAR2", "--follow"});
     CHECK(raw.read_until([](const std::string& out) { return contains(out, "\n"); }));
-    fixture.api.set_console_text("one\ntwo\n");
+    fixture.api.append_console_text("two\n");
     CHECK(raw.read_until([](const std::string& out) { return contains(out, "two"); }));
     CHECK(raw.interrupt() == 0);
     CHECK(raw.out == R"({"lpar":"LPAR2","text":"one\n"})"
                      "\n"
                      R"({"lpar":"LPAR2","text":"two\n"})"
                      "\n");
+}
+
+TEST_CASE("svp console --attach types at the LPAR; a second attach reads only and is told who",
+          "[svp][console]") {
+    ServerFixture fixture;
+    fixture.api.set_console_text("login: ");
+    BackgroundSvp first({"--socket", fixture.socket_path.string(), "console", "LPAR2", "--attach"},
+                        true);
+    CHECK(first.read_err_until(
+        [](const std::string& err) { return contains(err, "attached to LPAR2's console"); }));
+    CHECK(first.read_until([](const std::string& out) { return out == "login: "; }));
+
+    BackgroundSvp second({"--socket", fixture.socket_path.string(), "console", "LPAR2", "--attach"},
+                         true);
+    CHECK(second.read_err_until([](const std::string& err) { return contains(err, "read-only"); }));
+    CHECK(contains(second.err, "LPAR2's console input is held by client "));
+
+    // What the first types reaches the LPAR (the fake echoes it, as a terminal does); the UART
+    // takes 3 bytes a write here, so svp must send the rest after.
+    fixture.api.set_console_write_limit(3);
+    first.type("echo hello-4242\r");
+    CHECK(eventually([&] { return fixture.api.typed() == "echo hello-4242\r"; }));
+    fixture.api.append_console_text("\r\nhello-4242\r\n# ");
+    for (auto* session : {&first, &second}) {
+        CHECK(session->read_until([](const std::string& out) {
+            return out == "login: echo hello-4242\r\r\nhello-4242\r\n# ";
+        }));
+    }
+    // The second's keys are dropped, and it is told so once.
+    second.type("rm -rf /\r");
+    CHECK(second.read_err_until(
+        [](const std::string& err) { return contains(err, "what is typed is dropped"); }));
+    std::this_thread::sleep_for(300ms);  // several polls: nothing of it reaches the LPAR
+    CHECK(fixture.api.typed() == "echo hello-4242\r");
+
+    // Ctrl-] detaches: what came before it is still sent.
+    first.type(std::string("ls") + kDetachKeyForTest);
+    CHECK(first.wait_exit() == 0);
+    CHECK(contains(first.err, "detached from LPAR2's console"));
+    CHECK(fixture.api.typed() == "echo hello-4242\rls");
+    // The input is free now; the second stays read-only until it attaches again.
+    BackgroundSvp third({"--socket", fixture.socket_path.string(), "console", "LPAR2", "--attach"},
+                        true);
+    CHECK(third.read_err_until(
+        [](const std::string& err) { return contains(err, "attached to LPAR2's console"); }));
+    third.end_input();  // stdin ends: input given back, output still followed
+    CHECK(
+        third.read_err_until([](const std::string& err) { return contains(err, "input ended"); }));
+    CHECK(third.interrupt() == 0);
+    CHECK(second.interrupt() == 0);
+}
+
+TEST_CASE("svp console --attach to an unknown LPAR is refused", "[svp][console]") {
+    ServerFixture fixture;
+    const Outcome unknown = run_svp_on(fixture, {"console", "NOPE", "--attach"});
+    CHECK(unknown.exit_code == 1);
+    CHECK(contains(unknown.err, "unknown LPAR 'NOPE'"));
+    const Outcome both = run_svp_on(fixture, {"console", "LPAR2", "--attach", "--follow"});
+    CHECK(both.exit_code == 2);
 }
 
 TEST_CASE("svp mvstor shows progress from events: one line per phase when not a TTY", "[svp]") {

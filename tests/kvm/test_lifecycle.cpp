@@ -30,12 +30,34 @@ struct Recorder {
             events.push_back(e);
         };
     }
-    std::vector<control::Event> of(const std::string& type) {
+    std::vector<control::Event> of(const std::string& type, const std::string& lpar = {}) {
         std::lock_guard lock(mutex);
         std::vector<control::Event> found;
         for (const auto& e : events)
-            if (e.type == type) found.push_back(e);
+            if (e.type == type && (lpar.empty() || e.lpar == lpar)) found.push_back(e);
         return found;
+    }
+    // Waits until `lpar` has had `count` events of `type` (the bound only catches a hang: a
+    // nested guest boots slowly), and returns their data.
+    std::vector<nlohmann::json> wait_for(const std::string& type, const std::string& lpar,
+                                         std::size_t count = 1) {
+        const auto deadline = std::chrono::steady_clock::now() + 600s;
+        while (of(type, lpar).size() < count && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(20ms);
+        std::vector<nlohmann::json> data;
+        for (const auto& e : of(type, lpar)) data.push_back(nlohmann::json::parse(e.data_json));
+        REQUIRE(data.size() >= count);
+        return data;
+    }
+    // `lpar`'s state changes as "state/reason".
+    std::vector<std::string> states_of(const std::string& lpar) {
+        std::vector<std::string> changes;
+        for (const auto& e : of("lpar.state", lpar)) {
+            auto data = nlohmann::json::parse(e.data_json);
+            changes.push_back(data["state"].get<std::string>() + "/" +
+                              data["reason"].get<std::string>());
+        }
+        return changes;
     }
 };
 
@@ -128,8 +150,13 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
                               data["reason"].get<std::string>());
     }
     CHECK(changes == std::vector<std::string>{"defined/defined", "running/activated",
-                                              "stopped/operator stop", "running/", "running/reset",
-                                              "defined/deactivated", "removed/removed"});
+                                              "stopped/operator stop", "running/",
+                                              "running/operator reset", "defined/deactivated",
+                                              "removed/removed"});
+    const auto restarts = recorder.of("lpar.restart");
+    REQUIRE(restarts.size() == 1);
+    CHECK(nlohmann::json::parse(restarts[0].data_json) ==
+          nlohmann::json{{"cause", "operator reset"}, {"origin_mib", 40}});
     test::require_clean_rounds(hv, "A", 1);  // the neighbour never noticed
 }
 
@@ -155,4 +182,91 @@ TEST_CASE("an MVSTOR cancelled before its final stop changes nothing", "[kvm][li
     // Only shmem shows holes (hugetlbfs reports every page as data).
     if (!hv.arena().hugetlb()) CHECK_FALSE(hv.arena().is_populated(ArenaOffset{512 * kMiB}));
     test::require_clean_rounds(hv, "BIG", 2);
+}
+
+TEST_CASE("a guest's reboot, power-off and crash take the LPAR's on_reboot, on_poweroff, on_crash",
+          "[kvm][lifecycle][actions]") {
+    // The test firmware ends after one round: with the debug exit (a power-off), or, when a
+    // test arms firmware.reboot or firmware.triple_fault for its next IPL, with an i8042 reset
+    // or a triple fault. Each seam fires once: an LPAR re-IPLed after it just powers off.
+    fault::disarm_all();
+    Hypervisor hv({64, {}}, test::firmware_options());
+    Recorder recorder;
+    auto subscription = hv.subscribe(recorder.sink());
+    auto one_round = [](const std::string& name, std::uint64_t origin_mib) {
+        LparConfig d = test::firmware_lpar(name, origin_mib, 8, 1);
+        d.round_limit = 1;
+        return d;
+    };
+
+    SECTION("on_reboot restart (the default): re-IPLed in place, storage scrubbed") {
+        hv.define(one_round("R", 8));
+        fault::arm("firmware.reboot");
+        hv.activate("R");
+        const auto guest_events = recorder.wait_for("lpar.guest_event", "R", 2);
+        CHECK(guest_events[0]["guest_event"] == "reboot");
+        CHECK(guest_events[0]["action"] == "restart");
+        CHECK(guest_events[0]["reason"] == "guest reboot");
+        CHECK(guest_events[1]["guest_event"] == "poweroff");  // the second IPL's debug exit
+        CHECK(guest_events[1]["action"] == "stop");
+        const auto restarts = recorder.wait_for("lpar.restart", "R");
+        CHECK(restarts ==
+              std::vector<nlohmann::json>{{{"cause", "guest reboot"}, {"origin_mib", 8}}});
+        CHECK(recorder.states_of("R") ==
+              std::vector<std::string>{"defined/defined", "running/activated",
+                                       "stopped/guest reboot", "running/guest reboot",
+                                       "stopped/guest exit 0"});
+        CHECK(test::origin_mib_of(hv, "R") == 8);
+        // The new IPL's console: it ran its round cleanly and did not reboot again.
+        const std::string console = hv.console("R", 64 * 1024);
+        CHECK_THAT(console, Catch::Contains("done rounds=1 failures=0"));
+        CHECK_THAT(console, !Catch::Contains("rebooting"));
+        CHECK(fault::fired("firmware.reboot") == 1);
+    }
+    SECTION("on_reboot stop: the LPAR stops, its reason the guest's") {
+        LparConfig d = one_round("S", 8);
+        d.on_reboot = control::GuestAction::Stop;
+        hv.define(d);
+        fault::arm("firmware.reboot");
+        hv.activate("S");
+        const auto guest_events = recorder.wait_for("lpar.guest_event", "S");
+        CHECK(guest_events[0]["action"] == "stop");
+        CHECK(recorder.states_of("S").back() == "stopped/guest reboot");
+        CHECK(recorder.of("lpar.restart", "S").empty());
+        const auto row = hv.list().lpars;
+        CHECK(std::any_of(row.begin(), row.end(),
+                          [](const auto& l) { return l.name == "S" && l.state == "stopped"; }));
+    }
+    SECTION("on_crash stop (the default): a triple fault keeps the registers in the reason") {
+        hv.define(one_round("C", 8));
+        fault::arm("firmware.triple_fault");
+        hv.activate("C");
+        const auto guest_events = recorder.wait_for("lpar.guest_event", "C");
+        CHECK(guest_events[0]["guest_event"] == "crash");
+        CHECK(guest_events[0]["action"] == "stop");
+        const std::string reason = hv.lpar("C").stop_reason();
+        CHECK_THAT(reason, Catch::StartsWith("triple fault (vCPU 0, rip=0x"));
+        CHECK_THAT(reason, Catch::Contains("rflags=0x"));
+        CHECK_THAT(reason, Catch::Contains("cr3=0x"));
+        CHECK(guest_events[0]["reason"] == reason);
+        CHECK_THAT(hv.console("C", 64 * 1024),
+                   Catch::Contains("triple fault (UD2 without an IDT)"));
+    }
+    SECTION("on_poweroff deactivate: storage scrubbed and freed, the definition kept") {
+        LparConfig d = one_round("D", 8);
+        d.on_poweroff = control::GuestAction::Deactivate;
+        hv.define(d);
+        hv.activate("D");
+        recorder.wait_for("lpar.guest_event", "D");
+        const auto deadline = std::chrono::steady_clock::now() + 600s;
+        while (recorder.states_of("D").back() != "defined/deactivated after guest poweroff" &&
+               std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(20ms);
+        CHECK(recorder.states_of("D").back() == "defined/deactivated after guest poweroff");
+        CHECK(hv.list().free_mib == 64);
+        auto freed = hv.arena().bytes({{8 * kMiB}, 8 * kMiB});
+        CHECK(std::all_of(freed.begin(), freed.end(), [](std::uint8_t b) { return b == 0; }));
+        CHECK_NOTHROW(hv.activate("D"));  // still defined: it can be activated again
+    }
+    fault::disarm_all();
 }

@@ -138,7 +138,11 @@ TEST_CASE("each bad value gets the same error from every path that defines an LP
           std::tuple{"size_mib", json(-4), "size_mib: expected a non-negative integer"},
           std::tuple{"rng", json(1), "rng: expected true or false"},
           std::tuple{"kernel", json(5), "kernel: expected a string"},
-          std::tuple{"colour", json("red"), "colour: unknown parameter"}}) {
+          std::tuple{"colour", json("red"), "colour: unknown parameter"},
+          std::tuple{"on_reboot", json("reboot"),
+                     R"(on_reboot: expected "restart", "stop" or "deactivate")"},
+          std::tuple{"on_crash", json(1),
+                     R"(on_crash: expected "restart", "stop" or "deactivate")"}}) {
         INFO(key);
         json params = base_json();
         params[key] = value;
@@ -162,6 +166,9 @@ TEST_CASE("every field of a definition survives system.config's format and --con
     linux.disks = {{"/d/a.img", false, 0}, {"/d/b.img", true, 5}};
     linux.rng = false;
     linux.max_size_mib = 1024;
+    linux.on_reboot = control::GuestAction::Stop;
+    linux.on_poweroff = control::GuestAction::Deactivate;
+    linux.on_crash = control::GuestAction::Restart;
     LparConfig firmware;
     firmware.name = "F1";
     firmware.size_mib = 64;
@@ -170,6 +177,7 @@ TEST_CASE("every field of a definition survives system.config's format and --con
     firmware.working_set_mib = 32;
     firmware.round_limit = 7;
     firmware.active = false;
+    firmware.on_poweroff = control::GuestAction::Restart;
     config.lpars = {linux, firmware};
 
     const SystemConfig back = parse_config(to_json(config));
@@ -179,6 +187,9 @@ TEST_CASE("every field of a definition survives system.config's format and --con
     CHECK(back.lpars[0].active);
     CHECK(static_cast<const control::LparDefinition&>(back.lpars[1]) == firmware);
     CHECK(!back.lpars[1].active);
+    // Defaults are left out of the file; the others are written by name.
+    CHECK(to_json(config).at("lpars").at(0).at("on_reboot") == "stop");
+    CHECK(!to_json(config).at("lpars").at(1).contains("on_reboot"));
     // And each LPAR of the file is exactly what lpar.define takes (but "active").
     json entry = to_json(config).at("lpars").at(1);
     entry.erase("active");

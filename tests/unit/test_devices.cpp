@@ -199,6 +199,41 @@ TEST_CASE("the UART raises its IRQ for THR empty and lowers it on IIR read or IE
     CHECK(uart_in(uart, 2) == 0xc1);
 }
 
+TEST_CASE("typed input waits behind the FIFO and reaches a guest that reads a byte at a time",
+          "[devices]") {
+    auto console = std::make_shared<ConsoleLog>("T", 64);
+    std::vector<bool> levels;
+    Uart8250 uart(console, [&](bool level) { levels.push_back(level); });
+    uart_out(uart, 2, 0x01);  // FIFOs on: 16 bytes deep
+    uart_out(uart, 1, 0x01);  // "data available" interrupts
+    std::vector<std::uint8_t> line(100);
+    for (std::size_t i = 0; i < line.size(); ++i) line[i] = static_cast<std::uint8_t>('a' + i % 26);
+    CHECK(uart.receive_input(line) == line.size());
+    CHECK(uart.input_waiting() == line.size());
+    CHECK(levels == std::vector<bool>{true});
+    std::vector<std::uint8_t> read;
+    while (uart_in(uart, 5) & 0x01) read.push_back(uart_in(uart, 0));  // LSR.DR, then RBR
+    CHECK(read == line);
+    CHECK(uart.input_waiting() == 0);
+    CHECK(levels == std::vector<bool>{true, false});  // high until the last byte was read
+
+    // The buffer takes kInputBufferBytes and refuses the rest (the caller keeps it).
+    std::vector<std::uint8_t> flood(Uart8250::kInputBufferBytes + 10, 'z');
+    CHECK(uart.receive_input(flood) == Uart8250::kInputBufferBytes);
+    CHECK(uart.receive_input(flood) == 0);
+    uart_in(uart, 0);
+    CHECK(uart.receive_input(flood) == 1);  // one byte read, one byte of room
+
+    // In loopback the serial input is disconnected: typed bytes wait.
+    Uart8250 loop(std::make_shared<ConsoleLog>("L", 64));
+    uart_out(loop, 4, 0x10);
+    CHECK(loop.receive_input(std::vector<std::uint8_t>{'q'}) == 1);
+    CHECK((uart_in(loop, 5) & 0x01) == 0);
+    uart_out(loop, 4, 0x00);
+    CHECK((uart_in(loop, 5) & 0x01) == 0x01);
+    CHECK(uart_in(loop, 0) == 'q');
+}
+
 TEST_CASE("a polled UART keeps IIR at 'no interrupt' whatever is written", "[devices]") {
     auto console = std::make_shared<ConsoleLog>("T", 64);
     Uart8250 uart(console);  // no callback: the test firmware's way

@@ -42,6 +42,7 @@
     0x510 /* 32-bit write: guest-physical address of a struct lpv_skey_request */
 #define LPV_PORT_PCI_CONFIG \
     0xcf8 /* PCI configuration mechanism #1: address 0xcf8, data 0xcfc-0xcff */
+#define LPV_PORT_I8042_COMMAND 0x64 /* byte write 0xfe: pulse the reset line (a guest reboot) */
 
 /* ---- PCI: every LPAR has a host bridge at 00:00.0 and its virtio-pci devices from 00:01.0 on.
  * Their memory BARs lie in this window, which is never RAM: an LPAR's storage ends below it. The
@@ -64,6 +65,11 @@
 /* Tests of the host's console limits: vCPU 0 writes its console without end (100-byte lines,
  * every 16th line 8 KiB long) instead of running its rounds; the other vCPUs park. */
 #define LPV_BOOT_FLAG_CONSOLE_FLOOD (1u << 2)
+/* Tests of the LPAR's on_reboot and on_crash actions: when round_limit is reached, instead of
+ * the debug exit the firmware reboots (0xfe to LPV_PORT_I8042_COMMAND), or executes UD2, which
+ * with no IDT is a triple fault (KVM_EXIT_SHUTDOWN). */
+#define LPV_BOOT_FLAG_REBOOT_AT_END (1u << 3)
+#define LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END (1u << 4)
 #define LPV_NAME_MAX 32
 
 struct lpv_boot_info {

@@ -1,0 +1,281 @@
+#include "console.hpp"
+
+#include <poll.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <iostream>
+#include <optional>
+#include <string_view>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace lparvisor::svp {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::size_t kReadBytes = 64 * 1024;  // one lpar.console read while following
+constexpr std::size_t kWriteBytes = 4096;      // lpar.console_write's most (the schema's)
+constexpr auto kBusyPoll = std::chrono::milliseconds(20);  // while typed bytes wait for room
+
+// A terminal on `fd` in raw mode (every key goes to the LPAR as typed, Ctrl-C included) for the
+// object's life; the settings are restored on every way out. Nothing happens when `fd` is not a
+// terminal.
+class RawTerminal {
+  public:
+    explicit RawTerminal(int fd) : fd_(fd) {
+        if (::isatty(fd) != 1 || ::tcgetattr(fd, &saved_) != 0) return;
+        termios raw = saved_;
+        ::cfmakeraw(&raw);
+        active_ = ::tcsetattr(fd, TCSAFLUSH, &raw) == 0;
+    }
+    ~RawTerminal() {
+        if (active_) (void)::tcsetattr(fd_, TCSAFLUSH, &saved_);
+    }
+    RawTerminal(const RawTerminal&) = delete;
+    RawTerminal& operator=(const RawTerminal&) = delete;
+    [[nodiscard]] bool active() const noexcept { return active_; }
+
+  private:
+    int fd_;
+    termios saved_{};
+    bool active_ = false;
+};
+
+struct ReadOutcome {
+    std::optional<Reply> refusal;  // the daemon refused the read
+    bool more = false;             // a full read: more output is probably waiting
+};
+
+// Reads the LPAR's output by offset and prints it: the most recent `options.bytes` first, then
+// everything from where the previous read ended.
+class OutputReader {
+  public:
+    OutputReader(Session& session, const ConsoleOptions& options, int& next_id, const char* eol)
+        : session_(session), options_(options), next_id_(next_id), eol_(eol) {}
+
+    ReadOutcome read() {
+        json params{{"lpar", options_.lpar}, {"bytes", next_ ? kReadBytes : options_.bytes}};
+        if (next_) params["since"] = *next_;
+        Reply reply = session_.request(next_id_++, "lpar.console", params, options_.timeout);
+        if (!reply.ok) return {std::move(reply), false};
+        const json& result = reply.result();
+        const auto ipl = result.value("ipl", std::uint64_t{0});
+        if (next_ && ipl != ipl_) {
+            // Reset or restarted: a new IPL's output, whose offsets start again at 0.
+            note(fmt::format("{} was re-IPLed; its output from the start", options_.lpar));
+            next_ = 0;
+            ipl_ = ipl;
+            return {std::nullopt, true};
+        }
+        ipl_ = ipl;
+        if (const auto lost = result.value("lost", std::uint64_t{0}); lost > 0)
+            note(fmt::format("{} bytes of {}'s output were lost before they could be read", lost,
+                             options_.lpar));
+        const std::string& text = result.at("text").get_ref<const std::string&>();
+        print(text);
+        const auto next = result.at("next").get<std::uint64_t>();
+        const bool more = next_ && next - *next_ >= kReadBytes;
+        next_ = next;
+        return {std::nullopt, more};
+    }
+
+    void set_eol(const char* eol) { eol_ = eol; }
+
+    // One line of svp's own on stderr, kept apart from the LPAR's output.
+    void note(const std::string& line) const {
+        std::cout.flush();
+        std::cerr << eol_ << "svp: " << line << eol_;
+        std::cerr.flush();
+    }
+
+  private:
+    void print(const std::string& text) const {
+        if (text.empty()) return;
+        if (options_.json_lines) {
+            std::cout << json{{"lpar", options_.lpar}, {"text", text}}.dump(
+                             -1, ' ', false, json::error_handler_t::replace)
+                      << '\n';
+        } else {
+            std::cout << text;
+        }
+        std::cout.flush();
+    }
+
+    Session& session_;
+    const ConsoleOptions& options_;
+    int& next_id_;
+    const char* eol_;
+    std::optional<std::uint64_t> next_;  // none before the first read
+    std::uint64_t ipl_ = 0;
+};
+
+// How many bytes at the front of `pending` (at most `limit`) can go as one JSON string: whole
+// UTF-8 characters only (a character cut by a read waits for its end). A byte that starts no
+// valid character is replaced by '?' in place: a terminal that is not UTF-8 still types.
+std::size_t sendable_prefix(std::string& pending, std::size_t limit) {
+    std::size_t i = 0;
+    while (i < pending.size()) {
+        const auto lead = static_cast<unsigned char>(pending[i]);
+        const std::size_t length = lead < 0x80             ? 1
+                                   : (lead & 0xe0) == 0xc0 ? 2
+                                   : (lead & 0xf0) == 0xe0 ? 3
+                                   : (lead & 0xf8) == 0xf0 ? 4
+                                                           : 0;
+        if (length == 0) {
+            pending[i] = '?';
+            continue;
+        }
+        if (i + length > limit) break;
+        if (i + length > pending.size()) {
+            // Incomplete: its end may still come, unless what came is not a continuation.
+            bool continuing = true;
+            for (std::size_t k = i + 1; k < pending.size(); ++k)
+                continuing = continuing && (static_cast<unsigned char>(pending[k]) & 0xc0) == 0x80;
+            if (continuing) break;
+            pending[i] = '?';
+            continue;
+        }
+        bool valid = true;
+        for (std::size_t k = i + 1; k < i + length; ++k)
+            valid = valid && (static_cast<unsigned char>(pending[k]) & 0xc0) == 0x80;
+        if (!valid) {
+            pending[i] = '?';
+            continue;
+        }
+        i += length;
+    }
+    return i;
+}
+
+void sleep_unless(const volatile std::sig_atomic_t& interrupted, std::chrono::milliseconds wait) {
+    for (auto waited = std::chrono::milliseconds(0); waited < wait && !interrupted;
+         waited += std::chrono::milliseconds(10)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+}  // namespace
+
+int follow_console(const ConsoleOptions& options, const volatile std::sig_atomic_t& interrupted,
+                   const RefusalHandler& refuse) {
+    Session session(options.socket_path, options.timeout);
+    int id = 1;
+    OutputReader reader(session, options, id, "\n");
+    while (!interrupted) {
+        ReadOutcome outcome = reader.read();
+        if (outcome.refusal) return refuse(*outcome.refusal);
+        if (!outcome.more) sleep_unless(interrupted, options.interval);
+    }
+    return kExitOk;
+}
+
+int attach_console(const ConsoleOptions& options, const volatile std::sig_atomic_t& interrupted,
+                   const RefusalHandler& refuse) {
+    Session session(options.socket_path, options.timeout);
+    int id = 1;
+    const json lpar{{"lpar", options.lpar}};
+    // The recent output first: it also finds out whether there is such an LPAR.
+    OutputReader reader(session, options, id, "\n");
+    if (ReadOutcome first = reader.read(); first.refusal) return refuse(*first.refusal);
+    const Reply attached = session.request(id++, "lpar.console_attach", lpar, options.timeout);
+    if (!attached.ok) return refuse(attached);
+    bool input = attached.result().value("input", false);
+    if (input) {
+        std::cerr << fmt::format("svp: attached to {}'s console (Ctrl-] detaches)\n", options.lpar);
+    } else {
+        std::cerr << fmt::format(
+            "svp: {}'s console input is held by {}: attached read-only (Ctrl-] detaches)\n",
+            options.lpar, attached.result().value("holder", std::string("another client")));
+    }
+    auto give_input_back = [&] {
+        if (!input) return;
+        input = false;
+        (void)session.request(id++, "lpar.console_detach", lpar, options.timeout);
+    };
+
+    int status = kExitOk;
+    {
+        RawTerminal terminal(STDIN_FILENO);
+        reader.set_eol(terminal.active() ? "\r\n" : "\n");
+        std::string to_send;  // typed, not yet taken by the LPAR's UART
+        bool stdin_open = true, detached = false, told_read_only = false;
+        while (!interrupted) {
+            ReadOutcome outcome = reader.read();
+            if (outcome.refusal) {
+                status = refuse(*outcome.refusal);
+                break;
+            }
+            bool full = false;  // the UART's buffer took less than offered: try again soon
+            while (input && !to_send.empty() && !full) {
+                const std::size_t n = sendable_prefix(to_send, kWriteBytes);
+                if (n == 0) break;
+                const Reply written = session.request(
+                    id++, "lpar.console_write",
+                    {{"lpar", options.lpar}, {"data", to_send.substr(0, n)}}, options.timeout);
+                if (!written.ok) {
+                    status = refuse(written);
+                    break;
+                }
+                const auto taken = written.result().at("written").get<std::size_t>();
+                to_send.erase(0, std::min(taken, to_send.size()));
+                full = taken < n;
+            }
+            if (status != kExitOk) break;
+            if (detached) {  // what was typed before the detach key has had its one try
+                if (!to_send.empty())
+                    reader.note(
+                        fmt::format("{} typed bytes were not taken (the guest is not "
+                                    "reading its console)",
+                                    to_send.size()));
+                break;
+            }
+            const auto wait = outcome.more ? std::chrono::milliseconds(0)
+                              : full       ? kBusyPoll
+                                           : options.interval;
+            if (!stdin_open) {
+                sleep_unless(interrupted, wait);
+                continue;
+            }
+            pollfd ready{STDIN_FILENO, POLLIN, 0};
+            const int events = ::poll(&ready, 1, static_cast<int>(wait.count()));
+            if (events <= 0) continue;  // nothing typed, or a signal
+            char buffer[4096];
+            const ssize_t got = ::read(STDIN_FILENO, buffer, sizeof buffer);
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) {
+                stdin_open = false;
+                give_input_back();
+                reader.note(fmt::format("input ended; still showing {}'s output (Ctrl-C ends)",
+                                        options.lpar));
+                continue;
+            }
+            std::string_view typed(buffer, static_cast<std::size_t>(got));
+            if (const auto key = typed.find(kDetachKey); key != std::string_view::npos) {
+                typed = typed.substr(0, key);
+                detached = true;
+            }
+            if (input) {
+                to_send.append(typed);
+            } else if (!typed.empty() && !told_read_only) {
+                reader.note("read-only: another client holds the input; what is typed is dropped");
+                told_read_only = true;
+            }
+        }
+    }  // the terminal is itself again
+    try {
+        give_input_back();
+    } catch (const Failure&) {
+        // The connection is gone: the daemon gave the input back when it closed.
+    }
+    std::cerr << fmt::format("svp: detached from {}'s console\n", options.lpar);
+    return status;
+}
+
+}  // namespace lparvisor::svp
