@@ -31,8 +31,8 @@ namespace {
 constexpr std::size_t kConsoleCapacity = 1024 * 1024;
 // What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT, some
 // vector instructions (KVM-NOTES.md) and CLAC/STAC (0f 01 ca / cb: the kernel's SMAP guards,
-// which `nosmap` turns into no-ops).
-constexpr const char* kPvmCmdline = "noxsave nosmap clearcpuid=popcnt,avx,avx2,avx512f";
+// which it patches out when SMAP is cleared; 6.1 has no `nosmap` any more).
+constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f,smap";
 constexpr const char* kOnlineHotplugged = "memhp_default_state=online_movable";
 
 // Adds `argument` to a kernel command line, space-separated.
@@ -251,6 +251,8 @@ void Lpar::boot_linux(const kvm::System& system) {
         append_argument(boot_spec.cmdline, kPvmCmdline);
         for (auto& e : cpuid)
             if (e.function == 1) e.ecx &= ~(1u << 13);  // CX16: cmpxchg16b in SLUB
+        for (auto& e : cpuid)
+            if (e.function == 7 && e.index == 0) e.ebx &= ~(1u << 20);  // SMAP: clac/stac
         spdlog::warn(
             "{}: this KVM is PVM, which emulates guest kernel code (slowly): added "
             "'{}' to the command line and hid CMPXCHG16B",

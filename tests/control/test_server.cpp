@@ -38,16 +38,6 @@ constexpr std::string_view kPing = R"({"jsonrpc":"2.0","id":"ping","method":"sys
 constexpr std::string_view kMvstor =
     R"({"jsonrpc":"2.0","id":"mv","method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})";
 
-// Waits until `condition` holds, polling; false after the timeout.
-template <typename Condition>
-bool eventually(Condition condition, std::chrono::milliseconds timeout = 5000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (condition()) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return condition();
-}
 
 }  // namespace
 

@@ -96,6 +96,17 @@ inline Fd connect_unix(const std::filesystem::path& path) {
 }
 
 // A blocking newline-delimited client with per-call timeouts.
+// Waits until `condition` holds, polling; false after the timeout.
+template <typename Condition>
+bool eventually(Condition condition, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (condition()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return condition();
+}
+
 class LineClient {
   public:
     explicit LineClient(const std::filesystem::path& path) : fd_(connect_unix(path)) {}

@@ -120,16 +120,6 @@ Outcome run_svp(const std::vector<std::string>& args, std::optional<std::string>
     return outcome;
 }
 
-// Waits until `condition` holds, polling; false after the timeout.
-template <typename Condition>
-bool eventually(Condition condition, std::chrono::milliseconds timeout = 5000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (condition()) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return condition();
-}
 
 constexpr char kDetachKeyForTest = 0x1d;  // Ctrl-], as docs/control-protocol.md says
 
