@@ -38,7 +38,6 @@ constexpr std::string_view kPing = R"({"jsonrpc":"2.0","id":"ping","method":"sys
 constexpr std::string_view kMvstor =
     R"({"jsonrpc":"2.0","id":"mv","method":"storage.mvstor","params":{"lpar":"LPAR2","origin_mib":192}})";
 
-
 }  // namespace
 
 TEST_CASE("requests over the socket are answered in order", "[socket]") {

@@ -120,7 +120,6 @@ Outcome run_svp(const std::vector<std::string>& args, std::optional<std::string>
     return outcome;
 }
 
-
 constexpr char kDetachKeyForTest = 0x1d;  // Ctrl-], as docs/control-protocol.md says
 
 std::vector<std::string> with_socket(const ServerFixture& fixture, std::vector<std::string> args) {
