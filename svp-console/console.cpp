@@ -64,7 +64,17 @@ class OutputReader {
         json params{{"lpar", options_.lpar}, {"bytes", next_ ? kReadBytes : options_.bytes}};
         if (next_) params["since"] = *next_;
         Reply reply = session_.request(next_id_++, "lpar.console", params, options_.timeout);
+        if (!reply.ok && next_ && is_refused(reply)) {
+            // Between two IPLs (a reset, a guest reboot, a deactivation): no console for a
+            // while. Said once; the next IPL's output follows when there is one.
+            if (!waiting_)
+                note(fmt::format("{} (waiting for it)",
+                                 reply.error().value("message", std::string("no console"))));
+            waiting_ = true;
+            return {std::nullopt, false};
+        }
         if (!reply.ok) return {std::move(reply), false};
+        waiting_ = false;
         const json& result = reply.result();
         const auto ipl = result.value("ipl", std::uint64_t{0});
         if (next_ && ipl != ipl_) {
@@ -112,8 +122,14 @@ class OutputReader {
     const ConsoleOptions& options_;
     int& next_id_;
     const char* eol_;
+    static bool is_refused(const Reply& reply) {
+        constexpr int kRefused = -32003;  // docs/control-protocol.md: not in a state that allows it
+        return reply.error().value("code", 0) == kRefused;
+    }
+
     std::optional<std::uint64_t> next_;  // none before the first read
     std::uint64_t ipl_ = 0;
+    bool waiting_ = false;  // the LPAR had no console at the last read
 };
 
 // How many bytes at the front of `pending` (at most `limit`) can go as one JSON string: whole

@@ -6,6 +6,7 @@
 // (`next`) and which IPL the offsets belong to (`ipl`), so nothing is printed twice or skipped
 // silently. Bytes gone from the daemon's ring before they were read are said on stderr; a re-IPL
 // (reset, a guest reboot) is said on stderr and the new IPL's output follows from its start.
+// While the LPAR has no console (between two IPLs, deactivated) they wait for it, saying so once.
 #pragma once
 
 #include <chrono>

@@ -34,6 +34,10 @@ constexpr std::size_t kConsoleCapacity = 1024 * 1024;
 // which it patches out when SMAP is cleared; 6.1 has no `nosmap` any more).
 constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f,smap";
 constexpr const char* kOnlineHotplugged = "memhp_default_state=online_movable";
+// On a hardware-reduced ACPI platform without EFI, x86 Linux picks the EFI reboot, which does
+// nothing, then jumps to a BIOS that is not there and hangs (measured: only the CMOS writes of
+// the BIOS path came out). The FADT's reset register is what this platform resets with.
+constexpr const char* kAcpiReboot = "reboot=acpi";
 
 // Adds `argument` to a kernel command line, space-separated.
 void append_argument(std::string& cmdline, const char* argument) {
@@ -236,6 +240,11 @@ void Lpar::boot_linux(const kvm::System& system) {
         append_argument(boot_spec.cmdline, kOnlineHotplugged);
         spdlog::info("{}: has a virtio-mem region (max {}): added '{}' to the command line",
                      spec_.name, format_mib(spec_.max_storage), kOnlineHotplugged);
+    }
+    if (spec_.cmdline.find("reboot=") == std::string::npos) {
+        append_argument(boot_spec.cmdline, kAcpiReboot);
+        spdlog::info("{}: added '{}' to the command line (a guest reboot resets through ACPI)",
+                     spec_.name, kAcpiReboot);
     }
     auto cpuid = system.supported_cpuid();
     // The TSC-deadline timer: KVM emulates it but leaves it out of what it reports as supported

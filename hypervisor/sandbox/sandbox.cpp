@@ -84,12 +84,15 @@ constexpr Rule kCredentialCalls[] = {{"setresuid"}, {"setresgid"}, {"setgroups"}
 
 // A vCPU thread: KVM_RUN and the register and interrupt ioctls its exits need; eventfds (a queue
 // notify wakes a device worker) and reading them; rotating the console log the UART writes
-// (devices/console_log.hpp: a copy between two open files, no path operations).
+// (devices/console_log.hpp: a copy between two open files, no path operations); and publishing
+// the events a guest causes (a stop, a reboot): handing one to a subscribed client wakes the
+// control socket's io_context, whose reactor re-arms its interrupter with epoll_ctl.
 constexpr Rule kVcpu[] = {
     {"ioctl", Condition::KvmIoctl},
     {"read"},
     {"ftruncate"},
     {"copy_file_range"},
+    {"epoll_ctl"},
 };
 
 // A virtio device worker: waits on its queues' eventfds, reads and writes its disk image, flushes

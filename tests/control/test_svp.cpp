@@ -447,17 +447,20 @@ TEST_CASE("svp define, the lifecycle commands, remove and config", "[svp]") {
 
 TEST_CASE("svp define takes every field of the configuration file's LPAR", "[svp]") {
     ServerFixture fixture;
-    const Outcome linux = run_svp_on(fixture, {"define",    "L1",
-                                               "--size",    "512",
-                                               "--origin",  "1024",
-                                               "--vcpus",   "2",
-                                               "--kernel",  "/k/bzImage",
-                                               "--initrd",  "/k/initrd",
-                                               "--cmdline", "console=ttyS0 quiet",
-                                               "--disk",    "/d/a.img",
-                                               "--disk",    "/d/b.img,ro,latency=5",
-                                               "--no-rng",  "--max-size",
-                                               "1024"});
+    const Outcome linux = run_svp_on(fixture, {"define",     "L1",
+                                               "--size",     "512",
+                                               "--origin",   "1024",
+                                               "--vcpus",    "2",
+                                               "--kernel",   "/k/bzImage",
+                                               "--initrd",   "/k/initrd",
+                                               "--cmdline",  "console=ttyS0 quiet",
+                                               "--disk",     "/d/a.img",
+                                               "--disk",     "/d/b.img,ro,latency=5",
+                                               "--no-rng",   "--max-size",
+                                               "1024",       "--on-reboot",
+                                               "stop",       "--on-poweroff",
+                                               "deactivate", "--on-crash",
+                                               "restart"});
     INFO(linux.err);
     CHECK(linux.exit_code == 0);
     const Outcome firmware = run_svp_on(
@@ -477,6 +480,9 @@ TEST_CASE("svp define takes every field of the configuration file's LPAR", "[svp
     expected_linux.disks = {{"/d/a.img", false, 0}, {"/d/b.img", true, 5}};
     expected_linux.rng = false;
     expected_linux.max_size_mib = 1024;
+    expected_linux.on_reboot = GuestAction::Stop;
+    expected_linux.on_poweroff = GuestAction::Deactivate;
+    expected_linux.on_crash = GuestAction::Restart;
     CHECK(fixture.api.defined[0] == expected_linux);
     LparDefinition expected_firmware;
     expected_firmware.name = "F1";
@@ -495,6 +501,12 @@ TEST_CASE("svp define takes every field of the configuration file's LPAR", "[svp
     const Outcome disk = run_svp_on(fixture, {"define", "X", "--size", "64", "--disk", "a,rw"});
     CHECK(disk.exit_code == 2);
     CHECK_THAT(disk.err, Catch::Contains("--disk a,rw: unknown option 'rw'"));
+    const Outcome action =
+        run_svp_on(fixture, {"define", "X", "--size", "64", "--on-reboot", "reset"});
+    CHECK(action.exit_code == 1);
+    CHECK(action.err ==
+          "svp: on_reboot: expected \"restart\", \"stop\" or \"deactivate\" "
+          "(InvalidParams, code -32602)\n");
     CHECK(fixture.api.defined.size() == 2);
 }
 

@@ -38,19 +38,28 @@ start_daemon -- --config "$work/config.json"
 "$svp" --socket "$socket" watch --json >"$work/events" 2>/dev/null &
 watcher=$!
 
-# Waits (a nested boot is slow: up to 15 minutes) until FILE-PRODUCING COMMAND's output has a
-# line matching the extended regular expression.
+console() { "$svp" --socket "$socket" console LINUX --bytes 1048576; }
+# What a failure shows besides the daemon's log: the guest's console and the events.
+failed() {
+  echo "--- LINUX's console (its last 3000 bytes):" >&2
+  "$svp" --socket "$socket" console LINUX --bytes 3000 >&2 2>/dev/null || true
+  echo "--- events:" >&2
+  tail -20 "$work/events" >&2 || true
+  fail "$@"
+}
+# Waits until COMMAND's output has a line matching the extended regular expression: at most
+# 10 minutes, by the clock (a nested boot is slow; the bound only catches a hang).
 wait_for() {  # WHAT REGEX COMMAND...
   what=$1 regex=$2
   shift 2
-  for _ in $(seq 1 9000); do
+  deadline=$(($(date +%s) + 600))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     "$@" 2>/dev/null | tr -d '\r' | grep -Eq "$regex" && return 0
-    kill -0 "$daemon" 2>/dev/null || fail "lparvisor exited while waiting for $what"
-    sleep 0.1
+    kill -0 "$daemon" 2>/dev/null || failed "lparvisor exited while waiting for $what"
+    sleep 0.2
   done
-  fail "no $what within 15 minutes"
+  failed "no $what within 10 minutes"
 }
-console() { "$svp" --socket "$socket" console LINUX --bytes 1048576; }
 
 wait_for "shell prompt" "LPARVISOR-GUEST: shell" console
 echo "ok: the guest's workload ran and its shell is up"
