@@ -88,11 +88,7 @@ constexpr Rule kCredentialCalls[] = {{"setresuid"}, {"setresgid"}, {"setgroups"}
 // the events a guest causes (a stop, a reboot): handing one to a subscribed client wakes the
 // control socket's io_context, whose reactor re-arms its interrupter with epoll_ctl.
 constexpr Rule kVcpu[] = {
-    {"ioctl", Condition::KvmIoctl},
-    {"read"},
-    {"ftruncate"},
-    {"copy_file_range"},
-    {"epoll_ctl"},
+    {"ioctl", Condition::KvmIoctl}, {"read"}, {"ftruncate"}, {"copy_file_range"}, {"epoll_ctl"},
 };
 
 // A virtio device worker: waits on its queues' eventfds, reads and writes its disk image, flushes
