@@ -2,6 +2,7 @@
 
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <malloc.h>
 #include <seccomp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -22,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -445,6 +447,12 @@ std::string_view class_name(ThreadClass thread_class) {
 
 void enable(const Options& options) {
     if (g_enabled.load()) throw Error(ErrorKind::System, "sandbox: enabled twice");
+    // glibc's malloc reads /sys/devices/system/cpu/online (get_nprocs) the first time a thread
+    // needs a ninth arena, on whatever thread that is: a vCPU thread did, and was ended for the
+    // openat. Setting the limit now, to glibc's own default (8 per core), means it never asks.
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    if (::mallopt(M_ARENA_MAX, static_cast<int>(8 * cores)) != 1)
+        throw Error(ErrorKind::System, "sandbox: mallopt(M_ARENA_MAX) refused");
     for (std::size_t i = 0; i < kClassCount; ++i)
         g_programs[i] = build_program(static_cast<ThreadClass>(i), options);
     for (long call = 0; call < kNamedCalls; ++call) {
