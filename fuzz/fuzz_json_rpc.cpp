@@ -31,6 +31,14 @@ class FuzzApi : public Api {
                         {"LPAR2", 128, 256, 125, "stopped", true, "guest exit 0", 2}};
         return status;
     }
+    SystemStats stats() override {
+        maybe_throw();
+        SystemStats stats;
+        stats.lpars.push_back({.name = "LPAR1", .vcpu_exits = {{"io", 3}}});
+        stats.operations.push_back({.kind = "mvstor", .outcomes = {{"ok", 1}}});
+        stats.pauses = {{100, 1000}, {0, 1}, 1, 900};
+        return stats;
+    }
     MvstorResult mvstor(const MvstorRequest& request) override {
         maybe_throw();
         MvstorResult result;

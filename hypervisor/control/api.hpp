@@ -176,6 +176,56 @@ struct GrowResult {
     ResizeResult expansion;
 };
 
+// system.stats and the HTTP listener's /metrics: the daemon's counters. Operation counters count
+// since the daemon started; an LPAR's vCPU and disk counters since its IPL (they start again at 0
+// when it is re-IPLed: `ipl` says which IPL they belong to).
+struct ExitCount {
+    std::string reason;  // io, mmio, hlt, shutdown, internal_error, fail_entry, interrupted, ...
+    std::uint64_t count = 0;
+};
+struct LparStats {
+    std::string name;
+    std::string state;  // as in lpar.list
+    std::string guest;  // "firmware" or "linux"
+    bool has_storage = false;
+    std::uint64_t origin_mib = 0;
+    std::uint64_t size_mib = 0;
+    std::uint64_t plugged_mib = 0;      // of its virtio-mem region
+    std::uint64_t ipl = 0;              // which IPL the counters below count (0: never IPLed)
+    std::vector<ExitCount> vcpu_exits;  // every reason, zeros included, in a fixed order
+    std::uint64_t vcpu_run_us = 0;      // time its vCPUs spent in KVM_RUN, summed
+    std::uint64_t disk_requests = 0;    // virtio-blk requests, all disks (failed ones included)
+    std::uint64_t disk_errors = 0;
+    std::uint64_t disk_read_bytes = 0;
+    std::uint64_t disk_written_bytes = 0;
+};
+struct OutcomeCount {
+    std::string outcome;  // "ok", or the error's kind: not_found, invalid_argument, refused, ...
+    std::uint64_t count = 0;
+};
+struct OperationStats {
+    std::string kind;                    // mvstor, exchange, expand, shrink
+    std::vector<OutcomeCount> outcomes;  // every outcome, zeros included, in a fixed order
+    std::uint64_t bytes_copied = 0;      // by the successful ones (exchange: bytes moved)
+    std::uint64_t bytes_recopied = 0;    // live MVSTOR: copied again because the guest wrote them
+};
+// The pauses of MVSTOR (each stop of a live move) and EXCHANGE, as a Prometheus histogram.
+struct PauseHistogram {
+    std::vector<std::uint64_t> upper_us;    // bucket bounds, ascending; +Inf is implied
+    std::vector<std::uint64_t> cumulative;  // pauses <= each bound
+    std::uint64_t count = 0;
+    std::uint64_t sum_us = 0;
+};
+struct SystemStats {
+    std::uint64_t main_storage_mib = 0;
+    std::uint64_t free_mib = 0;
+    std::uint64_t largest_free_gap_mib = 0;
+    std::uint64_t uptime_us = 0;
+    std::vector<LparStats> lpars;  // as lpar.list orders them: by origin, then the defined ones
+    std::vector<OperationStats> operations;  // mvstor, exchange, expand, shrink
+    PauseHistogram pauses;
+};
+
 // A piece of an LPAR's serial output (lpar.console). Offsets count the bytes the guest wrote
 // since its IPL; `ipl` names that IPL (activation, reset and restart each start a new one, and
 // the offsets start again at 0).
@@ -226,6 +276,8 @@ class Api {
   public:
     virtual ~Api() = default;
     virtual SystemStatus list() = 0;
+    // The counters (system.stats, /metrics); quick, like list().
+    virtual SystemStats stats() = 0;
     // Blocks for the whole relocation; the server runs it off its I/O thread.
     virtual MvstorResult mvstor(const MvstorRequest& request) = 0;
     // The LPAR's serial output: at most `max_bytes` from offset `since` on (start > since when

@@ -269,6 +269,10 @@ Call parse_config(const Params&) {
     return ConfigCall{};
 }
 
+Call parse_stats(const Params&) {
+    return StatsCall{};
+}
+
 Call parse_cancel(const Params& checked) {
     return CancelCall{checked.name("lpar")};
 }
@@ -348,6 +352,7 @@ constexpr std::array kMethods{
     MethodEntry{"lpar.deactivate", parse_lifecycle<Lifecycle::Deactivate>},
     MethodEntry{"lpar.remove", parse_remove},
     MethodEntry{"system.config", parse_config},
+    MethodEntry{"system.stats", parse_stats},
     MethodEntry{"storage.cancel", parse_cancel},
     MethodEntry{"storage.exchange", parse_exchange},
     MethodEntry{"storage.plan_grow", parse_grow<false>},
@@ -617,6 +622,8 @@ std::string execute(Api& api, const ParsedCall& parsed) {
                     return json{{"removed", call.lpar}};
                 } else if constexpr (std::is_same_v<T, ConfigCall>) {
                     return parse_config_text(api.system_config());
+                } else if constexpr (std::is_same_v<T, StatsCall>) {
+                    return to_json(api.stats());
                 } else if constexpr (std::is_same_v<T, CancelCall>) {
                     api.cancel_mvstor(call.lpar);
                     return json{{"cancelled", call.lpar}};
@@ -711,6 +718,46 @@ json to_json(const LparStatus& lpar) {
                 {"guest", lpar.guest},
                 {"max_size_mib", lpar.max_size_mib},
                 {"plugged_mib", lpar.plugged_mib}};
+}
+
+json to_json(const SystemStats& stats) {
+    json lpars = json::array();
+    for (const auto& lpar : stats.lpars) {
+        json exits = json::object();
+        for (const auto& exit : lpar.vcpu_exits) exits[exit.reason] = exit.count;
+        lpars.push_back(json{{"name", lpar.name},
+                             {"state", lpar.state},
+                             {"guest", lpar.guest},
+                             {"has_storage", lpar.has_storage},
+                             {"origin_mib", lpar.origin_mib},
+                             {"size_mib", lpar.size_mib},
+                             {"plugged_mib", lpar.plugged_mib},
+                             {"ipl", lpar.ipl},
+                             {"vcpu_exits", std::move(exits)},
+                             {"vcpu_run_us", lpar.vcpu_run_us},
+                             {"disk_requests", lpar.disk_requests},
+                             {"disk_errors", lpar.disk_errors},
+                             {"disk_read_bytes", lpar.disk_read_bytes},
+                             {"disk_written_bytes", lpar.disk_written_bytes}});
+    }
+    json operations = json::object();
+    for (const auto& operation : stats.operations) {
+        json outcomes = json::object();
+        for (const auto& outcome : operation.outcomes) outcomes[outcome.outcome] = outcome.count;
+        operations[operation.kind] = json{{"outcomes", std::move(outcomes)},
+                                          {"bytes_copied", operation.bytes_copied},
+                                          {"bytes_recopied", operation.bytes_recopied}};
+    }
+    return json{{"main_storage_mib", stats.main_storage_mib},
+                {"free_mib", stats.free_mib},
+                {"largest_free_gap_mib", stats.largest_free_gap_mib},
+                {"uptime_us", stats.uptime_us},
+                {"lpars", std::move(lpars)},
+                {"operations", std::move(operations)},
+                {"pauses", json{{"upper_us", stats.pauses.upper_us},
+                                {"cumulative", stats.pauses.cumulative},
+                                {"count", stats.pauses.count},
+                                {"sum_us", stats.pauses.sum_us}}}};
 }
 
 json to_json(const SystemStatus& status) {
@@ -923,7 +970,7 @@ json describe_protocol() {
                 {"events", std::move(events)}};
 }
 
-std::string event_notification(const Event& event) {
+json event_json(const Event& event) {
     json params = event_params(event.type, event.wall_us, event.monotonic_us);
     params["lpar"] = event.lpar;
     json data = json::parse(event.data_json, nullptr, false);
@@ -936,13 +983,22 @@ std::string event_notification(const Event& event) {
     } else {
         params["data"] = sanitize_utf8(event.data_json);  // keep what the hypervisor said
     }
-    return dump_line(json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", std::move(params)}});
+    return params;
+}
+
+json events_dropped_json(std::uint64_t count) {
+    json params = event_params("events.dropped", now_wall_us(), now_monotonic_us());
+    params["count"] = count;
+    return params;
+}
+
+std::string event_notification(const Event& event) {
+    return dump_line(json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", event_json(event)}});
 }
 
 std::string events_dropped_notification(std::uint64_t count) {
-    json params = event_params("events.dropped", now_wall_us(), now_monotonic_us());
-    params["count"] = count;
-    return dump_line(json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", std::move(params)}});
+    return dump_line(
+        json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", events_dropped_json(count)}});
 }
 
 std::string sanitize_utf8(std::string_view bytes) {

@@ -81,6 +81,7 @@ struct RemoveCall {
     std::string lpar;
 };
 struct ConfigCall {};
+struct StatsCall {};
 struct CancelCall {
     std::string lpar;
 };
@@ -118,7 +119,7 @@ struct ResizeCall {
 };
 using Call = std::variant<ListCall, PingCall, MvstorCall, ConsoleCall, DefineCall, LifecycleCall,
                           RemoveCall, ConfigCall, CancelCall, SubscribeCall, ExchangeCall, GrowCall,
-                          ResizeCall, DescribeCall, ConsoleWriteCall, ConsoleInputCall>;
+                          ResizeCall, DescribeCall, ConsoleWriteCall, ConsoleInputCall, StatsCall>;
 
 // A request that passed validation.
 struct ParsedCall {
@@ -176,6 +177,7 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 [[nodiscard]] nlohmann::json to_json(const ResizeResult& result);
 [[nodiscard]] nlohmann::json to_json(const GrowResult& result);   // {"plan": ..., "expansion": ...}
 [[nodiscard]] nlohmann::json to_json(const LparStatus& lpar);     // one row of lpar.list
+[[nodiscard]] nlohmann::json to_json(const SystemStats& stats);   // system.stats
 [[nodiscard]] nlohmann::json to_json(const EventFilter& filter);  // {"events": [], "lpars": []}
 
 // system.describe's result: protocol_schema.hpp's methods and events as JSON.
@@ -186,6 +188,9 @@ using ParseOutcome = std::variant<ParsedCall, RejectedRequest>;
 // "monotonic_us":N,...data}}. Members of data_json never replace those four; data that is not a
 // JSON object is sent as "data".
 [[nodiscard]] std::string event_notification(const Event& event);
+// The params object of that notification alone (the HTTP listener's event stream sends it).
+[[nodiscard]] nlohmann::json event_json(const Event& event);
+[[nodiscard]] nlohmann::json events_dropped_json(std::uint64_t count);
 // {"jsonrpc":"2.0","method":"event","params":{"event":"events.dropped","time":...,
 // "monotonic_us":...,"count":N}}, stamped now
 [[nodiscard]] std::string events_dropped_notification(std::uint64_t count);

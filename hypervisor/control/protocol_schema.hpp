@@ -354,6 +354,12 @@ inline constexpr FieldSchema kProgressFields[] = {
     {"copied", FieldType::Integer, "bytes copied so far"},
     {"total", FieldType::Integer, "bytes to copy"},
 };
+inline constexpr FieldSchema kMvstorStartedFields[] = {
+    {"old_origin_mib", FieldType::Integer, "where the LPAR is"},
+    {"new_origin_mib", FieldType::Integer, "where it is going"},
+    {"size_mib", FieldType::Integer, "how much storage moves"},
+    {"mode", FieldType::String, "stop-and-copy or live"},
+};
 inline constexpr FieldSchema kMvstorDoneFields[] = {
     {"old_origin_mib", FieldType::Integer, "where the LPAR was"},
     {"new_origin_mib", FieldType::Integer, "where it is now"},
@@ -429,6 +435,9 @@ inline constexpr MethodSchema kMethodSchemas[] = {
     {"lpar.remove", Execution::Query, schema_detail::kLparOnly, "forgets a defined LPAR"},
     {"system.config", Execution::Query, schema_detail::none(),
      "the configuration that recreates today's LPARs (--config format)"},
+    {"system.stats", Execution::Query, schema_detail::none(),
+     "the counters: per LPAR vCPU exits, run time and disk I/O; per operation outcomes, bytes "
+     "and pauses (also /metrics on the HTTP listener)"},
     {"storage.cancel", Execution::Query, schema_detail::kLparOnly,
      "cancels the LPAR's running MVSTOR; it stays at its old origin"},
     {"storage.exchange", Execution::LongRunning, schema_detail::kExchange,
@@ -457,6 +466,8 @@ inline constexpr EventSchema kEventSchemas[] = {
      "the guest rebooted, powered off or crashed; the action follows (restart: lpar.restart)"},
     {"lpar.restart", true, schema_detail::kRestartFields,
      "an LPAR was re-IPLed in place, its storage scrubbed (svp reset, or a guest action)"},
+    {"mvstor.started", true, schema_detail::kMvstorStartedFields,
+     "an MVSTOR passed its target check and begins to copy"},
     {"mvstor.phase", true, schema_detail::kPhaseFields, "an MVSTOR phase finished"},
     {"mvstor.progress", true, schema_detail::kProgressFields,
      "an MVSTOR's copy advanced (at most every 2 MiB)"},

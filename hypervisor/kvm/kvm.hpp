@@ -4,11 +4,13 @@
 
 #include <linux/kvm.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -71,6 +73,10 @@ struct OtherExit {
 using Exit = std::variant<IoExit, MmioExit, HltExit, ShutdownExit, InternalErrorExit, FailEntryExit,
                           InterruptedExit, SystemEventExit, OtherExit>;
 std::string describe_exit_reason(std::uint32_t reason);
+// A name per Exit alternative, in the variant's order (the counters of system.stats).
+inline constexpr std::array<std::string_view, std::variant_size_v<Exit>> kExitKindNames{
+    "io",         "mmio",        "hlt",          "shutdown", "internal_error",
+    "fail_entry", "interrupted", "system_event", "other"};
 
 class Vcpu {
   public:

@@ -15,7 +15,7 @@
 
 namespace lparvisor {
 
-control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& request) {
+control::ExchangeResult Hypervisor::run_exchange(const control::ExchangeRequest& request) {
     const auto accepted = Clock::now();
     if (request.a == request.b)
         throw Error(ErrorKind::InvalidArgument,

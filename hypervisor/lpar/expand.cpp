@@ -77,7 +77,7 @@ bool wait_for_plugged(virtio::VirtioMem& device, std::uint64_t target,
 
 }  // namespace
 
-control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) {
+control::ResizeResult Hypervisor::run_expand(const control::ResizeRequest& request) {
     check_resize_request(request, "expand");
     auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "expand");
@@ -195,7 +195,7 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
     return result;
 }
 
-control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) {
+control::ResizeResult Hypervisor::run_shrink(const control::ResizeRequest& request) {
     check_resize_request(request, "shrink");
     auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "shrink");

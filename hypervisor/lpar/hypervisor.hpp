@@ -23,6 +23,7 @@
 #include "lpar/config.hpp"
 #include "lpar/events.hpp"
 #include "lpar/lpar.hpp"
+#include "lpar/operation_counters.hpp"
 #include "lpar/quiesce.hpp"
 #include "storage/arena.hpp"
 #include "storage/storage_keys.hpp"
@@ -46,6 +47,7 @@ class Hypervisor final : public control::Api {
     ~Hypervisor() override;
 
     control::SystemStatus list() override;
+    control::SystemStats stats() override;  // stats.cpp
     control::MvstorResult mvstor(const control::MvstorRequest& request) override;
     control::ConsoleText console(const std::string& lpar, std::optional<std::uint64_t> since,
                                  std::size_t max_bytes) override;
@@ -130,6 +132,12 @@ class Hypervisor final : public control::Api {
     // The running or stopped LPAR an operation may change; throws Refused for a fenced one.
     std::shared_ptr<Lpar> operable_lpar(const std::string& name, const char* what);
 
+    // The storage operations themselves; the public calls count each one (stats.cpp).
+    control::MvstorResult run_mvstor(const control::MvstorRequest& request);
+    control::ExchangeResult run_exchange(const control::ExchangeRequest& request);
+    control::ResizeResult run_expand(const control::ResizeRequest& request);
+    control::ResizeResult run_shrink(const control::ResizeRequest& request);
+
     // One MVSTOR in progress (mvstor.cpp): shared by the stop-and-copy and the live procedure.
     struct Move;
     struct Chunk;
@@ -150,6 +158,8 @@ class Hypervisor final : public control::Api {
     Error failed_move(Move& move, const std::exception& cause);
 
     HypervisorOptions options_;
+    const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    OperationCounters operation_counters_;
     kvm::System kvm_;
     Arena arena_;
     StorageKeys keys_;

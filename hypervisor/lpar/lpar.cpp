@@ -472,7 +472,15 @@ void Lpar::vcpu_loop(unsigned index) {
         // may throw through the loop (an escaping exception would end every LPAR).
         try {
             fault::point("vcpu.exit");
-            handle_exit(vcpu, vcpu.run());
+            const auto entered = std::chrono::steady_clock::now();
+            const auto result = vcpu.run();
+            run_ns_.fetch_add(
+                static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now() - entered)
+                                               .count()),
+                std::memory_order_relaxed);
+            exit_counts_[result.exit.index()].fetch_add(1, std::memory_order_relaxed);
+            handle_exit(vcpu, result);
         } catch (const std::exception& e) {
             fence(describe_fault(
                 vcpu, fmt::format("internal error serving vCPU {}: {}", index, e.what())));
@@ -480,6 +488,23 @@ void Lpar::vcpu_loop(unsigned index) {
             fence(fmt::format("internal error serving vCPU {} (unknown exception)", index));
         }
     }
+}
+
+Lpar::RunStats Lpar::run_stats() const {
+    RunStats stats;
+    for (std::size_t i = 0; i < exit_counts_.size(); ++i)
+        stats.exits[i] = exit_counts_[i].load(std::memory_order_relaxed);
+    stats.run_us = run_ns_.load(std::memory_order_relaxed) / 1000;
+    for (const auto& device : virtio_devices_) {
+        if (const auto* disk = dynamic_cast<const virtio::VirtioBlk*>(device.get())) {
+            const auto blk = disk->stats();
+            stats.disk_requests += blk.requests;
+            stats.disk_errors += blk.errors;
+            stats.disk_read_bytes += blk.bytes_read;
+            stats.disk_written_bytes += blk.bytes_written;
+        }
+    }
+    return stats;
 }
 
 std::string Lpar::describe_fault(kvm::Vcpu& vcpu, const std::string& what) {

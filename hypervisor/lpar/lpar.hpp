@@ -6,6 +6,7 @@
 // each thread so that KVM_RUN returns, then waits until all are parked; resume() releases them.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +18,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include "control/api.hpp"
@@ -141,6 +143,18 @@ class Lpar {
     // Every device MVSTOR must quiesce (step 202): the port devices and the virtio devices.
     std::vector<std::shared_ptr<Quiescable>> devices() const;
 
+    // Counters since this IPL (system.stats): vCPU exits by kind (kvm::kExitKindNames' order),
+    // the time the vCPUs spent in KVM_RUN, and the virtio-blk disks' requests and bytes.
+    struct RunStats {
+        std::array<std::uint64_t, std::variant_size_v<kvm::Exit>> exits{};
+        std::uint64_t run_us = 0;
+        std::uint64_t disk_requests = 0;
+        std::uint64_t disk_errors = 0;
+        std::uint64_t disk_read_bytes = 0;
+        std::uint64_t disk_written_bytes = 0;
+    };
+    RunStats run_stats() const;
+
   private:
     void add_port_devices(StorageKeys& keys);
     void add_pci_devices();
@@ -181,6 +195,9 @@ class Lpar {
     std::set<std::uint64_t> unclaimed_;
     std::atomic<std::uint64_t> unemulated_completed_{
         0};  // I/O ports and MMIO addresses a Linux guest probed
+    // Relaxed counters: the vCPU threads add, run_stats() reads a snapshot.
+    std::array<std::atomic<std::uint64_t>, std::variant_size_v<kvm::Exit>> exit_counts_{};
+    std::atomic<std::uint64_t> run_ns_{0};
     std::vector<std::thread> threads_;
 };
 

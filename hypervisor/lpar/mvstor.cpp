@@ -103,7 +103,7 @@ void Hypervisor::throw_if_cancelled(Move& move) {
     if (move_cancelled()) throw cancelled_error(move.request.lpar, shutting_down_.load());
 }
 
-control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) {
+control::MvstorResult Hypervisor::run_mvstor(const control::MvstorRequest& request) {
     const auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "MVSTOR");
     Move move{request, operable_lpar(request.lpar, "MVSTOR"), {}, {}, {}, events_};
@@ -126,6 +126,11 @@ control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) 
                         request.lpar);
     spdlog::info("MVSTOR {} ({}): {} -> {}", request.lpar, move.result.mode,
                  format_range_mib(move.from.start.value, move.from.size), move.target());
+    events_.publish("mvstor.started", request.lpar,
+                    {{"old_origin_mib", move.result.old_origin_mib},
+                     {"new_origin_mib", move.result.new_origin_mib},
+                     {"size_mib", move.from.size / kMiB},
+                     {"mode", move.result.mode}});
 
     try {
         if (request.mode == control::MvstorMode::Live)

@@ -64,6 +64,17 @@ class FakeApi : public Api {
         return status;
     }
 
+    // The counters a test sets (`stats`), with the storage figures of `status`.
+    SystemStats stats() override {
+        std::lock_guard lock(mutex_);
+        ++stats_calls;
+        maybe_throw();
+        SystemStats out = stats_template;
+        out.main_storage_mib = status.main_storage_mib;
+        out.free_mib = status.free_mib;
+        return out;
+    }
+
     MvstorResult mvstor(const MvstorRequest& request) override {
         std::chrono::milliseconds hold{0};
         bool emit_events = false;
@@ -438,9 +449,11 @@ class FakeApi : public Api {
         R"({"name":"LPAR2","origin_mib":128,"size_mib":256,"vcpus":2}]})";
     // How long a query (list, console, stop ...) takes: for the query timeout.
     std::chrono::milliseconds query_delay{0};
+    SystemStats stats_template;  // what stats() answers (storage figures from `status`)
 
     // Recorded calls.
     int list_calls = 0;
+    int stats_calls = 0;
     std::vector<MvstorRequest> mvstor_requests;
     std::vector<std::pair<std::string, std::size_t>> console_requests;
     std::vector<LparDefinition> defined;
