@@ -24,6 +24,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <nlohmann/json.hpp>
 
+#include "control/http_server.hpp"
 #include "control/server.hpp"
 #include "kvm/kvm.hpp"
 #include "lpar/config.hpp"
@@ -90,10 +91,14 @@ RunAs parse_user(const std::string& spec) {
 
 // Drops root for good once /dev/kvm, the socket, main storage and the LPARs' images are open.
 // glibc changes every thread's credentials (they are per thread in Linux).
-void drop_privileges(const RunAs& who, const std::string& socket_path, bool made_socket_dir) {
-    // The socket stays the operator's way in (root, or the new user) and removable at shutdown.
+void drop_privileges(const RunAs& who, const std::string& socket_path, bool made_socket_dir,
+                     const std::string& token_path) {
+    // The socket stays the operator's way in (root, or the new user) and removable at shutdown;
+    // the HTTP token stays readable by the daemon's user alone.
     if (::chown(socket_path.c_str(), who.uid, who.gid) != 0)
         throw_errno("--user: chown " + socket_path);
+    if (!token_path.empty() && ::chown(token_path.c_str(), who.uid, who.gid) != 0)
+        throw_errno("--user: chown " + token_path);
     auto socket_dir = std::filesystem::path(socket_path).parent_path();
     if (made_socket_dir && ::chown(socket_dir.c_str(), who.uid, who.gid) != 0)
         throw_errno("--user: chown " + socket_dir.string());
@@ -172,6 +177,17 @@ int main(int argc, char** argv) {
                    "user can open");
     app.add_flag("--no-sandbox", no_sandbox,
                  "run without the seccomp sandbox (docs/threat-model.md): for debugging only");
+    std::string http_spec;
+    std::string http_token_path;
+    app.add_option("--http", http_spec,
+                   "also serve HTTP on ADDR:PORT (a bare PORT: 127.0.0.1): /metrics for "
+                   "Prometheus and / the SVP frame, a live map of main storage (docs/http.md); "
+                   "off by default")
+        ->type_name("ADDR:PORT");
+    app.add_option("--http-token-file", http_token_path,
+                   "where --http writes the token the page's operations need (mode 0600; "
+                   "default: http.token beside the socket)")
+        ->type_name("PATH");
     app.add_flag("--print-config", print_config,
                  "print the effective configuration as JSON and exit");
     CLI11_PARSE(app, argc, argv);
@@ -227,12 +243,37 @@ int main(int argc, char** argv) {
             fault::arm_from_spec(spec);
             spdlog::warn("fault injection armed (LPARVISOR_FAULTS={}): for tests only", spec);
         }
+        std::optional<control::HttpEndpoint> http_endpoint;
+        if (!http_spec.empty()) {
+            http_endpoint = control::parse_http_endpoint(http_spec);
+            if (http_token_path.empty())
+                http_token_path =
+                    (socket_dir.empty() ? std::filesystem::path(".") : socket_dir) / "http.token";
+        } else if (!http_token_path.empty()) {
+            throw Error(ErrorKind::InvalidArgument, "--http-token-file needs --http");
+        }
         Hypervisor hypervisor(config, options);
         boost::asio::io_context io;
         control::ServerLimits limits;
         limits.client_idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::chrono::duration<double>(client_idle_timeout_s));
         control::ControlServer server(io, socket_path, hypervisor, limits);
+        std::optional<control::HttpServer> http;
+        if (http_endpoint) {
+            auto token = control::create_token_file(http_token_path);
+            http.emplace(io, *http_endpoint, hypervisor, std::move(token));
+            if (!http_endpoint->is_loopback())
+                spdlog::warn(
+                    "http: listening on {}:{}, not loopback: anyone who can reach it sees the "
+                    "storage map and metrics (operations still need the token)",
+                    http_endpoint->address, http->port());
+            spdlog::info(
+                "http: http://{}:{}/ (the SVP frame), /metrics; operations need the "
+                "token in {}",
+                http_endpoint->address, http->port(), http_token_path);
+        } else {
+            http_token_path.clear();
+        }
         // The first SIGINT/SIGTERM shuts down in order: new requests are refused, a running
         // storage operation is cancelled (before its first stop) or finishes without pre-copy
         // (after it), which takes at most one copy of the LPAR plus two drain timeouts; then the
@@ -257,13 +298,14 @@ int main(int argc, char** argv) {
                 hypervisor.request_shutdown();
                 signals.async_wait(on_signal);
                 stopper = sandbox::spawn(sandbox::ThreadClass::Main, "stopper", [&] {
+                    if (http) http->stop();
                     server.stop();  // waits for the running requests, now bounded
                     boost::asio::post(io, [&] { signals.cancel(); });
                 });
             };
         signals.async_wait(on_signal);
         if (user) {
-            drop_privileges(*user, socket_path, made_socket_dir);
+            drop_privileges(*user, socket_path, made_socket_dir, http_token_path);
             spdlog::info("running as {} (--user); root dropped", user->label);
         }
         // Set-up is over: from here the main thread only serves the socket and shuts down.
@@ -272,6 +314,11 @@ int main(int argc, char** argv) {
         spdlog::info("control socket {} ready (svp --socket {} lpars)", socket_path, socket_path);
         io.run();
         if (stopper.joinable()) stopper.join();
+        if (http) {
+            http->stop();
+            std::error_code ignored;
+            std::filesystem::remove(http_token_path, ignored);
+        }
         spdlog::info("lparvisor stopped");
         return 0;
     } catch (const Error& e) {

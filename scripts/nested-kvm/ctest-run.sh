@@ -16,7 +16,9 @@ shift
 # A PVM /dev/kvm (kvm_pvm: guest kernel code emulated, KVM-NOTES.md) runs the firmware tests but
 # cannot boot Linux to userspace; tests that need that set LPARVISOR_NESTED_ON_PVM=1 and run
 # nested there too (their direct twins skip under PVM).
-if [[ -c /dev/kvm ]] && exec 3<>/dev/kvm 2>/dev/null; then
+# The braces keep 2>/dev/null to the probe: on a bare `exec 3<>/dev/kvm 2>/dev/null` it would
+# stay in force and hide run.sh's messages (and QEMU's errors) for the rest of the run.
+if [[ -c /dev/kvm ]] && { exec 3<>/dev/kvm; } 2>/dev/null; then
   exec 3>&-
   if [[ "${LPARVISOR_NESTED_ON_PVM:-0}" == 1 && -d /sys/module/kvm_pvm ]]; then
     echo "nested-kvm: this /dev/kvm is PVM, which cannot boot Linux to userspace: nested instead"
@@ -54,7 +56,11 @@ done
 # A ThreadSanitizer build needs room for its shadow memory: NESTED_KVM_MEM (MiB) sizes the guest.
 mem=()
 if [[ -n "${NESTED_KVM_MEM:-}" ]]; then mem=(--mem "$NESTED_KVM_MEM"); fi
+# A test that a browser on the host drives (the daemon's HTTP listener in the guest) sets
+# NESTED_KVM_HOSTFWD=HOSTPORT:GUESTPORT: host 127.0.0.1:HOSTPORT reaches the guest's GUESTPORT.
+fwd=()
+if [[ -n "${NESTED_KVM_HOSTFWD:-}" ]]; then fwd=(--hostfwd "$NESTED_KVM_HOSTFWD"); fi
 echo "nested-kvm: running $(basename "$command_file") inside QEMU TCG with nested SVM"
-exec "$here/run.sh" --timeout "$timeout_s" "${mem[@]}" --file "$command_file" --file "$firmware" "${extra[@]}" -- \
+exec "$here/run.sh" --timeout "$timeout_s" "${mem[@]}" "${fwd[@]}" --file "$command_file" --file "$firmware" "${extra[@]}" -- \
   env LPARVISOR_FIRMWARE=/work/"$(basename "$firmware")" "${guest_env[@]}" \
   ./"$(basename "$command_file")" "${guest_args[@]}"

@@ -53,3 +53,21 @@ stop_daemon() {  # SIGTERM, and an orderly exit (status 0) within 120 s
   wait_exit 120
   [ "$status" = 0 ] || fail "exit status after SIGTERM: $status (expected 0)"
 }
+
+wait_console() {  # LPAR TEXT: waits until the LPAR's console shows TEXT
+  for _ in $(seq 1 1200); do
+    "$svp" --socket "$socket" console "$1" --bytes 1048576 2>/dev/null | grep -q "$2" && return 0
+    sleep 0.1
+  done
+  fail "LPAR $1 never printed '$2'"
+}
+
+round() {  # LPAR: the last round of storage verification the firmware finished
+  "$svp" --socket "$socket" console "$1" --bytes 1048576 |
+    sed -n 's/.*verify ok round=\([0-9]*\).*/\1/p' | sort -n | tail -1 | grep . || echo 0
+}
+
+no_fail_lines() {  # LPAR: fails if the firmware printed a FAIL line since its IPL
+  ! "$svp" --socket "$socket" console "$1" --bytes 1048576 | grep FAIL ||
+    fail "LPAR $1 printed FAIL (above)"
+}

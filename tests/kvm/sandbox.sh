@@ -25,19 +25,6 @@ cat >"$work/config.json" <<JSON
   {"name": "B", "origin_mib": 32, "size_mib": 16}]}
 JSON
 
-wait_console() {  # LPAR TEXT: waits until the LPAR's console shows TEXT
-  for _ in $(seq 1 1200); do
-    "$svp" --socket "$socket" console "$1" --bytes 1048576 2>/dev/null | grep -q "$2" && return 0
-    sleep 0.1
-  done
-  fail "LPAR $1 never printed '$2'"
-}
-
-round() {  # LPAR: the last round of storage verification the firmware finished
-  "$svp" --socket "$socket" console "$1" --bytes 1048576 |
-    sed -n 's/.*verify ok round=\([0-9]*\).*/\1/p' | sort -n | tail -1 | grep . || echo 0
-}
-
 moves_and_runs() {  # LPAR TARGET-MIB: MVSTOR, then two more verified rounds at the new origin
   before=$(round "$1")
   "$svp" --socket "$socket" mvstor "$1" "$2" >/dev/null || fail "MVSTOR $1 $2"
