@@ -58,8 +58,11 @@ http_get /metrics | grep -q '^lparvisor_http_event_streams [1-9]' ||
 
 lpar2_before=$(round LPAR2)
 lpar1_before=$(round LPAR1)
-"$svp" --socket "$socket" mvstor LPAR2 192 >/dev/null || fail "svp mvstor LPAR2 192"
-"$svp" --socket "$socket" expand LPAR1 64 >/dev/null || fail "svp expand LPAR1 64"
+# (svp's progress lines go to a file: it draws them even when stderr is no terminal)
+"$svp" --socket "$socket" mvstor LPAR2 192 >/dev/null 2>"$work/svp.err" ||
+  { cat "$work/svp.err"; fail "svp mvstor LPAR2 192"; }
+"$svp" --socket "$socket" expand LPAR1 64 >/dev/null 2>"$work/svp.err" ||
+  { cat "$work/svp.err"; fail "svp expand LPAR1 64"; }
 echo "SVP-DONE"
 
 for _ in $(seq 1 9000); do

@@ -368,7 +368,7 @@ function onEvent(e) {
         opFinish(family, lpar, `${family.toUpperCase()} ${lpar} failed: ${str(e.message)}`);
       }
   }
-  if (['lpar', 'storage', 'events'].includes(family) || /\.(done|failed)$/.test(type)) refresh();
+  if (['lpar', 'storage', 'events'].includes(family) || /\.(started|done|failed)$/.test(type)) refresh();
   renderOperation();
   renderMap();
 }
