@@ -82,9 +82,13 @@ class DaemonHalf:
                     print("*** SKIPPED: the daemon's half was skipped (see above) ***")
                     sys.exit(77)
                 fail(f"the daemon's half ended with status {code} before {prefix}")
+            # Anywhere in the line: in the harness, a marker can follow what another program
+            # left on the serial console without a newline.
             for marker in ("HTTP-TOKEN=", "HTTP-READY", "SVP-DONE", "GUEST-CHECKS-OK", "PASS"):
-                if line.strip().startswith(marker):
-                    self.seen[marker] = line.strip()[len(marker):]
+                at = line.find(marker)
+                if at >= 0 and marker not in self.seen:
+                    self.seen[marker] = line[at + len(marker):].split()[0] if marker.endswith(
+                        "=") else ""
         return self.seen[prefix]
 
 
