@@ -43,6 +43,15 @@ double seconds(std::uint64_t us) {
     return static_cast<double>(us) / 1e6;
 }
 
+// One family with a sample per LPAR (or per LPAR with storage), its value taken by `value`.
+template <class Value>
+void per_lpar(Writer& out, const SystemStats& stats, std::string_view name, std::string_view type,
+              std::string_view help, Value value, bool storage_only = false) {
+    out.family(name, type, help);
+    for (const auto& lpar : stats.lpars)
+        if (!storage_only || lpar.has_storage) out.sample(name, lpar_label(lpar), value(lpar));
+}
+
 void write_storage(Writer& out, const SystemStats& stats) {
     out.family("lparvisor_main_storage_bytes", "gauge", "Size of main storage (the arena).");
     out.sample("lparvisor_main_storage_bytes", "", stats.main_storage_mib * kMiB);
@@ -70,26 +79,20 @@ void write_lpars(Writer& out, const SystemStats& stats) {
             out.sample("lparvisor_lpar_state",
                        fmt::format("{},state=\"{}\"", lpar_label(lpar), state),
                        std::uint64_t{lpar.state == state ? 1u : 0u});
-    out.family("lparvisor_lpar_storage_origin_bytes", "gauge",
-               "Where the LPAR's storage starts in main storage (LPARs with storage only).");
-    for (const auto& lpar : stats.lpars)
-        if (lpar.has_storage)
-            out.sample("lparvisor_lpar_storage_origin_bytes", lpar_label(lpar),
-                       lpar.origin_mib * kMiB);
-    out.family("lparvisor_lpar_storage_size_bytes", "gauge", "The LPAR's storage size.");
-    for (const auto& lpar : stats.lpars)
-        if (lpar.has_storage)
-            out.sample("lparvisor_lpar_storage_size_bytes", lpar_label(lpar), lpar.size_mib * kMiB);
-    out.family("lparvisor_lpar_virtio_mem_plugged_bytes", "gauge",
-               "Storage the guest has plugged of its virtio-mem region (EXPAND).");
-    for (const auto& lpar : stats.lpars)
-        if (lpar.has_storage)
-            out.sample("lparvisor_lpar_virtio_mem_plugged_bytes", lpar_label(lpar),
-                       lpar.plugged_mib * kMiB);
-    out.family("lparvisor_lpar_ipl", "gauge",
-               "Which IPL of the LPAR the per-IPL counters count (they start at 0 with each).");
-    for (const auto& lpar : stats.lpars)
-        out.sample("lparvisor_lpar_ipl", lpar_label(lpar), lpar.ipl);
+    per_lpar(
+        out, stats, "lparvisor_lpar_storage_origin_bytes", "gauge",
+        "Where the LPAR's storage starts in main storage (LPARs with storage only).",
+        [](const LparStats& l) { return l.origin_mib * kMiB; }, true);
+    per_lpar(
+        out, stats, "lparvisor_lpar_storage_size_bytes", "gauge", "The LPAR's storage size.",
+        [](const LparStats& l) { return l.size_mib * kMiB; }, true);
+    per_lpar(
+        out, stats, "lparvisor_lpar_virtio_mem_plugged_bytes", "gauge",
+        "Storage the guest has plugged of its virtio-mem region (EXPAND).",
+        [](const LparStats& l) { return l.plugged_mib * kMiB; }, true);
+    per_lpar(out, stats, "lparvisor_lpar_ipl", "gauge",
+             "Which IPL of the LPAR the per-IPL counters count (they start at 0 with each).",
+             [](const LparStats& l) { return l.ipl; });
     out.family("lparvisor_lpar_vcpu_exits_total", "counter",
                "KVM_RUN exits of the LPAR's vCPUs since its IPL, by reason.");
     for (const auto& lpar : stats.lpars)
@@ -98,28 +101,21 @@ void write_lpars(Writer& out, const SystemStats& stats) {
                 "lparvisor_lpar_vcpu_exits_total",
                 fmt::format("{},reason=\"{}\"", lpar_label(lpar), escape_label_value(exit.reason)),
                 exit.count);
-    out.family("lparvisor_lpar_vcpu_run_seconds_total", "counter",
-               "Time the LPAR's vCPUs spent in KVM_RUN since its IPL, summed over its vCPUs.");
-    for (const auto& lpar : stats.lpars)
-        out.sample("lparvisor_lpar_vcpu_run_seconds_total", lpar_label(lpar),
-                   seconds(lpar.vcpu_run_us));
-    out.family("lparvisor_lpar_disk_requests_total", "counter",
-               "virtio-blk requests served since the IPL, all the LPAR's disks.");
-    for (const auto& lpar : stats.lpars)
-        out.sample("lparvisor_lpar_disk_requests_total", lpar_label(lpar), lpar.disk_requests);
-    out.family("lparvisor_lpar_disk_errors_total", "counter",
-               "virtio-blk requests answered with an error since the IPL.");
-    for (const auto& lpar : stats.lpars)
-        out.sample("lparvisor_lpar_disk_errors_total", lpar_label(lpar), lpar.disk_errors);
-    out.family("lparvisor_lpar_disk_read_bytes_total", "counter",
-               "Bytes the guest read from its disks since the IPL.");
-    for (const auto& lpar : stats.lpars)
-        out.sample("lparvisor_lpar_disk_read_bytes_total", lpar_label(lpar), lpar.disk_read_bytes);
-    out.family("lparvisor_lpar_disk_written_bytes_total", "counter",
-               "Bytes the guest wrote to its disks since the IPL.");
-    for (const auto& lpar : stats.lpars)
-        out.sample("lparvisor_lpar_disk_written_bytes_total", lpar_label(lpar),
-                   lpar.disk_written_bytes);
+    per_lpar(out, stats, "lparvisor_lpar_vcpu_run_seconds_total", "counter",
+             "Time the LPAR's vCPUs spent in KVM_RUN since its IPL, summed over its vCPUs.",
+             [](const LparStats& l) { return seconds(l.vcpu_run_us); });
+    per_lpar(out, stats, "lparvisor_lpar_disk_requests_total", "counter",
+             "virtio-blk requests served since the IPL, all the LPAR's disks.",
+             [](const LparStats& l) { return l.disk_requests; });
+    per_lpar(out, stats, "lparvisor_lpar_disk_errors_total", "counter",
+             "virtio-blk requests answered with an error since the IPL.",
+             [](const LparStats& l) { return l.disk_errors; });
+    per_lpar(out, stats, "lparvisor_lpar_disk_read_bytes_total", "counter",
+             "Bytes the guest read from its disks since the IPL.",
+             [](const LparStats& l) { return l.disk_read_bytes; });
+    per_lpar(out, stats, "lparvisor_lpar_disk_written_bytes_total", "counter",
+             "Bytes the guest wrote to its disks since the IPL.",
+             [](const LparStats& l) { return l.disk_written_bytes; });
 }
 
 void write_operations(Writer& out, const SystemStats& stats) {
