@@ -242,6 +242,7 @@ std::pair<std::string, json> request_for(const std::string& command, const Optio
         return {"storage.make_room", params};
     }
     if (command == "config") return {"system.config", json::object()};
+    if (command == "stats") return {"system.stats", json::object()};
     if (command == "describe") return {"system.describe", json::object()};
     return {"system.ping", json::object()};
 }
@@ -274,6 +275,8 @@ void print_result(const std::string& command, const json& result, const Options&
         std::cout << format_resize("SHRINK", result);
     } else if (command == "describe") {
         std::cout << format_describe(result);
+    } else if (command == "stats") {
+        std::cout << format_stats(result);
     } else if (command == "ping") {
         std::cout << fmt::format("lparvisor {} is answering on {}\n",
                                  result.at("version").get<std::string>(), options.socket_path);
@@ -671,6 +674,10 @@ int main_with_exceptions(int argc, char** argv) {
     }
     auto* config = app.add_subcommand(
         "config", "print the configuration that recreates this system (for lparvisor --config)");
+    auto* stats = app.add_subcommand(
+        "stats",
+        "the counters: per LPAR exits, run time and disk I/O; operations; pauses "
+        "(--json: all of them, as /metrics has them)");
     auto* cancel = app.add_subcommand("cancel", "cancel the running MVSTOR of an LPAR");
     cancel->add_option("NAME", options.lpar, "the LPAR being moved")->required();
     auto* exchange = app.add_subcommand(
@@ -759,9 +766,9 @@ int main_with_exceptions(int argc, char** argv) {
     if (command == "watch") return run_watch(options);
     if (command == "console" && (options.follow || options.attach)) return run_console(options);
     if (progress_scope(command, options)) return run_with_progress(command, options);
-    (void)lpars, (void)ping, (void)define, (void)config, (void)cancel, (void)watch, (void)map,
-        (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room, (void)expand,
-        (void)shrink, (void)describe;
+    (void)lpars, (void)ping, (void)define, (void)config, (void)stats, (void)cancel, (void)watch,
+        (void)map, (void)mvstor, (void)console, (void)exchange, (void)grow, (void)make_room,
+        (void)expand, (void)shrink, (void)describe;
     return run_single(command, options);
 }
 

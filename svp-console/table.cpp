@@ -299,4 +299,52 @@ std::string format_describe(const nlohmann::json& result) {
     return out;
 }
 
+std::string format_stats(const nlohmann::json& result) {
+    std::string out = fmt::format("{:<10} {:<11} {:>9} {:>10} {:>9} {:>10} {:>10}\n", "LPAR",
+                                  "state", "IPL", "exits", "run s", "disk reqs", "disk MiB");
+    for (const auto& lpar : result.at("lpars")) {
+        std::uint64_t exits = 0;
+        for (const auto& [reason, count] : lpar.at("vcpu_exits").items())
+            exits += count.get<std::uint64_t>();
+        const auto disk_bytes = lpar.at("disk_read_bytes").get<std::uint64_t>() +
+                                lpar.at("disk_written_bytes").get<std::uint64_t>();
+        out += fmt::format("{:<10} {:<11} {:>9} {:>10} {:>9.1f} {:>10} {:>10.1f}\n",
+                           lpar.at("name").get<std::string>(), lpar.at("state").get<std::string>(),
+                           lpar.at("ipl").get<std::uint64_t>(), exits,
+                           lpar.at("vcpu_run_us").get<std::uint64_t>() / 1e6,
+                           lpar.at("disk_requests").get<std::uint64_t>(),
+                           static_cast<double>(disk_bytes) / (1024.0 * 1024.0));
+    }
+    out += fmt::format("\n{:<10} {:>6} {:>8} {:>10}\n", "operation", "ok", "failed", "copied");
+    for (const auto& [kind, operation] : result.at("operations").items()) {
+        std::uint64_t ok = 0, failed = 0;
+        for (const auto& [outcome, count] : operation.at("outcomes").items())
+            (outcome == "ok" ? ok : failed) += count.get<std::uint64_t>();
+        out += fmt::format("{:<10} {:>6} {:>8} {:>10}\n", kind, ok, failed,
+                           format_bytes(operation.at("bytes_copied").get<std::uint64_t>()));
+    }
+    const auto& pauses = result.at("pauses");
+    const auto count = pauses.at("count").get<std::uint64_t>();
+    if (count > 0) {
+        out += fmt::format("\npauses: {}, mean {}", count,
+                           format_ms(pauses.at("sum_us").get<std::uint64_t>() / count));
+        const auto& bounds = pauses.at("upper_us");
+        const auto& cumulative = pauses.at("cumulative");
+        for (std::size_t i = 0; i < bounds.size() && i < cumulative.size(); ++i) {
+            if (cumulative[i].get<std::uint64_t>() * 2 >= count) {
+                out += fmt::format(", half at most {}", format_ms(bounds[i].get<std::uint64_t>()));
+                break;
+            }
+        }
+        out += "\n";
+    } else {
+        out += "\npauses: none yet\n";
+    }
+    out += fmt::format("main storage {} MiB, free {} MiB, largest free gap {} MiB\n",
+                       result.at("main_storage_mib").get<std::uint64_t>(),
+                       result.at("free_mib").get<std::uint64_t>(),
+                       result.at("largest_free_gap_mib").get<std::uint64_t>());
+    return out;
+}
+
 }  // namespace lparvisor::svp

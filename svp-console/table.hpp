@@ -34,6 +34,9 @@ std::string format_grow_plan(const nlohmann::json& result);
 std::string format_resize(const std::string& verb, const nlohmann::json& result);
 // storage.grow: the room-making moves (as make-room), then the EXPAND line.
 std::string format_grow(const nlohmann::json& result);
+// system.stats: per LPAR its exits, time in KVM_RUN and disk I/O; per operation its outcomes and
+// bytes; the pauses (count, mean, the bucket the median falls in); main storage's free space.
+std::string format_stats(const nlohmann::json& result);
 // system.describe: each method with where it runs and its parameters (type, range, default),
 // then each event with its fields.
 std::string format_describe(const nlohmann::json& result);

@@ -160,6 +160,37 @@ TEST_CASE("svp lpars prints the Fig. 3A table", "[svp]") {
           "AVAILABLE PHYSICAL MAIN STORAGE AREA: 509 MiB (free 125 MiB)\n");
 }
 
+TEST_CASE("svp stats sums the counters up; --json gives them all", "[svp]") {
+    ServerFixture fixture;
+    SystemStats& stats = fixture.api.stats_template;
+    stats.largest_free_gap_mib = 125;
+    LparStats lpar;
+    lpar.name = "LPAR2";
+    lpar.state = "running";
+    lpar.ipl = 3;
+    lpar.vcpu_exits = {{"io", 40}, {"mmio", 2}};
+    lpar.vcpu_run_us = 2'500'000;
+    lpar.disk_requests = 7;
+    lpar.disk_read_bytes = 1024 * 1024;
+    lpar.disk_written_bytes = 1024 * 1024;
+    stats.lpars.push_back(lpar);
+    stats.operations.push_back({"mvstor", {{"ok", 2}, {"refused", 1}, {"busy", 1}}, 512 << 20, 0});
+    stats.pauses = {{1000, 10000}, {1, 3}, 3, 12000};
+    const Outcome outcome = run_svp_on(fixture, {"stats"});
+    CHECK(outcome.exit_code == 0);
+    CHECK(outcome.out ==
+          "LPAR       state             IPL      exits     run s  disk reqs   disk MiB\n"
+          "LPAR2      running             3         42       2.5          7        2.0\n"
+          "\n"
+          "operation      ok   failed     copied\n"
+          "mvstor          2        2    512 MiB\n"
+          "\n"
+          "pauses: 3, mean 4.0 ms, half at most 10.0 ms\n"
+          "main storage 509 MiB, free 125 MiB, largest free gap 125 MiB\n");
+    const Outcome raw = run_svp_on(fixture, {"--json", "stats"});
+    CHECK(json::parse(raw.out).at("operations").at("mvstor").at("outcomes").at("busy") == 1);
+}
+
 TEST_CASE("svp lpars shows why an LPAR stopped and widens for long names", "[svp]") {
     ServerFixture fixture;
     fixture.api.status.lpars[0].name = "LONG-LPAR-NAME-1";
