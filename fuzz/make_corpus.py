@@ -452,11 +452,116 @@ def control_framing_seeds():
           b"\x03" + (lines[0] + "\n").encode() + b"[" * 4200 + b"\n" + lines[1].encode() + b"\n")
 
 
+# --- the HTTP listener ------------------------------------------------------------------------
+
+HTTP_TOKEN = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210"  # fuzz_http.cpp's
+HTTP_LOOPBACK = 0x01  # flags bit 0: the listener is bound to loopback (Host checked)
+
+
+def http_request(method, target, headers=(), body=b"", version="1.1", length=True):
+    """One request as a client sends it; Content-Length from the body unless told otherwise."""
+    lines = [f"{method} {target} HTTP/{version}"] + [f"{name}: {value}" for name, value in headers]
+    if body and length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def http_call(method, params, id_=1, token=HTTP_TOKEN, extra=()):
+    """POST /api/call with a JSON-RPC request, as the SVP frame's page sends it."""
+    body = json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}).encode()
+    headers = [("Host", "127.0.0.1:9180"), ("Content-Type", "application/json")]
+    if token is not None:
+        headers.append(("Authorization", f"Bearer {token}"))
+    return http_request("POST", "/api/call", headers + list(extra), body)
+
+
+def http_seeds():
+    """fuzz_http: u8 flags (bit 0 loopback-only; bits 1-3 an ErrorKind to throw, bits 4-7 which
+    requests), u8 split seed (0: one read), then what the client sends."""
+    def seed(name, stream, flags=HTTP_LOOPBACK, split=0):
+        write("http", name, bytes([flags, split]) + stream)
+
+    local = [("Host", "127.0.0.1:9180")]
+    seed("get_frame", http_request("GET", "/", local + [("Accept", "text/html")]) +
+         http_request("GET", "/frame.js", local) + http_request("GET", "/frame.css", local) +
+         http_request("GET", "/index.html", local))
+    seed("metrics", http_request("GET", "/metrics", [("Host", "localhost:9180"),
+                                                      ("Accept", "text/plain")]))
+    seed("api_lpars_stats", http_request("GET", "/api/lpars?x=1", [("Host", "[::1]:9180")]) +
+         http_request("GET", "/api/stats", local))
+    seed("events", http_request("GET", "/events", local + [("Accept", "text/event-stream")]))
+    # Every operation the page offers, with the token, one after the other (keep-alive).
+    operations = [("storage.mvstor", {"lpar": "LPAR2", "origin_mib": 192}),
+                  ("storage.expand", {"lpar": "LPAR2", "mib": 64}),
+                  ("storage.shrink", {"lpar": "LPAR2", "mib": 2}),
+                  ("storage.exchange", {"a": "LPAR1", "b": "LPAR2"}),
+                  ("lpar.stop", {"lpar": "LPAR1"}),
+                  ("lpar.start", {"lpar": "LPAR1"})]
+    calls = b"".join(http_call(m, p, i + 1) for i, (m, p) in enumerate(operations))
+    seed("call_with_token", calls, split=7)
+    # The same, each first Api call throwing Busy (kind 4): JSON-RPC errors in a 200.
+    seed("call_api_throws", calls, flags=HTTP_LOOPBACK | (4 << 1) | 0xF0)
+    # Refused calls: no token, another token, another scheme, a method the page does not offer,
+    # a notification, not JSON.
+    seed("call_refused",
+         http_call("storage.mvstor", {"lpar": "LPAR2", "origin_mib": 192}, token=None) +
+         http_call("storage.mvstor", {"lpar": "LPAR2", "origin_mib": 192}, token="0" * 64) +
+         http_call("lpar.stop", {"lpar": "LPAR1"}, token=None,
+                   extra=[("Authorization", "Basic dXNlcjpwYXNz")]) +
+         http_call("lpar.define", {"name": "LPAR3", "size_mib": 64}) +
+         http_request("POST", "/api/call", local + [("Authorization", f"Bearer {HTTP_TOKEN}")],
+                      b'{"jsonrpc":"2.0","method":"lpar.stop","params":{"lpar":"LPAR1"}}') +
+         http_request("POST", "/api/call", local + [("Authorization", f"Bearer {HTTP_TOKEN}")],
+                      b"not json"), split=3)
+    seed("wrong_method", http_request("DELETE", "/metrics", local) +
+         http_request("POST", "/", local, b"x=1") + http_request("GET", "/api/call", local) +
+         http_request("PUT", "/api/call", local, b"{}") + http_request("POST", "/events", local) +
+         http_request("HEAD", "/api/lpars", local) + http_request("GET", "/no/such/page", local))
+    # Pipelined in 1-64 byte reads; the Connection: close ends it, what follows is never read.
+    seed("pipelined", http_request("GET", "/api/lpars", local) +
+         http_request("GET", "/metrics", local) +
+         http_request("GET", "/", local + [("Connection", "close")]) +
+         http_request("GET", "/api/stats", local), split=0x5A)
+    body = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "storage.expand",
+                       "params": {"lpar": "LPAR2", "mib": 2}}).encode()
+    chunked = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 20]), body[i:i + 20])
+                       for i in range(0, len(body), 20)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    seed("chunked_call", http_request("POST", "/api/call", local + [
+        ("Authorization", f"Bearer {HTTP_TOKEN}"), ("Transfer-Encoding", "chunked")],
+        chunked, length=False), split=11)
+    # Over the limits: 431 for the headers, 413 for a body (declared; then chunked: the second
+    # chunk's size takes it over 16 KiB).
+    seed("header_too_long", http_request("GET", "/", local + [("X-Long", "a" * 9000)]), split=0x33)
+    seed("body_too_long", http_request("POST", "/api/call", local + [("Content-Length", "20000")],
+                                       b"{" * 64, length=False))
+    big = b"2000\r\n%s\r\n2001\r\n%s" % (b"[" * 0x2000, b"[" * 64)
+    seed("chunked_body_too_long", http_request("POST", "/api/call", local + [
+        ("Transfer-Encoding", "chunked")], big, length=False), split=0x21)
+    # The Host check of a loopback listener (421, which closes), on a route and on the event
+    # stream; the same on a listener bound elsewhere (no check).
+    bad_host = http_request("GET", "/api/lpars", [("Host", "evil.example:9180")])
+    seed("bad_host", bad_host)
+    seed("bad_host_events", http_request("GET", "/events", [("Host", "192.168.1.1")]))
+    seed("bad_host_not_loopback", bad_host + http_request("GET", "/events", [("Host", "[::2]")]),
+         flags=0)
+    seed("http10", http_request("GET", "/metrics", [], version="1.0") +
+         http_request("GET", "/metrics", [("Connection", "keep-alive")], version="1.0"), flags=0)
+    seed("http10_keep_alive", http_request("GET", "/api/stats", [("Connection", "keep-alive")],
+                                           version="1.0") +
+         http_request("GET", "/", [], version="1.0"), flags=0)
+    # An HTTP/1.0 request without Host on a loopback listener: 421.
+    seed("http10_no_host", http_request("GET", "/api/lpars", [], version="1.0"))
+    # Not HTTP at all (a TLS ClientHello), and a request cut off in its headers.
+    seed("tls_hello", bytes.fromhex("16030100a5010000a10303") + bytes(32))
+    seed("cut_off", b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc", split=5)
+
+
 TARGETS = {
     "virtqueue": virtqueue_seeds, "virtio_blk": virtio_blk_seeds, "virtio_rng": virtio_rng_seeds,
     "virtio_mem": virtio_mem_seeds, "pci": pci_seeds, "storage_key_port": storage_key_seeds,
     "uart": uart_seeds, "legacy_ports": legacy_seeds, "firmware_loader": firmware_seeds,
     "linux_loader": linux_seeds, "config": config_seeds, "control_framing": control_framing_seeds,
+    "http": http_seeds,
 }
 
 if __name__ == "__main__":
