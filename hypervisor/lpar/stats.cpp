@@ -1,8 +1,12 @@
 // system.stats: the counters of the storage operations (counted here, once per public call) and
-// of the LPARs (their vCPUs and disks, read from each running Lpar).
+// of the LPARs (their vCPUs and disks, read from each running Lpar). A failed EXCHANGE, EXPAND or
+// SHRINK is also announced here (exchange.failed ...), so that a client watching the events sees
+// every operation end, as it sees mvstor.failed.
 #include <algorithm>
 #include <exception>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
 #include "util/time.hpp"
@@ -12,19 +16,22 @@ namespace lparvisor {
 namespace {
 
 // Runs `operation` and counts its outcome: "ok" with what the result says it copied and paused
-// (`account`), or the kind of the error it threw, which is thrown on.
-template <class Operation, class Account>
+// (`account`), or the kind of the error it threw, which is thrown on after `failed` has been told
+// the message.
+template <class Operation, class Account, class Failed>
 auto metered(OperationCounters& counters, OperationCounters::Kind kind, Operation&& operation,
-             Account&& account) {
+             Account&& account, Failed&& failed) {
     try {
         auto result = operation();
         account(result);
         return result;
     } catch (const Error& error) {
         counters.failed(kind, OperationCounters::outcome_index(error.kind()));
+        failed(error.what());
         throw;
-    } catch (...) {
+    } catch (const std::exception& error) {
         counters.failed(kind, OperationCounters::outcome_index(ErrorKind::System));
+        failed(error.what());
         throw;
     }
 }
@@ -37,7 +44,8 @@ control::MvstorResult Hypervisor::mvstor(const control::MvstorRequest& request) 
         [&](const control::MvstorResult& result) {
             operation_counters_.succeeded(OperationCounters::Kind::Mvstor, result.bytes_copied,
                                           result.bytes_recopied, result.stops_us);
-        });
+        },
+        [](const char*) {});  // failed_move() publishes mvstor.failed where the move had begun
 }
 
 control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& request) {
@@ -48,6 +56,9 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
             const std::uint64_t pause[] = {result.pause_us};
             operation_counters_.succeeded(OperationCounters::Kind::Exchange, result.bytes_moved, 0,
                                           pause);
+        },
+        [&](const char* message) {
+            events_.publish("exchange.failed", request.a, {{"message", message}});
         });
 }
 
@@ -56,6 +67,9 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
         operation_counters_, OperationCounters::Kind::Expand, [&] { return run_expand(request); },
         [&](const control::ResizeResult&) {
             operation_counters_.succeeded(OperationCounters::Kind::Expand, 0, 0, {});
+        },
+        [&](const char* message) {
+            events_.publish("expand.failed", request.lpar, {{"message", message}});
         });
 }
 
@@ -64,6 +78,9 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
         operation_counters_, OperationCounters::Kind::Shrink, [&] { return run_shrink(request); },
         [&](const control::ResizeResult&) {
             operation_counters_.succeeded(OperationCounters::Kind::Shrink, 0, 0, {});
+        },
+        [&](const char* message) {
+            events_.publish("shrink.failed", request.lpar, {{"message", message}});
         });
 }
 

@@ -118,7 +118,31 @@ TEST_CASE("define, activate, stop, start, MVSTOR with events, reset, deactivate,
     CHECK(last["total"] == 16 * kMiB);
     REQUIRE(recorder.of("mvstor.done").size() == 1);
     CHECK(nlohmann::json::parse(recorder.of("mvstor.done")[0].data_json)["new_origin_mib"] == 40);
+    REQUIRE(recorder.of("mvstor.started", "B").size() == 1);
+    CHECK(nlohmann::json::parse(recorder.of("mvstor.started", "B")[0].data_json) ==
+          nlohmann::json{{"old_origin_mib", 16},
+                         {"new_origin_mib", 40},
+                         {"size_mib", 16},
+                         {"mode", "stop-and-copy"}});
     test::require_clean_rounds(hv, "B", 2);
+
+    // A refused EXPAND says so in an event too (a watching page ends the operation on it), and
+    // system.stats counts it under its error's kind.
+    CHECK_THROWS_WITH(hv.expand({"B", 2}), Catch::Contains("no virtio-mem region"));
+    REQUIRE(recorder.of("expand.failed", "B").size() == 1);
+    CHECK_THAT(nlohmann::json::parse(recorder.of("expand.failed", "B")[0].data_json)["message"]
+                   .get<std::string>(),
+               Catch::Contains("no virtio-mem region"));
+    const auto stats = hv.stats();
+    for (const auto& operation : stats.operations) {
+        for (const auto& outcome : operation.outcomes) {
+            INFO(operation.kind << " " << outcome.outcome);
+            const bool counted = (operation.kind == "mvstor" && outcome.outcome == "ok") ||
+                                 (operation.kind == "expand" && outcome.outcome == "refused");
+            CHECK(outcome.count == (counted ? 1u : 0u));
+        }
+    }
+    CHECK(stats.pauses.count == 1);
 
     auto reset = hv.reset("B");
     CHECK(reset.origin_mib == 40);  // re-IPL in place

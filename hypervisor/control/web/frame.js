@@ -6,7 +6,7 @@
 const SVG = 'http://www.w3.org/2000/svg';
 const STATES = ['running', 'stopped', 'relocating', 'failed', 'activating', 'deactivating', 'defined'];
 const LOG_MAX = 30;
-const STALE_MS = 120000;  // EXPAND and SHRINK have no failed event: an operation gone quiet is dropped
+const STALE_MS = 120000;  // an operation whose events stopped (events dropped) is dropped after this
 const BAR_Y = 8, BAR_H = 112, PAD = 12;
 const FIELDS = { mvstor: ['lpar', 'origin', 'mode'], exchange: ['lpar', 'b'], expand: ['lpar', 'mib'],
   shrink: ['lpar', 'mib'], stop: ['lpar'], start: ['lpar'] };
