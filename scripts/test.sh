@@ -7,8 +7,8 @@
 #                                   unit and control-socket tests, then the stress driver (seed 2,
 #                                   20 operations; nested where there is no /dev/kvm)
 #   scripts/test.sh --asan          the ASan + UBSan lane only: build-asan/, the unit and
-#                                   control-socket tests, then the stress driver (seed 3, 10 ops)
-#   scripts/test.sh --fuzz          the fuzz smoke run: every libFuzzer target for 15 s
+#                                   control-socket tests, then the stress driver (seed 3, 6 ops)
+#   scripts/test.sh --fuzz          the fuzz smoke run: every libFuzzer target for 10 s
 #                                   (scripts/fuzz.sh; any crash fails)
 #   scripts/test.sh --sanitize      ASan + UBSan build in build-sanitize/, all tests
 # Tests that need /dev/kvm print "SKIPPED ... needs KVM" and ctest lists them as skipped where
@@ -38,7 +38,7 @@ esac
 jobs=$(nproc)
 # Each libFuzzer target's smoke run. CI's 50 minutes on 2 cores are nearly all spent (the lane
 # times below): 15 s a target is what fits beside the nested-KVM tests.
-fuzz_seconds=15
+fuzz_seconds=10
 
 # Each lane's wall time, printed when it ends, so that CI's budget (50 minutes on 2 cores) can be
 # read off any run's log.
@@ -140,7 +140,7 @@ run_tsan_lane() {
 
   # The stress driver (tests/kvm/test_stress.cpp) under TSan: its vCPU, device, mover and client
   # threads doing every storage operation at once. Another series than the normal lane's (seed
-  # 1, 70 operations), shorter because TSan and the harness are slow. Its reports go to the
+  # 1, 50 operations), shorter because TSan and the harness are slow. Its reports go to the
   # console (a nested guest has no path back to our log folder) and fail it with exit 66; the
   # nested guest gets 3 GiB for TSan's shadow memory. A skip (no KVM and no QEMU) is a failure.
   local stress_status=0
@@ -191,7 +191,7 @@ run_asan_lane() {
   # Reports go to the console and fail it (the nested guest cannot write back to our folder).
   local stress_status=0
   NESTED_KVM_MEM=3072 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    scripts/stress.sh --build-dir "$build_dir" --seed 3 --ops 10 --timeout 1200 || stress_status=$?
+    scripts/stress.sh --build-dir "$build_dir" --seed 3 --ops 6 --timeout 1200 || stress_status=$?
   if ((stress_status != 0)); then
     echo "test.sh: the ASan + UBSan stress run failed (exit $stress_status; 77: it could not run)" >&2
     status=1
