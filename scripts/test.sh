@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds lparvisor and runs its tests with ctest. Installs what it needs first (idempotent).
-#   scripts/test.sh                 every lane below, in this order (this is what CI runs)
+#   scripts/test.sh                 every lane below, in this order (this is what CI runs); the
+#                                   fuzz smoke run beside the normal lane's tests, the two
+#                                   sanitizer lanes' stress runs side by side at the end
 #   scripts/test.sh --format        clang-format check of every C, C++ file (no build)
 #   scripts/test.sh --no-tsan       the normal lane only: RelWithDebInfo in build/, all tests
 #   scripts/test.sh --tsan          the TSan lane only: ThreadSanitizer build in build-tsan/, the
@@ -18,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -37,7 +39,7 @@ esac
 
 jobs=$(nproc)
 # Each libFuzzer target's smoke run. CI's 50 minutes on 2 cores are nearly all spent (the lane
-# times below): 15 s a target is what fits beside the nested-KVM tests.
+# times below): 10 s a target is what fits beside the nested-KVM tests.
 fuzz_seconds=10
 
 # Each lane's wall time, printed when it ends, so that CI's budget (50 minutes on 2 cores) can be
@@ -86,23 +88,23 @@ run_all_lanes() {
   fi
   lane_done "the normal lane's tests and the fuzz smoke run"
   ((status == 0)) || return 1
-  run_tsan_lane
-  lane_done "the TSan lane's stress run"
-  run_asan_lane
-  lane_done "the ASan + UBSan lane's stress run"
+  run_sanitizer_lanes
 }
 
-# The ThreadSanitizer lane: the tests labelled unit (tests/unit and the JSON-RPC core) and socket
-# (the control socket server and svp, tests/control), built alone, in build-tsan/.
+# The sanitizer lanes, ThreadSanitizer (build-tsan/) and ASan + UBSan (build-asan/): each builds
+# the tests labelled unit (tests/unit and the JSON-RPC core) and socket (the control socket server
+# and svp, tests/control), the stress driver and the firmware; runs those tests; then runs the
+# stress driver. Both at -O1 -g1: what each sanitizer advises, at about half the compile time of
+# -O2 -g (CI runs on 2 cores); line tables are all a report needs.
 tsan_labels='^(unit|socket)$'
-run_tsan_lane() {
-  local build_dir=build-tsan
+
+# sanitizer_build NAME DIR CMAKE-ARGS...
+sanitizer_build() {
+  local name=$1 build_dir=$2
+  shift 2
   scripts/install-deps.sh --qemu
-  # -O1 -g1, as in the ASan lane: ThreadSanitizer's own advice (-O1 or -O2) at about half the
-  # compile time of -O2 -g; line tables are all a report needs. The HTTP listener (Boost.Beast)
-  # made this lane's build 130 s longer, and CI must stay under 50 minutes on 2 cores.
-  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLPARVISOR_TSAN=ON \
-    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" >/dev/null
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" "$@" >/dev/null
   local tests=()
   mapfile -t tests < <(ctest --test-dir "$build_dir" -N -L "$tsan_labels" |
                        sed -n 's/^ *Test *#[0-9]*: *//p')
@@ -113,21 +115,22 @@ run_tsan_lane() {
   # lparvisor_host_tests (tests/CMakeLists.txt) is every test of those labels and what they need,
   # svp included; not the KVM tests, the daemon or the benchmark. A test of those labels that it
   # missed would not be built, and ctest would fail it.
-  echo "test.sh: TSan lane: building ${#tests[@]} tests in $build_dir/" >&2
-  cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
-  lane_done "the TSan lane's build"
+  echo "test.sh: $name lane: building ${#tests[@]} tests and the stress driver in $build_dir/" >&2
+  cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests test_stress lparvisor-firmware
+  lane_done "the $name lane's build"
+}
 
-  # Reports go to files (one per process), so that a report from a child process whose exit
-  # status a test does not look at still fails the lane; halt_on_error also makes the process
-  # that raced exit with 66 at once, which fails its test.
-  local logs=$PWD/$build_dir/tsan-logs
+# Reports go to files (one per process), so that a report from a child process whose exit status
+# a test does not look at still fails the lane. TSan's halt_on_error also makes the process that
+# raced exit with 66 at once, which fails its test.
+tsan_tests() {
+  local build_dir=build-tsan logs=$PWD/build-tsan/tsan-logs status=0
   rm -rf "$logs"
   mkdir -p "$logs"
   local options=halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan
   if [[ -f tests/tsan.supp ]]; then
     options+=:suppressions=$PWD/tests/tsan.supp
   fi
-  local status=0
   TSAN_OPTIONS=$options ctest --test-dir "$build_dir" -L "$tsan_labels" --output-on-failure \
     -j"$jobs" --timeout 1800 || status=$?
   local reports=("$logs"/tsan*)
@@ -137,45 +140,12 @@ run_tsan_lane() {
     status=1
   fi
   lane_done "the TSan lane's unit and socket tests"
-
-  # The stress driver (tests/kvm/test_stress.cpp) under TSan: its vCPU, device, mover and client
-  # threads doing every storage operation at once. Another series than the normal lane's (seed
-  # 1, 50 operations), shorter because TSan and the harness are slow. Its reports go to the
-  # console (a nested guest has no path back to our log folder) and fail it with exit 66; the
-  # nested guest gets 3 GiB for TSan's shadow memory. A skip (no KVM and no QEMU) is a failure.
-  local stress_status=0
-  NESTED_KVM_MEM=3072 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-    scripts/stress.sh --build-dir "$build_dir" --seed 2 --ops 20 --timeout 1500 ||
-    stress_status=$?
-  if ((stress_status != 0)); then
-    echo "test.sh: the TSan stress run failed (exit $stress_status; 66: a ThreadSanitizer" \
-         "report, 77: it could not run)" >&2
-    status=1
-  fi
-  if ((status != 0)); then
-    echo "test.sh: TSan lane FAILED" >&2
-    return 1
-  fi
-  echo "test.sh: TSan lane passed: ${#tests[@]} tests and the stress driver, no ThreadSanitizer" \
-       "report" >&2
+  return "$status"
 }
-
-# The ASan + UBSan lane: the same tests as the TSan lane (unit, socket), then the stress driver,
-# in build-asan/. Reports from child processes go to files, as in the TSan lane.
-run_asan_lane() {
-  local build_dir=build-asan
-  scripts/install-deps.sh --qemu
-  # -O1 -g1: what ASan advises for usable stacks at moderate cost; line tables are all a
-  # report needs. Both halve the lane's compile time against -O2 -g (CI runs on 2 cores).
-  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLPARVISOR_SANITIZE=ON \
-    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" >/dev/null
-  echo "test.sh: ASan + UBSan lane: building the unit and socket tests in $build_dir/" >&2
-  cmake --build "$build_dir" -j"$jobs" --target lparvisor_host_tests
-  lane_done "the ASan + UBSan lane's build"
-  local logs=$PWD/$build_dir/asan-logs
+asan_tests() {
+  local build_dir=build-asan logs=$PWD/build-asan/asan-logs status=0
   rm -rf "$logs"
   mkdir -p "$logs"
-  local status=0
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$logs/asan \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan \
     ctest --test-dir "$build_dir" -L "$tsan_labels" --output-on-failure -j"$jobs" --timeout 1800 ||
@@ -187,20 +157,89 @@ run_asan_lane() {
     status=1
   fi
   lane_done "the ASan + UBSan lane's unit and socket tests"
-  # The stress driver under ASan + UBSan: another series than the other lanes' (seed 3), short.
-  # Reports go to the console and fail it (the nested guest cannot write back to our folder).
-  local stress_status=0
-  NESTED_KVM_MEM=3072 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    scripts/stress.sh --build-dir "$build_dir" --seed 3 --ops 6 --timeout 1200 || stress_status=$?
-  if ((stress_status != 0)); then
-    echo "test.sh: the ASan + UBSan stress run failed (exit $stress_status; 77: it could not run)" >&2
-    status=1
-  fi
+  return "$status"
+}
+
+# The stress driver (tests/kvm/test_stress.cpp) under each sanitizer: its vCPU, device, mover and
+# client threads doing every storage operation at once. Other series than the normal lane's (seed
+# 1, 50 operations), shorter because the sanitizers and the harness are slow. Reports go to the
+# console (a nested guest has no path back to our log folder) and fail the run (TSan: exit 66);
+# the nested guest gets 3 GiB for the sanitizers' shadow memory. A skip (no KVM and no QEMU) is a
+# failure.
+tsan_stress() {
+  local status=0
+  NESTED_KVM_MEM=3072 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    scripts/stress.sh --build-dir build-tsan --seed 2 --ops 20 --timeout 1500 || status=$?
   if ((status != 0)); then
-    echo "test.sh: ASan + UBSan lane FAILED" >&2
+    echo "test.sh: the TSan stress run failed (exit $status; 66: a ThreadSanitizer report, 77:" \
+         "it could not run)" >&2
+  fi
+  return "$status"
+}
+asan_stress() {
+  local status=0
+  NESTED_KVM_MEM=3072 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    scripts/stress.sh --build-dir build-asan --seed 3 --ops 6 --timeout 1200 || status=$?
+  if ((status != 0)); then
+    echo "test.sh: the ASan + UBSan stress run failed (exit $status; 77: it could not run)" >&2
+  fi
+  return "$status"
+}
+
+tsan_build() { sanitizer_build TSan build-tsan -DLPARVISOR_TSAN=ON; }
+asan_build() { sanitizer_build "ASan + UBSan" build-asan -DLPARVISOR_SANITIZE=ON; }
+
+# lane_verdict NAME STATUS: the lane's last line.
+lane_verdict() {
+  if (($2 != 0)); then
+    echo "test.sh: $1 lane FAILED" >&2
     return 1
   fi
-  echo "test.sh: ASan + UBSan lane passed: unit and socket tests and the stress driver" >&2
+  echo "test.sh: $1 lane passed: unit and socket tests and the stress driver, no report" >&2
+}
+
+run_tsan_lane() {
+  local status=0
+  tsan_build
+  tsan_tests || status=1
+  tsan_stress || status=1
+  lane_done "the TSan lane's stress run"
+  lane_verdict TSan "$status"
+}
+run_asan_lane() {
+  local status=0
+  asan_build
+  asan_tests || status=1
+  asan_stress || status=1
+  lane_done "the ASan + UBSan lane's stress run"
+  lane_verdict "ASan + UBSan" "$status"
+}
+
+# CI's order for the two sanitizer lanes: both builds and both test runs (two cores each), then
+# both stress series at once. Each series runs one QEMU on one core: side by side they take the
+# time of one. Their output is shown one after the other when both have ended.
+run_sanitizer_lanes() {
+  local tsan_status=0 asan_status=0
+  tsan_build
+  tsan_tests || tsan_status=1
+  asan_build
+  asan_tests || asan_status=1
+  local tsan_log=$PWD/build-tsan/stress.log asan_log=$PWD/build-asan/stress.log
+  tsan_stress >"$tsan_log" 2>&1 &
+  local tsan_pid=$!
+  asan_stress >"$asan_log" 2>&1 &
+  local asan_pid=$!
+  wait "$tsan_pid" || tsan_status=1
+  wait "$asan_pid" || asan_status=1
+  echo "test.sh: the TSan stress run (seed 2, 20 operations):" >&2
+  tail -n 80 "$tsan_log" >&2
+  echo "test.sh: the ASan + UBSan stress run (seed 3, 6 operations):" >&2
+  tail -n 80 "$asan_log" >&2
+  lane_done "the two sanitizer lanes' stress runs, side by side"
+  local status=0
+  lane_verdict TSan "$tsan_status" || status=1
+  lane_verdict "ASan + UBSan" "$asan_status" || status=1
+  return "$status"
 }
 
 # Every C and C++ file as .clang-format (the root's; guest-firmware/ and scripts/nested-kvm/ have

@@ -55,6 +55,8 @@ TEST_CASE(
     REQUIRE(moved.contains("result"));
     CHECK(moved["result"]["new_origin_mib"] == 60);
 
+    // mvstor.done follows every progress and phase event of the move on the watcher's connection.
+    REQUIRE(watcher.wait_for("mvstor.done"));
     auto progress = watcher.events_of("mvstor.progress");
     REQUIRE_FALSE(progress.empty());
     CHECK(progress.back()["copied"] == progress.back()["total"]);
@@ -75,6 +77,8 @@ TEST_CASE(
           "B");
     CHECK(test::rpc_call(socket.path(), "lpar.list")["result"]["lpars"].size() == 1);
 
+    REQUIRE(watcher.wait_for(
+        "lpar.state", [](const json& e) { return e["lpar"] == "B" && e["state"] == "removed"; }));
     std::vector<std::string> states;
     for (const auto& e : watcher.events_of("lpar.state"))
         if (e["lpar"] == "B") states.push_back(e["state"]);

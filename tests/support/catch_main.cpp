@@ -1,2 +1,6 @@
-#define CATCH_CONFIG_MAIN
-#include <catch2/catch.hpp>
+// The main of the unit and control-plane tests: Catch2's own session.
+#include "support/catch_session.hpp"
+
+int main(int argc, char** argv) {
+    return lparvisor::test::run_catch_session(argc, argv);
+}

@@ -75,13 +75,27 @@ EventSubscriber::EventSubscriber(const std::filesystem::path& socket) : fd_(conn
                 }
                 auto message = nlohmann::json::parse(line, nullptr, false);
                 line.clear();
-                if (message.is_object() && message.value("method", "") == "event") {
-                    std::lock_guard lock(mutex_);
+                if (!message.is_object()) continue;
+                std::lock_guard lock(mutex_);
+                if (message.value("method", "") == "event") {
                     events_.push_back(message["params"]);
+                } else if (message.value("id", "") == "sub" && message.contains("result")) {
+                    subscribed_ = true;
                 }
+                arrived_.notify_all();
             }
         }
     });
+    std::unique_lock lock(mutex_);
+    const bool answered =
+        arrived_.wait_for(lock, std::chrono::seconds(60), [this] { return subscribed_; });
+    lock.unlock();
+    if (!answered) {
+        stop_ = true;
+        reader_.join();
+        ::close(fd_);
+        FAIL("events.subscribe was not answered within 60 s");
+    }
 }
 
 EventSubscriber::~EventSubscriber() {
@@ -96,6 +110,17 @@ std::vector<nlohmann::json> EventSubscriber::events_of(const std::string& type) 
     for (const auto& e : events_)
         if (e.value("event", "") == type) found.push_back(e);
     return found;
+}
+
+bool EventSubscriber::wait_for(const std::string& type,
+                               const std::function<bool(const nlohmann::json&)>& match,
+                               std::chrono::seconds deadline) {
+    std::unique_lock lock(mutex_);
+    return arrived_.wait_for(lock, deadline, [&] {
+        for (const auto& e : events_)
+            if (e.value("event", "") == type && (!match || match(e))) return true;
+        return false;
+    });
 }
 
 }  // namespace lparvisor::test

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -37,17 +40,28 @@ class SocketFixture {
     std::thread thread_;
 };
 
-// A second client that subscribes to events and keeps every notification it receives.
+// A second client that subscribes to events and keeps every notification it receives. The
+// constructor returns once the daemon has answered the subscription, so every event published
+// after it reaches this client. Events arrive on their own connection, after the response that
+// caused them may already have reached another client: wait_for() an event before looking at
+// what came before it.
 class EventSubscriber {
   public:
     explicit EventSubscriber(const std::filesystem::path& socket);
     ~EventSubscriber();
     std::vector<nlohmann::json> events_of(const std::string& type) const;
+    // Whether an event of `type` for which `match` holds arrived within `deadline` (a bound on a
+    // broken daemon, not a measure of speed).
+    bool wait_for(const std::string& type,
+                  const std::function<bool(const nlohmann::json&)>& match = {},
+                  std::chrono::seconds deadline = std::chrono::seconds(120));
 
   private:
     int fd_ = -1;
     std::atomic<bool> stop_{false};
     mutable std::mutex mutex_;
+    std::condition_variable arrived_;
+    bool subscribed_ = false;
     std::vector<nlohmann::json> events_;
     std::thread reader_;
 };

@@ -1,14 +1,13 @@
 // Main of every test that needs /dev/kvm: where KVM is missing it says so loudly and exits with
-// the skip code, which ctest reports as "Skipped" (never "Passed").
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
+// the skip code, which ctest reports as "Skipped" (never "Passed"). Catch2's implementation is in
+// catch_session.cpp.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
 #include "kvm/kvm.hpp"
 #include "lpar/events.hpp"
+#include "support/catch_session.hpp"
 
 int main(int argc, char** argv) {
     if (auto reason = lparvisor::kvm::unavailable_reason()) {
@@ -26,5 +25,5 @@ int main(int argc, char** argv) {
                      why.c_str());
         std::abort();
     });
-    return Catch::Session().run(argc, argv);
+    return lparvisor::test::run_catch_session(argc, argv);
 }
