@@ -115,6 +115,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     Server& server = Server::instance();
     server.reset_api();
     std::uint32_t seed = data[0] * 2654435761u + 1;
+    // SAFETY: the fuzzer's size - 1 bytes after the first, as chars (which may alias anything).
     const std::string stream(reinterpret_cast<const char*>(data + 1), size - 1);
 
     const int fd = connect_to(server.path);

@@ -74,10 +74,9 @@ class TcpClient {
         address.sin_family = AF_INET;
         address.sin_port = htons(port);
         address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(::connect(fd_.get(),
-                          reinterpret_cast<const sockaddr*>(
-                              &address),  // SAFETY: sockaddr_in is a sockaddr
-                          sizeof(address)) == 0);
+        // SAFETY: sockaddr_in is the sockaddr connect() expects for AF_INET; size is the struct's.
+        const auto* generic = reinterpret_cast<const sockaddr*>(&address);
+        REQUIRE(::connect(fd_.get(), generic, sizeof(address)) == 0);
     }
     void send(std::string_view bytes) {
         while (!bytes.empty()) {

@@ -105,8 +105,8 @@ TEST_CASE("storage.mvstor passes typed params and serializes the result", "[json
     CHECK(result.at("bytes_copied") == 256ull << 20);
     CHECK(result.at("pause_us") == 31200);
     CHECK(result.at("total_us") == 58000);
-    REQUIRE(result.at("phases").size() == 7);
-    CHECK(result.at("phases")[0] == json{{"phase", "stop_vcpus"}, {"us", 120}});
+    REQUIRE(result.at("phases").size() == 8);
+    CHECK(result.at("phases")[0] == json{{"phase", "check_target"}, {"us", 5}});
 
     (void)call(api, mvstor_with(R"({"lpar":"LPAR2","origin_mib":0,"timeout_ms":600000})"));
     CHECK(api.mvstor_requests.back().drain_timeout == std::chrono::milliseconds(600000));

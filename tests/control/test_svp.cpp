@@ -224,13 +224,14 @@ TEST_CASE("svp mvstor prints the move and its phases", "[svp]") {
     CHECK(outcome.exit_code == 0);
     CHECK(outcome.out ==
           "MVSTOR LPAR2: 128 -> 192 MiB, 256 MiB copied, pause 31.2 ms, total 58.0 ms\n"
-          "  stop_vcpus          0.1 ms\n"
-          "  drain_io            0.3 ms\n"
-          "  check_target        0.0 ms\n"
-          "  copy               30.0 ms\n"
-          "  remap               0.6 ms\n"
-          "  resume              0.2 ms\n"
-          "  scrub              26.8 ms\n");
+          "  check_target           0.0 ms\n"
+          "  populate_target        0.9 ms\n"
+          "  stop_vcpus             0.1 ms\n"
+          "  drain_io               0.3 ms\n"
+          "  copy                  30.0 ms\n"
+          "  remap                  0.6 ms\n"
+          "  resume                 0.2 ms\n"
+          "  scrub                 26.8 ms\n");
     REQUIRE(fixture.api.mvstor_requests.size() == 1);
     CHECK(fixture.api.mvstor_requests[0].lpar == "LPAR2");
     CHECK(fixture.api.mvstor_requests[0].origin_mib == 192);
@@ -785,9 +786,10 @@ TEST_CASE("svp mvstor shows progress from events: one line per phase when not a 
     CHECK(moved.exit_code == 0);
     CHECK_THAT(moved.out, Catch::StartsWith("MVSTOR LPAR2: 128 -> 192 MiB"));
     CHECK(moved.err ==
+          "mvstor LPAR2: check_target done (0.0 ms)\n"
+          "mvstor LPAR2: populate_target done (0.9 ms)\n"
           "mvstor LPAR2: stop_vcpus done (0.1 ms)\n"
           "mvstor LPAR2: drain_io done (0.3 ms)\n"
-          "mvstor LPAR2: check_target done (0.0 ms)\n"
           "mvstor LPAR2: copy done (30.0 ms)\n"
           "mvstor LPAR2: remap done (0.6 ms)\n"
           "mvstor LPAR2: resume done (0.2 ms)\n"

@@ -18,6 +18,7 @@ using DiskBlock = std::array<std::uint64_t, LPV_DISK_WORDS_PER_BLOCK>;
 
 bool read_block(std::ifstream& in, DiskBlock& block) {
     // The image is little-endian, as is the host (x86-64).
+    // SAFETY: the block's own LPV_DISK_BLOCK_BYTES bytes, as chars (which may alias anything).
     return static_cast<bool>(in.read(reinterpret_cast<char*>(block.data()), LPV_DISK_BLOCK_BYTES));
 }
 

@@ -22,6 +22,8 @@ std::uint64_t le(const std::vector<std::uint8_t>& t, std::size_t at, int bytes) 
     return v;
 }
 std::string text(const std::vector<std::uint8_t>& t, std::size_t at, std::size_t n) {
+    REQUIRE(at + n <= t.size());
+    // SAFETY: n bytes of t from `at`, inside it (checked above), as chars.
     return {reinterpret_cast<const char*>(t.data() + at), n};
 }
 

@@ -38,6 +38,7 @@ TEST_CASE("a guest window shows its own range of the arena and follows a remap",
     std::memset(arena.bytes({{10 * kMiB}, 2 * kMiB}).data(), 0xaa, 2 * kMiB);
     GuestWindow window(arena, {{4 * kMiB}, 2 * kMiB});
     auto* host = window.host_base();
+    // SAFETY: the address as a number, for its alignment only.
     CHECK(reinterpret_cast<std::uintptr_t>(host) % (2 * kMiB) == 0);
     CHECK(window.memory().read_object<std::uint8_t>(GuestPhysAddr{100}) == 0x44);
 

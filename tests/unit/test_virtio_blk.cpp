@@ -226,6 +226,8 @@ TEST_CASE("virtio-blk offers its features and configuration space", "[virtio_blk
     CHECK((features & kBlkFeatureBlkSize) != 0);
     CHECK((features & kBlkFeatureRo) == 0);
 
+    // SAFETY: each integer's own bytes (sizeof capacity, or 4 of a uint32_t), as the device's
+    // config space writes them.
     std::uint64_t capacity = 0;
     device.read_config(kBlkConfigCapacity,
                        {reinterpret_cast<std::uint8_t*>(&capacity), sizeof capacity});
@@ -369,6 +371,7 @@ TEST_CASE("virtio-blk reads, writes, flushes and reports its id", "[virtio_blk]"
 
     CHECK(rig.run(kBlkTypeGetId, 0, {{0x40000, 20, true}}) == kBlkStatusOk);
     const std::string basename = image.path.substr(image.path.rfind('/') + 1);
+    // SAFETY: 20 bytes at 0x40000 of the rig's storage (far larger), as chars.
     const std::string id(reinterpret_cast<const char*>(rig.storage.host.data() + 0x40000), 20);
     CHECK(id == basename.substr(0, 20));
     CHECK(rig.driver.used_elem(4).len == 21);
