@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 namespace lparvisor::control {
@@ -38,7 +39,7 @@ struct SystemStatus {
 
 enum class MvstorMode { StopAndCopy, Live };
 
-// Bounds for a live MVSTOR (issue 6): pre-copy while the guest runs, then short stops.
+// Bounds for a live MVSTOR: pre-copy while the guest runs, then short stops.
 struct LivePolicy {
     std::chrono::microseconds target_pause{1000};  // aim for stops no longer than this
     unsigned max_rounds = 30;                      // pre-copy rounds per chunk before falling back
@@ -255,8 +256,54 @@ inline std::int64_t now_monotonic_us() {
         .count();
 }
 
-// One event, stamped when it is made (where it happened, not when a client reads it).
-// protocol_schema.hpp lists each type's fields.
+// --- Events: what lpar/ publishes, each under its name (protocol_schema.hpp's kEventSchemas).
+// control/event_json.cpp alone turns them into JSON, with the result serializers where an event
+// reports a result (mvstor.done, exchange.done, storage.expanded, storage.shrunk), so that an
+// event and the result it reports can never disagree.
+struct StateChange {  // lpar.state
+    std::string state;
+    std::string reason;
+};
+struct GuestEventReport {  // lpar.guest_event
+    std::string guest_event;
+    std::string action;
+    std::string reason;
+};
+struct Restarted {  // lpar.restart
+    std::string cause;
+    std::uint64_t origin_mib = 0;
+};
+struct MvstorStarted {  // mvstor.started
+    std::uint64_t old_origin_mib = 0;
+    std::uint64_t new_origin_mib = 0;
+    std::uint64_t size_mib = 0;
+    std::string mode;
+};
+struct PhaseDone {  // mvstor.phase, exchange.phase, expand.phase, shrink.phase
+    std::string phase;
+    std::uint64_t us = 0;
+};
+struct CopyAdvanced {  // mvstor.progress, exchange.progress
+    std::uint64_t copied = 0;
+    std::uint64_t total = 0;
+};
+struct PlugAdvanced {  // expand.progress
+    std::uint64_t plugged_mib = 0;
+    std::uint64_t total_mib = 0;
+};
+struct UnplugAdvanced {  // shrink.progress
+    std::uint64_t released_mib = 0;
+    std::uint64_t total_mib = 0;
+};
+struct OperationFailed {  // mvstor.failed, exchange.failed, expand.failed, shrink.failed
+    std::string message;
+};
+using EventData = std::variant<StateChange, GuestEventReport, Restarted, MvstorStarted, PhaseDone,
+                               CopyAdvanced, PlugAdvanced, UnplugAdvanced, OperationFailed,
+                               MvstorResult, ExchangeResult, ResizeResult>;
+
+// One event as it goes out, stamped when it is made (where it happened, not when a client reads
+// it); its data serialized by control/event_json.hpp.
 struct Event {
     std::string type;
     std::string lpar;
@@ -289,7 +336,7 @@ class Api {
     // the caller sends the rest later). Refused for an LPAR that is not active.
     virtual std::size_t console_write(const std::string& lpar, std::string_view bytes) = 0;
 
-    // --- Lifecycle (issue 4). States: "defined" (no storage) -> activate -> "running";
+    // --- Lifecycle. States: "defined" (no storage) -> activate -> "running";
     // stop -> "stopped" (reason "operator stop") -> start -> "running"; reset re-IPLs a running
     // or stopped LPAR in place (storage cleared); deactivate -> "defined" (storage scrubbed and
     // returned to the free map); remove deletes a "defined" LPAR. All throw Error on refusal
@@ -307,7 +354,7 @@ class Api {
     // with Busy "cancelled" and nothing changes. Throws Refused when it is too late, NotFound
     // when no MVSTOR of that LPAR runs.
     virtual void cancel_mvstor(const std::string& lpar) = 0;
-    // --- Issue 5.
+    // --- EXCHANGE (claim 7) and making room for storage.grow.
     virtual ExchangeResult exchange(const ExchangeRequest& request) = 0;
     // The plan only; nothing changes.
     virtual GrowPlanResult plan_grow(const std::string& lpar, std::uint64_t extra_mib) = 0;

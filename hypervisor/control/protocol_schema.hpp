@@ -379,9 +379,14 @@ inline constexpr FieldSchema kFailedFields[] = {
 inline constexpr FieldSchema kExchangeDoneFields[] = {
     {"a", FieldType::String, "one LPAR"},
     {"b", FieldType::String, "the other LPAR"},
+    {"a_old_origin_mib", FieldType::Integer, "a's origin before"},
     {"a_new_origin_mib", FieldType::Integer, "a's new origin"},
+    {"b_old_origin_mib", FieldType::Integer, "b's origin before"},
     {"b_new_origin_mib", FieldType::Integer, "b's new origin"},
+    {"bytes_moved", FieldType::Integer, "bytes of both LPARs moved"},
     {"pause_us", FieldType::Integer, "how long both were stopped, microseconds"},
+    {"total_us", FieldType::Integer, "the whole operation, microseconds"},
+    {"phases", FieldType::Array, "[{phase, us}] in order"},
 };
 inline constexpr FieldSchema kResizeProgressFields[] = {
     {"plugged_mib", FieldType::Integer, "of the MiB asked for, how many the guest has plugged"},
@@ -394,6 +399,7 @@ inline constexpr FieldSchema kShrinkProgressFields[] = {
 inline constexpr FieldSchema kResizeFields[] = {
     {"old_size_mib", FieldType::Integer, "the size before"},
     {"new_size_mib", FieldType::Integer, "the size after"},
+    {"plugged_mib", FieldType::Integer, "of its virtio-mem region, when the guest was done"},
     {"total_us", FieldType::Integer, "the whole operation, microseconds"},
 };
 inline constexpr FieldSchema kDroppedFields[] = {

@@ -171,6 +171,8 @@ Vcpu::RunResult Vcpu::run() {
         if (saved == EINTR || saved == EAGAIN) return {InterruptedExit{}, 0};
         return {OtherExit{run_->exit_reason}, saved};
     }
+    // SAFETY: run_ is the vCPU's whole kvm_run mapping (mmap_size bytes, mapped in the
+    // constructor); each exit's data offset below is checked against that size before use.
     auto* base = reinterpret_cast<std::uint8_t*>(run_);
     switch (run_->exit_reason) {
         case KVM_EXIT_IO: {
@@ -238,6 +240,22 @@ void Vcpu::set_sregs(const kvm_sregs& sregs) {
     if (::ioctl(fd_.get(), KVM_SET_SREGS, &sregs) < 0) throw_errno("KVM_SET_SREGS");
 }
 
+std::optional<kvm_regs> Vcpu::try_get_regs() const noexcept {
+    kvm_regs regs{};
+    if (::ioctl(fd_.get(), KVM_GET_REGS, &regs) < 0) return std::nullopt;
+    return regs;
+}
+
+std::optional<kvm_sregs> Vcpu::try_get_sregs() const noexcept {
+    kvm_sregs sregs{};
+    if (::ioctl(fd_.get(), KVM_GET_SREGS, &sregs) < 0) return std::nullopt;
+    return sregs;
+}
+
+bool Vcpu::try_set_regs(const kvm_regs& regs) noexcept {
+    return ::ioctl(fd_.get(), KVM_SET_REGS, &regs) == 0;
+}
+
 void Vcpu::set_cpuid(const std::vector<kvm_cpuid_entry2>& entries) {
     auto block = cpuid_block(static_cast<std::uint32_t>(entries.size()));
     std::memcpy(block.data() + sizeof(CpuidHeader), entries.data(),
@@ -266,7 +284,7 @@ std::uint64_t Vcpu::tsc_khz() const {
     return khz > 0 ? static_cast<std::uint64_t>(khz) : 0;
 }
 
-std::optional<std::uint64_t> Vcpu::translate(std::uint64_t guest_virtual) const {
+std::optional<std::uint64_t> Vcpu::translate(std::uint64_t guest_virtual) const noexcept {
     kvm_translation translation{};
     translation.linear_address = guest_virtual;
     if (::ioctl(fd_.get(), KVM_TRANSLATE, &translation) < 0 || !translation.valid)
@@ -291,6 +309,8 @@ void Vm::set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std:
     region.flags = flags;
     region.guest_phys_addr = guest_address;
     region.memory_size = size;
+    // SAFETY: an address handed to KVM, not dereferenced here; the caller owns a mapping of `size`
+    // bytes there for as long as the slot exists (the LPAR's guest window).
     region.userspace_addr = reinterpret_cast<std::uint64_t>(host_address);
     if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &region) < 0)
         throw_errno("KVM_SET_USER_MEMORY_REGION slot " + std::to_string(slot));

@@ -19,7 +19,8 @@
 
 namespace lparvisor::kvm {
 
-// Which KVM this host has. PVM runs guest CPL3 natively and emulates CPL0 (KVM-NOTES.md).
+// Which KVM this host has. PVM runs guest CPL3 natively and emulates CPL0 (docs/kvm-notes.md,
+// Which KVM).
 enum class Flavour { Hardware, Pvm, Unknown };
 Flavour detect_flavour();
 const char* to_string(Flavour flavour);
@@ -99,6 +100,11 @@ class Vcpu {
     void set_regs(const kvm_regs& regs);
     kvm_sregs get_sregs() const;
     void set_sregs(const kvm_sregs& sregs);
+    // The same for the run path (serving an exit), where nothing may throw: nullopt, or false,
+    // when KVM refuses.
+    std::optional<kvm_regs> try_get_regs() const noexcept;
+    std::optional<kvm_sregs> try_get_sregs() const noexcept;
+    [[nodiscard]] bool try_set_regs(const kvm_regs& regs) noexcept;
     void set_cpuid(const std::vector<kvm_cpuid_entry2>& entries);
     void set_mp_state(std::uint32_t state);
     // Delivers exception `vector` (no error code) on the next KVM_RUN, as the instruction at
@@ -106,7 +112,7 @@ class Vcpu {
     [[nodiscard]] bool inject_exception(std::uint8_t vector) noexcept;
     std::uint64_t tsc_khz() const;  // 0 if KVM cannot tell
     // Guest-virtual to guest-physical through the vCPU's current page tables (KVM_TRANSLATE).
-    std::optional<std::uint64_t> translate(std::uint64_t guest_virtual) const;
+    std::optional<std::uint64_t> translate(std::uint64_t guest_virtual) const noexcept;
 
   private:
     Fd fd_;

@@ -1,8 +1,9 @@
-// Fans events out to subscribers (the control socket's connections). publish() may run on any
-// thread, vCPU threads included: it only copies the event into each sink, which must not block.
-// Each event is held to its description in control/protocol_schema.hpp (what system.describe
-// sends): one that does not match is still sent, and the mismatch handler is told (by default it
-// logs an error once per event type; the KVM tests make it fail the test).
+// Fans events out to subscribers (the control socket's connections, the HTTP listener's event
+// streams). publish() may run on any thread, vCPU threads included: it serializes the event once
+// (control/event_json.hpp, the one serializer) and copies it into each sink, which must not
+// block. Each event is held to its description in control/protocol_schema.hpp (what
+// system.describe sends): one that does not match is still sent, and the mismatch handler is told
+// (by default it logs an error once per event type; the KVM tests make it fail the test).
 #pragma once
 
 #include <cstdint>
@@ -10,8 +11,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "control/api.hpp"
 
@@ -21,11 +20,9 @@ class EventHub {
   public:
     EventHub() : state_(std::make_shared<State>()) {}
     std::unique_ptr<control::Subscription> subscribe(control::EventSink sink);
-    void publish(const std::string& type, const std::string& lpar, const nlohmann::json& data);
+    // `type` names the event (kEventSchemas); `data` is its payload.
+    void publish(const std::string& type, const std::string& lpar, const control::EventData& data);
 
-    // Empty when an event of `type` with `data` matches its schema: a known type, and exactly the
-    // schema's fields, each of its type. Otherwise what differs.
-    static std::string schema_mismatch(const std::string& type, const nlohmann::json& data);
     // Called with the mismatch; nullptr restores the default (an error logged once per type).
     using MismatchHandler = void (*)(const std::string& type, const std::string& mismatch);
     static void set_mismatch_handler(MismatchHandler handler);

@@ -3,7 +3,6 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
 #include "storage/page_mover.hpp"
@@ -29,10 +28,10 @@ control::ExchangeResult Hypervisor::run_exchange(const control::ExchangeRequest&
     auto phase = [&](const char* name, Clock::time_point since) {
         const std::uint64_t us = microseconds_since(since);
         result.phases.push_back({name, us});
-        events_.publish("exchange.phase", request.a, {{"phase", name}, {"us", us}});
+        events_.publish("exchange.phase", request.a, control::PhaseDone{name, us});
     };
     const CopyProgress progress = [&](std::uint64_t done, std::uint64_t total) {
-        events_.publish("exchange.progress", request.a, {{"copied", done}, {"total", total}});
+        events_.publish("exchange.progress", request.a, control::CopyAdvanced{done, total});
     };
 
     // Which shape, decided before anything stops: a refused exchange must not pause anyone.
@@ -157,12 +156,7 @@ control::ExchangeResult Hypervisor::run_exchange(const control::ExchangeRequest&
     result.total_us = microseconds_since(accepted);
     spdlog::info("EXCHANGE {} {}: done, {} moved, pause {:.3f} ms", request.a, request.b,
                  format_mib(result.bytes_moved), result.pause_us / 1000.0);
-    events_.publish("exchange.done", request.a,
-                    {{"a", request.a},
-                     {"b", request.b},
-                     {"a_new_origin_mib", result.a_new_origin_mib},
-                     {"b_new_origin_mib", result.b_new_origin_mib},
-                     {"pause_us", result.pause_us}});
+    events_.publish("exchange.done", request.a, result);
     return result;
 }
 

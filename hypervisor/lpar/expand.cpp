@@ -119,14 +119,13 @@ control::ResizeResult Hypervisor::run_expand(const control::ResizeRequest& reque
     // The fault point "expand.plug": a guest that never plugs (it is not even asked).
     const bool never_plugs = fault::triggered("expand.plug");
     events_.publish("expand.phase", request.lpar,
-                    {{"phase", "populate"}, {"us", microseconds_since(accepted)}});
+                    control::PhaseDone{"populate", microseconds_since(accepted)});
     const auto plug_started = Clock::now();
     const std::uint64_t plugged_before = old_range.size - boot;
     const PluggedProgress plug_progress = [&](std::uint64_t plugged) {
         const std::uint64_t done = plugged > plugged_before ? plugged - plugged_before : 0;
-        events_.publish(
-            "expand.progress", request.lpar,
-            {{"plugged_mib", std::min(done, extra) / kMiB}, {"total_mib", request.mib}});
+        events_.publish("expand.progress", request.lpar,
+                        control::PlugAdvanced{std::min(done, extra) / kMiB, request.mib});
     };
     if (!never_plugs) {
         device.set_usable_region_size(usable_extent(device, target));
@@ -182,16 +181,13 @@ control::ResizeResult Hypervisor::run_expand(const control::ResizeRequest& reque
                         format_mib(extra), request.timeout.count(), format_mib(new_range.size)));
     }
     events_.publish("expand.phase", request.lpar,
-                    {{"phase", "plug"}, {"us", microseconds_since(plug_started)}});
+                    control::PhaseDone{"plug", microseconds_since(plug_started)});
     result.new_size_mib = new_range.size / kMiB;
     result.plugged_mib = device.plugged_size() / kMiB;
     result.total_us = microseconds_since(accepted);
     spdlog::info("{}: EXPAND done: {} -> {} MiB in {:.1f} ms", request.lpar, result.old_size_mib,
                  result.new_size_mib, result.total_us / 1000.0);
-    events_.publish("storage.expanded", request.lpar,
-                    {{"old_size_mib", result.old_size_mib},
-                     {"new_size_mib", result.new_size_mib},
-                     {"total_us", result.total_us}});
+    events_.publish("storage.expanded", request.lpar, result);
     return result;
 }
 
@@ -223,9 +219,8 @@ control::ResizeResult Hypervisor::run_shrink(const control::ResizeRequest& reque
     const auto unplug_started = Clock::now();
     const PluggedProgress unplug_progress = [&](std::uint64_t plugged) {
         const std::uint64_t done = plugged < old_target ? old_target - plugged : 0;
-        events_.publish(
-            "shrink.progress", request.lpar,
-            {{"released_mib", std::min(done, less) / kMiB}, {"total_mib", request.mib}});
+        events_.publish("shrink.progress", request.lpar,
+                        control::UnplugAdvanced{std::min(done, less) / kMiB, request.mib});
     };
     auto deadline = Clock::now() + request.timeout;
     bool released = false;
@@ -252,7 +247,7 @@ control::ResizeResult Hypervisor::run_shrink(const control::ResizeRequest& reque
                                 format_mib(old_range.size)));
     }
     events_.publish("shrink.phase", request.lpar,
-                    {{"phase", "unplug"}, {"us", microseconds_since(unplug_started)}});
+                    control::PhaseDone{"unplug", microseconds_since(unplug_started)});
     const auto remove_started = Clock::now();
     // The top leaves the window only while the LPAR is quiesced: a device that passed its
     // bounds check just before must not find the page gone (vCPUs paused, devices drained).
@@ -295,11 +290,11 @@ control::ResizeResult Hypervisor::run_shrink(const control::ResizeRequest& reque
         map_.resize(request.lpar, old_range.size - less);
     }
     events_.publish("shrink.phase", request.lpar,
-                    {{"phase", "remove"}, {"us", microseconds_since(remove_started)}});
+                    control::PhaseDone{"remove", microseconds_since(remove_started)});
     const auto scrub_started = Clock::now();
     scrub(arena_, keys_, freed);  // nothing of this guest may reach the next owner
     events_.publish("shrink.phase", request.lpar,
-                    {{"phase", "scrub"}, {"us", microseconds_since(scrub_started)}});
+                    control::PhaseDone{"scrub", microseconds_since(scrub_started)});
 
     control::ResizeResult result;
     result.lpar = request.lpar;
@@ -309,10 +304,7 @@ control::ResizeResult Hypervisor::run_shrink(const control::ResizeRequest& reque
     result.total_us = microseconds_since(accepted);
     spdlog::info("{}: shrink done: {} -> {} MiB, {} scrubbed", request.lpar, result.old_size_mib,
                  result.new_size_mib, format_range_mib(freed.start.value, freed.size));
-    events_.publish("storage.shrunk", request.lpar,
-                    {{"old_size_mib", result.old_size_mib},
-                     {"new_size_mib", result.new_size_mib},
-                     {"total_us", result.total_us}});
+    events_.publish("storage.shrunk", request.lpar, result);
     return result;
 }
 

@@ -210,7 +210,8 @@ std::size_t Hypervisor::console_write(const std::string& name, std::string_view 
         throw Error(ErrorKind::Refused,
                     fmt::format("{}: cannot type at its console: it is fenced ({})", name,
                                 l->stop_reason()));
-    // Bytes as the UART takes them (char and std::uint8_t have the same size and alignment).
+    // SAFETY: the same bytes.size() bytes of `bytes`, viewed as the UART takes them (char and
+    // std::uint8_t have the same size and alignment, and may alias anything).
     return l->console_input({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
 }
 
@@ -285,7 +286,7 @@ void Hypervisor::activate_locked(Record& r, const std::string& reason, bool rest
         spec.max_storage = std::max(d.max_size_mib, d.size_mib) * kMiB;
         auto listener = [this, name = d.name, ipl, definition = d](
                             LparState state, const std::string& why, GuestEvent event) {
-            events_.publish("lpar.state", name, {{"state", to_string(state)}, {"reason", why}});
+            events_.publish("lpar.state", name, control::StateChange{to_string(state), why});
             if (event != GuestEvent::None) on_guest_event(name, ipl, definition, event, why);
         };
         lpar = std::make_shared<Lpar>(kvm_, arena_, keys_, spec, listener);
@@ -298,8 +299,8 @@ void Hypervisor::activate_locked(Record& r, const std::string& reason, bool rest
         // can reach a client ahead of them.
         if (restart)
             events_.publish("lpar.restart", d.name,
-                            {{"cause", reason}, {"origin_mib", range.start.value / kMiB}});
-        events_.publish("lpar.state", d.name, {{"state", "running"}, {"reason", reason}});
+                            control::Restarted{reason, range.start.value / kMiB});
+        events_.publish("lpar.state", d.name, control::StateChange{"running", reason});
         published = true;
         lpar->ipl();
     } catch (...) {
@@ -313,7 +314,7 @@ void Hypervisor::activate_locked(Record& r, const std::string& reason, bool rest
         }
         if (published)
             events_.publish("lpar.state", d.name,
-                            {{"state", "defined"}, {"reason", "IPL failed; storage freed"}});
+                            control::StateChange{"defined", "IPL failed; storage freed"});
         throw;
     }
     spdlog::info("{}: activated at {}", d.name, format_range_mib(range.start.value, range.size));
@@ -362,7 +363,7 @@ control::LparStatus Hypervisor::define(const control::LparDefinition& definition
     spdlog::info("{}: defined ({} MiB, {})", definition.name, definition.size_mib,
                  definition.origin_mib ? fmt::format("origin {} MiB", *definition.origin_mib)
                                        : std::string("first fit"));
-    events_.publish("lpar.state", definition.name, {{"state", "defined"}, {"reason", "defined"}});
+    events_.publish("lpar.state", definition.name, control::StateChange{"defined", "defined"});
     return status_of(definition.name);
 }
 
@@ -448,9 +449,8 @@ void Hypervisor::on_guest_event(const std::string& lpar, std::uint64_t ipl,
                                                             : "on_crash";
     spdlog::info("{}: guest {}: {} is {}", lpar, to_string(event), key, control::to_string(action));
     events_.publish("lpar.guest_event", lpar,
-                    {{"guest_event", to_string(event)},
-                     {"action", control::to_string(action)},
-                     {"reason", reason}});
+                    control::GuestEventReport{to_string(event),
+                                              std::string(control::to_string(action)), reason});
     if (action == control::GuestAction::Stop) return;  // stopped already, reason kept
     {
         std::lock_guard lock(actions_mutex_);
@@ -480,7 +480,7 @@ void Hypervisor::run_guest_actions() {
             spdlog::error("{}: {}", request.lpar, why);
             try {
                 events_.publish("lpar.state", request.lpar,
-                                {{"state", status_of(request.lpar).state}, {"reason", why}});
+                                control::StateChange{status_of(request.lpar).state, why});
             } catch (const std::exception&) {
                 // Removed meanwhile: nobody to tell.
             }
@@ -520,7 +520,7 @@ void Hypervisor::carry_out(const GuestActionRequest& request) {
     spdlog::info("{}: deactivated after {}; its storage is scrubbed and free", request.lpar,
                  request.cause);
     events_.publish("lpar.state", request.lpar,
-                    {{"state", "defined"}, {"reason", "deactivated after " + request.cause}});
+                    control::StateChange{"defined", "deactivated after " + request.cause});
 }
 
 control::LparStatus Hypervisor::deactivate(const std::string& name) {
@@ -533,18 +533,21 @@ control::LparStatus Hypervisor::deactivate(const std::string& name) {
     }
     deactivate_locked(*r);
     spdlog::info("{}: deactivated; its storage is scrubbed and free", name);
-    events_.publish("lpar.state", name, {{"state", "defined"}, {"reason", "deactivated"}});
+    events_.publish("lpar.state", name, control::StateChange{"defined", "deactivated"});
     return status_of(name);
 }
 
 void Hypervisor::remove(const std::string& name) {
     auto operation = begin_storage_operation(name, "remove");  // not while it is being activated
-    std::lock_guard lock(map_mutex_);
-    auto& r = record(name);
-    if (r.lpar) throw Error(ErrorKind::Refused, name + " is active: deactivate it first");
-    records_.remove_if([&](const Record& x) { return x.definition.name == name; });
+    {
+        std::lock_guard lock(map_mutex_);
+        auto& r = record(name);
+        if (r.lpar) throw Error(ErrorKind::Refused, name + " is active: deactivate it first");
+        records_.remove_if([&](const Record& x) { return x.definition.name == name; });
+    }
     spdlog::info("{}: removed", name);
-    events_.publish("lpar.state", name, {{"state", "removed"}, {"reason", "removed"}});
+    // Outside the map lock, as every event: sinks run under the hub's lock.
+    events_.publish("lpar.state", name, control::StateChange{"removed", "removed"});
 }
 
 std::string Hypervisor::system_config() {

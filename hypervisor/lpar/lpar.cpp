@@ -7,8 +7,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "boot/firmware_loader.hpp"
-#include "boot/linux_loader.hpp"
 #include "devices/debug_exit.hpp"
 #include "devices/i8042.hpp"
 #include "devices/pci/kvm_pci_platform.hpp"
@@ -20,6 +18,7 @@
 #include "devices/virtio/virtio_mem.hpp"
 #include "devices/virtio/virtio_pci.hpp"
 #include "devices/virtio/virtio_rng.hpp"
+#include "lpar/platform.hpp"
 #include "sandbox/sandbox.hpp"
 #include "util/error.hpp"
 #include "util/fault.hpp"
@@ -29,21 +28,6 @@ namespace lparvisor {
 namespace {
 
 constexpr std::size_t kConsoleCapacity = 1024 * 1024;
-// What a Linux guest needs on a PVM host, whose instruction emulator lacks XRSTOR, POPCNT, some
-// vector instructions (KVM-NOTES.md) and CLAC/STAC (0f 01 ca / cb: the kernel's SMAP guards,
-// which it patches out when SMAP is cleared; 6.1 has no `nosmap` any more).
-constexpr const char* kPvmCmdline = "noxsave clearcpuid=popcnt,avx,avx2,avx512f,smap";
-constexpr const char* kOnlineHotplugged = "memhp_default_state=online_movable";
-// On a hardware-reduced ACPI platform without EFI, x86 Linux picks the EFI reboot, which does
-// nothing, then jumps to a BIOS that is not there and hangs (measured: only the CMOS writes of
-// the BIOS path came out). The FADT's reset register is what this platform resets with.
-constexpr const char* kAcpiReboot = "reboot=acpi";
-
-// Adds `argument` to a kernel command line, space-separated.
-void append_argument(std::string& cmdline, const char* argument) {
-    if (!cmdline.empty()) cmdline += ' ';
-    cmdline += argument;
-}
 
 // The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
 // that the ioctl returns EINTR (installed without SA_RESTART).
@@ -61,21 +45,6 @@ void install_kick_handler() {
         if (::sigaction(kick_signal(), &action, nullptr) != 0)
             throw_errno("sigaction for the vCPU kick signal");
     });
-}
-
-std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(std::vector<kvm_cpuid_entry2> entries,
-                                             unsigned index) {
-    for (auto& e : entries) {
-        if (e.function == 1) {
-            e.ebx = (e.ebx & 0x00ffffff) | (index << 24);  // initial APIC ID
-            // "Running under a hypervisor": KVM does not set it in what it supports, and
-            // without it Linux never looks at the KVM leaves (no kvmclock, so no clock at all
-            // on a hardware-reduced platform without PIT calibration or HPET).
-            e.ecx |= 1u << 31;
-        }
-        if (e.function == 0xb || e.function == 0x1f) e.edx = index;  // x2APIC ID
-    }
-    return entries;
 }
 
 }  // namespace
@@ -109,6 +78,7 @@ const char* to_string(GuestEvent event) {
 Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, const LparSpec& spec,
            StateListener listener)
     : spec_(spec),
+      platform_(make_guest_platform(spec)),
       listener_(std::move(listener)),
       window_(arena, spec.storage, spec.max_storage),
       log_limiter_(std::make_shared<LogRateLimiter>(spec.name)),
@@ -116,7 +86,7 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
                                             spec.console_max_bytes, log_limiter_)),
       vm_(system) {
     install_kick_handler();
-    if (spec.is_linux()) {
+    if (platform_->has_interrupt_controllers()) {
         // Linux wants its interrupt controllers and timer where a PC has them; the polling
         // firmware runs without them (and its secondary vCPUs need no INIT/SIPI then).
         vm_.create_irqchip();
@@ -127,15 +97,12 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
     vm_.set_memory_region(0, 0, window_.size(), window_.host_base());
     add_port_devices(keys);
     add_pci_devices();
-    if (spec.is_linux())
-        boot_linux(system);
-    else
-        boot_firmware(system);
+    platform_->boot({spec_, system, vm_, window_.memory(), vcpus_});
 }
 
 void Lpar::add_port_devices(StorageKeys& keys) {
     Uart8250::IrqCallback uart_irq;
-    if (spec_.is_linux())
+    if (platform_->has_interrupt_controllers())
         uart_irq = [this](bool level) { vm_.set_irq_line(Uart8250::kCom1Irq, level); };
     uart_ = std::make_shared<Uart8250>(console_, std::move(uart_irq));
     bus_.add(LPV_PORT_COM1, Uart8250::kPortCount, uart_);
@@ -151,15 +118,16 @@ void Lpar::add_port_devices(StorageKeys& keys) {
     auto guest_event = [this](const std::string& what) {
         stop("guest " + what, what == "reboot" ? GuestEvent::Reboot : GuestEvent::PowerOff);
     };
-    if (spec_.is_linux())
+    if (platform_->has_acpi_power())
         bus_.add(PowerPort::kBase, PowerPort::kPortCount, std::make_shared<PowerPort>(guest_event));
     bus_.add(I8042::kBase, I8042::kPortCount, std::make_shared<I8042>(guest_event));
 }
 
 void Lpar::add_pci_devices() {
     pci_platform_ = std::make_shared<pci::KvmPciPlatform>(
-        vm_, spec_.is_linux() ? pci::KvmPciPlatform::Interrupts::InKernelIrqchip
-                              : pci::KvmPciPlatform::Interrupts::None);
+        vm_, platform_->has_interrupt_controllers()
+                 ? pci::KvmPciPlatform::Interrupts::InKernelIrqchip
+                 : pci::KvmPciPlatform::Interrupts::None);
     pci_platform_->set_log_limiter(log_limiter_);
     pci_ = std::make_shared<pci::PciBus>();
     pci_->set_log_limiter(log_limiter_);
@@ -193,99 +161,6 @@ void Lpar::add_pci_devices() {
         });
         add(memory_device_);
     }
-}
-
-void Lpar::boot_firmware(const kvm::System& system) {
-    auto image = boot::load_firmware_elf(spec_.firmware, window_.memory(), spec_.name);
-    auto cpuid = system.supported_cpuid();
-    std::uint64_t tsc_khz = 0;
-    for (unsigned i = 0; i < spec_.vcpus; ++i) {
-        auto vcpu = vm_.create_vcpu(i);
-        vcpu->set_cpuid(cpuid_for_vcpu(cpuid, i));
-        boot::set_cpl3_entry_state(*vcpu, image.entry, i);
-        if (i == 0) tsc_khz = vcpu->tsc_khz();
-        vcpus_.push_back(std::move(vcpu));
-    }
-    boot::FirmwareParams params;
-    params.lpar_name = spec_.name;
-    params.vcpus = spec_.vcpus;
-    params.tsc_khz = tsc_khz;
-    params.rewrite_pages_per_sec = spec_.rewrite_pages_per_sec;
-    params.working_set_bytes = spec_.working_set_bytes;
-    params.round_limit = spec_.round_limit;
-    params.pci_bus = true;                   // the firmware drives the LPAR's virtio-pci devices
-    params.max_storage = spec_.max_storage;  // mapped, so it can use what EXPAND adds
-    // A guest that floods its UART, for the console log's limits (tests/kvm/limits.sh).
-    params.console_flood = fault::triggered("firmware.console_flood");
-    params.reboot_at_end = fault::triggered("firmware.reboot");
-    params.triple_fault_at_end = fault::triggered("firmware.triple_fault");
-    boot::build_system_area(window_.memory(), params);
-    spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})", spec_.name,
-                 spec_.vcpus, format_mib(spec_.storage.size), format_mib(spec_.storage.start.value),
-                 spec_.firmware, image.entry);
-}
-
-void Lpar::boot_linux(const kvm::System& system) {
-    boot::LinuxBootSpec boot_spec;
-    boot_spec.lpar_name = spec_.name;
-    boot_spec.kernel = spec_.kernel;
-    boot_spec.initrd = spec_.initrd;
-    boot_spec.cmdline = spec_.cmdline;
-    boot_spec.vcpus = spec_.vcpus;
-    if (spec_.max_storage > spec_.storage.size &&
-        spec_.cmdline.find("memhp_default_state=") == std::string::npos) {
-        // EXPAND hands memory to the kernel's virtio-mem driver, which adds it as memory
-        // blocks; the Debian kernel leaves new blocks offline unless told otherwise. Movable, so
-        // that shrink can take them back.
-        append_argument(boot_spec.cmdline, kOnlineHotplugged);
-        spdlog::info("{}: has a virtio-mem region (max {}): added '{}' to the command line",
-                     spec_.name, format_mib(spec_.max_storage), kOnlineHotplugged);
-    }
-    if (spec_.cmdline.find("reboot=") == std::string::npos) {
-        append_argument(boot_spec.cmdline, kAcpiReboot);
-        spdlog::info("{}: added '{}' to the command line (a guest reboot resets through ACPI)",
-                     spec_.name, kAcpiReboot);
-    }
-    auto cpuid = system.supported_cpuid();
-    // The TSC-deadline timer: KVM emulates it but leaves it out of what it reports as supported
-    // (the VMM decides, as QEMU and Firecracker do). With it Linux programs its local APIC
-    // timer in TSC ticks it knows from kvmclock; without it, the kernel calibrates the APIC
-    // timer against the TSC at boot, which a busy or nested host can skew badly.
-    if (system.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0)
-        for (auto& e : cpuid)
-            if (e.function == 1) e.ecx |= 1u << 24;
-    if (kvm::detect_flavour() == kvm::Flavour::Pvm) {
-        // PVM emulates guest kernel code and cannot emulate some instructions at all
-        // (KVM-NOTES.md): hide what can be hidden so the kernel takes other paths.
-        append_argument(boot_spec.cmdline, kPvmCmdline);
-        for (auto& e : cpuid)
-            if (e.function == 1) e.ecx &= ~(1u << 13);  // CX16: cmpxchg16b in SLUB
-        for (auto& e : cpuid)
-            if (e.function == 7 && e.index == 0) e.ebx &= ~(1u << 20);  // SMAP: clac/stac
-        spdlog::warn(
-            "{}: this KVM is PVM, which emulates guest kernel code (slowly): added "
-            "'{}' to the command line and hid CMPXCHG16B",
-            spec_.name, kPvmCmdline);
-    }
-    auto boot = boot::load_linux(boot_spec, window_.memory());
-    for (unsigned i = 0; i < spec_.vcpus; ++i) {
-        auto vcpu = vm_.create_vcpu(i);
-        vcpu->set_cpuid(cpuid_for_vcpu(cpuid, i));
-        if (i == 0) {
-            // The others wait for the kernel's INIT/SIPI in the in-kernel local APIC.
-            auto sregs = vcpu->get_sregs();
-            kvm_regs regs{};
-            boot::apply_linux_entry(sregs, regs, boot);
-            vcpu->set_sregs(sregs);
-            vcpu->set_regs(regs);
-        }
-        vcpus_.push_back(std::move(vcpu));
-    }
-    spdlog::info("{}: {} vCPU(s), storage {} at origin {}, Linux {} {} (entry {:#x}){}{}",
-                 spec_.name, spec_.vcpus, format_mib(spec_.storage.size),
-                 format_mib(spec_.storage.start.value), boot.kind, spec_.kernel, boot.entry,
-                 spec_.initrd.empty() ? "" : ", initrd " + spec_.initrd,
-                 boot_spec.cmdline.empty() ? "" : ", command line '" + boot_spec.cmdline + "'");
 }
 
 Lpar::~Lpar() {
@@ -449,209 +324,6 @@ void Lpar::restart() {
     changed_.notify_all();
     spdlog::info("{}: started by the operator", spec_.name);
     if (listener_) listener_(LparState::Running, "", GuestEvent::None);
-}
-
-void Lpar::vcpu_loop(unsigned index) {
-    kvm::Vcpu& vcpu = *vcpus_[index];
-    for (;;) {
-        {
-            std::unique_lock lock(mutex_);
-            auto may_run = [&] {
-                return exit_requested_ || (!pause_requested_ && state_ == LparState::Running);
-            };
-            if (!may_run()) {
-                ++parked_;
-                changed_.notify_all();
-                changed_.wait(lock, may_run);
-                --parked_;
-            }
-            if (exit_requested_) return;
-            vcpu.set_immediate_exit(false);
-        }
-        // Whatever goes wrong while serving this LPAR stops this LPAR, not the daemon: nothing
-        // may throw through the loop (an escaping exception would end every LPAR).
-        try {
-            fault::point("vcpu.exit");
-            const auto entered = std::chrono::steady_clock::now();
-            const auto result = vcpu.run();
-            run_ns_.fetch_add(
-                static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                               std::chrono::steady_clock::now() - entered)
-                                               .count()),
-                std::memory_order_relaxed);
-            exit_counts_[result.exit.index()].fetch_add(1, std::memory_order_relaxed);
-            handle_exit(vcpu, result);
-        } catch (const std::exception& e) {
-            fence(describe_fault(
-                vcpu, fmt::format("internal error serving vCPU {}: {}", index, e.what())));
-        } catch (...) {
-            fence(fmt::format("internal error serving vCPU {} (unknown exception)", index));
-        }
-    }
-}
-
-Lpar::RunStats Lpar::run_stats() const {
-    RunStats stats;
-    for (std::size_t i = 0; i < exit_counts_.size(); ++i)
-        stats.exits[i] = exit_counts_[i].load(std::memory_order_relaxed);
-    stats.run_us = run_ns_.load(std::memory_order_relaxed) / 1000;
-    for (const auto& device : virtio_devices_) {
-        if (const auto* disk = dynamic_cast<const virtio::VirtioBlk*>(device.get())) {
-            const auto blk = disk->stats();
-            stats.disk_requests += blk.requests;
-            stats.disk_errors += blk.errors;
-            stats.disk_read_bytes += blk.bytes_read;
-            stats.disk_written_bytes += blk.bytes_written;
-        }
-    }
-    return stats;
-}
-
-std::string Lpar::describe_fault(kvm::Vcpu& vcpu, const std::string& what) {
-    // The registers an operator (or a bug report) needs to find where the guest was: the
-    // general ones, the flags, and the control registers that say which mode and page tables.
-    std::string registers;
-    try {
-        const auto regs = vcpu.get_regs();
-        registers = fmt::format(
-            ", rip={:#x}, rsp={:#x}, rbp={:#x}, rflags={:#x}, rax={:#x}, rbx={:#x}, rcx={:#x}, "
-            "rdx={:#x}, rsi={:#x}, rdi={:#x}",
-            regs.rip, regs.rsp, regs.rbp, regs.rflags, regs.rax, regs.rbx, regs.rcx, regs.rdx,
-            regs.rsi, regs.rdi);
-        const auto sregs = vcpu.get_sregs();
-        registers += fmt::format(", cs={:#x}, cr0={:#x}, cr2={:#x}, cr3={:#x}, cr4={:#x}",
-                                 sregs.cs.selector, sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4);
-    } catch (const Error&) {
-        // What could be read is said; a vCPU whose registers cannot be read still stops.
-    }
-    return fmt::format("{} (vCPU {}{})", what, vcpu.index(), registers);
-}
-
-bool Lpar::complete_unemulated(kvm::Vcpu& vcpu, std::uint8_t opcode) {
-    // PVM's instruction emulator (guest kernel code) cannot run a few one-byte instructions a
-    // Linux kernel uses early (KVM-NOTES.md); do what the CPU would have done and carry on.
-    constexpr std::uint8_t kInt3 = 0xcc, kFwait = 0x9b, kBreakpointVector = 3;
-    if (opcode != kInt3 && opcode != kFwait) return false;
-    try {
-        auto regs = vcpu.get_regs();
-        regs.rip += 1;  // both are one byte; #BP is a trap, so it reports the next RIP
-        vcpu.set_regs(regs);
-    } catch (const Error&) {
-        return false;
-    }
-    if (opcode == kInt3 && !vcpu.inject_exception(kBreakpointVector)) return false;
-    if (unemulated_completed_.fetch_add(1) == 0)
-        spdlog::info(
-            "{}: completing instructions the KVM emulator cannot run (int3, fwait) "
-            "for the guest (PVM)",
-            spec_.name);
-    return true;
-}
-
-void Lpar::note_unclaimed(const char* what, std::uint64_t address, bool is_write) {
-    // Logged once per address, so a probing kernel does not flood the log.
-    std::lock_guard lock(mutex_);
-    if (unclaimed_.size() < 256 && unclaimed_.insert(address).second)
-        log_limiter_->log(spdlog::level::debug, "{}: {} {:#x} {} with no device there (ignored)",
-                          spec_.name, what, address, is_write ? "write" : "read");
-}
-
-void Lpar::handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result) {
-    std::visit(
-        [&](const auto& exit) {
-            using T = std::decay_t<decltype(exit)>;
-            if constexpr (std::is_same_v<T, kvm::IoExit>) {
-                for (std::uint32_t i = 0; i < exit.count; ++i) {
-                    auto part = exit.data.subspan(std::size_t{i} * exit.size, exit.size);
-                    bool served =
-                        exit.is_write ? bus_.write(exit.port, part) : bus_.read(exit.port, part);
-                    if (served) continue;
-                    if (spec_.is_linux()) {
-                        // A kernel probes ports a PC may have (CMOS, floppy, more UARTs): no
-                        // device there answers with all ones, as on real hardware.
-                        if (!exit.is_write) std::fill(part.begin(), part.end(), 0xff);
-                        note_unclaimed("I/O port", exit.port, exit.is_write);
-                        continue;
-                    }
-                    stop(describe_fault(
-                             vcpu,
-                             fmt::format("unhandled I/O port {:#x} ({} of {} byte(s))", exit.port,
-                                         exit.is_write ? "write" : "read", exit.size)),
-                         GuestEvent::Crash);
-                    return;
-                }
-            } else if constexpr (std::is_same_v<T, kvm::MmioExit>) {
-                bool served = exit.is_write ? pci_->mmio_write(exit.address, exit.data)
-                                            : pci_->mmio_read(exit.address, exit.data);
-                if (served) return;
-                if (spec_.is_linux()) {
-                    if (!exit.is_write) std::fill(exit.data.begin(), exit.data.end(), 0xff);
-                    note_unclaimed("MMIO address", exit.address, exit.is_write);
-                    return;
-                }
-                stop(describe_fault(vcpu,
-                                    fmt::format("MMIO {} at guest-physical {:#x} with no "
-                                                "device there",
-                                                exit.is_write ? "write" : "read", exit.address)),
-                     GuestEvent::Crash);
-            } else if constexpr (std::is_same_v<T, kvm::HltExit>) {
-                stop(describe_fault(vcpu, "halted"), GuestEvent::Crash);
-            } else if constexpr (std::is_same_v<T, kvm::ShutdownExit>) {
-                // A PC's chipset resets on a triple fault, and Linux's last way to reboot
-                // (reboot=t) relies on it: a reboot for Linux. The test firmware never resets
-                // this way (it has no IDT: any exception ends here), so for it a crash.
-                if (spec_.is_linux())
-                    stop(describe_fault(vcpu, "triple fault (guest reset)"), GuestEvent::Reboot);
-                else
-                    stop(describe_fault(vcpu, "triple fault"), GuestEvent::Crash);
-            } else if constexpr (std::is_same_v<T, kvm::InternalErrorExit>) {
-                auto bytes = exit.instruction_bytes;
-                if (bytes.empty()) {
-                    // KVM gave no bytes: fetch them through the guest's page tables.
-                    try {
-                        auto regs = vcpu.get_regs();
-                        if (auto gpa = vcpu.translate(regs.rip)) {
-                            bytes.resize(15);
-                            if (!window_.memory().read(GuestPhysAddr{*gpa}, bytes)) bytes.clear();
-                        }
-                    } catch (const Error&) {
-                    }
-                }
-                if (exit.suberror == KVM_INTERNAL_ERROR_EMULATION && spec_.is_linux() &&
-                    !bytes.empty() && complete_unemulated(vcpu, bytes[0]))
-                    return;
-                std::string hex;
-                for (auto b : bytes) hex += fmt::format("{}{:02x}", hex.empty() ? "" : " ", b);
-                stop(describe_fault(vcpu,
-                                    fmt::format("KVM internal error {}{} instruction bytes [{}]",
-                                                exit.suberror,
-                                                exit.suberror == KVM_INTERNAL_ERROR_EMULATION
-                                                    ? " (emulation failure)"
-                                                    : "",
-                                                hex.empty() ? "unavailable" : hex)),
-                     GuestEvent::Crash);
-            } else if constexpr (std::is_same_v<T, kvm::FailEntryExit>) {
-                stop(describe_fault(vcpu, fmt::format("VM entry failed, hardware reason {:#x}",
-                                                      exit.hardware_reason)),
-                     GuestEvent::Crash);
-            } else if constexpr (std::is_same_v<T, kvm::SystemEventExit>) {
-                // KVM_SYSTEM_EVENT_SHUTDOWN, _RESET, _CRASH; anything newer counts as a crash.
-                const GuestEvent event = exit.type == KVM_SYSTEM_EVENT_SHUTDOWN
-                                             ? GuestEvent::PowerOff
-                                         : exit.type == KVM_SYSTEM_EVENT_RESET ? GuestEvent::Reboot
-                                                                               : GuestEvent::Crash;
-                stop(fmt::format("guest system event {} ({})", exit.type, to_string(event)), event);
-            } else if constexpr (std::is_same_v<T, kvm::OtherExit>) {
-                stop(describe_fault(
-                         vcpu,
-                         result.error != 0
-                             ? fmt::format("KVM_RUN failed: {}", std::strerror(result.error))
-                             : fmt::format("unhandled {}", kvm::describe_exit_reason(exit.reason))),
-                     GuestEvent::Crash);
-            }
-            // InterruptedExit: a kick; the loop parks if asked to.
-        },
-        result.exit);
 }
 
 }  // namespace lparvisor

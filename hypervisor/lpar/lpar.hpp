@@ -43,6 +43,7 @@ namespace virtio {
 class DiskUsers;
 class VirtioMem;
 }  // namespace virtio
+class GuestPlatform;
 
 struct LparSpec {
     std::string name;
@@ -158,16 +159,33 @@ class Lpar {
   private:
     void add_port_devices(StorageKeys& keys);
     void add_pci_devices();
-    void boot_firmware(const kvm::System& system);
-    void boot_linux(const kvm::System& system);
-    void vcpu_loop(unsigned index);
-    void note_unclaimed(const char* what, std::uint64_t address, bool is_write);
-    bool complete_unemulated(kvm::Vcpu& vcpu, std::uint8_t opcode);
-    void handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result);
-    std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);
     void kick_all();
 
+    // --- The vCPU loop (vcpu_loop.cpp) ---
+    void vcpu_loop(unsigned index);
+    // Parks while the LPAR is paused or stopped; false when the thread is to end.
+    bool wait_until_may_run(kvm::Vcpu& vcpu);
+    void count_run(const kvm::Vcpu::RunResult& result, std::chrono::nanoseconds in_kvm_run);
+
+    // --- Exit handlers (exit_handlers.cpp): one per kvm::Exit alternative ---
+    void handle_exit(kvm::Vcpu& vcpu, const kvm::Vcpu::RunResult& result);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::IoExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::MmioExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::HltExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::ShutdownExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::InternalErrorExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::FailEntryExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::InterruptedExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::SystemEventExit& exit, int error);
+    void on_exit(kvm::Vcpu& vcpu, const kvm::OtherExit& exit, int error);
+    std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);
+    std::vector<std::uint8_t> instruction_bytes_at_rip(kvm::Vcpu& vcpu);
+    bool complete_unemulated(kvm::Vcpu& vcpu, std::uint8_t opcode);
+    void note_unclaimed(const char* what, std::uint64_t address, bool is_write);
+
     LparSpec spec_;
+    // What differs between the firmware and Linux (platform.hpp).
+    std::unique_ptr<GuestPlatform> platform_;
     StateListener listener_;
     GuestWindow window_;
     // Every log line the guest can cause goes through this one bucket (util/rate_limit.hpp).

@@ -12,7 +12,6 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
 
 #include "lpar/hypervisor.hpp"
 #include "lpar/quiesce.hpp"
@@ -36,7 +35,7 @@ struct Hypervisor::Move {
     }
     void record(const char* name, std::uint64_t us) {
         result.phases.push_back({name, us});
-        events.publish("mvstor.phase", request.lpar, {{"phase", name}, {"us", us}});
+        events.publish("mvstor.phase", request.lpar, control::PhaseDone{name, us});
     }
     std::string busy_message(const std::string& names) const {
         return fmt::format("{}: MVSTOR abandoned: device(s) still busy after {} ms: {}",
@@ -127,10 +126,8 @@ control::MvstorResult Hypervisor::run_mvstor(const control::MvstorRequest& reque
     spdlog::info("MVSTOR {} ({}): {} -> {}", request.lpar, move.result.mode,
                  format_range_mib(move.from.start.value, move.from.size), move.target());
     events_.publish("mvstor.started", request.lpar,
-                    {{"old_origin_mib", move.result.old_origin_mib},
-                     {"new_origin_mib", move.result.new_origin_mib},
-                     {"size_mib", move.from.size / kMiB},
-                     {"mode", move.result.mode}});
+                    control::MvstorStarted{move.result.old_origin_mib, move.result.new_origin_mib,
+                                           move.from.size / kMiB, move.result.mode});
 
     try {
         if (request.mode == control::MvstorMode::Live)
@@ -161,21 +158,7 @@ control::MvstorResult Hypervisor::run_mvstor(const control::MvstorRequest& reque
         request.lpar, result.policy_branch, format_mib(result.bytes_copied),
         format_mib(result.bytes_recopied), result.stops_us.size(), result.pause_us / 1000.0,
         result.total_us / 1000.0);
-    nlohmann::json phases = nlohmann::json::array();
-    for (const auto& p : result.phases)
-        phases.push_back({{"phase", p.phase}, {"us", p.microseconds}});
-    events_.publish("mvstor.done", request.lpar,
-                    {{"old_origin_mib", result.old_origin_mib},
-                     {"new_origin_mib", result.new_origin_mib},
-                     {"mode", result.mode},
-                     {"bytes_copied", result.bytes_copied},
-                     {"bytes_recopied", result.bytes_recopied},
-                     {"stops_us", result.stops_us},
-                     {"rounds", result.rounds},
-                     {"policy_branch", result.policy_branch},
-                     {"pause_us", result.pause_us},
-                     {"total_us", result.total_us},
-                     {"phases", phases}});
+    events_.publish("mvstor.done", request.lpar, result);
     return result;
 }
 
@@ -203,7 +186,7 @@ Error Hypervisor::failed_move(Move& move, const std::exception& cause) {
     }
     const std::string message = fmt::format("{}; {}", cause.what(), outcome);
     spdlog::warn("{}", message);
-    events_.publish("mvstor.failed", name, {{"message", message}});
+    events_.publish("mvstor.failed", name, control::OperationFailed{message});
     return Error(kind_of(cause), message);
 }
 
@@ -216,7 +199,8 @@ void Hypervisor::begin_final_stop(Move& move) {
 
 void Hypervisor::populate_target(Move& move) {
     // Populate the part of the target the LPAR does not occupy yet, so the copy inside the stop
-    // does not fault pages in (KVM-NOTES.md). The operator may cancel until the stop.
+    // does not fault pages in (docs/kvm-notes.md, KVM API). The operator may cancel until the
+    // stop.
     auto t = Clock::now();
     const ArenaRange grown = newly_occupied_range(move.from, move.to.start);
     for (std::uint64_t done = 0; done < grown.size; done += kCancelSlice) {
@@ -253,7 +237,7 @@ void Hypervisor::stop_and_copy(Move& move) {
                                              copied = done;
                                              fault::point("mvstor.copy");
                                              events_.publish("mvstor.progress", move.request.lpar,
-                                                             {{"copied", done}, {"total", total}});
+                                                             control::CopyAdvanced{done, total});
                                          });
         move.phase("copy", t);
         t = Clock::now();
@@ -297,20 +281,24 @@ struct Hypervisor::Chunk {
 
 // The stop of a live move's chunk: a drained Quiesce in `stop`. The first chunk's stop gives up
 // at once when devices stay busy (nothing has moved: the move is abandoned); a later chunk's
-// retries until one more drain timeout has passed, then throws, and the move is undone.
+// retries for one more drain timeout after its first attempt failed, then throws, and the move
+// is undone.
 void Hypervisor::stop_for_chunk(Move& move, std::optional<Quiesce>& stop, std::size_t index,
                                 std::size_t count) {
-    const auto deadline = Clock::now() + move.request.drain_timeout;
+    // Set when the first attempt has failed: that attempt already waited one drain timeout for
+    // the devices (a deadline taken before it would have passed by then, and never retried).
+    std::optional<Clock::time_point> deadline;
     for (;;) {
         stop.emplace(*move.lpar, move.request.drain_timeout);
         if (stop->drained()) return;
         const std::string names = stop->busy_names();
         stop.reset();
         if (index == 0) throw Error(ErrorKind::Busy, move.busy_message(names));
-        if (Clock::now() >= deadline)
+        if (!deadline) deadline = Clock::now() + move.request.drain_timeout;
+        if (Clock::now() >= *deadline)
             throw Error(ErrorKind::Busy,
                         fmt::format("{}: MVSTOR: device(s) still busy at the stop for chunk {} "
-                                    "of {}, twice {} ms: {}",
+                                    "of {}, after two drain timeouts of {} ms: {}",
                                     move.request.lpar, index + 1, count,
                                     move.request.drain_timeout.count(), names));
         spdlog::warn("MVSTOR {}: device(s) busy at chunk {} of {} ({}); retrying",
@@ -430,7 +418,7 @@ void Hypervisor::live_move(Move& move) {
             result.rounds += rounds;
             copied_total += c.length;
             events_.publish("mvstor.progress", move.request.lpar,
-                            {{"copied", copied_total}, {"total", size}});
+                            control::CopyAdvanced{copied_total, size});
 
             // The stop for this chunk.
             if (index == 0) begin_final_stop(move);

@@ -58,7 +58,7 @@ control::ExchangeResult Hypervisor::exchange(const control::ExchangeRequest& req
                                           pause);
         },
         [&](const char* message) {
-            events_.publish("exchange.failed", request.a, {{"message", message}});
+            events_.publish("exchange.failed", request.a, control::OperationFailed{message});
         });
 }
 
@@ -69,7 +69,7 @@ control::ResizeResult Hypervisor::expand(const control::ResizeRequest& request) 
             operation_counters_.succeeded(OperationCounters::Kind::Expand, 0, 0, {});
         },
         [&](const char* message) {
-            events_.publish("expand.failed", request.lpar, {{"message", message}});
+            events_.publish("expand.failed", request.lpar, control::OperationFailed{message});
         });
 }
 
@@ -80,7 +80,7 @@ control::ResizeResult Hypervisor::shrink(const control::ResizeRequest& request) 
             operation_counters_.succeeded(OperationCounters::Kind::Shrink, 0, 0, {});
         },
         [&](const char* message) {
-            events_.publish("shrink.failed", request.lpar, {{"message", message}});
+            events_.publish("shrink.failed", request.lpar, control::OperationFailed{message});
         });
 }
 

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -64,6 +65,15 @@ std::set<std::string> backticked(const std::string& text) {
     std::set<std::string> out;
     static const std::regex kName("`([a-z_]+\\.[a-z_]+)`");
     for (std::sregex_iterator it(text.begin(), text.end(), kName), end; it != end; ++it)
+        out.insert((*it)[1]);
+    return out;
+}
+
+// The field names in backticks (no dot) in `text`.
+std::set<std::string> backticked_fields(const std::string& text) {
+    std::set<std::string> out;
+    static const std::regex kField("`([a-z_]+)`");
+    for (std::sregex_iterator it(text.begin(), text.end(), kField), end; it != end; ++it)
         out.insert((*it)[1]);
     return out;
 }
@@ -221,6 +231,43 @@ TEST_CASE("docs/control-protocol.md names the schema's methods, events and pools
     std::set<std::string> schema_events;
     for (const auto& event : kEventSchemas) schema_events.emplace(event.name);
     CHECK(documented_events == schema_events);
+
+    // Each row's fields are its events' fields: the backticked names before the row's colon
+    // (what parentheses say about a field's values aside), or "the `METHOD` result's fields"
+    // (but `lpar`, where the row says so), which are that result's own JSON.
+    const std::map<std::string, json> results = {
+        {"storage.mvstor", to_json(MvstorResult{})},
+        {"storage.exchange", to_json(ExchangeResult{})},
+        {"storage.expand", to_json(ResizeResult{})},
+    };
+    std::istringstream table(events_table);
+    for (std::string line; std::getline(table, line);) {
+        if (line.rfind("| `", 0) != 0) continue;
+        const auto first_cell_end = line.find('|', 1);
+        const std::string names = line.substr(0, first_cell_end);
+        std::string fields_cell = line.substr(first_cell_end + 1);
+        INFO(line);
+        std::set<std::string> documented_fields;
+        if (const auto at = fields_cell.find(" result's fields"); at != std::string::npos) {
+            const auto method = backticked(fields_cell.substr(0, at));
+            REQUIRE(!method.empty());
+            REQUIRE(results.count(*method.begin()) == 1);
+            for (const auto& [key, value] : results.at(*method.begin()).items())
+                documented_fields.insert(key);
+            if (fields_cell.find("but `lpar`") != std::string::npos)
+                documented_fields.erase("lpar");
+        } else {
+            fields_cell = std::regex_replace(fields_cell, std::regex("\\([^)]*\\)"), "");
+            documented_fields = backticked_fields(fields_cell.substr(0, fields_cell.find(':')));
+        }
+        for (const auto& name : backticked(names)) {
+            const EventSchema* schema = find_event_schema(name);
+            REQUIRE(schema != nullptr);
+            std::set<std::string> schema_fields;
+            for (const auto& field : schema->fields) schema_fields.emplace(field.name);
+            CHECK(documented_fields == schema_fields);
+        }
+    }
 
     // "Where calls run": each pool's list is the schema's.
     const std::string pools = section(document, "## Where calls run", "## ");
