@@ -276,8 +276,9 @@ int main(int argc, char** argv) {
         }
         // The first SIGINT/SIGTERM shuts down in order: new requests are refused, a running
         // storage operation is cancelled (before its first stop) or finishes without pre-copy
-        // (after it), which takes at most one copy of the LPAR plus two drain timeouts; then the
-        // LPARs stop. A second signal exits at once.
+        // (after it), which takes at most one copy of the LPAR plus three drain timeouts (a
+        // chunk's stop, its retry, the undo's stop); then the LPARs stop. A second signal exits
+        // at once.
         boost::asio::signal_set signals(io, SIGINT, SIGTERM);
         std::thread stopper;
         std::function<void(const boost::system::error_code&, int)> on_signal =

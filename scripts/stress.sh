@@ -58,7 +58,8 @@ binary=$build_dir/tests/test_stress
 firmware=$build_dir/guest-firmware/lparvisor-firmware
 kvm_works() { [[ -c /dev/kvm ]] && { exec 3<>/dev/kvm; } 2>/dev/null && exec 3>&-; }
 echo "stress.sh: seed $seed, $ops operations" >&2
-# A PVM /dev/kvm cannot boot the series' Linux LPAR to its workload (KVM-NOTES.md): nested there.
+# A PVM /dev/kvm cannot boot the series' Linux LPAR to its workload (docs/kvm-notes.md, Linux
+# under PVM): nested there.
 if kvm_works && [[ ! -d /sys/module/kvm_pvm ]]; then
   exec "$binary"
 fi

@@ -1,8 +1,9 @@
 // ACPI tables for a Linux LPAR: the Debian cloud kernel has no MP-table parser, so it finds its
-// local APICs, the IOAPIC and the other vCPUs only through ACPI (KVM-NOTES.md). The platform is
-// "hardware-reduced" (FADT flag HW_REDUCED_ACPI, as Firecracker and Cloud Hypervisor do): no
-// SCI, no PM1 blocks, no FACS; power-off goes through the sleep control register and reset
-// through the reset register, both served by devices/power_port.hpp.
+// local APICs, the IOAPIC and the other vCPUs only through ACPI (docs/kvm-notes.md, Debian
+// kernel as a guest). The platform is "hardware-reduced" (FADT flag HW_REDUCED_ACPI, as
+// Firecracker and Cloud Hypervisor do): no SCI, no PM1 blocks, no FACS; power-off goes through
+// the sleep control register and reset through the reset register, both served by
+// devices/power_port.hpp.
 //
 // Everything lives in the BIOS area [kAcpiRsdpGpa, kAcpiAreaEnd), which the Linux e820 map
 // (linux_loader.hpp) reports as reserved: RSDP (revision 2), XSDT, FADT (revision 6), MADT and a

@@ -148,7 +148,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     write_or_throw(memory, LPV_GDT_GPA, gdt, sizeof gdt, "GDT");
 
     // TSS with its I/O permission bitmap: a clear bit opens a port to CPL3 (IOPL=3 does not
-    // work on PVM, KVM-NOTES.md). rsp0 is unused: there is no IDT, any fault is a triple fault.
+    // work on PVM, docs/kvm-notes.md, PVM). rsp0 is unused: there is no IDT, any fault is a
+    // triple fault.
     std::vector<std::uint8_t> tss(kTssSize + kIoBitmapBytes + 1, 0);
     std::uint64_t rsp0 = LPV_STACK_TOP - LPV_MAX_VCPUS * LPV_STACK_SIZE;
     std::memcpy(&tss[4], &rsp0, 8);

@@ -1,6 +1,7 @@
-// Starts the test firmware the way KVM-NOTES.md says works on both PVM and hardware KVM: the
-// hypervisor builds the page tables, GDT and TSS (with an I/O permission bitmap for the
-// firmware's ports) in guest memory and starts every vCPU directly in 64-bit mode at CPL3.
+// Starts the test firmware the way that works on both PVM and hardware KVM (docs/kvm-notes.md,
+// Test firmware): the hypervisor builds the page tables, GDT and TSS (with an I/O permission
+// bitmap for the firmware's ports) in guest memory and starts every vCPU directly in 64-bit mode
+// at CPL3.
 #pragma once
 
 #include <linux/kvm.h>

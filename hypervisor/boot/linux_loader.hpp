@@ -7,7 +7,8 @@
 // Two kernel formats:
 //  - bzImage ("HdrS" at 0x202, protocol >= 2.12 with XLF_KERNEL_64): the protected-mode part
 //    goes to its preferred address (1 MiB if not relocatable) and runs from +0x200, where the
-//    decompressor's startup_64 is. Decompressing is slow under PVM (KVM-NOTES.md).
+//    decompressor's startup_64 is. Decompressing is slow under PVM (docs/kvm-notes.md, Linux
+//    under PVM).
 //  - ELF vmlinux: PT_LOAD segments at their physical addresses, entry = e_entry (the physical
 //    startup_64); the zero page's setup header is built from scratch.
 //

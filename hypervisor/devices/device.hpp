@@ -1,6 +1,7 @@
 // The device interface and the port-I/O bus. A device sees offsets inside its own range; the
 // bus is fixed once the LPAR is built, so dispatch takes no lock (lock order: a device's own
-// mutex is the innermost lock; devices never call back into the bus or the LPAR with it held).
+// mutex comes after the LPAR's, and only a console log's comes after it; devices never call back
+// into the bus or the LPAR with it held).
 #pragma once
 
 #include <cstdint>

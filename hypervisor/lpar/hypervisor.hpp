@@ -178,8 +178,9 @@ class Hypervisor final : public control::Api {
     // Set once by request_shutdown(): operations end early (see there), new ones are refused.
     std::atomic<bool> shutting_down_{false};
 
-    // Serializes operations that change storage ownership (activate, deactivate, reset, MVSTOR),
-    // so a range vacated by one is scrubbed before another can take it.
+    // Serializes operations that change storage ownership (activate, deactivate, reset, remove,
+    // MVSTOR, EXCHANGE, EXPAND, shrink, the guest actions' restarts), so a range vacated by one is
+    // scrubbed before another can take it.
     std::mutex storage_operation_mutex_;
 
     // The guest actions waiting for the worker (restart, deactivate), in the order guests asked.

@@ -1,10 +1,10 @@
 // The storage operations' counters for system.stats and /metrics: how many MVSTORs, EXCHANGEs,
 // EXPANDs and SHRINKs ended in each outcome, the bytes they copied, and a histogram of the pauses
 // they cost the guests. The Hypervisor records each operation once, when its public call returns
-// or throws (Hypervisor::metered), so an MVSTOR that storage.make_room or storage.grow runs counts
-// like one the operator asked for.
+// or throws (metered() in lpar/stats.cpp), so an MVSTOR that storage.make_room or storage.grow
+// runs counts like one the operator asked for.
 //
-// Threads: record() and the snapshots from any thread (one short lock).
+// Threads: succeeded(), failed() and the snapshots from any thread (one short lock).
 #pragma once
 
 #include <array>

@@ -1,8 +1,9 @@
 // Steps 201-202 as one guard: stop an LPAR's vCPUs, then drain its devices; on every way out of
 // the scope either resume both, or fence the LPAR when the operation left its storage in a state
 // that could not be undone. Every storage operation that must quiesce an LPAR (stop-and-copy,
-// each stop of a live move, EXCHANGE, SHRINK) uses it, so that no path forgets a resume or
-// resumes a half-moved guest (crosvm's VcpuSuspendGuard / DeviceSleepGuard).
+// each stop of a live move and its roll-back, EXCHANGE, SHRINK, EXPAND's undo) uses it, so that
+// no path forgets a resume or resumes a half-moved guest (crosvm's VcpuSuspendGuard /
+// DeviceSleepGuard).
 #pragma once
 
 #include <chrono>

@@ -31,7 +31,7 @@ class Arena {
 
     // Allocates backing pages now so that a later copy or guest access does not fault them in.
     void populate(ArenaRange range);
-    // Frees the pages: they read back as zeros (the scrub of vacated storage, step 6 of MVSTOR).
+    // Frees the pages: they read back as zeros (the scrub of vacated storage, MVSTOR's last step).
     void punch(ArenaRange range);
     // Whether the page holding `offset` currently has backing (for tests and "holes cost nothing").
     bool is_populated(ArenaOffset offset) const;

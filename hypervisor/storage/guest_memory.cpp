@@ -23,10 +23,14 @@ GuestWindow::GuestWindow(const Arena& arena, ArenaRange range, std::uint64_t res
     void* raw =
         ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (raw == MAP_FAILED) throw_errno("reserve guest window of " + format_mib(window));
+    // SAFETY: the reservation's addresses as numbers, to align them; the pointers made back from
+    // them (the unaligned head and tail given back, the aligned window kept) lie inside the
+    // `reserve` bytes just mapped, since aligned + window <= start + reserve.
     auto start = reinterpret_cast<std::uintptr_t>(raw);
     auto aligned = (start + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
     if (aligned > start) ::munmap(raw, aligned - start);
     std::uint64_t tail = (start + reserve) - (aligned + window);
+    // SAFETY: both inside the reservation (see above): its tail past the window, and the window.
     if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + window), tail);
     mapping_ = Mapping(reinterpret_cast<void*>(aligned), window);
     remap_part(0, range.size, range.start);

@@ -3,8 +3,8 @@
 // can reach host memory or another LPAR's storage.
 //
 // The view points at the LPAR's guest window (see GuestWindow), whose host address never
-// changes when the LPAR moves: MVSTOR re-maps the window onto the new origin underneath. Devices
-// still take a fresh view per request rather than caching spans.
+// changes when the LPAR moves: MVSTOR re-maps the window onto the new origin underneath. So each
+// device keeps the view it was built with for life; none keeps a span across requests.
 //
 // Writes are marked in the device dirty log after they land, never before (see DeviceDirtyLog):
 // write() copies and then marks, store_release() stores and then marks, and a device that fills
@@ -245,6 +245,7 @@ class GuestMemory {
   private:
     template <typename T>
     static bool aligned_for(const std::uint8_t* host) noexcept {
+        // SAFETY: the address as a number, for its alignment only; nothing is dereferenced.
         return reinterpret_cast<std::uintptr_t>(host) % std::atomic_ref<T>::required_alignment == 0;
     }
 

@@ -56,7 +56,7 @@ ArenaRange vacated_range(ArenaRange from, ArenaOffset to);
 // The part of the target that the LPAR does not occupy yet (what must be populated first).
 ArenaRange newly_occupied_range(ArenaRange from, ArenaOffset to);
 
-// Step 6 of MVSTOR: zero the vacated storage (punch: it reads back as zeros and frees the
+// MVSTOR's last step: zero the vacated storage (punch: it reads back as zeros and frees the
 // memory) and reset its keys, so no later owner sees this LPAR's data.
 void scrub(Arena& arena, StorageKeys& keys, ArenaRange range);
 

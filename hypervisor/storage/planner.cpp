@@ -56,6 +56,8 @@ struct Cost {
 using Layout = std::vector<std::uint64_t>;  // origin of each item, units
 
 std::string key_of(const Layout& layout) {
+    // SAFETY: the layout's own size() * sizeof(element) bytes, read as chars (which may alias
+    // anything) to make a hash key.
     return {reinterpret_cast<const char*>(layout.data()), layout.size() * sizeof(layout[0])};
 }
 

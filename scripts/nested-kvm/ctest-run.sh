@@ -13,9 +13,9 @@ shift 2
 command_file=$1
 shift
 
-# A PVM /dev/kvm (kvm_pvm: guest kernel code emulated, KVM-NOTES.md) runs the firmware tests but
-# cannot boot Linux to userspace; tests that need that set LPARVISOR_NESTED_ON_PVM=1 and run
-# nested there too (their direct twins skip under PVM).
+# A PVM /dev/kvm (kvm_pvm: guest kernel code emulated, docs/kvm-notes.md, PVM) runs the firmware
+# tests but cannot boot Linux to userspace; tests that need that set LPARVISOR_NESTED_ON_PVM=1 and
+# run nested there too (their direct twins skip under PVM).
 # The braces keep 2>/dev/null to the probe: on a bare `exec 3<>/dev/kvm 2>/dev/null` it would
 # stay in force and hide run.sh's messages (and QEMU's errors) for the rest of the run.
 if [[ -c /dev/kvm ]] && { exec 3<>/dev/kvm; } 2>/dev/null; then

@@ -20,7 +20,7 @@ if [ -z "${LPARVISOR_LINUX_GUEST_ENV:-}" ] || [ ! -f "$LPARVISOR_LINUX_GUEST_ENV
   exit 77
 fi
 if [ -d /sys/module/kvm_pvm ]; then
-  echo "*** SKIPPED: this /dev/kvm is PVM, which cannot boot Linux to its shell (KVM-NOTES.md);"
+  echo "*** SKIPPED: this /dev/kvm is PVM, which cannot boot Linux to its shell (docs/kvm-notes.md);"
   echo "*** the nested twin (nested_test_console) runs this test under nested KVM instead ***"
   exit 77
 fi

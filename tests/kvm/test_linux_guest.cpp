@@ -89,8 +89,9 @@ TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR
     test::TempDir dir("linux");
     auto disk = test::make_disk(dir, "linux", 8 * kMiB);
 
-    // Two vCPUs where KVM runs guest kernel code natively; under PVM one, as KVM-NOTES.md
-    // measured it (whether PVM's emulator gets an AP through its real-mode start is untested).
+    // Two vCPUs where KVM runs guest kernel code natively; under PVM one, as it was measured
+    // (docs/kvm-notes.md, Linux under PVM; whether PVM's emulator gets an AP through its
+    // real-mode start is untested).
     const unsigned vcpus = pvm ? 1 : 2;
     // One deadline for the whole boot, not one per stage: under PVM every instruction of the
     // kernel is emulated, and how long a stage takes depends on what else the host runs (a
@@ -141,7 +142,8 @@ TEST_CASE("the Debian kernel boots in an LPAR and keeps booting across an MVSTOR
 }
 
 // The full boot: a separate ctest entry (test_linux_guest_full), which says SKIPPED where KVM is
-// PVM (it emulates guest kernel code far too slowly to get there, KVM-NOTES.md).
+// PVM (it emulates guest kernel code far too slowly to get there, docs/kvm-notes.md, Linux under
+// PVM).
 static void skip_full_boot_under_pvm() {
     if (kvm::detect_flavour() != kvm::Flavour::Pvm) return;
     std::fprintf(stderr,

@@ -1,4 +1,4 @@
-// Live MVSTOR (issue 6) under real KVM: busy firmware LPARs moved while they run, overlapping
+// Live MVSTOR under real KVM: busy firmware LPARs moved while they run, overlapping
 // (chunk by chunk) and disjoint, up and down; a move out of time for pre-copy falls back and is
 // still correct; a cancelled live move changes nothing. The firmware verifies every word and key.
 #include <catch2/catch.hpp>
