@@ -61,21 +61,24 @@ void accepted(test::FakeApi& api, const json& req) {
     if (response.contains("error")) CHECK(response.at("error").at("code") != -32602);
 }
 
-std::set<std::string> backticked(const std::string& text) {
+// The first group of every match of `pattern` in `text`.
+std::set<std::string> captures(const std::string& text, const std::regex& pattern) {
     std::set<std::string> out;
-    static const std::regex kName("`([a-z_]+\\.[a-z_]+)`");
-    for (std::sregex_iterator it(text.begin(), text.end(), kName), end; it != end; ++it)
+    for (std::sregex_iterator it(text.begin(), text.end(), pattern), end; it != end; ++it)
         out.insert((*it)[1]);
     return out;
 }
 
+// The dotted names (methods, events) in backticks in `text`.
+std::set<std::string> backticked(const std::string& text) {
+    static const std::regex kName("`([a-z_]+\\.[a-z_]+)`");
+    return captures(text, kName);
+}
+
 // The field names in backticks (no dot) in `text`.
 std::set<std::string> backticked_fields(const std::string& text) {
-    std::set<std::string> out;
     static const std::regex kField("`([a-z_]+)`");
-    for (std::sregex_iterator it(text.begin(), text.end(), kField), end; it != end; ++it)
-        out.insert((*it)[1]);
-    return out;
+    return captures(text, kField);
 }
 
 std::string read_document() {
