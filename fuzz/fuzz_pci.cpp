@@ -79,7 +79,7 @@ void run(Fixture& fixture, const std::vector<Op>& ops) {
         for (const Op& op : ops) {
             const std::size_t port_size = std::size_t{1} << (op.size % 3);
             const std::size_t mmio_size = std::size_t{1} << (op.size % 4);
-            const std::uint64_t gpa = pci::PciBus::kMmioBase +
+            const GuestPhysAddr gpa = pci::PciBus::kMmioBase +
                                       std::uint64_t{op.slot % 33u} * pci::PciBus::kBarStride +
                                       op.offset;
             switch (op.kind % 8) {
@@ -138,7 +138,7 @@ void run(Fixture& fixture, const std::vector<Op>& ops) {
                     fuzz::tally("NEEDS_RESET in slot " + std::to_string(slot));
             }
             // Every ioeventfd sits on a queue's notify address inside a decoding BAR0.
-            for (std::uint64_t address : platform->ioeventfd_addresses()) {
+            for (GuestPhysAddr address : platform->ioeventfd_addresses()) {
                 bool inside = false;
                 for (unsigned slot = 1; slot <= kDevices; ++slot) {
                     auto device = bus->device(slot);

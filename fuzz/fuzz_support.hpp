@@ -250,7 +250,7 @@ class FakePciPlatform final : public pci::PciPlatform {
         std::lock_guard lock(mutex_);
         routes_.erase(gsi);
     }
-    bool register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    bool register_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                             int eventfd) noexcept override {
         std::lock_guard lock(mutex_);
         check(length == 2, "ioeventfd of an unexpected width");
@@ -259,7 +259,7 @@ class FakePciPlatform final : public pci::PciPlatform {
         if (refuse_ioeventfds_) return false;
         return ioeventfds_.emplace(gpa, eventfd).second;
     }
-    void unregister_ioeventfd(std::uint64_t gpa, std::uint32_t, int eventfd) noexcept override {
+    void unregister_ioeventfd(GuestPhysAddr gpa, std::uint32_t, int eventfd) noexcept override {
         std::lock_guard lock(mutex_);
         auto it = ioeventfds_.find(gpa);
         check(it != ioeventfds_.end() && it->second == eventfd,
@@ -272,9 +272,9 @@ class FakePciPlatform final : public pci::PciPlatform {
         refuse_routes_ = routes;
         refuse_ioeventfds_ = ioeventfds;
     }
-    std::vector<std::uint64_t> ioeventfd_addresses() {
+    std::vector<GuestPhysAddr> ioeventfd_addresses() {
         std::lock_guard lock(mutex_);
-        std::vector<std::uint64_t> out;
+        std::vector<GuestPhysAddr> out;
         for (const auto& [gpa, fd] : ioeventfds_) out.push_back(gpa);
         return out;
     }
@@ -292,7 +292,7 @@ class FakePciPlatform final : public pci::PciPlatform {
     std::set<std::uint32_t> allocated_;
     std::map<std::uint32_t, int> irqfds_;
     std::map<std::uint32_t, std::pair<std::uint64_t, std::uint32_t>> routes_;
-    std::map<std::uint64_t, int> ioeventfds_;
+    std::map<GuestPhysAddr, int> ioeventfds_;
     bool refuse_routes_ = false;
     bool refuse_ioeventfds_ = false;
 };

@@ -87,7 +87,7 @@ bool acpi_sum_is_zero(std::span<const std::uint8_t> bytes) {
     return sum == 0;
 }
 
-std::vector<std::uint8_t> acpi_rsdp(std::uint64_t xsdt_gpa) {
+std::vector<std::uint8_t> acpi_rsdp(GuestPhysAddr xsdt) {
     Bytes t;
     t.text("RSD PTR ", 8);
     t.u8(0);  // checksum of the ACPI 1.0 part (first 20 bytes)
@@ -95,7 +95,7 @@ std::vector<std::uint8_t> acpi_rsdp(std::uint64_t xsdt_gpa) {
     t.u8(2);   // revision 2: XSDT present
     t.u32(0);  // no RSDT: Linux uses the XSDT when the revision is >= 2
     t.u32(36);
-    t.u64(xsdt_gpa);
+    t.u64(xsdt.value);
     t.u8(0);  // extended checksum (all 36 bytes)
     t.zeros(3);
     auto& b = t.vec();
@@ -104,14 +104,14 @@ std::vector<std::uint8_t> acpi_rsdp(std::uint64_t xsdt_gpa) {
     return std::move(b);
 }
 
-std::vector<std::uint8_t> acpi_xsdt(std::span<const std::uint64_t> tables) {
+std::vector<std::uint8_t> acpi_xsdt(std::span<const GuestPhysAddr> tables) {
     Bytes t;
     header(t, "XSDT", 1, "LPVXSDT");
-    for (std::uint64_t gpa : tables) t.u64(gpa);
+    for (GuestPhysAddr gpa : tables) t.u64(gpa.value);
     return finish(t);
 }
 
-std::vector<std::uint8_t> acpi_fadt(std::uint64_t dsdt_gpa) {
+std::vector<std::uint8_t> acpi_fadt(GuestPhysAddr dsdt) {
     constexpr std::uint32_t kFlagWbinvd = 1u << 0;       // WBINVD works (it is a VM exit)
     constexpr std::uint32_t kFlagPowerButton = 1u << 4;  // no fixed-feature power button
     constexpr std::uint32_t kFlagSleepButton = 1u << 5;  // no fixed-feature sleep button
@@ -125,8 +125,8 @@ std::vector<std::uint8_t> acpi_fadt(std::uint64_t dsdt_gpa) {
     Bytes t;
     header(t, "FACP", 6, "LPVFACP");
     t.u32(0);  // 36 FIRMWARE_CTRL: no FACS on a hardware-reduced platform
-    t.u32(dsdt_gpa <= 0xffffffff ? static_cast<std::uint32_t>(dsdt_gpa) : 0);  // 40 DSDT
-    t.u8(0);                                                                   // 44 reserved
+    t.u32(dsdt.value <= 0xffffffff ? static_cast<std::uint32_t>(dsdt.value) : 0);  // 40 DSDT
+    t.u8(0);                                                                       // 44 reserved
     t.u8(0);      // 45 preferred PM profile: unspecified
     t.u16(0);     // 46 SCI_INT: none (hardware-reduced)
     t.u32(0);     // 48 SMI_CMD: no SMM, ACPI is always enabled
@@ -145,7 +145,7 @@ std::vector<std::uint8_t> acpi_fadt(std::uint64_t dsdt_gpa) {
     t.u16(0);                                                         // 129 ARM_BOOT_ARCH
     t.u8(0);                                                          // 131 minor version
     t.u64(0);                                                         // 132 X_FIRMWARE_CTRL
-    t.u64(dsdt_gpa);                                                  // 140 X_DSDT
+    t.u64(dsdt.value);                                                // 140 X_DSDT
     t.zeros(12 * 8);  // 148 X_PM1a_EVT .. X_GPE1_BLK: none
     io_byte_register(t, PowerPort::kBase + PowerPort::kSleepControlOffset);  // 244
     io_byte_register(t, PowerPort::kBase + PowerPort::kSleepStatusOffset);   // 256
@@ -398,13 +398,13 @@ AcpiTables build_acpi_tables(const GuestMemory& memory, unsigned vcpus, const st
     at.rsdp = kAcpiRsdpGpa;
     at.xsdt = kAcpiRsdpGpa + 0x40;
     at.fadt = kAcpiRsdpGpa + 0x80;
-    auto fadt_size = acpi_fadt(0).size();
+    auto fadt_size = acpi_fadt(GuestPhysAddr{0}).size();
     at.dsdt = align16(at.fadt + fadt_size);
     auto dsdt = acpi_dsdt();
     at.madt = align16(at.dsdt + dsdt.size());
     auto madt = acpi_madt(vcpus);
     at.end = at.madt + madt.size();
-    const std::uint64_t xsdt_entries[] = {at.fadt, at.madt};
+    const GuestPhysAddr xsdt_entries[] = {GuestPhysAddr{at.fadt}, GuestPhysAddr{at.madt}};
     auto xsdt = acpi_xsdt(xsdt_entries);
     if (at.xsdt + xsdt.size() > at.fadt || at.end > kAcpiAreaEnd)
         throw Error(ErrorKind::InvalidArgument,
@@ -423,9 +423,9 @@ AcpiTables build_acpi_tables(const GuestMemory& memory, unsigned vcpus, const st
                     fmt::format("{}: {} MiB of storage does not reach the ACPI area at {:#x}", lpar,
                                 memory.size() >> 20, kAcpiRsdpGpa));
     put(kAcpiRsdpGpa, std::vector<std::uint8_t>(kAcpiAreaEnd - kAcpiRsdpGpa, 0), "area");
-    put(at.rsdp, acpi_rsdp(at.xsdt), "RSDP");
+    put(at.rsdp, acpi_rsdp(GuestPhysAddr{at.xsdt}), "RSDP");
     put(at.xsdt, xsdt, "XSDT");
-    put(at.fadt, acpi_fadt(at.dsdt), "FADT");
+    put(at.fadt, acpi_fadt(GuestPhysAddr{at.dsdt}), "FADT");
     put(at.dsdt, dsdt, "DSDT");
     put(at.madt, madt, "MADT");
     return at;

@@ -41,9 +41,9 @@ struct AcpiTables {
 AcpiTables build_acpi_tables(const GuestMemory& memory, unsigned vcpus, const std::string& lpar);
 
 // The pieces, public for the unit tests. Each returns a complete table with its checksum set.
-std::vector<std::uint8_t> acpi_rsdp(std::uint64_t xsdt_gpa);
-std::vector<std::uint8_t> acpi_xsdt(std::span<const std::uint64_t> tables);
-std::vector<std::uint8_t> acpi_fadt(std::uint64_t dsdt_gpa);
+std::vector<std::uint8_t> acpi_rsdp(GuestPhysAddr xsdt);
+std::vector<std::uint8_t> acpi_xsdt(std::span<const GuestPhysAddr> tables);
+std::vector<std::uint8_t> acpi_fadt(GuestPhysAddr dsdt);
 std::vector<std::uint8_t> acpi_madt(unsigned vcpus);
 std::vector<std::uint8_t> acpi_dsdt();
 

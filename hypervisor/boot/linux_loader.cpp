@@ -162,9 +162,8 @@ class Loader {
         return k;
     }
 
-    ParsedKernel parse_elf(std::span<const std::uint8_t> file) const {
-        ParsedKernel k;
-        k.kind = "vmlinux";
+    // The ELF header, checked: an x86-64 executable whose program headers lie in the file.
+    Elf64_Ehdr elf_header(std::span<const std::uint8_t> file) const {
         Elf64_Ehdr eh;
         if (file.size() < sizeof eh) kernel_fail("too short for an ELF header");
         std::memcpy(&eh, file.data(), sizeof eh);
@@ -175,28 +174,46 @@ class Loader {
         if (eh.e_phoff > file.size() ||
             std::uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr) > file.size() - eh.e_phoff)
             kernel_fail("program headers beyond the end of the file");
+        return eh;
+    }
+
+    // Program header `i` when it loads something (PT_LOAD, memsz > 0), checked: its file bytes
+    // inside the file, its physical range from 1 MiB up without wrapping. elf_header() proved
+    // the program header table inside the file.
+    std::optional<Elf64_Phdr> loadable_segment(std::span<const std::uint8_t> file,
+                                               const Elf64_Ehdr& eh, unsigned i) const {
+        Elf64_Phdr ph;
+        std::memcpy(&ph, file.data() + eh.e_phoff + i * sizeof(Elf64_Phdr), sizeof ph);
+        if (ph.p_type != PT_LOAD || ph.p_memsz == 0) return std::nullopt;
+        if (ph.p_filesz > ph.p_memsz)
+            kernel_fail(fmt::format("segment {}: file size > memory size", i));
+        if (ph.p_offset > file.size() || ph.p_filesz > file.size() - ph.p_offset)
+            kernel_fail(fmt::format("segment {}: file range beyond the end of the file", i));
+        if (ph.p_paddr < kLinuxHighMemory || ph.p_paddr + ph.p_memsz < ph.p_paddr)
+            kernel_fail(fmt::format("segment {} at physical {:#x} is below 1 MiB", i, ph.p_paddr));
+        return ph;
+    }
+
+    ParsedKernel parse_elf(std::span<const std::uint8_t> file) const {
+        ParsedKernel k;
+        k.kind = "vmlinux";
+        const Elf64_Ehdr eh = elf_header(file);
 
         std::optional<std::uint64_t> entry;
         k.start = UINT64_MAX;
         for (unsigned i = 0; i < eh.e_phnum; ++i) {
-            Elf64_Phdr ph;
-            std::memcpy(&ph, file.data() + eh.e_phoff + i * sizeof(Elf64_Phdr), sizeof ph);
-            if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
-            if (ph.p_filesz > ph.p_memsz)
-                kernel_fail(fmt::format("segment {}: file size > memory size", i));
-            if (ph.p_offset > file.size() || ph.p_filesz > file.size() - ph.p_offset)
-                kernel_fail(fmt::format("segment {}: file range beyond the end of the file", i));
-            if (ph.p_paddr < kLinuxHighMemory || ph.p_paddr + ph.p_memsz < ph.p_paddr)
-                kernel_fail(
-                    fmt::format("segment {} at physical {:#x} is below 1 MiB", i, ph.p_paddr));
-            k.pieces.push_back({ph.p_paddr, ph.p_memsz, file.subspan(ph.p_offset, ph.p_filesz)});
-            k.start = std::min(k.start, ph.p_paddr);
-            k.end = std::max(k.end, ph.p_paddr + ph.p_memsz);
+            const std::optional<Elf64_Phdr> ph = loadable_segment(file, eh, i);
+            if (!ph) continue;
+            k.pieces.push_back(
+                {ph->p_paddr, ph->p_memsz, file.subspan(ph->p_offset, ph->p_filesz)});
+            k.start = std::min(k.start, ph->p_paddr);
+            k.end = std::max(k.end, ph->p_paddr + ph->p_memsz);
             // e_entry is the physical startup_64 in an x86-64 vmlinux; accept a virtual one too.
-            if (eh.e_entry >= ph.p_paddr && eh.e_entry - ph.p_paddr < ph.p_memsz) {
+            if (eh.e_entry >= ph->p_paddr && eh.e_entry - ph->p_paddr < ph->p_memsz) {
                 entry = eh.e_entry;
-            } else if (!entry && eh.e_entry >= ph.p_vaddr && eh.e_entry - ph.p_vaddr < ph.p_memsz) {
-                entry = ph.p_paddr + (eh.e_entry - ph.p_vaddr);
+            } else if (!entry && eh.e_entry >= ph->p_vaddr &&
+                       eh.e_entry - ph->p_vaddr < ph->p_memsz) {
+                entry = ph->p_paddr + (eh.e_entry - ph->p_vaddr);
             }
         }
         if (k.pieces.empty()) kernel_fail("no loadable segment");

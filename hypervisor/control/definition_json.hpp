@@ -83,45 +83,55 @@ inline std::string_view to_string(GuestAction action) {
     return kGuestActions[static_cast<std::size_t>(action)];
 }
 
+// One disk given as an object: {"path": "b.img", "read_only": true, "latency_ms": 5}. `where`
+// names it in messages ("disks[1]").
+inline DiskDefinition parse_disk_object(const nlohmann::json& entry, const std::string& where) {
+    DiskDefinition disk;
+    for (const auto& [k, v] : entry.items()) {
+        if (k == "path") {
+            if (!v.is_string()) refuse_param(where + ".path", "expected a string");
+            disk.path = v.get<std::string>();
+        } else if (k == "read_only") {
+            if (!v.is_boolean()) refuse_param(where + ".read_only", "expected true or false");
+            disk.read_only = v.get<bool>();
+        } else if (k == "latency_ms") {
+            if (!v.is_number_unsigned() || v.get<std::uint64_t>() > 60'000)
+                refuse_param(where + ".latency_ms", "expected an integer 0..60000");
+            disk.latency_ms = static_cast<std::uint32_t>(v.get<std::uint64_t>());
+        } else {
+            refuse_param(fmt::format("{}.{}", where, k),
+                         "unknown key (known: latency_ms, path, read_only)");
+        }
+    }
+    return disk;
+}
+
+// One entry of a disk list: an image path or an object (parse_disk_object); either way with a
+// path of 1 to kMaxPathBytes bytes.
+inline DiskDefinition parse_disk_entry(const nlohmann::json& entry, const std::string& where) {
+    DiskDefinition disk;
+    if (entry.is_string()) {
+        disk.path = entry.get<std::string>();
+    } else if (entry.is_object()) {
+        disk = parse_disk_object(entry, where);
+    } else {
+        refuse_param(where, "expected an image path or an object {path, read_only, latency_ms}");
+    }
+    if (disk.path.empty() || disk.path.size() > kMaxPathBytes)
+        refuse_param(where + ".path", "expected a non-empty path of at most 4096 bytes");
+    return disk;
+}
+
 // "disks": ["a.img", {"path": "b.img", "read_only": true, "latency_ms": 5}]
 inline std::vector<DiskDefinition> parse_disk_list(const nlohmann::json& value,
                                                    const std::string& key) {
-    auto fail = [&](const std::string& where, const std::string& why) {
-        throw std::invalid_argument(where + ": " + why);
-    };
-    if (!value.is_array()) fail(key, "expected an array of image paths or {path, ...} objects");
+    if (!value.is_array())
+        refuse_param(key, "expected an array of image paths or {path, ...} objects");
     if (value.size() > kMaxDisksPerLpar)
-        fail(key, "at most " + std::to_string(kMaxDisksPerLpar) + " disks per LPAR");
+        refuse_param(key, fmt::format("at most {} disks per LPAR", kMaxDisksPerLpar));
     std::vector<DiskDefinition> disks;
-    for (std::size_t i = 0; i < value.size(); ++i) {
-        const auto& entry = value[i];
-        const std::string where = key + "[" + std::to_string(i) + "]";
-        DiskDefinition disk;
-        if (entry.is_string()) {
-            disk.path = entry.get<std::string>();
-        } else if (entry.is_object()) {
-            for (const auto& [k, v] : entry.items()) {
-                if (k == "path") {
-                    if (!v.is_string()) fail(where + ".path", "expected a string");
-                    disk.path = v.get<std::string>();
-                } else if (k == "read_only") {
-                    if (!v.is_boolean()) fail(where + ".read_only", "expected true or false");
-                    disk.read_only = v.get<bool>();
-                } else if (k == "latency_ms") {
-                    if (!v.is_number_unsigned() || v.get<std::uint64_t>() > 60'000)
-                        fail(where + ".latency_ms", "expected an integer 0..60000");
-                    disk.latency_ms = static_cast<std::uint32_t>(v.get<std::uint64_t>());
-                } else {
-                    fail(where + "." + k, "unknown key (known: latency_ms, path, read_only)");
-                }
-            }
-        } else {
-            fail(where, "expected an image path or an object {path, read_only, latency_ms}");
-        }
-        if (disk.path.empty() || disk.path.size() > kMaxPathBytes)
-            fail(where + ".path", "expected a non-empty path of at most 4096 bytes");
-        disks.push_back(std::move(disk));
-    }
+    for (std::size_t i = 0; i < value.size(); ++i)
+        disks.push_back(parse_disk_entry(value[i], fmt::format("{}[{}]", key, i)));
     return disks;
 }
 

@@ -187,7 +187,7 @@ Vcpu::RunResult Vcpu::run() {
                     0};
         }
         case KVM_EXIT_MMIO:
-            return {MmioExit{run_->mmio.phys_addr, run_->mmio.is_write != 0,
+            return {MmioExit{GuestPhysAddr{run_->mmio.phys_addr}, run_->mmio.is_write != 0,
                              std::span<std::uint8_t>(run_->mmio.data,
                                                      std::min<std::size_t>(run_->mmio.len, 8))},
                     0};
@@ -284,12 +284,12 @@ std::uint64_t Vcpu::tsc_khz() const {
     return khz > 0 ? static_cast<std::uint64_t>(khz) : 0;
 }
 
-std::optional<std::uint64_t> Vcpu::translate(std::uint64_t guest_virtual) const noexcept {
+std::optional<GuestPhysAddr> Vcpu::translate(std::uint64_t guest_virtual) const noexcept {
     kvm_translation translation{};
     translation.linear_address = guest_virtual;
     if (::ioctl(fd_.get(), KVM_TRANSLATE, &translation) < 0 || !translation.valid)
         return std::nullopt;
-    return translation.physical_address;
+    return GuestPhysAddr{translation.physical_address};
 }
 
 Vm::Vm(const System& system) : system_(system) {
@@ -302,12 +302,12 @@ Vm::Vm(const System& system) : system_(system) {
     fd_.reset(fd);
 }
 
-void Vm::set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std::uint64_t size,
+void Vm::set_memory_region(std::uint32_t slot, GuestPhysAddr guest_address, std::uint64_t size,
                            void* host_address, std::uint32_t flags) {
     kvm_userspace_memory_region region{};
     region.slot = slot;
     region.flags = flags;
-    region.guest_phys_addr = guest_address;
+    region.guest_phys_addr = guest_address.value;
     region.memory_size = size;
     // SAFETY: an address handed to KVM, not dereferenced here; the caller owns a mapping of `size`
     // bytes there for as long as the slot exists (the LPAR's guest window).
@@ -374,10 +374,10 @@ kvm_irqfd make_irqfd(int eventfd, std::uint32_t gsi, std::uint32_t flags) {
     return irqfd;
 }
 
-kvm_ioeventfd make_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd,
+kvm_ioeventfd make_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd,
                              std::uint32_t flags) {
     kvm_ioeventfd io{};
-    io.addr = gpa;
+    io.addr = gpa.value;
     io.len = length;
     io.fd = eventfd;
     io.flags = flags;  // MMIO (no KVM_IOEVENTFD_FLAG_PIO), no datamatch
@@ -389,9 +389,9 @@ std::string irqfd_what(const char* op, int eventfd, std::uint32_t gsi) {
            std::to_string(gsi);
 }
 
-std::string ioeventfd_what(const char* op, std::uint64_t gpa, std::uint32_t length, int eventfd) {
+std::string ioeventfd_what(const char* op, GuestPhysAddr gpa, std::uint32_t length, int eventfd) {
     char address[32];
-    std::snprintf(address, sizeof address, "%#llx", static_cast<unsigned long long>(gpa));
+    std::snprintf(address, sizeof address, "%#llx", static_cast<unsigned long long>(gpa.value));
     return std::string("KVM_IOEVENTFD ") + op + " " + address + "+" + std::to_string(length) +
            " fd " + std::to_string(eventfd);
 }
@@ -409,13 +409,13 @@ void Vm::deassign_irqfd(int eventfd, std::uint32_t gsi) {
         throw_errno(irqfd_what("deassign", eventfd, gsi));
 }
 
-void Vm::assign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd) {
+void Vm::assign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd) {
     kvm_ioeventfd io = make_ioeventfd(gpa, length, eventfd, 0);
     if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0)
         throw_errno(ioeventfd_what("assign", gpa, length, eventfd));
 }
 
-void Vm::deassign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd) {
+void Vm::deassign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd) {
     kvm_ioeventfd io = make_ioeventfd(gpa, length, eventfd, KVM_IOEVENTFD_FLAG_DEASSIGN);
     if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0)
         throw_errno(ioeventfd_what("deassign", gpa, length, eventfd));

@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "util/address.hpp"
 #include "util/fd.hpp"
 #include "util/mapping.hpp"
 
@@ -51,7 +52,7 @@ struct IoExit {
     std::uint32_t count;
 };
 struct MmioExit {
-    std::uint64_t address;
+    GuestPhysAddr address;
     bool is_write;
     std::span<std::uint8_t> data;  // inside kvm_run
 };
@@ -112,7 +113,7 @@ class Vcpu {
     [[nodiscard]] bool inject_exception(std::uint8_t vector) noexcept;
     std::uint64_t tsc_khz() const;  // 0 if KVM cannot tell
     // Guest-virtual to guest-physical through the vCPU's current page tables (KVM_TRANSLATE).
-    std::optional<std::uint64_t> translate(std::uint64_t guest_virtual) const noexcept;
+    std::optional<GuestPhysAddr> translate(std::uint64_t guest_virtual) const noexcept;
 
   private:
     Fd fd_;
@@ -127,7 +128,7 @@ class Vm {
     int fd() const noexcept { return fd_.get(); }
 
     // Registers guest RAM [guest_address, +size) backed by host memory at host_address.
-    void set_memory_region(std::uint32_t slot, std::uint64_t guest_address, std::uint64_t size,
+    void set_memory_region(std::uint32_t slot, GuestPhysAddr guest_address, std::uint64_t size,
                            void* host_address, std::uint32_t flags = 0);
     std::unique_ptr<Vcpu> create_vcpu(unsigned index);
     // KVM_GET_DIRTY_LOG: overwrites `bitmap` (one bit per 4 KiB page of the slot, in 64-bit
@@ -155,8 +156,8 @@ class Vm {
     void deassign_irqfd(int eventfd, std::uint32_t gsi);
     // KVM_IOEVENTFD on MMIO, no datamatch: a guest write of `length` bytes (0: any length) to
     // `gpa` signals `eventfd` and completes in the kernel, with no MMIO exit.
-    void assign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd);
-    void deassign_ioeventfd(std::uint64_t gpa, std::uint32_t length, int eventfd);
+    void assign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd);
+    void deassign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd);
 
   private:
     const System& system_;

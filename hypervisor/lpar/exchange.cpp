@@ -14,6 +14,44 @@
 
 namespace lparvisor {
 
+namespace {
+
+// Where each LPAR of an exchange goes. Equal sizes: each takes the other's origin. Neighbours:
+// the upper one moves to the lower origin and the lower one follows it.
+struct ExchangeShape {
+    bool equal = false;
+    ArenaRange lower, upper;
+    ArenaOffset a_new, b_new;
+};
+
+// Refused unless the LPARs are of equal size or adjacent.
+ExchangeShape exchange_shape(const control::ExchangeRequest& request, const ArenaRange& a,
+                             const ArenaRange& b) {
+    ExchangeShape shape;
+    shape.equal = a.size == b.size;
+    const bool a_below = a.start < b.start;
+    shape.lower = a_below ? a : b;
+    shape.upper = a_below ? b : a;
+    if (!shape.equal && shape.lower.end() != shape.upper.start.value)
+        throw Error(ErrorKind::Refused,
+                    fmt::format("{} ({}) and {} ({}) differ in size and are not neighbours: an "
+                                "exchange in place needs equal sizes or adjacent LPARs",
+                                request.a, format_range_mib(a.start.value, a.size), request.b,
+                                format_range_mib(b.start.value, b.size)));
+    if (shape.equal) {
+        shape.a_new = b.start;
+        shape.b_new = a.start;
+    } else {
+        const ArenaOffset upper_new = shape.lower.start;
+        const ArenaOffset lower_new{shape.lower.start.value + shape.upper.size};
+        shape.a_new = a_below ? lower_new : upper_new;
+        shape.b_new = a_below ? upper_new : lower_new;
+    }
+    return shape;
+}
+
+}  // namespace
+
 control::ExchangeResult Hypervisor::run_exchange(const control::ExchangeRequest& request) {
     const auto accepted = Clock::now();
     if (request.a == request.b)
@@ -42,26 +80,10 @@ control::ExchangeResult Hypervisor::run_exchange(const control::ExchangeRequest&
         a = map_.find(request.a).range;
         b = map_.find(request.b).range;
     }
-    const bool equal = a.size == b.size;
-    const bool a_below = a.start < b.start;
-    const ArenaRange& lower = a_below ? a : b;
-    const ArenaRange& upper = a_below ? b : a;
-    const bool adjacent = lower.end() == upper.start.value;
-    if (!equal && !adjacent)
-        throw Error(ErrorKind::Refused,
-                    fmt::format("{} ({}) and {} ({}) differ in size and are not neighbours: an "
-                                "exchange in place needs equal sizes or adjacent LPARs",
-                                request.a, format_range_mib(a.start.value, a.size), request.b,
-                                format_range_mib(b.start.value, b.size)));
-    // Equal: each takes the other's origin. Neighbours: the upper one moves to the lower
-    // origin and the lower one follows it.
-    ArenaOffset a_new = b.start, b_new = a.start;
-    if (!equal) {
-        ArenaOffset upper_new = lower.start;
-        ArenaOffset lower_new{lower.start.value + upper.size};
-        a_new = a_below ? lower_new : upper_new;
-        b_new = a_below ? upper_new : lower_new;
-    }
+    const ExchangeShape shape = exchange_shape(request, a, b);
+    const bool equal = shape.equal;
+    const ArenaRange &lower = shape.lower, &upper = shape.upper;
+    const ArenaOffset a_new = shape.a_new, b_new = shape.b_new;
     result.a_old_origin_mib = a.start.value / kMiB;
     result.b_old_origin_mib = b.start.value / kMiB;
     result.a_new_origin_mib = a_new.value / kMiB;
@@ -155,7 +177,7 @@ control::ExchangeResult Hypervisor::run_exchange(const control::ExchangeRequest&
     result.pause_us = microseconds_since(paused_at);
     result.total_us = microseconds_since(accepted);
     spdlog::info("EXCHANGE {} {}: done, {} moved, pause {:.3f} ms", request.a, request.b,
-                 format_mib(result.bytes_moved), result.pause_us / 1000.0);
+                 format_mib(result.bytes_moved), as_milliseconds(result.pause_us));
     events_.publish("exchange.done", request.a, result);
     return result;
 }
@@ -178,7 +200,8 @@ control::GrowPlanResult Hypervisor::plan_grow(const std::string& lpar, std::uint
     result.bytes_copied = plan.bytes_copied;
     result.reason = plan.reason;
     for (const auto& step : plan.steps)
-        result.steps.push_back({step.lpar, step.from / kMiB, step.to / kMiB, step.bytes / kMiB});
+        result.steps.push_back(
+            {step.lpar, step.from.value / kMiB, step.to.value / kMiB, step.bytes / kMiB});
     return result;
 }
 

@@ -46,11 +46,11 @@ void Lpar::on_exit(kvm::Vcpu& vcpu, const kvm::MmioExit& exit, int) {
     if (served) return;
     if (platform_->tolerates_unclaimed_access()) {
         if (!exit.is_write) std::fill(exit.data.begin(), exit.data.end(), 0xff);
-        note_unclaimed("MMIO address", exit.address, exit.is_write);
+        note_unclaimed("MMIO address", exit.address.value, exit.is_write);
         return;
     }
     stop(describe_fault(vcpu, fmt::format("MMIO {} at guest-physical {:#x} with no device there",
-                                          exit.is_write ? "write" : "read", exit.address)),
+                                          exit.is_write ? "write" : "read", exit.address.value)),
          GuestEvent::Crash);
 }
 
@@ -133,7 +133,7 @@ std::vector<std::uint8_t> Lpar::instruction_bytes_at_rip(kvm::Vcpu& vcpu) {
     const auto gpa = vcpu.translate(regs->rip);
     if (!gpa) return bytes;
     bytes.resize(15);  // the longest x86 instruction
-    if (!window_.memory().read(GuestPhysAddr{*gpa}, bytes)) bytes.clear();
+    if (!window_.memory().read(*gpa, bytes)) bytes.clear();
     return bytes;
 }
 

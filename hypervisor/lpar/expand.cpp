@@ -13,6 +13,7 @@
 
 #include "devices/virtio/virtio_mem.hpp"
 #include "lpar/hypervisor.hpp"
+#include "lpar/resize_rules.hpp"
 #include "storage/page_mover.hpp"
 #include "util/error.hpp"
 #include "util/fault.hpp"
@@ -21,13 +22,6 @@
 namespace lparvisor {
 
 namespace {
-
-void check_resize_request(const control::ResizeRequest& request, const char* what) {
-    if (request.mib == 0 || request.mib % 2 != 0)
-        throw Error(ErrorKind::InvalidArgument,
-                    fmt::format("{}: {} by {} MiB: a positive multiple of 2 MiB", request.lpar,
-                                what, request.mib));
-}
 
 // The usable region offered with `plugged_target` bytes requested: rounded up to Linux's memory
 // block (128 MiB on x86-64), as QEMU's usable extent is. Linux adds hotplugged memory one whole
@@ -43,11 +37,7 @@ std::uint64_t usable_extent(const virtio::VirtioMem& device, std::uint64_t plugg
 
 virtio::VirtioMem& memory_device_of(Lpar& lpar) {
     auto* device = lpar.memory_device();
-    if (device == nullptr)
-        throw Error(ErrorKind::Refused,
-                    lpar.name() +
-                        " cannot grow or shrink: it has no virtio-mem region (define it "
-                        "with max_size_mib above size_mib)");
+    check_resizable(lpar.name(), device != nullptr);
     return *device;
 }
 
@@ -90,12 +80,7 @@ control::ResizeResult Hypervisor::run_expand(const control::ResizeRequest& reque
     {
         std::lock_guard lock(map_mutex_);
         old_range = map_.find(request.lpar).range;
-        if (old_range.size + extra > lpar->window().size())
-            throw Error(ErrorKind::Refused,
-                        fmt::format("{}: {} + {} MiB is more than its maximum of {} "
-                                    "(max_size_mib)",
-                                    request.lpar, format_mib(old_range.size), request.mib,
-                                    format_mib(lpar->window().size())));
+        check_within_maximum(request.lpar, old_range.size, extra, lpar->window().size());
         // The patent's condition for EXPAND: the storage directly above is free.
         new_range = map_.check_resize(request.lpar, old_range.size + extra);
     }
@@ -205,11 +190,7 @@ control::ResizeResult Hypervisor::run_shrink(const control::ResizeRequest& reque
         std::lock_guard lock(map_mutex_);
         old_range = map_.find(request.lpar).range;
     }
-    if (old_range.size < boot + less)
-        throw Error(ErrorKind::Refused,
-                    fmt::format("{}: only {} was added by EXPAND; its boot storage ({}) cannot "
-                                "shrink",
-                                request.lpar, format_mib(old_range.size - boot), format_mib(boot)));
+    check_shrinkable(request.lpar, old_range.size, boot, less);
     const std::uint64_t old_target = old_range.size - boot;
     const std::uint64_t target = old_target - less;
     device.set_requested_size(target);
@@ -316,13 +297,8 @@ control::GrowResult Hypervisor::grow(const control::ResizeRequest& request,
         auto lpar = operable_lpar(request.lpar, "grow");
         memory_device_of(*lpar);
         std::lock_guard lock(map_mutex_);
-        auto size = map_.find(request.lpar).range.size;
-        if (size + request.mib * kMiB > lpar->window().size())
-            throw Error(ErrorKind::Refused,
-                        fmt::format("{}: {} + {} MiB is more than its maximum of {} "
-                                    "(max_size_mib)",
-                                    request.lpar, format_mib(size), request.mib,
-                                    format_mib(lpar->window().size())));
+        check_within_maximum(request.lpar, map_.find(request.lpar).range.size, request.mib * kMiB,
+                             lpar->window().size());
     }
     control::GrowResult result;
     result.plan = make_room(request.lpar, request.mib, mode);

@@ -149,7 +149,7 @@ control::SystemStatus Hypervisor::list() {
     for (std::size_t i = 0; i < rows.size(); ++i) {
         control::LparStatus s;
         s.name = rows[i].lpar;
-        s.origin_mib = rows[i].origin / kMiB;
+        s.origin_mib = rows[i].origin.value / kMiB;
         s.size_mib = rows[i].size / kMiB;
         s.gap_mib = rows[i].gap / kMiB;
         const auto& l = active[i].lpar;
@@ -232,22 +232,23 @@ std::unique_lock<std::mutex> Hypervisor::begin_storage_operation(const std::stri
 }
 
 ArenaOffset Hypervisor::first_fit(std::uint64_t size) const {
-    std::uint64_t candidate = 0;
+    ArenaOffset candidate{0};
     auto rows = map_.rows();
     for (const auto& row : rows) {
         if (row.origin >= candidate + size) break;
-        candidate =
-            (row.origin + row.size + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
+        candidate = ArenaOffset{(row.origin.value + row.size + kOriginAlignment - 1) /
+                                kOriginAlignment * kOriginAlignment};
     }
-    if (candidate + size > map_.main_storage()) {
-        std::uint64_t largest = rows.empty() ? map_.main_storage() : rows.front().origin;
+    if (candidate.value + size > map_.main_storage()) {
+        // The free bytes below the first LPAR, then each gap above one.
+        std::uint64_t largest = rows.empty() ? map_.main_storage() : rows.front().origin.value;
         for (const auto& row : rows) largest = std::max(largest, row.gap);
         throw Error(
             ErrorKind::Refused,
             fmt::format("no free range of {} in main storage (largest gap {}, free {})",
                         format_mib(size), format_mib(largest), format_mib(map_.free_bytes())));
     }
-    return ArenaOffset{candidate};
+    return candidate;
 }
 
 void Hypervisor::activate_locked(Record& r, const std::string& reason, bool restart) {

@@ -141,8 +141,14 @@ class Hypervisor final : public control::Api {
     // One MVSTOR in progress (mvstor.cpp): shared by the stop-and-copy and the live procedure.
     struct Move;
     struct Chunk;
+    struct LiveMove;  // a live move's state from chunk to chunk
     void stop_and_copy(Move& move);
     void live_move(Move& move);
+    // live_move's steps: the chunks in the overlap-safe order; the pre-copy rounds of one chunk
+    // (returns how many); the stop that copies the rest of it and re-maps it.
+    static std::vector<Chunk> plan_chunks(const Move& move);
+    unsigned precopy_chunk(LiveMove& live, std::size_t index);
+    void move_chunk_in_stop(LiveMove& live, std::size_t index, bool precopied);
     void populate_target(Move& move);
     // The first stop of a move: from here on it cannot be cancelled. Throws if it was.
     void begin_final_stop(Move& move);

@@ -94,7 +94,7 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
     }
     // The memslot covers the whole reservation: an EXPAND maps more of it, never resizes it
     // (KVM refuses a new size for a live slot).
-    vm_.set_memory_region(0, 0, window_.size(), window_.host_base());
+    vm_.set_memory_region(0, GuestPhysAddr{0}, window_.size(), window_.host_base());
     add_port_devices(keys);
     add_pci_devices();
     platform_->boot({spec_, system, vm_, window_.memory(), vcpus_});
@@ -212,7 +212,7 @@ void Lpar::ipl() {
 void Lpar::set_dirty_tracking(bool on) {
     // Turn the device log on first and off last, so no device write falls between the two.
     if (on) window_.device_dirty_log().set_tracking(true);
-    vm_.set_memory_region(0, 0, window_.size(), window_.host_base(),
+    vm_.set_memory_region(0, GuestPhysAddr{0}, window_.size(), window_.host_base(),
                           on ? KVM_MEM_LOG_DIRTY_PAGES : 0);
     if (!on) window_.device_dirty_log().set_tracking(false);
 }

@@ -181,6 +181,7 @@ class Lpar {
     std::string describe_fault(kvm::Vcpu& vcpu, const std::string& what);
     std::vector<std::uint8_t> instruction_bytes_at_rip(kvm::Vcpu& vcpu);
     bool complete_unemulated(kvm::Vcpu& vcpu, std::uint8_t opcode);
+    // `address` is an I/O port or an MMIO address: only a key, so that each is logged once.
     void note_unclaimed(const char* what, std::uint64_t address, bool is_write);
 
     LparSpec spec_;

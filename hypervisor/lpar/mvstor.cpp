@@ -7,6 +7,7 @@
 // the chunks a failed live move had moved are moved back), or, where even that fails, fences the
 // LPAR, which then holds both its old and its new range until it is deactivated.
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <thread>
 
@@ -156,8 +157,8 @@ control::MvstorResult Hypervisor::run_mvstor(const control::MvstorRequest& reque
         "MVSTOR {}: done ({}), {} copied, {} recopied, {} stop(s), pause {:.3f} ms, "
         "total {:.3f} ms",
         request.lpar, result.policy_branch, format_mib(result.bytes_copied),
-        format_mib(result.bytes_recopied), result.stops_us.size(), result.pause_us / 1000.0,
-        result.total_us / 1000.0);
+        format_mib(result.bytes_recopied), result.stops_us.size(), as_milliseconds(result.pause_us),
+        as_milliseconds(result.total_us));
     events_.publish("mvstor.done", request.lpar, result);
     return result;
 }
@@ -242,7 +243,7 @@ void Hypervisor::stop_and_copy(Move& move) {
         move.phase("copy", t);
         t = Clock::now();
         fault::point("mvstor.remap");
-        move.lpar->window().remap_part(0, move.from.size, move.to.start);
+        move.lpar->window().remap_part(GuestPhysAddr{0}, move.from.size, move.to.start);
     } catch (const std::exception& e) {
         // Undo inside the same stop: the pages copied so far go back (what the copy had not
         // reached is intact at the old origin), and the window points at the old origin again
@@ -253,7 +254,7 @@ void Hypervisor::stop_and_copy(Move& move) {
         try {
             fault::point("mvstor.rollback");
             move_pages_back(arena_, keys_, move.from, move.to.start, copied);
-            move.lpar->window().remap_part(0, move.from.size, move.from.start);
+            move.lpar->window().remap_part(GuestPhysAddr{0}, move.from.size, move.from.start);
         } catch (const std::exception& undo) {
             stop.at_risk(fmt::format("{}; undoing it failed too ({})", failure, undo.what()));
             throw Error(kind_of(e),
@@ -306,17 +307,26 @@ void Hypervisor::stop_for_chunk(Move& move, std::optional<Quiesce>& stop, std::s
     }
 }
 
-// Live: the LPAR is moved in chunks of at most the distance moved (the whole LPAR at once when
-// the target is disjoint), in the overlap-safe order, so each chunk's destination is free
-// storage or storage an earlier chunk already vacated. Each chunk is pre-copied while the guest
-// runs, re-copying what it dirties (KVM's log plus the devices' log) until the rest fits the
-// target pause; then a short stop copies the last dirty pages and the chunk's storage keys and
-// re-maps just that chunk of the guest window. Once policy.max_total has passed (or the daemon
-// is shutting down), the remaining chunks are not pre-copied: each stop copies its whole chunk.
-void Hypervisor::live_move(Move& move) {
-    auto& result = move.result;
-    const auto& policy = move.request.policy;
-    const auto started = Clock::now();
+struct Hypervisor::LiveMove {
+    Move& move;
+    const std::vector<Chunk> chunks;
+    const Clock::time_point started = Clock::now();
+    double bytes_per_us = 5000.0;  // first guess (5 GB/s); measured on the first chunk
+    std::string fallback;          // the first time the policy gave up, and why
+    std::uint64_t copied_total = 0;
+    std::vector<Chunk> moved;  // chunks whose part of the window points at their new place
+    std::optional<Quiesce> stop;
+    std::optional<Chunk> in_stop;  // the chunk being moved inside `stop`
+
+    void note_fallback(const std::function<std::string()>& why) {
+        if (fallback.empty()) fallback = why();
+    }
+};
+
+// Chunks of at most the distance moved (the whole LPAR at once when the target is disjoint),
+// in the overlap-safe order: each chunk's destination is free storage or storage an earlier
+// chunk already vacated.
+std::vector<Hypervisor::Chunk> Hypervisor::plan_chunks(const Move& move) {
     const std::uint64_t size = move.from.size;
     const bool up = move.to.start.value > move.from.start.value;
     const std::uint64_t delta = up ? move.to.start.value - move.from.start.value
@@ -329,6 +339,109 @@ void Hypervisor::live_move(Move& move) {
                           ArenaOffset{move.to.start.value + offset}});
     }
     if (up) std::reverse(chunks.begin(), chunks.end());  // top down when moving up
+    return chunks;
+}
+
+// Pre-copies chunk `index` while the guest runs: round 1 copies everything that has backing
+// (holes cost nothing), each further round re-copies what the guest dirtied, until what is dirty
+// fits half the target pause (the other half is the re-map and the resume) or the policy gives
+// up and the stop copies what is left. Before the first stop a cancel abandons the move; after
+// it, a shutdown ends the rounds (the stop copies what the last harvest missed).
+unsigned Hypervisor::precopy_chunk(LiveMove& live, std::size_t index) {
+    Move& move = live.move;
+    auto& result = move.result;
+    const auto& policy = move.request.policy;
+    const Chunk& c = live.chunks[index];
+    const std::uint64_t first_page = c.offset / kPageSize, pages = c.length / kPageSize;
+    auto check_cancel = [&] {
+        if (index == 0) throw_if_cancelled(move);
+    };
+
+    auto t = Clock::now();
+    fault::point("mvstor.precopy");
+    check_cancel();
+    fault::point("mvstor.harvest");
+    (void)move.lpar->harvest_dirty();  // from now on, every write is seen
+    std::uint64_t copied = 0;
+    for (std::uint64_t done = 0; done < c.length; done += kCancelSlice) {
+        check_cancel();
+        const std::uint64_t slice = std::min(kCancelSlice, c.length - done);
+        copied += copy_populated(arena_, ArenaOffset{c.src.value + done},
+                                 ArenaOffset{c.dst.value + done}, slice);
+    }
+    auto elapsed = std::max<std::uint64_t>(1, microseconds_since(t));
+    if (copied >= 4 * kMiB)
+        live.bytes_per_us = static_cast<double>(copied) / static_cast<double>(elapsed);
+    result.bytes_copied += copied;
+
+    unsigned rounds = 1;
+    const double budget_bytes =
+        live.bytes_per_us * static_cast<double>(policy.target_pause.count()) / 2.0;
+    for (;;) {
+        fault::point("mvstor.precopy");
+        check_cancel();
+        if (index > 0 && move_cancelled()) break;
+        fault::point("mvstor.harvest");
+        auto dirty = move.lpar->harvest_dirty();
+        const std::uint64_t dirty_bytes = dirty.count(first_page, pages) * kPageSize;
+        // Copied now, still running: the stop then only sees what is written later.
+        result.bytes_recopied +=
+            copy_dirty_pages(arena_, dirty, first_page, c.src, c.dst, c.length);
+        if (static_cast<double>(dirty_bytes) <= budget_bytes) break;
+        if (rounds >= policy.max_rounds || Clock::now() - live.started >= policy.max_total) {
+            live.note_fallback([&] {
+                return fmt::format(
+                    "fallback: chunk {} of {} still had {} dirty after {} rounds; "
+                    "copied in the stop",
+                    index + 1, live.chunks.size(), format_mib(dirty_bytes), rounds);
+            });
+            break;
+        }
+        ++rounds;
+    }
+    return rounds;
+}
+
+// The stop for chunk `index`: copies what the pre-copy left (or, without one, everything), then
+// the chunk's storage keys, with whatever the guest set during the pre-copy, and re-maps just
+// that chunk of the guest window. On a throw, live.in_stop names the chunk the stop held.
+void Hypervisor::move_chunk_in_stop(LiveMove& live, std::size_t index, bool precopied) {
+    Move& move = live.move;
+    auto& result = move.result;
+    const Chunk& c = live.chunks[index];
+    if (index == 0) begin_final_stop(move);
+    const auto paused_at = Clock::now();
+    stop_for_chunk(move, live.stop, index, live.chunks.size());
+    live.in_stop = c;
+    live.stop->at_risk(fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be undone",
+                                   move.target(), index + 1, live.chunks.size()));
+    fault::point("mvstor.harvest");
+    auto dirty = move.lpar->harvest_dirty();
+    fault::point("mvstor.copy");
+    (precopied ? result.bytes_recopied : result.bytes_copied) += copy_chunk_with_keys(
+        arena_, keys_, c.src, c.dst, c.length, precopied ? &dirty : nullptr, c.offset / kPageSize);
+    fault::point("mvstor.remap");
+    move.lpar->window().remap_part(GuestPhysAddr{c.offset}, c.length, c.dst);
+    live.moved.push_back(c);
+    live.in_stop.reset();
+    live.stop->safe();
+    live.stop->release();
+    live.stop.reset();
+    auto stop_us = microseconds_since(paused_at);
+    result.stops_us.push_back(stop_us);
+    result.pause_us += stop_us;
+}
+
+// Live: the LPAR is moved chunk by chunk (plan_chunks). Each chunk is pre-copied while the guest
+// runs, re-copying what it dirties (KVM's log plus the devices' log) until the rest fits the
+// target pause (precopy_chunk); then a short stop copies the last dirty pages and the chunk's
+// storage keys and re-maps just that chunk of the guest window (move_chunk_in_stop). Once
+// policy.max_total has passed (or the daemon is shutting down), the remaining chunks are not
+// pre-copied: each stop copies its whole chunk. A failure after the first chunk moved undoes
+// the move (roll_back).
+void Hypervisor::live_move(Move& move) {
+    LiveMove live{move, plan_chunks(move)};
+    const auto& policy = move.request.policy;
 
     auto t = Clock::now();
     move.lpar->set_dirty_tracking(true);
@@ -344,114 +457,35 @@ void Hypervisor::live_move(Move& move) {
     } tracking_off{*move.lpar};
     move.phase("dirty_log_on", t);
 
-    double bytes_per_us = 5000.0;  // first guess (5 GB/s); measured on the first chunk
-    std::string fallback;
-    std::uint64_t copied_total = 0;
-    std::vector<Chunk> moved;  // chunks whose part of the window points at their new place
-    std::optional<Quiesce> stop;
-    std::optional<Chunk> in_stop;  // the chunk being moved inside `stop`
     try {
-        for (std::size_t index = 0; index < chunks.size(); ++index) {
-            const Chunk& c = chunks[index];
-            const std::uint64_t first_page = c.offset / kPageSize, pages = c.length / kPageSize;
-            // Before the first stop a cancel abandons the move; after it, the rest is copied in
-            // the stops (bounded) rather than pre-copied.
-            auto check_cancel = [&] {
-                if (index == 0) throw_if_cancelled(move);
-            };
-            // After the first stop: true once the daemon shuts down (no more rounds).
-            auto stop_precopy = [&] { return index > 0 && move_cancelled(); };
-            const bool precopy = Clock::now() - started < policy.max_total && !move_cancelled();
+        for (std::size_t index = 0; index < live.chunks.size(); ++index) {
+            const bool precopy =
+                Clock::now() - live.started < policy.max_total && !move_cancelled();
             unsigned rounds = 0;
             if (precopy) {
-                // Pre-copy round 1: everything that has backing (holes cost nothing).
-                t = Clock::now();
-                fault::point("mvstor.precopy");
-                check_cancel();
-                fault::point("mvstor.harvest");
-                (void)move.lpar->harvest_dirty();  // from now on, every write is seen
-                std::uint64_t copied = 0;
-                for (std::uint64_t done = 0; done < c.length; done += kCancelSlice) {
-                    check_cancel();
-                    const std::uint64_t slice = std::min(kCancelSlice, c.length - done);
-                    copied += copy_populated(arena_, ArenaOffset{c.src.value + done},
-                                             ArenaOffset{c.dst.value + done}, slice);
-                }
-                auto elapsed = std::max<std::uint64_t>(1, microseconds_since(t));
-                if (copied >= 4 * kMiB) bytes_per_us = static_cast<double>(copied) / elapsed;
-                result.bytes_copied += copied;
-                rounds = 1;
-
-                // Further rounds until what is dirty fits half the target pause (the other half
-                // is the remap and the resume), or the policy gives up and the stop copies what
-                // is left.
-                const double budget_bytes = bytes_per_us * policy.target_pause.count() / 2.0;
-                for (;;) {
-                    fault::point("mvstor.precopy");
-                    check_cancel();
-                    if (stop_precopy()) break;  // the stop copies what the last harvest missed
-                    fault::point("mvstor.harvest");
-                    auto dirty = move.lpar->harvest_dirty();
-                    const std::uint64_t dirty_bytes = dirty.count(first_page, pages) * kPageSize;
-                    // Copied now, still running: the stop then only sees what is written later.
-                    result.bytes_recopied +=
-                        copy_dirty_pages(arena_, dirty, first_page, c.src, c.dst, c.length);
-                    if (static_cast<double>(dirty_bytes) <= budget_bytes) break;
-                    if (rounds >= policy.max_rounds || Clock::now() - started >= policy.max_total) {
-                        if (fallback.empty())
-                            fallback = fmt::format(
-                                "fallback: chunk {} of {} still had {} dirty after {} "
-                                "rounds; copied in the stop",
-                                index + 1, chunks.size(), format_mib(dirty_bytes), rounds);
-                        break;
-                    }
-                    ++rounds;
-                }
-            } else if (fallback.empty()) {
-                fallback = fmt::format(
-                    "fallback: {} before chunk {} of {}; the rest was copied in its stops",
-                    move_cancelled()
-                        ? "the daemon is shutting down"
-                        : fmt::format("max_total ({} ms) reached", policy.max_total.count()),
-                    index + 1, chunks.size());
+                rounds = precopy_chunk(live, index);
+            } else {
+                live.note_fallback([&] {
+                    return fmt::format(
+                        "fallback: {} before chunk {} of {}; the rest was copied in its stops",
+                        move_cancelled()
+                            ? "the daemon is shutting down"
+                            : fmt::format("max_total ({} ms) reached", policy.max_total.count()),
+                        index + 1, live.chunks.size());
+                });
             }
-            result.rounds += rounds;
-            copied_total += c.length;
+            move.result.rounds += rounds;
+            live.copied_total += live.chunks[index].length;
             events_.publish("mvstor.progress", move.request.lpar,
-                            control::CopyAdvanced{copied_total, size});
-
-            // The stop for this chunk.
-            if (index == 0) begin_final_stop(move);
-            const auto paused_at = Clock::now();
-            stop_for_chunk(move, stop, index, chunks.size());
-            in_stop = c;
-            stop->at_risk(
-                fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be "
-                            "undone",
-                            move.target(), index + 1, chunks.size()));
-            fault::point("mvstor.harvest");
-            auto dirty = move.lpar->harvest_dirty();
-            fault::point("mvstor.copy");
-            // What the pre-copy left (or, without one, everything), then the chunk's storage
-            // keys, with whatever the guest set during the pre-copy.
-            (precopy ? result.bytes_recopied : result.bytes_copied) += copy_chunk_with_keys(
-                arena_, keys_, c.src, c.dst, c.length, precopy ? &dirty : nullptr, first_page);
-            fault::point("mvstor.remap");
-            move.lpar->window().remap_part(c.offset, c.length, c.dst);
-            moved.push_back(c);
-            in_stop.reset();
-            stop->safe();
-            stop->release();
-            stop.reset();
-            auto stop_us = microseconds_since(paused_at);
-            result.stops_us.push_back(stop_us);
-            result.pause_us += stop_us;
+                            control::CopyAdvanced{live.copied_total, move.from.size});
+            move_chunk_in_stop(live, index, precopy);
         }
     } catch (const std::exception& e) {
-        if (moved.empty() && !in_stop) throw;  // nothing has changed but the free target range
-        roll_back(move, moved, in_stop, stop, e);
+        // Nothing has changed but the free target range: the caller scrubs it.
+        if (live.moved.empty() && !live.in_stop) throw;
+        roll_back(move, live.moved, live.in_stop, live.stop, e);
     }
-    move.phase("live_copy", started);
+    move.phase("live_copy", live.started);
 
     // Hugetlb mappings never merge: one whole re-map gives the window back a single mapping. It
     // is the same content, so it needs no stop.
@@ -460,7 +494,7 @@ void Hypervisor::live_move(Move& move) {
         move.lpar->window().remap(move.to.start);
         move.phase("remap_whole", t);
     }
-    result.policy_branch = fallback.empty() ? "converged" : fallback;
+    move.result.policy_branch = live.fallback.empty() ? "converged" : live.fallback;
 }
 
 // A live move failed after it had begun to move chunks: move them back, newest first (each
@@ -491,10 +525,12 @@ void Hypervisor::roll_back(Move& move, const std::vector<Chunk>& moved,
         fault::point("mvstor.rollback");
         // The chunk in the stop had not moved: its source is intact; point the window at it
         // again in case a failed re-map left that part anywhere.
-        if (in_stop) move.lpar->window().remap_part(in_stop->offset, in_stop->length, in_stop->src);
+        if (in_stop)
+            move.lpar->window().remap_part(GuestPhysAddr{in_stop->offset}, in_stop->length,
+                                           in_stop->src);
         for (auto c = moved.rbegin(); c != moved.rend(); ++c) {
             copy_chunk_with_keys(arena_, keys_, c->dst, c->src, c->length);
-            move.lpar->window().remap_part(c->offset, c->length, c->src);
+            move.lpar->window().remap_part(GuestPhysAddr{c->offset}, c->length, c->src);
         }
     } catch (const std::exception& undo) {
         const std::string reason =

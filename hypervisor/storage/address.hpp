@@ -1,28 +1,20 @@
-// Distinct types for the three kinds of address, so that one is never passed as another:
+// Distinct types for the three kinds of address, so that one is never passed as another (the
+// first two are defined in util/address.hpp, for kvm/):
 //  GuestPhysAddr  an address the guest sees (never changes when the LPAR moves)
 //  ArenaOffset    a byte offset in main storage (the arena); an LPAR's origin is one
 //  host pointers  only inside Arena and GuestMemory, never stored by devices
 #pragma once
 
-#include <compare>
 #include <cstdint>
 #include <string>
+
+#include "util/address.hpp"  // GuestPhysAddr, ArenaOffset
 
 namespace lparvisor {
 
 inline constexpr std::uint64_t kPageSize = 4096;  // a storage-key frame
 inline constexpr std::uint64_t kMiB = 1024 * 1024;
 inline constexpr std::uint64_t kOriginAlignment = 2 * kMiB;  // origins, sizes, chunks
-
-struct GuestPhysAddr {
-    std::uint64_t value = 0;
-    auto operator<=>(const GuestPhysAddr&) const = default;
-};
-
-struct ArenaOffset {
-    std::uint64_t value = 0;
-    auto operator<=>(const ArenaOffset&) const = default;
-};
 
 // A half-open byte range of main storage.
 struct ArenaRange {

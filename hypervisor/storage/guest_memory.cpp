@@ -33,11 +33,11 @@ GuestWindow::GuestWindow(const Arena& arena, ArenaRange range, std::uint64_t res
     // SAFETY: both inside the reservation (see above): its tail past the window, and the window.
     if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + window), tail);
     mapping_ = Mapping(reinterpret_cast<void*>(aligned), window);
-    remap_part(0, range.size, range.start);
+    remap_part(GuestPhysAddr{0}, range.size, range.start);
 }
 
 void GuestWindow::remap(ArenaOffset new_origin) {
-    remap_part(0, storage_size(), new_origin);
+    remap_part(GuestPhysAddr{0}, storage_size(), new_origin);
 }
 
 void GuestWindow::grow(std::uint64_t bytes) {
@@ -46,8 +46,8 @@ void GuestWindow::grow(std::uint64_t bytes) {
         throw Error(ErrorKind::Refused, "guest window: " + format_mib(now + bytes) +
                                             " is more than the LPAR's maximum of " +
                                             format_mib(size()));
-    const ArenaOffset above{arena_offset_of(GuestPhysAddr{now - 1}).value + 1};
-    remap_part(now, bytes, above);
+    const ArenaOffset above = arena_offset_of(GuestPhysAddr{now - 1}) + 1;
+    remap_part(GuestPhysAddr{now}, bytes, above);
     accessible_->store(now + bytes, std::memory_order_release);
 }
 
@@ -70,8 +70,9 @@ void GuestWindow::detach() {
         throw_errno("guest window: detach " + format_mib(mapping_.size()));
 }
 
-void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
-                             ArenaOffset arena_offset) {
+void GuestWindow::remap_part(GuestPhysAddr gpa, std::uint64_t length, ArenaOffset arena_offset) {
+    // The window starts at guest-physical 0, so the address is also the offset into it.
+    const std::uint64_t guest_offset = gpa.value;
     if (guest_offset > size() || length > size() - guest_offset)
         throw Error(ErrorKind::InvalidArgument, "guest window: part outside the window");
     if (guest_offset % kOriginAlignment != 0 || arena_offset.value % kOriginAlignment != 0)
@@ -86,8 +87,7 @@ void GuestWindow::remap_part(std::uint64_t guest_offset, std::uint64_t length,
     // A failure only means a dump could include it: not a reason to fail a move inside its stop.
     (void)::madvise(got, length, MADV_DONTDUMP);
     for (std::uint64_t unit = 0; unit * kOriginAlignment < length; ++unit)
-        units_[guest_offset / kOriginAlignment + unit] =
-            ArenaOffset{arena_offset.value + unit * kOriginAlignment};
+        units_[guest_offset / kOriginAlignment + unit] = arena_offset + unit * kOriginAlignment;
 }
 
 }  // namespace lparvisor

@@ -48,12 +48,12 @@ namespace lparvisor {
 // and a harvest an acquire, so whoever harvests a bit also sees the bytes written before it.
 class DeviceDirtyLog {
   public:
-    using HandOutHook = std::function<void(std::uint64_t gpa, std::uint64_t length)>;
+    using HandOutHook = std::function<void(GuestPhysAddr gpa, std::uint64_t length)>;
 
     explicit DeviceDirtyLog(std::uint64_t bytes) : words_((bytes / 4096 + 63) / 64) {}
     void set_tracking(bool on) { tracking_.store(on, std::memory_order_seq_cst); }
     // [gpa, gpa + length) has been written: call only once the bytes are in guest memory.
-    void mark(std::uint64_t gpa, std::uint64_t length) noexcept {
+    void mark(GuestPhysAddr gpa, std::uint64_t length) noexcept {
         if (length == 0) return;
         // The bytes written before this mark must be visible before tracking_ is read: a write
         // that sees tracking off is then certain to be in memory when the relocation, which
@@ -61,7 +61,7 @@ class DeviceDirtyLog {
         // stores still in the store buffer). One fence per written buffer, not per page.
         std::atomic_thread_fence(std::memory_order_seq_cst);
         if (!tracking_.load(std::memory_order_relaxed)) return;
-        for (std::uint64_t page = gpa / 4096; page <= (gpa + length - 1) / 4096; ++page)
+        for (std::uint64_t page = gpa.value / 4096; page <= (gpa.value + length - 1) / 4096; ++page)
             words_[page / 64].fetch_or(std::uint64_t{1} << (page % 64), std::memory_order_release);
     }
     // ORs the marked pages into `bitmap` and clears them.
@@ -79,7 +79,7 @@ class DeviceDirtyLog {
         hand_out_hook_ = std::move(hook);
         hook_set_.store(static_cast<bool>(hand_out_hook_), std::memory_order_release);
     }
-    void handed_out(std::uint64_t gpa, std::uint64_t length) const {
+    void handed_out(GuestPhysAddr gpa, std::uint64_t length) const {
         if (hook_set_.load(std::memory_order_acquire)) hand_out_hook_(gpa, length);
     }
 
@@ -124,7 +124,7 @@ class GuestWriteSpan {
                    DeviceDirtyLog* dirty) noexcept
         : bytes_(bytes), address_(address), dirty_(dirty) {}
     void release() noexcept {
-        if (dirty_) dirty_->mark(address_.value, bytes_.size());
+        if (dirty_) dirty_->mark(address_, bytes_.size());
         dirty_ = nullptr;
     }
 
@@ -157,7 +157,7 @@ class GuestMemory {
                                                            std::uint64_t length) const {
         auto bytes = view(address, length);
         if (!bytes) return std::nullopt;
-        if (dirty_) dirty_->handed_out(address.value, length);
+        if (dirty_) dirty_->handed_out(address, length);
         return GuestWriteSpan(*bytes, address, dirty_.get());
     }
 
@@ -293,8 +293,8 @@ class GuestWindow {
 
     // Points the whole storage at the arena from `new_origin` on.
     void remap(ArenaOffset new_origin);
-    // Points [guest_offset, +length) (2 MiB aligned) at the arena from `arena_offset` on.
-    void remap_part(std::uint64_t guest_offset, std::uint64_t length, ArenaOffset arena_offset);
+    // Points [gpa, +length) (2 MiB aligned) at the arena from `arena_offset` on.
+    void remap_part(GuestPhysAddr gpa, std::uint64_t length, ArenaOffset arena_offset);
 
     // EXPAND: maps `bytes` more right above the storage onto the arena right above the LPAR's
     // range, then lets devices see them. SHRINK: the reverse; devices stop seeing the top first.

@@ -176,7 +176,7 @@ class Search {
 };
 
 PlanStep step_of(const Item& item, std::uint64_t from, std::uint64_t to) {
-    return {item.name, from * kUnit, to * kUnit, item.size * kUnit};
+    return {item.name, ArenaOffset{from * kUnit}, ArenaOffset{to * kUnit}, item.size * kUnit};
 }
 
 // The plan the search must beat: push the LPARs directly above the window up, each packed

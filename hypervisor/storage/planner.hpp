@@ -38,8 +38,8 @@ namespace lparvisor {
 
 struct PlanStep {
     std::string lpar;
-    std::uint64_t from = 0;   // origin before the step, bytes
-    std::uint64_t to = 0;     // origin after the step, bytes
+    ArenaOffset from;         // origin before the step
+    ArenaOffset to;           // origin after the step
     std::uint64_t bytes = 0;  // copied by this step (the LPAR's size)
 };
 

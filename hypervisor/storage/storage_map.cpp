@@ -166,7 +166,7 @@ std::vector<StorageRow> StorageMap::rows() const {
     std::vector<StorageRow> rows;
     for (std::size_t i = 0; i < sorted.size(); ++i) {
         std::uint64_t next = i + 1 < sorted.size() ? sorted[i + 1].range.start.value : total_;
-        rows.push_back({sorted[i].lpar, sorted[i].range.start.value, sorted[i].range.size,
+        rows.push_back({sorted[i].lpar, sorted[i].range.start, sorted[i].range.size,
                         next - sorted[i].range.end()});
     }
     return rows;

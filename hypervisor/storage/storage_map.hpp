@@ -20,9 +20,9 @@ struct StorageArea {
 // One line of the Fig. 3A table.
 struct StorageRow {
     std::string lpar;
-    std::uint64_t origin = 0;  // bytes
-    std::uint64_t size = 0;
-    std::uint64_t gap = 0;  // free bytes up to the next LPAR or the end of main storage
+    ArenaOffset origin;
+    std::uint64_t size = 0;  // bytes
+    std::uint64_t gap = 0;   // free bytes up to the next LPAR or the end of main storage
 };
 
 class StorageMap {

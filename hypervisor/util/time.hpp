@@ -12,4 +12,9 @@ inline std::uint64_t microseconds_since(Clock::time_point start) {
         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
 }
 
+// Microseconds as milliseconds, for messages ("pause 1.234 ms").
+inline double as_milliseconds(std::uint64_t microseconds) {
+    return static_cast<double>(microseconds) / 1000.0;
+}
+
 }  // namespace lparvisor

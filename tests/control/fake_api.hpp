@@ -4,7 +4,8 @@
 // relocation. The lifecycle methods keep simple in-memory states (defined / running / stopped) in
 // `status`; emit() sends an Event to every subscriber, and mvstor emits its events when asked.
 // expand / shrink / grow change `status` as the hypervisor would (size, plugged, gaps) and refuse
-// what it would refuse (no room above, beyond max_size_mib, more than is plugged).
+// by the hypervisor's own rules (lpar/resize_rules.hpp and StorageMap::check_resize, applied to
+// `status`), so their messages are the daemon's; their events come from its serializer.
 #pragma once
 
 #include <algorithm>
@@ -15,11 +16,15 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "control/api.hpp"
+#include "control/event_json.hpp"
+#include "lpar/resize_rules.hpp"
+#include "storage/storage_map.hpp"
 #include "util/error.hpp"
 
 namespace lparvisor::control::test {
@@ -244,7 +249,12 @@ class FakeApi : public Api {
         std::lock_guard lock(mutex_);
         grow_requests.emplace_back(request, mode);
         maybe_throw();
+        // Like the hypervisor, refuse an LPAR that cannot grow before moving anybody for it.
+        check_resize_request(request, "grow");
         const LparStatus& lpar = placed(request.lpar);
+        check_resizable(lpar.name, can_resize(lpar));
+        check_within_maximum(lpar.name, lpar.size_mib * kMiB, request.mib * kMiB,
+                             lpar.max_size_mib * kMiB);
         GrowResult result;
         result.plan.lpar = request.lpar;
         result.plan.extra_mib = request.mib;
@@ -556,63 +566,75 @@ class FakeApi : public Api {
         return *lpar;
     }
 
-    // EXPAND (grow) or shrink by request.mib, refused as the hypervisor would.
+    // Sends `data` as the hypervisor's EventHub does: serialized by control/event_json.hpp.
+    void emit_data(const std::string& type, const std::string& lpar, const EventData& data) {
+        SerializedEventData serialized = serialize_event_data(type, data);
+        if (!serialized.mismatch.empty())
+            throw std::logic_error("FakeApi: " + type + ": " + serialized.mismatch);
+        emit({type, lpar, std::move(serialized.json)});
+    }
+
     // expand.* / shrink.* and storage.expanded / storage.shrunk, as the hypervisor sends them.
     void emit_resize_events(const ResizeResult& result, bool grow, std::uint64_t mib,
                             bool with_phases) {
         const std::string op = grow ? "expand" : "shrink";
-        const std::string field = grow ? "plugged_mib" : "released_mib";
-        const std::string total = std::to_string(mib);
-        if (with_phases) emit_resize_phases(result, op, field, total, grow);
-        emit({grow ? "storage.expanded" : "storage.shrunk", result.lpar,
-              R"({"old_size_mib":)" + std::to_string(result.old_size_mib) + R"(,"new_size_mib":)" +
-                  std::to_string(result.new_size_mib) + R"(,"total_us":4300})"});
-    }
-    void emit_resize_phases(const ResizeResult& result, const std::string& op,
-                            const std::string& field, const std::string& total, bool grow) {
-        const std::uint64_t mib = std::stoull(total);
-        emit({op + ".phase", result.lpar,
-              std::string(R"({"phase":")") + (grow ? "populate" : "unplug") + R"(","us":300})"});
-        emit({op + ".progress", result.lpar,
-              R"({")" + field + R"(":)" + std::to_string(mib / 2) + R"(,"total_mib":)" + total +
-                  "}"});
-        emit({op + ".progress", result.lpar,
-              R"({")" + field + R"(":)" + total + R"(,"total_mib":)" + total + "}"});
-        emit({op + ".phase", result.lpar,
-              std::string(R"({"phase":")") + (grow ? "plug" : "remove") + R"(","us":4000})"});
+        if (with_phases) {
+            emit_data(op + ".phase", result.lpar, PhaseDone{grow ? "populate" : "unplug", 300});
+            for (const std::uint64_t done : {mib / 2, mib}) {
+                if (grow) {
+                    emit_data("expand.progress", result.lpar, PlugAdvanced{done, mib});
+                } else {
+                    emit_data("shrink.progress", result.lpar, UnplugAdvanced{done, mib});
+                }
+            }
+            emit_data(op + ".phase", result.lpar, PhaseDone{grow ? "plug" : "remove", 4000});
+        }
+        emit_data(grow ? "storage.expanded" : "storage.shrunk", result.lpar, result);
     }
 
+    // The hypervisor's figures for an LPAR of `status`: it booted with what was not plugged, and
+    // has a virtio-mem region when its maximum lies above that.
+    static std::uint64_t boot_bytes(const LparStatus& lpar) {
+        return (lpar.size_mib - lpar.plugged_mib) * kMiB;
+    }
+    static bool can_resize(const LparStatus& lpar) {
+        return lpar.max_size_mib * kMiB > boot_bytes(lpar);
+    }
+
+    // `status` as the hypervisor's storage map, for its rule that EXPAND needs the storage
+    // directly above free (StorageMap::check_resize).
+    StorageMap storage_map() const {
+        StorageMap map(status.main_storage_mib * kMiB);
+        for (const auto& lpar : status.lpars) {
+            if (lpar.has_storage)
+                map.add(lpar.name, {ArenaOffset{lpar.origin_mib * kMiB}, lpar.size_mib * kMiB});
+        }
+        return map;
+    }
+
+    // EXPAND (grow) or shrink by request.mib, refused by the hypervisor's rules in its order
+    // (lpar/expand.cpp).
     ResizeResult resize_locked(const ResizeRequest& request, bool grow) {
+        check_resize_request(request, grow ? "expand" : "shrink");
         LparStatus& lpar = placed(request.lpar);
-        const std::uint64_t mib = request.mib;
+        check_resizable(lpar.name, can_resize(lpar));
+        const std::uint64_t size = lpar.size_mib * kMiB;
+        const std::uint64_t bytes = request.mib * kMiB;
         ResizeResult result{request.lpar, lpar.size_mib, 0, 0, resize_total_us};
         if (grow) {
-            if (lpar.size_mib + mib > lpar.max_size_mib) {
-                throw Error(ErrorKind::Refused, request.lpar + ": " +
-                                                    std::to_string(lpar.size_mib + mib) +
-                                                    " MiB is beyond its max_size_mib " +
-                                                    std::to_string(lpar.max_size_mib));
-            }
-            if (lpar.gap_mib < mib) {
-                throw Error(
-                    ErrorKind::Refused,
-                    request.lpar + ": only " + std::to_string(lpar.gap_mib) + " MiB free above it");
-            }
-            lpar.size_mib += mib;
-            lpar.plugged_mib += mib;
+            check_within_maximum(lpar.name, size, bytes, lpar.max_size_mib * kMiB);
+            storage_map().check_resize(lpar.name, size + bytes);  // free directly above
+            lpar.size_mib += request.mib;
+            lpar.plugged_mib += request.mib;
         } else {
-            if (lpar.plugged_mib < mib) {
-                throw Error(ErrorKind::Refused, request.lpar + ": only " +
-                                                    std::to_string(lpar.plugged_mib) +
-                                                    " MiB are plugged");
-            }
-            lpar.size_mib -= mib;
-            lpar.plugged_mib -= mib;
+            check_shrinkable(lpar.name, size, boot_bytes(lpar), bytes);
+            lpar.size_mib -= request.mib;
+            lpar.plugged_mib -= request.mib;
         }
         result.new_size_mib = lpar.size_mib;
         result.plugged_mib = lpar.plugged_mib;
         recompute();
-        emit_resize_events(result, grow, mib, operations_emit_events);
+        emit_resize_events(result, grow, request.mib, operations_emit_events);
         return result;
     }
 

@@ -921,12 +921,34 @@ TEST_CASE("storage.expand / shrink / grow map the Api's refusals", "[json_rpc][r
             CHECK(error.at("data").at("kind") == expected.name);
         }
     }
-    // The fake's own refusals, as the hypervisor's would come.
+    // The hypervisor's own refusals (lpar/resize_rules.hpp, StorageMap::check_resize), which the
+    // fake applies to its table.
     test::FakeApi api;
-    const json beyond =
-        error_of(call(api, request_for("storage.expand", R"({"lpar":"LPAR1","mib":64})")));
-    CHECK(beyond.at("code") == -32003);
-    CHECK(beyond.at("message") == "LPAR1: 192 MiB is beyond its max_size_mib 128");
+    const auto refused = [&](const char* method, const char* params) {
+        const json error = error_of(call(api, request_for(method, params)));
+        CHECK(error.at("code") == -32003);
+        return error.at("message").get<std::string>();
+    };
+    // LPAR1 (0..128, max_size_mib 128) has no virtio-mem region.
+    CHECK(refused("storage.expand", R"({"lpar":"LPAR1","mib":64})") ==
+          "LPAR1 cannot grow or shrink: it has no virtio-mem region (define it with max_size_mib "
+          "above size_mib)");
+    api.status.lpars[0].max_size_mib = 160;
+    CHECK(refused("storage.expand", R"({"lpar":"LPAR1","mib":64})") ==
+          "LPAR1: 128 MiB + 64 MiB is more than its maximum of 160 MiB (max_size_mib)");
+    CHECK(refused("storage.expand", R"({"lpar":"LPAR1","mib":32})") ==
+          "LPAR1: grown area 0-160 MiB overlaps LPAR2 at 128-384 MiB");
+    CHECK(refused("storage.shrink", R"({"lpar":"LPAR1","mib":2})") ==
+          "LPAR1: only 0 MiB was added by EXPAND; its boot storage (128 MiB) cannot shrink");
+    // grow refuses beyond the maximum before it moves anybody.
+    CHECK(refused("storage.grow", R"({"lpar":"LPAR1","mib":64})") ==
+          "LPAR1: 128 MiB + 64 MiB is more than its maximum of 160 MiB (max_size_mib)");
+    CHECK(api.status.lpars[1].origin_mib == 128);
+    // An odd size never passes the JSON-RPC layer; the Api refuses it too.
+    ResizeRequest odd;
+    odd.lpar = "LPAR1";
+    odd.mib = 3;
+    CHECK_THROWS_WITH(api.expand(odd), "LPAR1: expand by 3 MiB: a positive multiple of 2 MiB");
     CHECK(error_of(call(api, request_for("storage.shrink", R"({"lpar":"LPAR9","mib":2})")))
               .at("code") == -32001);
     // A notification gets no answer, error or not.

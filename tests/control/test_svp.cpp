@@ -907,14 +907,18 @@ TEST_CASE("svp expand and shrink print the change and the table after", "[svp][r
                                        {"total_us", 4200}});
 
     // The daemon's refusals: exit 1 with its message; nothing printed on stdout.
-    const Outcome beyond = run_svp_on(fixture, {"expand", "LPAR1", "64"});
+    // LPAR2 is 290 MiB now, 34 MiB of it added by EXPAND.
+    const Outcome beyond = run_svp_on(fixture, {"expand", "LPAR2", "224"});
     CHECK(beyond.exit_code == 1);
     CHECK(beyond.out.empty());
     CHECK(beyond.err ==
-          "svp: LPAR1: 192 MiB is beyond its max_size_mib 128 (Refused, code -32003)\n");
-    const Outcome unplugged = run_svp_on(fixture, {"shrink", "LPAR1", "2"});
+          "svp: LPAR2: 290 MiB + 224 MiB is more than its maximum of 512 MiB (max_size_mib) "
+          "(Refused, code -32003)\n");
+    const Outcome unplugged = run_svp_on(fixture, {"shrink", "LPAR2", "36"});
     CHECK(unplugged.exit_code == 1);
-    CHECK(unplugged.err == "svp: LPAR1: only 0 MiB are plugged (Refused, code -32003)\n");
+    CHECK(unplugged.err ==
+          "svp: LPAR2: only 34 MiB was added by EXPAND; its boot storage (256 MiB) cannot shrink "
+          "(Refused, code -32003)\n");
     fixture.api.throw_next(ErrorKind::Busy, "LPAR2: the guest did not plug within 0.5 s");
     const Outcome busy = run_svp_on(fixture, {"--json", "expand", "LPAR2", "2"});
     CHECK(busy.exit_code == 1);
@@ -936,7 +940,7 @@ TEST_CASE("svp expand and shrink print the change and the table after", "[svp][r
         CHECK(usage.exit_code == 2);
     }
     CHECK(fixture.api.expand_requests.size() == expands);
-    CHECK(fixture.api.shrink_requests.size() == 2);  // the one that succeeded, LPAR1's refusal
+    CHECK(fixture.api.shrink_requests.size() == 2);  // the one that succeeded, the refusal
 }
 
 TEST_CASE("svp grow: --dry-run plans, without it storage.grow moves and expands", "[svp][resize]") {
@@ -979,7 +983,9 @@ TEST_CASE("svp grow: --dry-run plans, without it storage.grow moves and expands"
     REQUIRE(fixture.api.grow_requests.size() == 2);
     CHECK(fixture.api.grow_requests[1].second == MvstorMode::Live);
 
-    // Refused (no plan frees that much): exit 1, the message on stderr.
+    // Refused (no plan frees that much): exit 1, the message on stderr. LPAR2 (252..508) may
+    // grow, so the refusal is the plan's.
+    fixture.api.status.lpars[1].max_size_mib = 512;
     const Outcome refused = run_svp_on(fixture, {"grow", "LPAR2", "128"});
     CHECK(refused.exit_code == 1);
     CHECK(refused.out.empty());

@@ -76,7 +76,7 @@ TEST_CASE("the patent's Fig. 3 -> Fig. 4 flow: svp grow LPAR1 64 moves LPAR2 and
     auto table = hv.storage_table();
     CHECK(table[0].size == 192 * kMiB);  // Fig. 4B: LPAR1 0-192
     CHECK(table[0].gap == 0);
-    CHECK(table[1].origin == 192 * kMiB);
+    CHECK(table[1].origin == ArenaOffset{192 * kMiB});
     CHECK(table[1].gap == 61 * kMiB);
     // LPAR1's firmware fills and verifies the 64 MiB it plugged; LPAR2 never noticed.
     require_plugged_and_verified(hv, "LPAR1", 64);

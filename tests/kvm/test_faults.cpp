@@ -172,7 +172,7 @@ TEST_CASE(
     require_storage_invariant(hv);  // its window lies inside what it holds: 0-48 MiB
     auto rows = hv.storage_table();
     REQUIRE(rows.front().lpar == "A");
-    CHECK(rows.front().origin == 0);
+    CHECK(rows.front().origin == ArenaOffset{0});
     CHECK(rows.front().size == 48 * kMiB);
 
     // Nothing more may be done with it, and nothing may be placed on what it holds.

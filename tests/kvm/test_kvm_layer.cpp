@@ -27,7 +27,7 @@ struct Guest {
     std::unique_ptr<kvm::Vcpu> vcpu;
 
     explicit Guest(std::initializer_list<std::uint8_t> code) {
-        vm.set_memory_region(0, 0, window.size(), window.host_base());
+        vm.set_memory_region(0, GuestPhysAddr{0}, window.size(), window.host_base());
         boot::build_system_area(window.memory(), {"KVMTEST", 1, 0, 0, 0, 0, true});
         std::vector<std::uint8_t> bytes(code);
         REQUIRE(window.memory().write(GuestPhysAddr{kCode}, bytes));

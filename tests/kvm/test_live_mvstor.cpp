@@ -65,8 +65,9 @@ TEST_CASE("live MVSTOR of busy LPARs: overlapping in chunks and disjoint, up and
     require_clean_rounds(hv, "B", 1);
     // Vacated storage is scrubbed.
     for (const auto& row : hv.storage_table()) {
-        auto gap = hv.arena().bytes({{row.origin + row.size},
-                                     std::min(row.gap, hv.arena().size() - row.origin - row.size)});
+        auto gap =
+            hv.arena().bytes({row.origin + row.size,
+                              std::min(row.gap, hv.arena().size() - row.origin.value - row.size)});
         CHECK(std::all_of(gap.begin(), gap.end(), [](std::uint8_t b) { return b == 0; }));
     }
 }
@@ -110,7 +111,7 @@ TEST_CASE("a cancelled live move leaves everything as it was", "[kvm][live]") {
     fault::disarm_all();
     auto rows = hv.storage_table();
     REQUIRE(rows.size() == 1);
-    CHECK(rows[0].origin == 0);
+    CHECK(rows[0].origin == ArenaOffset{0});
     // Only shmem shows holes (hugetlbfs reports every page as data).
     if (!hv.arena().hugetlb()) CHECK_FALSE(hv.arena().is_populated(ArenaOffset{600 * kMiB}));
     require_clean_rounds(hv, "BIG", 2);

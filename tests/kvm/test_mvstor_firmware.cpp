@@ -51,12 +51,12 @@ void require_no_failure_logged(const test::TempDir& dir) {
 void require_gaps_scrubbed(Hypervisor& hv) {
     auto table = hv.storage_table();
     for (const auto& row : table) {
-        std::uint64_t start = row.origin + row.size;
-        std::uint64_t size = std::min(row.gap, hv.arena().size() - start);
-        auto bytes = hv.arena().bytes({{start}, size});
+        const ArenaOffset start = row.origin + row.size;
+        std::uint64_t size = std::min(row.gap, hv.arena().size() - start.value);
+        auto bytes = hv.arena().bytes({start, size});
         auto dirty =
             std::find_if(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b != 0; });
-        INFO("gap after " << row.lpar << " at " << start / kMiB << " MiB");
+        INFO("gap after " << row.lpar << " at " << start.value / kMiB << " MiB");
         CHECK(dirty == bytes.end());
     }
 }

@@ -244,7 +244,7 @@ using Layout = std::map<std::string, std::vector<std::pair<std::uint64_t, std::u
 Layout layout_of(Hypervisor& hv) {
     Layout layout;
     for (const auto& row : hv.storage_table())
-        layout[row.lpar].push_back({row.origin / kMiB, row.size / kMiB});
+        layout[row.lpar].push_back({row.origin.value / kMiB, row.size / kMiB});
     return layout;
 }
 
@@ -472,11 +472,12 @@ Stress::Target Stress::choose_target(const std::string& name, bool allow_invalid
     const auto rows = hv_.storage_table();
     std::uint64_t origin = 0, size = 0;
     for (const auto& r : rows)
-        if (r.lpar == name) origin = r.origin / kMiB, size = r.size / kMiB;
+        if (r.lpar == name) origin = r.origin.value / kMiB, size = r.size / kMiB;
     auto free_for_me = [&](std::uint64_t o) {
         if (o + size > kMainMib) return false;
         for (const auto& r : rows)
-            if (r.lpar != name && o < (r.origin + r.size) / kMiB && r.origin / kMiB < o + size)
+            if (r.lpar != name && o < (r.origin.value + r.size) / kMiB &&
+                r.origin.value / kMiB < o + size)
                 return false;
         return true;
     };
@@ -493,7 +494,8 @@ Stress::Target Stress::choose_target(const std::string& name, bool allow_invalid
         // neighbours for EXCHANGE and fills gaps exactly.
         bool touches = o == 0 || o + size == kMainMib;
         for (const auto& r : rows)
-            if (r.lpar != name && (o == (r.origin + r.size) / kMiB || o + size == r.origin / kMiB))
+            if (r.lpar != name &&
+                (o == (r.origin.value + r.size) / kMiB || o + size == r.origin.value / kMiB))
                 touches = true;
         if (touches) edge.push_back(o);
     }
@@ -509,7 +511,7 @@ Stress::Target Stress::choose_target(const std::string& name, bool allow_invalid
                     const auto& other = random_.pick(others);
                     for (const auto& r : rows)
                         if (r.lpar == other) {
-                            const std::uint64_t o = r.origin / kMiB;
+                            const std::uint64_t o = r.origin.value / kMiB;
                             return {o + 2 * random_.below(r.size / kMiB / 2), false,
                                     "invalid: overlaps " + other};
                         }
@@ -649,7 +651,7 @@ void Stress::op_exchange() {
     auto defined = names_where([](const auto& l) { return !l.has_storage; });
     auto range_of = [&](const std::string& n) {
         for (const auto& r : rows)
-            if (r.lpar == n) return std::pair{r.origin / kMiB, r.size / kMiB};
+            if (r.lpar == n) return std::pair{r.origin.value / kMiB, r.size / kMiB};
         return std::pair<std::uint64_t, std::uint64_t>{0, 0};
     };
     auto shape_of = [&](const std::string& a, const std::string& b) {
@@ -916,7 +918,8 @@ void Stress::op_swap_activation() {
         auto free_at = [&](std::uint64_t o) {
             if (o + size > kMainMib) return false;
             for (const auto& r : rows)
-                if (o < (r.origin + r.size) / kMiB && r.origin / kMiB < o + size) return false;
+                if (o < (r.origin.value + r.size) / kMiB && r.origin.value / kMiB < o + size)
+                    return false;
             return true;
         };
         bool valid = false;

@@ -57,7 +57,7 @@ void require_plugged_and_verified(Hypervisor& hv, const std::string& name, std::
 
 std::uint64_t origin_mib_of(Hypervisor& hv, const std::string& name) {
     for (const auto& row : hv.storage_table())
-        if (row.lpar == name) return row.origin / kMiB;
+        if (row.lpar == name) return row.origin.value / kMiB;
     FAIL("no LPAR " << name << " in the storage map");
     return 0;
 }

@@ -17,8 +17,8 @@ std::string describe(const std::vector<StorageRow>& rows, const control::SystemS
     std::ostringstream out;
     out << "storage map (main storage " << status.main_storage_mib << " MiB):\n";
     for (const auto& row : rows)
-        out << "  " << row.lpar << " at " << row.origin / kMiB << "-"
-            << (row.origin + row.size) / kMiB << " MiB (" << row.size / kMiB << " MiB, gap "
+        out << "  " << row.lpar << " at " << row.origin.value / kMiB << "-"
+            << (row.origin.value + row.size) / kMiB << " MiB (" << row.size / kMiB << " MiB, gap "
             << row.gap / kMiB << " MiB)\n";
     out << "LPARs:\n";
     for (const auto& l : status.lpars)
@@ -27,7 +27,7 @@ std::string describe(const std::vector<StorageRow>& rows, const control::SystemS
     return out.str();
 }
 
-bool inside(const StorageRow& row, std::uint64_t offset, std::uint64_t length) {
+bool inside(const StorageRow& row, ArenaOffset offset, std::uint64_t length) {
     return row.origin <= offset && offset + length <= row.origin + row.size;
 }
 
@@ -47,16 +47,17 @@ void require_storage_invariant(Hypervisor& hv) {
     std::map<std::string, std::vector<StorageRow>> holding;
     for (std::size_t i = 0; i < sorted.size(); ++i) {
         const auto& row = sorted[i];
-        INFO("row " << row.lpar << " at " << row.origin << " bytes, size " << row.size);
+        INFO("row " << row.lpar << " at " << row.origin.value << " bytes, size " << row.size);
         REQUIRE(row.size > 0);
-        REQUIRE(row.origin % kOriginAlignment == 0);
+        REQUIRE(row.origin.value % kOriginAlignment == 0);
         REQUIRE(row.size % kOriginAlignment == 0);
-        REQUIRE(row.origin < main_storage);
-        REQUIRE(row.size <= main_storage - row.origin);  // inside main storage, no overflow
+        REQUIRE(row.origin.value < main_storage);
+        REQUIRE(row.size <= main_storage - row.origin.value);  // inside main storage, no overflow
         if (i > 0) {
             const auto& below = sorted[i - 1];
-            INFO("overlaps the row below: " << below.lpar << " at " << below.origin / kMiB << "-"
-                                            << (below.origin + below.size) / kMiB << " MiB");
+            INFO("overlaps the row below: " << below.lpar << " at " << below.origin.value / kMiB
+                                            << "-" << (below.origin.value + below.size) / kMiB
+                                            << " MiB");
             REQUIRE(below.origin + below.size <= row.origin);
         }
         holding[row.lpar].push_back(row);
@@ -115,17 +116,17 @@ void require_storage_invariant(Hypervisor& hv) {
         if (whole) REQUIRE(storage == own.front().size);
         for (std::uint64_t unit = 0; unit * kOriginAlignment < storage; ++unit) {
             const std::uint64_t gpa = unit * kOriginAlignment;
-            const std::uint64_t offset = window.arena_offset_of(GuestPhysAddr{gpa}).value;
+            const ArenaOffset offset = window.arena_offset_of(GuestPhysAddr{gpa});
             INFO(l.name << ": guest unit " << unit << " (guest " << gpa / kMiB
-                        << " MiB) maps main storage at " << offset << " bytes (" << offset / kMiB
-                        << " MiB)");
+                        << " MiB) maps main storage at " << offset.value << " bytes ("
+                        << offset.value / kMiB << " MiB)");
             const bool own_unit = std::any_of(own.begin(), own.end(), [&](const StorageRow& r) {
                 return inside(r, offset, kOriginAlignment);
             });
             REQUIRE(own_unit);
             if (whole) {
-                INFO("expected the window to map its row in order: " << own.front().origin / kMiB
-                                                                     << " MiB + unit");
+                INFO("expected the window to map its row in order: "
+                     << own.front().origin.value / kMiB << " MiB + unit");
                 REQUIRE(offset == own.front().origin + gpa);
             }
         }

@@ -20,10 +20,10 @@ class PrecopySeam {
   public:
     // Tracking on, the hook set on `log` before any device uses it; `buffer` is the guest address
     // of the request's writable buffer (other hand-outs, the used ring and status, pass freely).
-    PrecopySeam(std::shared_ptr<DeviceDirtyLog> log, std::uint64_t lpar_bytes, std::uint64_t buffer)
+    PrecopySeam(std::shared_ptr<DeviceDirtyLog> log, std::uint64_t lpar_bytes, GuestPhysAddr buffer)
         : log_(std::move(log)), lpar_bytes_(lpar_bytes), released_future_(released_.get_future()) {
         log_->set_tracking(true);
-        log_->set_hand_out_hook_for_testing([this, buffer](std::uint64_t gpa, std::uint64_t) {
+        log_->set_hand_out_hook_for_testing([this, buffer](GuestPhysAddr gpa, std::uint64_t) {
             if (gpa != buffer) return;
             taken_.set_value();
             released_future_.wait();

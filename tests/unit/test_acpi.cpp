@@ -71,7 +71,7 @@ TEST_CASE("the ACPI checksum byte makes a table sum to zero", "[acpi]") {
 }
 
 TEST_CASE("the RSDP is revision 2 with both checksums and points at the XSDT", "[acpi]") {
-    auto rsdp = acpi_rsdp(0xe0040);
+    auto rsdp = acpi_rsdp(GuestPhysAddr{0xe0040});
     REQUIRE(rsdp.size() == 36);
     CHECK(text(rsdp, 0, 8) == "RSD PTR ");
     CHECK(acpi_sum_is_zero(std::span(rsdp).first(20)));
@@ -84,7 +84,7 @@ TEST_CASE("the RSDP is revision 2 with both checksums and points at the XSDT", "
 }
 
 TEST_CASE("the FADT is a hardware-reduced ACPI 6 FADT with sleep and reset registers", "[acpi]") {
-    auto fadt = acpi_fadt(0xe0200);
+    auto fadt = acpi_fadt(GuestPhysAddr{0xe0200});
     check_header(fadt, "FACP", 6);
     CHECK(fadt.size() == 276);
     CHECK(le(fadt, 36, 4) == 0);        // no FACS

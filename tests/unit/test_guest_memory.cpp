@@ -110,8 +110,8 @@ TEST_CASE("GuestMemory::write() marks its pages after the copy, not before",
     const std::uint32_t value = 0xfeedf00d;
     std::optional<DirtyBitmap> precopy;
     bool seam_ran = false, landed_at_seam = true;
-    log.set_hand_out_hook_for_testing([&](std::uint64_t address, std::uint64_t length) {
-        seam_ran = address == gpa.value && length == sizeof value;
+    log.set_hand_out_hook_for_testing([&](GuestPhysAddr address, std::uint64_t length) {
+        seam_ran = address == gpa && length == sizeof value;
         landed_at_seam = memory.read_object<std::uint32_t>(gpa) == value;
         precopy = harvest(log, window.size());
     });

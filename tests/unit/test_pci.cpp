@@ -89,7 +89,7 @@ class FakePlatform final : public pci::PciPlatform {
     std::set<std::uint32_t> gsis;
     std::map<std::uint32_t, int> irqfds;  // gsi -> eventfd
     std::map<std::uint32_t, std::pair<std::uint64_t, std::uint32_t>> routes;
-    std::set<std::tuple<std::uint64_t, std::uint32_t, int>> ioeventfds;
+    std::set<std::tuple<GuestPhysAddr, std::uint32_t, int>> ioeventfds;
     int route_updates = 0;
 
     std::uint32_t allocate_gsi() override {
@@ -121,12 +121,12 @@ class FakePlatform final : public pci::PciPlatform {
         ++route_updates;
         routes.erase(gsi);
     }
-    bool register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    bool register_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                             int eventfd) noexcept override {
         std::lock_guard lock(mutex);
         return ioeventfds.emplace(gpa, length, eventfd).second;
     }
-    void unregister_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    void unregister_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                               int eventfd) noexcept override {
         std::lock_guard lock(mutex);
         ioeventfds.erase({gpa, length, eventfd});
@@ -179,7 +179,7 @@ struct Rig {
     }
 
     // --- BAR0 by guest address ---
-    std::uint64_t bar0() { return cfg_read(kSlot, pci::reg::kBar0) & ~0xfull; }
+    GuestPhysAddr bar0() { return GuestPhysAddr{cfg_read(kSlot, pci::reg::kBar0) & ~0xfull}; }
     std::uint64_t mmio_read(std::uint64_t offset, std::size_t size) {
         std::array<std::uint8_t, 8> b{};
         REQUIRE(bus->mmio_read(bar0() + offset, std::span<std::uint8_t>(b.data(), size)));
@@ -362,7 +362,7 @@ TEST_CASE("configuration mechanism #1: address register, host bridge, absent slo
 
 TEST_CASE("PciBus::add checks slots and assigns BAR0 by slot", "[pci]") {
     Rig rig;
-    CHECK(rig.bar0() == LPV_PCI_MMIO_GPA + Rig::kSlot * LPV_PCI_BAR_STRIDE);
+    CHECK(rig.bar0() == GuestPhysAddr{LPV_PCI_MMIO_GPA + Rig::kSlot * LPV_PCI_BAR_STRIDE});
     CHECK((rig.cfg_read(Rig::kSlot, pci::reg::kCommand, 2) & pci::reg::kCommandMemory) != 0);
     auto other = std::make_shared<VirtioPciDevice>(std::make_shared<FakeDevice>(), rig.platform);
     CHECK_THROWS_AS(rig.bus->add(0, other), Error);
@@ -422,7 +422,7 @@ TEST_CASE("BAR0 sizing, moving and memory decode", "[pci]") {
     Rig rig;
     rig.bring_up();
     REQUIRE(rig.device->activations == 1);
-    std::uint64_t old_base = rig.bar0();
+    const GuestPhysAddr old_base = rig.bar0();
     std::uint64_t size = rig.vpci->bar0_size();
     REQUIRE((size & (size - 1)) == 0);
     CHECK(rig.platform->ioeventfds.count({old_base + 0x3000, 2, 100}) == 1);
@@ -437,22 +437,22 @@ TEST_CASE("BAR0 sizing, moving and memory decode", "[pci]") {
     rig.cfg_write(Rig::kSlot, pci::reg::kBar0, 0xffffffffu);
     CHECK(rig.cfg_read(Rig::kSlot, pci::reg::kBar0) ==
           static_cast<std::uint32_t>(~(size - 1)));  // 32-bit, non-prefetchable: flags 0
-    rig.cfg_write(Rig::kSlot, pci::reg::kBar0, static_cast<std::uint32_t>(old_base));
+    rig.cfg_write(Rig::kSlot, pci::reg::kBar0, static_cast<std::uint32_t>(old_base.value));
     rig.cfg_write(Rig::kSlot, pci::reg::kCommand, command, 2);
     CHECK(rig.platform->ioeventfds.count({old_base + 0x3000, 2, 100}) == 1);
 
     // The guest moves the BAR: accesses and ioeventfds follow.
-    std::uint64_t new_base = LPV_PCI_MMIO_GPA + 0x800000;
-    rig.cfg_write(Rig::kSlot, pci::reg::kBar0, static_cast<std::uint32_t>(new_base | 0xf));
+    const GuestPhysAddr new_base{LPV_PCI_MMIO_GPA + 0x800000};
+    rig.cfg_write(Rig::kSlot, pci::reg::kBar0, static_cast<std::uint32_t>(new_base.value | 0xf));
     CHECK(rig.bar0() == new_base);
     CHECK(rig.platform->ioeventfds ==
-          std::set<std::tuple<std::uint64_t, std::uint32_t, int>>{{new_base + 0x3000, 2, 100},
+          std::set<std::tuple<GuestPhysAddr, std::uint32_t, int>>{{new_base + 0x3000, 2, 100},
                                                                   {new_base + 0x3004, 2, 101}});
     CHECK_FALSE(rig.bus->mmio_read(old_base, probe));
     CHECK(rig.mmio_read(rig.common() + virtio::common::kNumQueues, 2) == 2);
     // An access that runs past the BAR's end is nobody's.
     std::array<std::uint8_t, 8> wide{};
-    CHECK_FALSE(rig.bus->mmio_read(new_base + size - 4, wide));
+    CHECK_FALSE(rig.bus->mmio_read(new_base + (size - 4), wide));
     CHECK_FALSE(rig.bus->mmio_read(new_base + size, probe));
 }
 
@@ -524,8 +524,8 @@ TEST_CASE("a Linux-like driver initialisation ends in activate() with its queues
     CHECK(q1.desc_table.value == 0x1'0000'0010ull);
     CHECK(q1.used_ring.value == 0x185000);
     // Every queue's notify address is now an ioeventfd on the device's event fd.
-    std::uint64_t notify = rig.bar0() + VirtioPciDevice::kNotifyOffset;
-    CHECK(rig.platform->ioeventfds == std::set<std::tuple<std::uint64_t, std::uint32_t, int>>{
+    const GuestPhysAddr notify = rig.bar0() + VirtioPciDevice::kNotifyOffset;
+    CHECK(rig.platform->ioeventfds == std::set<std::tuple<GuestPhysAddr, std::uint32_t, int>>{
                                           {notify, 2, 100}, {notify + 4, 2, 101}});
     // Queue set-up is frozen now.
     rig.mmio_write(rig.common() + virtio::common::kQueueSelect, 0, 2);
@@ -719,7 +719,7 @@ TEST_CASE("hostile accesses change nothing and never throw", "[pci]") {
     rig.mmio_write(VirtioPciDevice::kMsixTableOffset + 14, 0, 4);           // misaligned dword
     rig.mmio_write(VirtioPciDevice::kMsixTableOffset + 3 * 16 + 12, 0, 4);  // past the table
     std::array<std::uint8_t, 3> three{0, 0, 0};
-    std::uint64_t base = rig.bar0();
+    const GuestPhysAddr base = rig.bar0();
     CHECK(rig.bus->mmio_write(base + rig.common() + kDeviceStatus, three));
     std::array<std::uint8_t, 3> three_out{1, 1, 1};
     CHECK(rig.bus->mmio_read(base + rig.common(), three_out));

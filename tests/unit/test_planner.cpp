@@ -30,11 +30,11 @@ void check_replay(std::uint64_t main_storage, const std::vector<StorageArea>& ar
     const ArenaRange grown = map.find(lpar).range;
     std::uint64_t copied = 0;
     for (const auto& step : plan.steps) {
-        INFO("step " << step.lpar << " " << step.from / MiB << " -> " << step.to / MiB);
+        INFO("step " << step.lpar << " " << step.from.value / MiB << " -> " << step.to.value / MiB);
         CHECK(step.lpar != lpar);
-        CHECK(map.find(step.lpar).range.start.value == step.from);
+        CHECK(map.find(step.lpar).range.start == step.from);
         CHECK(map.find(step.lpar).range.size == step.bytes);
-        REQUIRE_NOTHROW(map.move(step.lpar, ArenaOffset{step.to}));
+        REQUIRE_NOTHROW(map.move(step.lpar, step.to));
         copied += step.bytes;
     }
     CHECK(copied == plan.bytes_copied);
@@ -101,8 +101,8 @@ TEST_CASE("Fig. 3A: growing LPAR1 by 64 MiB moves LPAR2 to 192", "[planner]") {
     REQUIRE(plan.possible);
     REQUIRE(plan.steps.size() == 1);
     CHECK(plan.steps[0].lpar == "LPAR2");
-    CHECK(plan.steps[0].from == 128 * MiB);
-    CHECK(plan.steps[0].to == 192 * MiB);
+    CHECK(plan.steps[0].from == ArenaOffset{128 * MiB});
+    CHECK(plan.steps[0].to == ArenaOffset{192 * MiB});
     CHECK(plan.steps[0].bytes == 256 * MiB);
     CHECK(plan.bytes_copied == 256 * MiB);
     check_replay(509 * MiB, fig3a, "LPAR1", 64 * MiB, plan);
@@ -131,9 +131,9 @@ TEST_CASE("a gap gathered from two moves", "[planner]") {
         REQUIRE(plan.possible);
         REQUIRE(plan.steps.size() == 2);
         CHECK(plan.steps[0].lpar == "LPAR3");
-        CHECK(plan.steps[0].to == 128 * MiB);
+        CHECK(plan.steps[0].to == ArenaOffset{128 * MiB});
         CHECK(plan.steps[1].lpar == "LPAR2");
-        CHECK(plan.steps[1].to == 96 * MiB);
+        CHECK(plan.steps[1].to == ArenaOffset{96 * MiB});
         CHECK(plan.bytes_copied == 64 * MiB);
         check_replay(160 * MiB, layout, "LPAR1", 32 * MiB, plan);
     }
@@ -155,7 +155,7 @@ TEST_CASE("a gap gathered from two moves", "[planner]") {
         REQUIRE(plan.possible);
         REQUIRE(plan.steps.size() == 1);
         CHECK(plan.steps[0].lpar == "LPAR2");
-        CHECK(plan.steps[0].to == 16 * MiB);
+        CHECK(plan.steps[0].to == ArenaOffset{16 * MiB});
         CHECK(plan.bytes_copied == 16 * MiB);
         check_replay(256 * MiB, layout, "LPAR1", 16 * MiB, plan);
     }

@@ -44,11 +44,11 @@ TEST_CASE("Fig. 3A table: origins, sizes, gaps and free storage", "[storage_map]
     auto rows = map.rows();
     REQUIRE(rows.size() == 2);
     CHECK(rows[0].lpar == "LPAR1");
-    CHECK(rows[0].origin == 0);
+    CHECK(rows[0].origin == ArenaOffset{0});
     CHECK(rows[0].size == 128 * MiB);
     CHECK(rows[0].gap == 0);
     CHECK(rows[1].lpar == "LPAR2");
-    CHECK(rows[1].origin == 128 * MiB);
+    CHECK(rows[1].origin == ArenaOffset{128 * MiB});
     CHECK(rows[1].gap == 125 * MiB);
     CHECK(map.free_bytes() == 125 * MiB);
 }
@@ -58,7 +58,7 @@ TEST_CASE("MVSTOR LPAR2 192 gives Fig. 4A", "[storage_map]") {
     map.move("LPAR2", ArenaOffset{192 * MiB});
     auto rows = map.rows();
     CHECK(rows[0].gap == 64 * MiB);
-    CHECK(rows[1].origin == 192 * MiB);
+    CHECK(rows[1].origin == ArenaOffset{192 * MiB});
     CHECK(rows[1].gap == 61 * MiB);
     CHECK(map.free_bytes() == 125 * MiB);
 }
@@ -69,7 +69,7 @@ TEST_CASE("moves down and overlapping its own old range are allowed", "[storage_
     map.move("LPAR2", ArenaOffset{130 * MiB});
     CHECK(map.find("LPAR2").range.start.value == 130 * MiB);
     map.move("LPAR1", ArenaOffset{2 * MiB});  // overlaps its own range only
-    CHECK(map.rows()[0].origin == 2 * MiB);
+    CHECK(map.rows()[0].origin == ArenaOffset{2 * MiB});
 }
 
 TEST_CASE("refused requests name the problem and change nothing", "[storage_map]") {

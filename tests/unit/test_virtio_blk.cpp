@@ -647,7 +647,7 @@ TEST_CASE("a pre-copy harvest in the middle of a virtio-blk read does not lose t
     // Two sectors into a buffer across a page boundary, held at the seam before pread() fills it.
     const std::uint64_t buffer = 0x20000 - 512;
     auto log = std::make_shared<DeviceDirtyLog>(kLparBytes);
-    PrecopySeam seam(log, kLparBytes, buffer);
+    PrecopySeam seam(log, kLparBytes, GuestPhysAddr{buffer});
     const GuestMemory memory(storage.host.data(), kLparBytes, log);
     VirtioBlk device("virtio-blk0", memory, {image.path});
     BlkDriver driver(memory);

@@ -86,7 +86,7 @@ TEST_CASE("a pre-copy harvest in the middle of a virtio-rng request does not los
     // One writable buffer across a page boundary, held at the seam before it is filled.
     const std::uint64_t buffer = 0x30000 - 64;
     auto log = std::make_shared<DeviceDirtyLog>(kLparBytes);
-    PrecopySeam seam(log, kLparBytes, buffer);
+    PrecopySeam seam(log, kLparBytes, GuestPhysAddr{buffer});
     GuestMemory memory(host.data(), kLparBytes, log);
     VirtioRng device("virtio-rng0", memory);
     REQUIRE(device.activate(kFeatureVersion1,

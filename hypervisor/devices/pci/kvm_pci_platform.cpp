@@ -118,7 +118,7 @@ void KvmPciPlatform::clear_msi_route(std::uint32_t gsi) noexcept {
     if (msi_routes_.erase(gsi) != 0) install_locked();
 }
 
-bool KvmPciPlatform::register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+bool KvmPciPlatform::register_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                                         int eventfd) noexcept {
     try {
         vm_.assign_ioeventfd(gpa, length, eventfd);
@@ -129,7 +129,7 @@ bool KvmPciPlatform::register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
     }
 }
 
-void KvmPciPlatform::unregister_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+void KvmPciPlatform::unregister_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                                           int eventfd) noexcept {
     try {
         vm_.deassign_ioeventfd(gpa, length, eventfd);

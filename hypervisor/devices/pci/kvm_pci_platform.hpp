@@ -45,9 +45,9 @@ class KvmPciPlatform final : public PciPlatform {
     [[nodiscard]] bool set_msi_route(std::uint32_t gsi, std::uint64_t address,
                                      std::uint32_t data) noexcept override;
     void clear_msi_route(std::uint32_t gsi) noexcept override;
-    [[nodiscard]] bool register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    [[nodiscard]] bool register_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                                           int eventfd) noexcept override;
-    void unregister_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    void unregister_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                               int eventfd) noexcept override;
 
     // The routes every table starts with: GSI 0-15 to the PIC pins (but GSI 2 with

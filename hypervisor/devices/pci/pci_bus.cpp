@@ -83,8 +83,8 @@ class HostBridge final : public PciDevice {
         config_.write(offset, data);
     }
     std::uint64_t bar_size(unsigned) const override { return 0; }
-    void assign_bar(unsigned, std::uint64_t) override {}
-    std::optional<std::uint64_t> bar_address(unsigned) const override { return std::nullopt; }
+    void assign_bar(unsigned, GuestPhysAddr) override {}
+    std::optional<GuestPhysAddr> bar_address(unsigned) const override { return std::nullopt; }
     void bar_read(unsigned, std::uint64_t, std::span<std::uint8_t> data) override {
         std::fill(data.begin(), data.end(), 0);
     }
@@ -131,9 +131,9 @@ void PciBus::add(unsigned slot, std::shared_ptr<PciDevice> device) {
                     fmt::format("PCI: {} cannot go to slot {} (slots 1-{} take devices)",
                                 device->name(), slot, kSlotCount - 1));
     // Lay the BARs out first, so a refusal leaves the device untouched.
-    std::array<std::uint64_t, kBarCount> addresses{};
-    std::uint64_t window = kMmioBase + slot * kBarStride;
-    std::uint64_t next = window;
+    std::array<std::optional<GuestPhysAddr>, kBarCount> addresses{};
+    const GuestPhysAddr window = kMmioBase + slot * kBarStride;
+    GuestPhysAddr next = window;
     for (unsigned bar = 0; bar < kBarCount; ++bar) {
         std::uint64_t size = device->bar_size(bar);
         if (size == 0) continue;
@@ -141,7 +141,7 @@ void PciBus::add(unsigned slot, std::shared_ptr<PciDevice> device) {
             throw Error(ErrorKind::InvalidArgument,
                         fmt::format("PCI: {} BAR{} size {:#x} is not a power of two",
                                     device->name(), bar, size));
-        std::uint64_t at = (next + size - 1) & ~(size - 1);
+        const GuestPhysAddr at{(next.value + size - 1) & ~(size - 1)};
         if (at + size > window + kBarStride)
             throw Error(ErrorKind::InvalidArgument,
                         fmt::format("PCI: {} BARs do not fit the {:#x}-byte window of slot {}",
@@ -154,7 +154,7 @@ void PciBus::add(unsigned slot, std::shared_ptr<PciDevice> device) {
         throw Error(ErrorKind::Refused, fmt::format("PCI: slot {} already holds {}, cannot add {}",
                                                     slot, slots_[slot]->name(), device->name()));
     for (unsigned bar = 0; bar < kBarCount; ++bar)
-        if (addresses[bar] != 0) device->assign_bar(bar, addresses[bar]);
+        if (addresses[bar]) device->assign_bar(bar, *addresses[bar]);
     slots_[slot] = std::move(device);
 }
 
@@ -180,7 +180,7 @@ std::shared_ptr<PciDevice> PciBus::selected(std::uint32_t address) const {
 }
 
 template <typename Span, typename Fn>
-bool PciBus::dispatch_mmio(std::uint64_t gpa, Span data, Fn&& access) const {
+bool PciBus::dispatch_mmio(GuestPhysAddr gpa, Span data, Fn&& access) const {
     if (data.empty() || data.size() > 8) return false;
     for (const auto& d : all_devices()) {
         for (unsigned bar = 0; bar < kBarCount; ++bar) {
@@ -197,13 +197,13 @@ bool PciBus::dispatch_mmio(std::uint64_t gpa, Span data, Fn&& access) const {
     return false;
 }
 
-bool PciBus::mmio_read(std::uint64_t gpa, std::span<std::uint8_t> data) const {
+bool PciBus::mmio_read(GuestPhysAddr gpa, std::span<std::uint8_t> data) const {
     return dispatch_mmio(gpa, data,
                          [](PciDevice& d, unsigned bar, std::uint64_t offset,
                             std::span<std::uint8_t> bytes) { d.bar_read(bar, offset, bytes); });
 }
 
-bool PciBus::mmio_write(std::uint64_t gpa, std::span<const std::uint8_t> data) const {
+bool PciBus::mmio_write(GuestPhysAddr gpa, std::span<const std::uint8_t> data) const {
     return dispatch_mmio(
         gpa, data,
         [](PciDevice& d, unsigned bar, std::uint64_t offset, std::span<const std::uint8_t> bytes) {

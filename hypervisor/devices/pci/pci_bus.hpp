@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "devices/device.hpp"
+#include "util/address.hpp"
 #include "util/rate_limit.hpp"
 
 namespace lparvisor::pci {
@@ -104,9 +105,9 @@ class PciDevice {
     virtual std::uint64_t bar_size(unsigned bar) const = 0;
     // The firmware's part, done by PciBus::add: program the BAR's address and turn memory
     // decoding on, so a guest that does not enumerate PCI finds the device in place.
-    virtual void assign_bar(unsigned bar, std::uint64_t gpa) = 0;
+    virtual void assign_bar(unsigned bar, GuestPhysAddr gpa) = 0;
     // Where the BAR decodes now; nullopt while memory decoding is off or it has no address.
-    virtual std::optional<std::uint64_t> bar_address(unsigned bar) const = 0;
+    virtual std::optional<GuestPhysAddr> bar_address(unsigned bar) const = 0;
     // An access of 1 to 8 bytes inside the BAR (offset + size <= bar_size, the bus checks).
     virtual void bar_read(unsigned bar, std::uint64_t offset, std::span<std::uint8_t> data) = 0;
     virtual void bar_write(unsigned bar, std::uint64_t offset,
@@ -122,7 +123,7 @@ class PciBus final : public PortDevice {
   public:
     static constexpr std::uint16_t kConfigPort = LPV_PORT_PCI_CONFIG;  // 0xCF8
     static constexpr std::uint16_t kConfigPortCount = 8;               // 0xCF8-0xCFF
-    static constexpr std::uint64_t kMmioBase = LPV_PCI_MMIO_GPA;
+    static constexpr GuestPhysAddr kMmioBase{LPV_PCI_MMIO_GPA};
     static constexpr std::uint64_t kBarStride = LPV_PCI_BAR_STRIDE;
     // The host bridge's identity (Red Hat's generic "QEMU PCIe host bridge": no quirks in
     // Linux) and class 0x060000.
@@ -139,8 +140,8 @@ class PciBus final : public PortDevice {
 
     // An MMIO exit: the device whose decoding BAR holds all of [gpa, gpa + size) serves it.
     // false when none does (the vCPU loop reports the access), or size is not 1 to 8.
-    [[nodiscard]] bool mmio_read(std::uint64_t gpa, std::span<std::uint8_t> data) const;
-    [[nodiscard]] bool mmio_write(std::uint64_t gpa, std::span<const std::uint8_t> data) const;
+    [[nodiscard]] bool mmio_read(GuestPhysAddr gpa, std::span<std::uint8_t> data) const;
+    [[nodiscard]] bool mmio_write(GuestPhysAddr gpa, std::span<const std::uint8_t> data) const;
 
     // Configuration mechanism #1, offsets from 0xCF8: 0-3 the address register (dword
     // accesses only; it reads back what was written), 4-7 the data window into the dword the
@@ -163,7 +164,7 @@ class PciBus final : public PortDevice {
     std::shared_ptr<PciDevice> selected(std::uint32_t address) const;
     std::vector<std::shared_ptr<PciDevice>> all_devices() const;
     template <typename Span, typename Fn>
-    bool dispatch_mmio(std::uint64_t gpa, Span data, Fn&& access) const;
+    bool dispatch_mmio(GuestPhysAddr gpa, Span data, Fn&& access) const;
 
     mutable std::shared_mutex slots_mutex_;  // add() against lookups
     std::array<std::shared_ptr<PciDevice>, kSlotCount> slots_;

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "util/address.hpp"
+
 namespace lparvisor::pci {
 
 // GSIs 0-23 are the IOAPIC pins (0-15 also the PICs); MSI routes are allocated from 24 on.
@@ -33,9 +35,9 @@ class PciPlatform {
                                              std::uint32_t data) noexcept = 0;
     virtual void clear_msi_route(std::uint32_t gsi) noexcept = 0;
     // A guest write of `length` bytes to MMIO address `gpa` signals `eventfd` without an exit.
-    [[nodiscard]] virtual bool register_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    [[nodiscard]] virtual bool register_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                                                   int eventfd) noexcept = 0;
-    virtual void unregister_ioeventfd(std::uint64_t gpa, std::uint32_t length,
+    virtual void unregister_ioeventfd(GuestPhysAddr gpa, std::uint32_t length,
                                       int eventfd) noexcept = 0;
 };
 

@@ -267,11 +267,11 @@ std::optional<std::uint64_t> VirtioMem::highest_plugged_block_end() const {
 
 // The checks every PLUG, UNPLUG and STATE request shares (5.15.6.x): addr aligned to the block
 // size, at least one block, every block inside the usable region, no wrap-around.
-std::optional<VirtioMem::BlockRange> VirtioMem::checked_range(std::uint64_t addr,
+std::optional<VirtioMem::BlockRange> VirtioMem::checked_range(GuestPhysAddr addr,
                                                               std::uint16_t nb_blocks) const {
-    if (nb_blocks == 0 || addr < region_.addr.value || addr % region_.block_size != 0)
+    if (nb_blocks == 0 || addr < region_.addr || addr.value % region_.block_size != 0)
         return std::nullopt;
-    const std::uint64_t first = (addr - region_.addr.value) / region_.block_size;
+    const std::uint64_t first = (addr - region_.addr) / region_.block_size;
     const std::uint64_t usable_blocks = usable_region_size_ / region_.block_size;
     // first < usable_blocks <= 2^52 and nb_blocks < 2^16: no overflow in the comparison.
     if (first >= usable_blocks || nb_blocks > usable_blocks - first) return std::nullopt;
@@ -280,7 +280,7 @@ std::optional<VirtioMem::BlockRange> VirtioMem::checked_range(std::uint64_t addr
 
 // --- requests ---
 
-std::uint16_t VirtioMem::plug(std::uint64_t addr, std::uint16_t nb_blocks) {
+std::uint16_t VirtioMem::plug(GuestPhysAddr addr, std::uint16_t nb_blocks) {
     // Checked twice: before asking the hypervisor, and again after it answered (it ran without
     // the lock; the requested or usable size may have changed meanwhile). Only the worker
     // plugs and unplugs, so the blocks' state itself cannot change in between.
@@ -314,7 +314,7 @@ std::uint16_t VirtioMem::plug(std::uint64_t addr, std::uint16_t nb_blocks) {
     return kMemRespAck;
 }
 
-std::uint16_t VirtioMem::unplug(std::uint64_t addr, std::uint16_t nb_blocks) {
+std::uint16_t VirtioMem::unplug(GuestPhysAddr addr, std::uint16_t nb_blocks) {
     UnpluggedHook hook;
     BlockRange range;
     {
@@ -350,7 +350,7 @@ void VirtioMem::unplug_runs(const std::vector<Run>& runs, const UnpluggedHook& h
     }
 }
 
-std::uint16_t VirtioMem::state(std::uint64_t addr, std::uint16_t nb_blocks,
+std::uint16_t VirtioMem::state(GuestPhysAddr addr, std::uint16_t nb_blocks,
                                std::uint16_t& state_out) {
     std::lock_guard lock(mutex_);
     auto range = checked_range(addr, nb_blocks);
@@ -394,16 +394,16 @@ std::uint32_t VirtioMem::serve_request(const DescriptorChain& chain) {
     VirtioMemResp response{};
     switch (request.type) {
         case kMemReqPlug:
-            response.type = plug(request.addr, request.nb_blocks);
+            response.type = plug(GuestPhysAddr{request.addr}, request.nb_blocks);
             break;
         case kMemReqUnplug:
-            response.type = unplug(request.addr, request.nb_blocks);
+            response.type = unplug(GuestPhysAddr{request.addr}, request.nb_blocks);
             break;
         case kMemReqUnplugAll:
             response.type = unplug_all();
             break;
         case kMemReqState:
-            response.type = state(request.addr, request.nb_blocks, response.state);
+            response.type = state(GuestPhysAddr{request.addr}, request.nb_blocks, response.state);
             break;
         default:
             log_limiter().log(spdlog::level::debug, "{}: unknown request type {}", name(),

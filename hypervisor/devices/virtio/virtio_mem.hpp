@@ -176,13 +176,13 @@ class VirtioMem final : public VirtioDeviceBase {
         std::uint64_t count = 0;
     };
 
-    std::uint16_t plug(std::uint64_t addr, std::uint16_t nb_blocks);
-    std::uint16_t unplug(std::uint64_t addr, std::uint16_t nb_blocks);
+    std::uint16_t plug(GuestPhysAddr addr, std::uint16_t nb_blocks);
+    std::uint16_t unplug(GuestPhysAddr addr, std::uint16_t nb_blocks);
     std::uint16_t unplug_all();
-    std::uint16_t state(std::uint64_t addr, std::uint16_t nb_blocks, std::uint16_t& state_out);
+    std::uint16_t state(GuestPhysAddr addr, std::uint16_t nb_blocks, std::uint16_t& state_out);
 
     // All under mutex_.
-    std::optional<BlockRange> checked_range(std::uint64_t addr, std::uint16_t nb_blocks) const;
+    std::optional<BlockRange> checked_range(GuestPhysAddr addr, std::uint16_t nb_blocks) const;
     bool is_plugged(std::uint64_t block) const;
     void set_blocks(BlockRange range, bool plugged);
     std::uint64_t count_plugged(BlockRange range) const;

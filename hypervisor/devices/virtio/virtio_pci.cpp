@@ -466,22 +466,22 @@ void VirtioPciDevice::msix_control_changed_locked() {
     interrupts_->set_control((control & kMsixEnable) != 0, (control & kMsixFunctionMask) != 0);
 }
 
-std::optional<std::uint64_t> VirtioPciDevice::bar0_locked() const {
+std::optional<GuestPhysAddr> VirtioPciDevice::bar0_locked() const {
     if ((config_.get16(pci::reg::kCommand) & pci::reg::kCommandMemory) == 0) return std::nullopt;
     std::uint64_t address = config_.get32(pci::reg::kBar0) & ~0xfu;
     if (address == 0) return std::nullopt;
-    return address;
+    return GuestPhysAddr{address};
 }
 
-void VirtioPciDevice::assign_bar(unsigned bar, std::uint64_t gpa) {
+void VirtioPciDevice::assign_bar(unsigned bar, GuestPhysAddr gpa) {
     if (bar != 0) return;
     std::lock_guard lock(mutex_);
-    config_.set32(pci::reg::kBar0, static_cast<std::uint32_t>(gpa) & ~0xfu);
+    config_.set32(pci::reg::kBar0, static_cast<std::uint32_t>(gpa.value) & ~0xfu);
     config_.set16(pci::reg::kCommand, config_.get16(pci::reg::kCommand) | pci::reg::kCommandMemory);
     sync_ioeventfds_locked();
 }
 
-std::optional<std::uint64_t> VirtioPciDevice::bar_address(unsigned bar) const {
+std::optional<GuestPhysAddr> VirtioPciDevice::bar_address(unsigned bar) const {
     if (bar != 0) return std::nullopt;
     std::lock_guard lock(mutex_);
     return bar0_locked();
@@ -497,7 +497,7 @@ void VirtioPciDevice::unregister_ioeventfds_locked() {
 }
 
 void VirtioPciDevice::sync_ioeventfds_locked() {
-    std::optional<std::uint64_t> want;
+    std::optional<GuestPhysAddr> want;
     if (activated_ && (status_ & kStatusDriverOk) != 0)
         if (auto base = bar0_locked()) want = *base + kNotifyOffset;
     if (want == ioeventfd_base_) return;
@@ -506,12 +506,12 @@ void VirtioPciDevice::sync_ioeventfds_locked() {
     for (std::uint16_t q = 0; q < queue_count_; ++q) {
         int fd = device_->queue_event_fd(q);
         if (fd < 0) continue;
-        std::uint64_t gpa = *want + std::uint64_t{q} * kNotifyOffMultiplier;
+        const GuestPhysAddr gpa = *want + std::uint64_t{q} * kNotifyOffMultiplier;
         if (platform_->register_ioeventfd(gpa, kNotifyWidth, fd))
             ioeventfds_.emplace_back(gpa, fd);
         else  // the notify still works, through an MMIO exit
             log_limiter_->log(spdlog::level::warn, "{}: queue {} notifies at {:#x} will exit",
-                              device_->name(), q, gpa);
+                              device_->name(), q, gpa.value);
     }
     ioeventfd_base_ = want;
 }

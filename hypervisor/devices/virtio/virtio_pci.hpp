@@ -110,8 +110,8 @@ class VirtioPciDevice final : public pci::PciDevice {
     void config_read(std::uint16_t offset, std::span<std::uint8_t> data) override;
     void config_write(std::uint16_t offset, std::span<const std::uint8_t> data) override;
     std::uint64_t bar_size(unsigned bar) const override { return bar == 0 ? bar_size_ : 0; }
-    void assign_bar(unsigned bar, std::uint64_t gpa) override;
-    std::optional<std::uint64_t> bar_address(unsigned bar) const override;
+    void assign_bar(unsigned bar, GuestPhysAddr gpa) override;
+    std::optional<GuestPhysAddr> bar_address(unsigned bar) const override;
     void bar_read(unsigned bar, std::uint64_t offset, std::span<std::uint8_t> data) override;
     void bar_write(unsigned bar, std::uint64_t offset, std::span<const std::uint8_t> data) override;
     void stop_accepting() override { device_->stop_accepting(); }
@@ -130,7 +130,7 @@ class VirtioPciDevice final : public pci::PciDevice {
     };
 
     // Each *_locked function runs with mutex_ held.
-    std::optional<std::uint64_t> bar0_locked() const;
+    std::optional<GuestPhysAddr> bar0_locked() const;
     std::uint64_t common_read_locked(std::uint64_t offset, std::size_t size);
     void common_write_locked(std::uint64_t offset, std::size_t size, std::uint64_t value);
     void write_status_locked(std::uint8_t value);
@@ -162,8 +162,8 @@ class VirtioPciDevice final : public pci::PciDevice {
     std::uint16_t queue_select_ = 0;
     std::vector<QueueState> queues_;
     // The ioeventfds registered now: (address, eventfd).
-    std::vector<std::pair<std::uint64_t, int>> ioeventfds_;
-    std::optional<std::uint64_t> ioeventfd_base_;
+    std::vector<std::pair<GuestPhysAddr, int>> ioeventfds_;
+    std::optional<GuestPhysAddr> ioeventfd_base_;
 };
 
 }  // namespace lparvisor::virtio
