@@ -118,210 +118,255 @@ void drop_privileges(const RunAs& who, const std::string& socket_path, bool made
         throw Error(ErrorKind::System, "--user: root could not be dropped for good");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-    CLI::App app{
-        "lparvisor: runs LPARs (KVM guests) in one main-storage arena and relocates their storage "
-        "while they run (MVSTOR).\nWith no --config it starts the patent's Fig. 3A: 509 MiB of "
-        "main "
-        "storage, LPAR1 at 0 (128 MiB) and LPAR2 at 128 MiB (256 MiB), each running the test "
-        "firmware.\nDrive it with `svp` (svp --help).",
-        "lparvisor"};
+// What the command line says.
+struct CommandLine {
     std::string config_path;
-    std::string socket_path(control::kDefaultSocketPath);
+    std::string socket_path{control::kDefaultSocketPath};
     std::string console_dir;
     std::string firmware = default_firmware();
     std::string huge_pages = "auto";
     std::string log_level = "info";
     bool print_config = false;
-    app.add_option("-c,--config", config_path, "JSON configuration (docs/configuration.md)")
-        ->check(CLI::ExistingFile);
-    app.add_option("-s,--socket", socket_path, "control socket path (created with mode 0600)")
-        ->capture_default_str();
     double client_idle_timeout_s = 60;
-    app.add_option("--client-idle-timeout", client_idle_timeout_s,
+    std::uint64_t console_max_bytes = ConsoleLog::kDefaultFileMaxBytes;
+    std::string run_as;
+    bool no_sandbox = false;
+    std::string http_spec;
+    std::string http_token_path;
+};
+
+void add_options(CLI::App& app, CommandLine& line) {
+    app.add_option("-c,--config", line.config_path, "JSON configuration (docs/configuration.md)")
+        ->check(CLI::ExistingFile);
+    app.add_option("-s,--socket", line.socket_path, "control socket path (created with mode 0600)")
+        ->capture_default_str();
+    app.add_option("--client-idle-timeout", line.client_idle_timeout_s,
                    "close control clients that send no request for SECONDS (subscribers "
                    "excepted; 0: never)")
         ->type_name("SECONDS")
         ->check(CLI::Range(0.0, 86400.0))
         ->capture_default_str();
-    app.add_option("--console-dir", console_dir,
+    app.add_option("--console-dir", line.console_dir,
                    "also write each LPAR's serial output to DIR/NAME.log")
         ->check(CLI::ExistingDirectory);
-    std::uint64_t console_max_bytes = ConsoleLog::kDefaultFileMaxBytes;
-    app.add_option("--console-max-bytes", console_max_bytes,
+    app.add_option("--console-max-bytes", line.console_max_bytes,
                    "cap on each DIR/NAME.log (suffix k, M or G: KiB, MiB, GiB); when it would "
                    "grow past it, it becomes NAME.log.1 (replacing the last) and a new one starts")
         ->transform(CLI::AsSizeValue(false))
         ->check(CLI::Range(std::uint64_t{4096}, std::uint64_t{1} << 40))
         ->capture_default_str();
     app.add_option(
-           "--firmware", firmware,
+           "--firmware", line.firmware,
            "test firmware for LPARs whose configuration names none (env LPARVISOR_FIRMWARE)")
         ->capture_default_str();
-    app.add_option("--hugepages", huge_pages,
+    app.add_option("--hugepages", line.huge_pages,
                    "2 MiB hugetlb backing for main storage: auto (when enough are free), on, off")
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->capture_default_str();
-    app.add_option("--log-level", log_level,
+    app.add_option("--log-level", line.log_level,
                    "trace, debug (includes guest console lines), info, "
                    "warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
-    std::string run_as;
-    bool no_sandbox = false;
-    app.add_option("--user", run_as,
+    app.add_option("--user", line.run_as,
                    "drop root for this user (NAME, UID or UID:GID) once /dev/kvm, the socket, main "
                    "storage and the LPARs' files are open; LPARs defined later need files that "
                    "user can open");
-    app.add_flag("--no-sandbox", no_sandbox,
+    app.add_flag("--no-sandbox", line.no_sandbox,
                  "run without the seccomp sandbox (docs/threat-model.md): for debugging only");
-    std::string http_spec;
-    std::string http_token_path;
-    app.add_option("--http", http_spec,
+    app.add_option("--http", line.http_spec,
                    "also serve HTTP on ADDR:PORT (a bare PORT: 127.0.0.1): /metrics for "
                    "Prometheus and / the SVP frame, a live map of main storage (docs/http.md); "
                    "off by default")
         ->type_name("ADDR:PORT");
-    app.add_option("--http-token-file", http_token_path,
+    app.add_option("--http-token-file", line.http_token_path,
                    "where --http writes the token the page's operations need (mode 0600; "
                    "default: http.token beside the socket)")
         ->type_name("PATH");
-    app.add_flag("--print-config", print_config,
+    app.add_flag("--print-config", line.print_config,
                  "print the effective configuration as JSON and exit");
-    CLI11_PARSE(app, argc, argv);
+}
 
-    spdlog::set_level(spdlog::level::from_str(log_level));
-    spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
-    try {
-        SystemConfig config = config_path.empty() ? fig3a_config() : load_config_file(config_path);
-        if (print_config) {
-            std::cout << to_json(config).dump(2) << "\n";
-            return 0;
-        }
-        if (auto reason = kvm::unavailable_reason())
-            throw Error(ErrorKind::System, "cannot run guests: " + *reason);
-        std::optional<RunAs> user;
-        if (!run_as.empty()) user = parse_user(run_as);
-        // Before any thread exists: every thread is started confined from here on.
-        if (no_sandbox) {
-            spdlog::warn(
-                "sandbox OFF (--no-sandbox): no seccomp filter, a compromised device or "
-                "vCPU thread can make any system call lparvisor could");
-        } else {
-            const char* audit = std::getenv("LPARVISOR_SANDBOX_AUDIT");
-            const bool audit_only = audit != nullptr && std::string_view(audit) == "1";
-            if (audit_only)
-                spdlog::warn(
-                    "sandbox in AUDIT mode (LPARVISOR_SANDBOX_AUDIT=1): forbidden system "
-                    "calls are allowed and only logged by the kernel; for development");
-            sandbox::enable({.will_drop_user = user.has_value(), .audit_only = audit_only});
-            spdlog::info(
-                "sandbox on: a seccomp filter per thread class (main, control, vCPU, "
-                "device worker), no_new_privs; a forbidden system call ends lparvisor "
-                "(--no-sandbox turns it off)");
-        }
+// Before any thread exists: every thread is started confined from here on.
+void start_sandbox(bool no_sandbox, bool will_drop_user) {
+    if (no_sandbox) {
+        spdlog::warn(
+            "sandbox OFF (--no-sandbox): no seccomp filter, a compromised device or "
+            "vCPU thread can make any system call lparvisor could");
+        return;
+    }
+    const char* audit = std::getenv("LPARVISOR_SANDBOX_AUDIT");
+    const bool audit_only = audit != nullptr && std::string_view(audit) == "1";
+    if (audit_only)
+        spdlog::warn(
+            "sandbox in AUDIT mode (LPARVISOR_SANDBOX_AUDIT=1): forbidden system "
+            "calls are allowed and only logged by the kernel; for development");
+    sandbox::enable({.will_drop_user = will_drop_user, .audit_only = audit_only});
+    spdlog::info(
+        "sandbox on: a seccomp filter per thread class (main, control, vCPU, "
+        "device worker), no_new_privs; a forbidden system call ends lparvisor "
+        "(--no-sandbox turns it off)");
+}
 
-        HypervisorOptions options;
-        options.huge_pages = huge_pages == "on"    ? HugePagePolicy::On
-                             : huge_pages == "off" ? HugePagePolicy::Off
-                                                   : HugePagePolicy::Auto;
-        options.default_firmware = firmware;
-        options.console_dir = console_dir;
-        options.console_max_bytes = console_max_bytes;
+HypervisorOptions hypervisor_options(const CommandLine& line) {
+    HypervisorOptions options;
+    options.huge_pages = line.huge_pages == "on"    ? HugePagePolicy::On
+                         : line.huge_pages == "off" ? HugePagePolicy::Off
+                                                    : HugePagePolicy::Auto;
+    options.default_firmware = line.firmware;
+    options.console_dir = line.console_dir;
+    options.console_max_bytes = line.console_max_bytes;
+    return options;
+}
 
-        auto socket_dir = std::filesystem::path(socket_path).parent_path();
-        bool made_socket_dir = false;
-        if (!socket_dir.empty() && !std::filesystem::exists(socket_dir)) {
-            std::filesystem::create_directories(socket_dir);
-            ::chmod(socket_dir.c_str(), 0700);
-            made_socket_dir = true;
-        }
+// Creates the socket's directory (mode 0700) when it does not exist; whether it did.
+bool make_socket_dir(const std::filesystem::path& socket_dir) {
+    if (socket_dir.empty() || std::filesystem::exists(socket_dir)) return false;
+    std::filesystem::create_directories(socket_dir);
+    ::chmod(socket_dir.c_str(), 0700);
+    return true;
+}
 
-        if (const char* spec = std::getenv("LPARVISOR_FAULTS"); spec != nullptr && *spec != 0) {
-            fault::arm_from_spec(spec);
-            spdlog::warn("fault injection armed (LPARVISOR_FAULTS={}): for tests only", spec);
-        }
-        std::optional<control::HttpEndpoint> http_endpoint;
-        if (!http_spec.empty()) {
-            http_endpoint = control::parse_http_endpoint(http_spec);
-            if (http_token_path.empty())
-                http_token_path =
-                    (socket_dir.empty() ? std::filesystem::path(".") : socket_dir) / "http.token";
-        } else if (!http_token_path.empty()) {
+void arm_faults() {
+    if (const char* spec = std::getenv("LPARVISOR_FAULTS"); spec != nullptr && *spec != 0) {
+        fault::arm_from_spec(spec);
+        spdlog::warn("fault injection armed (LPARVISOR_FAULTS={}): for tests only", spec);
+    }
+}
+
+// --http's endpoint, if given; its token file defaults to http.token beside the socket.
+std::optional<control::HttpEndpoint> http_endpoint(CommandLine& line,
+                                                   const std::filesystem::path& socket_dir) {
+    if (line.http_spec.empty()) {
+        if (!line.http_token_path.empty())
             throw Error(ErrorKind::InvalidArgument, "--http-token-file needs --http");
-        }
-        Hypervisor hypervisor(config, options);
-        boost::asio::io_context io;
-        control::ServerLimits limits;
-        limits.client_idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::duration<double>(client_idle_timeout_s));
-        control::ControlServer server(io, socket_path, hypervisor, limits);
-        std::optional<control::HttpServer> http;
-        if (http_endpoint) {
-            auto token = control::create_token_file(http_token_path);
-            http.emplace(io, *http_endpoint, hypervisor, std::move(token));
-            if (!http_endpoint->is_loopback())
-                spdlog::warn(
-                    "http: listening on {}:{}, not loopback: anyone who can reach it sees the "
-                    "storage map and metrics (operations still need the token)",
-                    http_endpoint->address, http->port());
-            spdlog::info(
-                "http: http://{}:{}/ (the SVP frame), /metrics; operations need the "
-                "token in {}",
-                http_endpoint->address, http->port(), http_token_path);
-        } else {
-            http_token_path.clear();
-        }
-        // The first SIGINT/SIGTERM shuts down in order: new requests are refused, a running
-        // storage operation is cancelled (before its first stop) or finishes without pre-copy
-        // (after it), which takes at most one copy of the LPAR plus three drain timeouts (a
-        // chunk's stop, its retry, the undo's stop); then the LPARs stop. A second signal exits
-        // at once.
-        boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-        std::thread stopper;
-        std::function<void(const boost::system::error_code&, int)> on_signal =
-            [&](const boost::system::error_code& error, int signal) {
-                if (error) return;
-                if (stopper.joinable()) {
-                    spdlog::warn(
-                        "second signal {}: exiting now, without waiting for the running "
-                        "operation",
-                        signal);
-                    spdlog::default_logger()->flush();
-                    std::_Exit(128 + signal);
-                }
-                spdlog::info(
-                    "signal {}: shutting down (a second signal exits at once): stopping "
-                    "the LPARs and removing {}",
-                    signal, socket_path);
-                hypervisor.request_shutdown();
-                signals.async_wait(on_signal);
-                stopper = sandbox::spawn(sandbox::ThreadClass::Main, "stopper", [&] {
-                    if (http) http->stop();
-                    server.stop();  // waits for the running requests, now bounded
-                    boost::asio::post(io, [&] { signals.cancel(); });
-                });
-            };
-        signals.async_wait(on_signal);
-        if (user) {
-            drop_privileges(*user, socket_path, made_socket_dir, http_token_path);
-            spdlog::info("running as {} (--user); root dropped", user->label);
-        }
-        // Set-up is over: from here the main thread only serves the socket and shuts down.
-        sandbox::confine_this_thread(sandbox::ThreadClass::Main, "lparvisor");
-        log_table(hypervisor.list());
-        spdlog::info("control socket {} ready (svp --socket {} lpars)", socket_path, socket_path);
-        io.run();
-        if (stopper.joinable()) stopper.join();
-        if (http) {
-            http->stop();
-            std::error_code ignored;
-            std::filesystem::remove(http_token_path, ignored);
-        }
-        spdlog::info("lparvisor stopped");
+        return std::nullopt;
+    }
+    auto endpoint = control::parse_http_endpoint(line.http_spec);
+    if (line.http_token_path.empty())
+        line.http_token_path =
+            (socket_dir.empty() ? std::filesystem::path(".") : socket_dir) / "http.token";
+    return endpoint;
+}
+
+void start_http(std::optional<control::HttpServer>& http, boost::asio::io_context& io,
+                const control::HttpEndpoint& endpoint, Hypervisor& hypervisor,
+                const std::string& token_path) {
+    auto token = control::create_token_file(token_path);
+    http.emplace(io, endpoint, hypervisor, std::move(token));
+    if (!endpoint.is_loopback())
+        spdlog::warn(
+            "http: listening on {}:{}, not loopback: anyone who can reach it sees the "
+            "storage map and metrics (operations still need the token)",
+            endpoint.address, http->port());
+    spdlog::info(
+        "http: http://{}:{}/ (the SVP frame), /metrics; operations need the "
+        "token in {}",
+        endpoint.address, http->port(), token_path);
+}
+
+// The daemon after the command line: set-up, serving until a signal, the orderly shutdown.
+// Returns the exit status; throws what set-up cannot get past.
+int run(CommandLine line) {
+    SystemConfig config =
+        line.config_path.empty() ? fig3a_config() : load_config_file(line.config_path);
+    if (line.print_config) {
+        std::cout << to_json(config).dump(2) << "\n";
         return 0;
+    }
+    if (auto reason = kvm::unavailable_reason())
+        throw Error(ErrorKind::System, "cannot run guests: " + *reason);
+    std::optional<RunAs> user;
+    if (!line.run_as.empty()) user = parse_user(line.run_as);
+    start_sandbox(line.no_sandbox, user.has_value());
+
+    const HypervisorOptions options = hypervisor_options(line);
+    const std::string& socket_path = line.socket_path;
+    auto socket_dir = std::filesystem::path(socket_path).parent_path();
+    const bool made_socket_dir = make_socket_dir(socket_dir);
+    arm_faults();
+    const std::optional<control::HttpEndpoint> endpoint = http_endpoint(line, socket_dir);
+    std::string& http_token_path = line.http_token_path;
+    Hypervisor hypervisor(config, options);
+    boost::asio::io_context io;
+    control::ServerLimits limits;
+    limits.client_idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::duration<double>(line.client_idle_timeout_s));
+    control::ControlServer server(io, socket_path, hypervisor, limits);
+    std::optional<control::HttpServer> http;
+    if (endpoint)
+        start_http(http, io, *endpoint, hypervisor, http_token_path);
+    else
+        http_token_path.clear();
+    // The first SIGINT/SIGTERM shuts down in order: new requests are refused, a running
+    // storage operation is cancelled (before its first stop) or finishes without pre-copy
+    // (after it), which takes at most one copy of the LPAR plus three drain timeouts (a
+    // chunk's stop, its retry, the undo's stop); then the LPARs stop. A second signal exits
+    // at once.
+    boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+    std::thread stopper;
+    std::function<void(const boost::system::error_code&, int)> on_signal =
+        [&](const boost::system::error_code& error, int signal) {
+            if (error) return;
+            if (stopper.joinable()) {
+                spdlog::warn(
+                    "second signal {}: exiting now, without waiting for the running "
+                    "operation",
+                    signal);
+                spdlog::default_logger()->flush();
+                std::_Exit(128 + signal);
+            }
+            spdlog::info(
+                "signal {}: shutting down (a second signal exits at once): stopping "
+                "the LPARs and removing {}",
+                signal, socket_path);
+            hypervisor.request_shutdown();
+            signals.async_wait(on_signal);
+            stopper = sandbox::spawn(sandbox::ThreadClass::Main, "stopper", [&] {
+                if (http) http->stop();
+                server.stop();  // waits for the running requests, now bounded
+                boost::asio::post(io, [&] { signals.cancel(); });
+            });
+        };
+    signals.async_wait(on_signal);
+    if (user) {
+        drop_privileges(*user, socket_path, made_socket_dir, http_token_path);
+        spdlog::info("running as {} (--user); root dropped", user->label);
+    }
+    // Set-up is over: from here the main thread only serves the socket and shuts down.
+    sandbox::confine_this_thread(sandbox::ThreadClass::Main, "lparvisor");
+    log_table(hypervisor.list());
+    spdlog::info("control socket {} ready (svp --socket {} lpars)", socket_path, socket_path);
+    io.run();
+    if (stopper.joinable()) stopper.join();
+    if (http) {
+        http->stop();
+        std::error_code ignored;
+        std::filesystem::remove(http_token_path, ignored);
+    }
+    spdlog::info("lparvisor stopped");
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // Everything in the try, the command line's set-up too: no exception ends the daemon
+    // without its message.
+    try {
+        CLI::App app{
+            "lparvisor: runs LPARs (KVM guests) in one main-storage arena and relocates their "
+            "storage while they run (MVSTOR).\nWith no --config it starts the patent's Fig. 3A: "
+            "509 MiB of main storage, LPAR1 at 0 (128 MiB) and LPAR2 at 128 MiB (256 MiB), each "
+            "running the test firmware.\nDrive it with `svp` (svp --help).",
+            "lparvisor"};
+        CommandLine line;
+        add_options(app, line);
+        CLI11_PARSE(app, argc, argv);
+
+        spdlog::set_level(spdlog::level::from_str(line.log_level));
+        spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+        return run(std::move(line));
     } catch (const Error& e) {
         spdlog::error("{}", e.what());
         return 1;

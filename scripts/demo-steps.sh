@@ -125,9 +125,14 @@ wait_rounds LPAR1 1 600
 if [ $linux = 1 ]; then
   # How far the kernel gets: to its workload where KVM is hardware-backed; under PVM (guest
   # kernel code emulated at about 1.3 M instructions/s) to its PCI scan in about two minutes.
+  # Under PVM the wait only shows how far it got (nothing checks it; test_linux_guest checks the
+  # PCI scan after an MVSTOR there), so ctest's entry (LPARVISOR_DEMO_UNDER_TEST) does not wait:
+  # the emulated boot costs minutes of a core that the other tests need.
   milestone="LPARVISOR-WORKLOAD: round"
   [ "${pvm:-0}" = 1 ] && milestone="pci 0000:00:02.0"
-  wait_console LPAR2 "$milestone" 300 || true
+  if [ "${pvm:-0}" = 0 ] || [ -z "${LPARVISOR_DEMO_UNDER_TEST:-}" ]; then
+    wait_console LPAR2 "$milestone" 300 || true
+  fi
   say "svp console LPAR2   (the kernel's console, last lines)"
   "$svp" console LPAR2 --bytes 1048576 | tail -25
   text=$("$svp" console LPAR2 --bytes 1048576)

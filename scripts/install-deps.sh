@@ -9,7 +9,7 @@ set -euo pipefail
 # SVP frame in headless Chromium (tests/support/cdp.py) and parses /metrics with Prometheus's own
 # parser.
 packages=(cmake make g++ pkg-config linux-libc-dev catch2 nlohmann-json3-dev libboost-dev
-          libcli11-dev libspdlog-dev libfmt-dev libseccomp-dev clang-format
+          libcli11-dev libspdlog-dev libfmt-dev libseccomp-dev clang-format clang-tidy
           chromium python3-websocket python3-prometheus-client)
 if [[ "${1:-}" == "--qemu" ]]; then
   packages+=(qemu-system-x86 busybox-static cpio xz-utils zstd)

@@ -22,7 +22,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // A response to the largest console request (1 MiB, every byte escaped) fits well within this.
-constexpr std::size_t kMaxResponseBytes = 16 * 1024 * 1024;
+constexpr std::size_t kMaxResponseBytes = std::size_t{16} * 1024 * 1024;
 constexpr int kRequestId = 1;
 
 class SocketFd {
@@ -77,7 +77,7 @@ void connect_socket(int fd, const std::string& path, Clock::time_point deadline,
     const int limit_ms = std::max(1, milliseconds_left(deadline));  // 0 would mean "forever"
     timeval limit{};
     limit.tv_sec = limit_ms / 1000;
-    limit.tv_usec = (limit_ms % 1000) * 1000;
+    limit.tv_usec = static_cast<suseconds_t>(limit_ms % 1000) * 1000;
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit));
     int result = 0;
     do {

@@ -20,8 +20,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::size_t kReadBytes = 64 * 1024;  // one lpar.console read while following
-constexpr std::size_t kWriteBytes = 4096;      // lpar.console_write's most (the schema's)
+constexpr std::size_t kReadBytes = std::size_t{64} * 1024;  // one lpar.console read while following
+constexpr std::size_t kWriteBytes = 4096;  // lpar.console_write's most (the schema's)
 constexpr auto kBusyPoll = std::chrono::milliseconds(20);  // while typed bytes wait for room
 
 // A terminal on `fd` in raw mode (every key goes to the LPAR as typed, Ctrl-C included) for the
@@ -132,36 +132,41 @@ class OutputReader {
     bool waiting_ = false;  // the LPAR had no console at the last read
 };
 
+// The length of the UTF-8 sequence that `lead` starts (1-4); 0 for a byte that starts none.
+std::size_t utf8_length(unsigned char lead) {
+    return lead < 0x80             ? 1
+           : (lead & 0xe0) == 0xc0 ? 2
+           : (lead & 0xf0) == 0xe0 ? 3
+           : (lead & 0xf8) == 0xf0 ? 4
+                                   : 0;
+}
+
+// Whether every byte is a UTF-8 continuation byte (10xxxxxx); true for none.
+bool all_continuations(std::string_view bytes) {
+    return std::all_of(bytes.begin(), bytes.end(),
+                       [](char byte) { return (static_cast<unsigned char>(byte) & 0xc0) == 0x80; });
+}
+
 // How many bytes at the front of `pending` (at most `limit`) can go as one JSON string: whole
 // UTF-8 characters only (a character cut by a read waits for its end). A byte that starts no
 // valid character is replaced by '?' in place: a terminal that is not UTF-8 still types.
 std::size_t sendable_prefix(std::string& pending, std::size_t limit) {
     std::size_t i = 0;
     while (i < pending.size()) {
-        const auto lead = static_cast<unsigned char>(pending[i]);
-        const std::size_t length = lead < 0x80             ? 1
-                                   : (lead & 0xe0) == 0xc0 ? 2
-                                   : (lead & 0xf0) == 0xe0 ? 3
-                                   : (lead & 0xf8) == 0xf0 ? 4
-                                                           : 0;
+        const std::size_t length = utf8_length(static_cast<unsigned char>(pending[i]));
         if (length == 0) {
             pending[i] = '?';
             continue;
         }
         if (i + length > limit) break;
+        const std::string_view after = std::string_view(pending).substr(i + 1);
         if (i + length > pending.size()) {
             // Incomplete: its end may still come, unless what came is not a continuation.
-            bool continuing = true;
-            for (std::size_t k = i + 1; k < pending.size(); ++k)
-                continuing = continuing && (static_cast<unsigned char>(pending[k]) & 0xc0) == 0x80;
-            if (continuing) break;
+            if (all_continuations(after)) break;
             pending[i] = '?';
             continue;
         }
-        bool valid = true;
-        for (std::size_t k = i + 1; k < i + length; ++k)
-            valid = valid && (static_cast<unsigned char>(pending[k]) & 0xc0) == 0x80;
-        if (!valid) {
+        if (!all_continuations(after.substr(0, length - 1))) {
             pending[i] = '?';
             continue;
         }
@@ -176,6 +181,129 @@ void sleep_unless(const volatile std::sig_atomic_t& interrupted, std::chrono::mi
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
 }
+
+// `console --attach` once attached: reads the output, sends what is typed while the LPAR's
+// UART takes it, and gives the console input back (once) at the end of input or of the session.
+class Attachment {
+  public:
+    Attachment(Session& session, const ConsoleOptions& options, int& next_id, OutputReader& reader,
+               bool input)
+        : session_(session),
+          options_(options),
+          next_id_(next_id),
+          reader_(reader),
+          lpar_{{"lpar", options.lpar}},
+          input_(input) {}
+
+    // Until the detach key, `interrupted` or a refusal: kExitOk, or the refusal's exit code.
+    int run(const volatile std::sig_atomic_t& interrupted, const RefusalHandler& refuse) {
+        int status = kExitOk;
+        while (!interrupted) {
+            ReadOutcome outcome = reader_.read();
+            if (outcome.refusal) {
+                status = refuse(*outcome.refusal);
+                break;
+            }
+            Sent sent;
+            if (input_) sent = send_typed(refuse);
+            if (sent.status) status = *sent.status;
+            if (status != kExitOk) break;
+            if (detached_) {  // what was typed before the detach key has had its one try
+                if (!to_send_.empty())
+                    reader_.note(
+                        fmt::format("{} typed bytes were not taken (the guest is not "
+                                    "reading its console)",
+                                    to_send_.size()));
+                break;
+            }
+            const auto wait = outcome.more ? std::chrono::milliseconds(0)
+                              : sent.full  ? kBusyPoll
+                                           : options_.interval;
+            if (!stdin_open_) {
+                sleep_unless(interrupted, wait);
+                continue;
+            }
+            read_typed(wait);
+        }
+        return status;
+    }
+
+    void give_input_back() {
+        if (!input_) return;
+        input_ = false;
+        (void)session_.request(next_id_++, "lpar.console_detach", lpar_, options_.timeout);
+    }
+
+  private:
+    struct Sent {
+        bool full = false;          // the UART's buffer took less than offered: try again soon
+        std::optional<int> status;  // a refused write: the refusal's exit code
+    };
+
+    // Offers what was typed, in whole characters, until all is taken, the UART is full or a
+    // write is refused.
+    Sent send_typed(const RefusalHandler& refuse) {
+        Sent sent;
+        while (!to_send_.empty() && !sent.full) {
+            const std::size_t n = sendable_prefix(to_send_, kWriteBytes);
+            if (n == 0) break;
+            const Reply written = session_.request(
+                next_id_++, "lpar.console_write",
+                {{"lpar", options_.lpar}, {"data", to_send_.substr(0, n)}}, options_.timeout);
+            if (!written.ok) {
+                sent.status = refuse(written);
+                break;
+            }
+            const auto taken = written.result().at("written").get<std::size_t>();
+            to_send_.erase(0, std::min(taken, to_send_.size()));
+            sent.full = taken < n;
+        }
+        return sent;
+    }
+
+    // Waits up to `wait` for typed bytes on stdin and takes them; at the end of stdin, gives the
+    // input back and goes on showing the output.
+    void read_typed(std::chrono::milliseconds wait) {
+        pollfd ready{STDIN_FILENO, POLLIN, 0};
+        const int events = ::poll(&ready, 1, static_cast<int>(wait.count()));
+        if (events <= 0) return;  // nothing typed, or a signal
+        char buffer[4096];
+        const ssize_t got = ::read(STDIN_FILENO, buffer, sizeof buffer);
+        if (got < 0 && errno == EINTR) return;
+        if (got <= 0) {
+            stdin_open_ = false;
+            give_input_back();
+            reader_.note(
+                fmt::format("input ended; still showing {}'s output (Ctrl-C ends)", options_.lpar));
+            return;
+        }
+        take_typed(std::string_view(buffer, static_cast<std::size_t>(got)));
+    }
+
+    // Up to the detach key: queued to send, or dropped (said once) while another client holds
+    // the input.
+    void take_typed(std::string_view typed) {
+        if (const auto key = typed.find(kDetachKey); key != std::string_view::npos) {
+            typed = typed.substr(0, key);
+            detached_ = true;
+        }
+        if (input_) {
+            to_send_.append(typed);
+        } else if (!typed.empty() && !told_read_only_) {
+            reader_.note("read-only: another client holds the input; what is typed is dropped");
+            told_read_only_ = true;
+        }
+    }
+
+    Session& session_;
+    const ConsoleOptions& options_;
+    int& next_id_;
+    OutputReader& reader_;
+    const json lpar_;
+    bool input_;           // this client holds the console input
+    std::string to_send_;  // typed, not yet taken by the LPAR's UART
+    bool stdin_open_ = true, detached_ = false, told_read_only_ = false;
+};
 
 }  // namespace
 
@@ -202,7 +330,7 @@ int attach_console(const ConsoleOptions& options, const volatile std::sig_atomic
     if (ReadOutcome first = reader.read(); first.refusal) return refuse(*first.refusal);
     const Reply attached = session.request(id++, "lpar.console_attach", lpar, options.timeout);
     if (!attached.ok) return refuse(attached);
-    bool input = attached.result().value("input", false);
+    const bool input = attached.result().value("input", false);
     if (input) {
         std::cerr << fmt::format("svp: attached to {}'s console (Ctrl-] detaches)\n", options.lpar);
     } else {
@@ -210,83 +338,16 @@ int attach_console(const ConsoleOptions& options, const volatile std::sig_atomic
             "svp: {}'s console input is held by {}: attached read-only (Ctrl-] detaches)\n",
             options.lpar, attached.result().value("holder", std::string("another client")));
     }
-    auto give_input_back = [&] {
-        if (!input) return;
-        input = false;
-        (void)session.request(id++, "lpar.console_detach", lpar, options.timeout);
-    };
 
+    Attachment attachment(session, options, id, reader, input);
     int status = kExitOk;
     {
         RawTerminal terminal(STDIN_FILENO);
         reader.set_eol(terminal.active() ? "\r\n" : "\n");
-        std::string to_send;  // typed, not yet taken by the LPAR's UART
-        bool stdin_open = true, detached = false, told_read_only = false;
-        while (!interrupted) {
-            ReadOutcome outcome = reader.read();
-            if (outcome.refusal) {
-                status = refuse(*outcome.refusal);
-                break;
-            }
-            bool full = false;  // the UART's buffer took less than offered: try again soon
-            while (input && !to_send.empty() && !full) {
-                const std::size_t n = sendable_prefix(to_send, kWriteBytes);
-                if (n == 0) break;
-                const Reply written = session.request(
-                    id++, "lpar.console_write",
-                    {{"lpar", options.lpar}, {"data", to_send.substr(0, n)}}, options.timeout);
-                if (!written.ok) {
-                    status = refuse(written);
-                    break;
-                }
-                const auto taken = written.result().at("written").get<std::size_t>();
-                to_send.erase(0, std::min(taken, to_send.size()));
-                full = taken < n;
-            }
-            if (status != kExitOk) break;
-            if (detached) {  // what was typed before the detach key has had its one try
-                if (!to_send.empty())
-                    reader.note(
-                        fmt::format("{} typed bytes were not taken (the guest is not "
-                                    "reading its console)",
-                                    to_send.size()));
-                break;
-            }
-            const auto wait = outcome.more ? std::chrono::milliseconds(0)
-                              : full       ? kBusyPoll
-                                           : options.interval;
-            if (!stdin_open) {
-                sleep_unless(interrupted, wait);
-                continue;
-            }
-            pollfd ready{STDIN_FILENO, POLLIN, 0};
-            const int events = ::poll(&ready, 1, static_cast<int>(wait.count()));
-            if (events <= 0) continue;  // nothing typed, or a signal
-            char buffer[4096];
-            const ssize_t got = ::read(STDIN_FILENO, buffer, sizeof buffer);
-            if (got < 0 && errno == EINTR) continue;
-            if (got <= 0) {
-                stdin_open = false;
-                give_input_back();
-                reader.note(fmt::format("input ended; still showing {}'s output (Ctrl-C ends)",
-                                        options.lpar));
-                continue;
-            }
-            std::string_view typed(buffer, static_cast<std::size_t>(got));
-            if (const auto key = typed.find(kDetachKey); key != std::string_view::npos) {
-                typed = typed.substr(0, key);
-                detached = true;
-            }
-            if (input) {
-                to_send.append(typed);
-            } else if (!typed.empty() && !told_read_only) {
-                reader.note("read-only: another client holds the input; what is typed is dropped");
-                told_read_only = true;
-            }
-        }
+        status = attachment.run(interrupted, refuse);
     }  // the terminal is itself again
     try {
-        give_input_back();
+        attachment.give_input_back();
     } catch (const Failure&) {
         // The connection is gone: the daemon gave the input back when it closed.
     }

@@ -58,7 +58,7 @@ std::string format_event(const nlohmann::json& params, std::chrono::system_clock
 
 std::string progress_bar(std::uint64_t done_bytes, std::uint64_t total_bytes,
                          std::string_view label, std::size_t width) {
-    constexpr std::uint64_t kMiB = 1024 * 1024;
+    constexpr std::uint64_t kMiB = std::uint64_t{1024} * 1024;
     // Before the copy reports its size (check_target, populate_target, stop_vcpus) there is
     // nothing to draw a bar of: show the phase alone.
     if (total_bytes == 0) return std::string(label);

@@ -91,9 +91,10 @@ std::string format_storage_map(const nlohmann::json& list_result, std::size_t wi
             bar.replace(begin + 1, area.name.size(), area.name);
         }
     }
-    std::string out = fmt::format("main storage {} MiB, {} MiB free; one cell = {:.2f} MiB\n",
-                                  total, list_result.at("free_mib").get<std::uint64_t>(),
-                                  width == 0 ? 0.0 : static_cast<double>(total) / width);
+    std::string out =
+        fmt::format("main storage {} MiB, {} MiB free; one cell = {:.2f} MiB\n", total,
+                    list_result.at("free_mib").get<std::uint64_t>(),
+                    width == 0 ? 0.0 : static_cast<double>(total) / static_cast<double>(width));
     out += fmt::format("|{}|\n", bar);
     const std::string end_label = fmt::format("{} MiB", total);
     out += fmt::format("0{:>{}}\n", end_label, width + 1);

@@ -203,44 +203,56 @@ json define_params(const Options& options) {
     return params;
 }
 
+json mvstor_params(const Options& options) {
+    json params{{"lpar", options.lpar}, {"origin_mib", options.origin_mib}};
+    if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+    if (options.live) params["mode"] = "live";
+    if (options.target_pause_us) params["target_pause_us"] = *options.target_pause_us;
+    return params;
+}
+
+json exchange_params(const Options& options) {
+    json params{{"a", options.lpar}, {"b", options.other_lpar}};
+    if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+    return params;
+}
+
+// grow (not --dry-run), expand and shrink.
+json resize_params(const std::string& command, const Options& options) {
+    json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
+    if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
+    if (command == "grow" && options.live) params["mode"] = "live";
+    return params;
+}
+
+json make_room_params(const Options& options) {
+    json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
+    if (options.live) params["mode"] = "live";
+    return params;
+}
+
+bool is_lifecycle(const std::string& command) {
+    return command == "activate" || command == "stop" || command == "start" || command == "reset" ||
+           command == "deactivate" || command == "remove";
+}
+
 // The single-call commands: the method and params for each.
 std::pair<std::string, json> request_for(const std::string& command, const Options& options) {
     if (command == "lpars" || command == "map") return {"lpar.list", json::object()};
-    if (command == "mvstor") {
-        json params{{"lpar", options.lpar}, {"origin_mib", options.origin_mib}};
-        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
-        if (options.live) params["mode"] = "live";
-        if (options.target_pause_us) params["target_pause_us"] = *options.target_pause_us;
-        return {"storage.mvstor", params};
-    }
+    if (command == "mvstor") return {"storage.mvstor", mvstor_params(options)};
     if (command == "console") {
         return {"lpar.console", {{"lpar", options.lpar}, {"bytes", options.console_bytes}}};
     }
     if (command == "define") return {"lpar.define", define_params(options)};
-    if (command == "activate" || command == "stop" || command == "start" || command == "reset" ||
-        command == "deactivate" || command == "remove") {
-        return {"lpar." + command, {{"lpar", options.lpar}}};
-    }
+    if (is_lifecycle(command)) return {"lpar." + command, {{"lpar", options.lpar}}};
     if (command == "cancel") return {"storage.cancel", {{"lpar", options.lpar}}};
-    if (command == "exchange") {
-        json params{{"a", options.lpar}, {"b", options.other_lpar}};
-        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
-        return {"storage.exchange", params};
-    }
+    if (command == "exchange") return {"storage.exchange", exchange_params(options)};
     if (command == "grow" && options.dry_run) {
         return {"storage.plan_grow", {{"lpar", options.lpar}, {"mib", options.extra_mib}}};
     }
-    if (command == "grow" || command == "expand" || command == "shrink") {
-        json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
-        if (options.drain_timeout_ms) params["timeout_ms"] = *options.drain_timeout_ms;
-        if (command == "grow" && options.live) params["mode"] = "live";
-        return {"storage." + command, params};
-    }
-    if (command == "make-room") {
-        json params{{"lpar", options.lpar}, {"mib", options.extra_mib}};
-        if (options.live) params["mode"] = "live";
-        return {"storage.make_room", params};
-    }
+    if (command == "grow" || command == "expand" || command == "shrink")
+        return {"storage." + command, resize_params(command, options)};
+    if (command == "make-room") return {"storage.make_room", make_room_params(options)};
     if (command == "config") return {"system.config", json::object()};
     if (command == "stats") return {"system.stats", json::object()};
     if (command == "describe") return {"system.describe", json::object()};
@@ -447,7 +459,7 @@ class ProgressView {
                 done_ = params.value("copied", std::uint64_t{0});
                 total_ = params.value("total", std::uint64_t{0});
             } else {
-                constexpr std::uint64_t kMiB = 1024 * 1024;
+                constexpr std::uint64_t kMiB = std::uint64_t{1024} * 1024;
                 done_ = params.value(op == "shrink" ? "released_mib" : "plugged_mib",
                                      std::uint64_t{0}) *
                         kMiB;
@@ -510,23 +522,54 @@ class ProgressView {
     std::uint64_t total_ = 0;
 };
 
+// Opens `events`, a second connection subscribed to what `scope` names; leaves it empty when
+// the daemon takes no subscription (an older one) or the connection fails after all. A daemon
+// that is not there at all is the command's failure: it throws.
+void subscribe_progress(std::optional<Session>& events, const ProgressScope& scope,
+                        const Options& options) {
+    json filter{{"events", scope.events}};
+    if (!scope.lpars.empty()) filter["lpars"] = scope.lpars;
+    try {
+        events.emplace(options.socket_path, timeout_for(options, "subscribe"));
+        if (!subscribe(*events, options, filter)) events.reset();
+    } catch (const Failure& failure) {
+        if (failure.exit_code() == kExitNoDaemon) throw;
+        events.reset();
+    }
+}
+
+// Shows every event already received; true if one of them was the command's final event.
+bool show_events(Session& events, ProgressView& view) {
+    bool finished = false;
+    while (auto line = events.take_line()) {
+        const json message = json::parse(*line, nullptr, false);
+        if (message.is_object() && message.contains("params") && !message.contains("id")) {
+            finished = view.on_event(message["params"]) || finished;
+        }
+    }
+    return finished;
+}
+
+// The command's answer (request id 1), if a whole line of it has come; Failure(kExitProtocol)
+// when it is not JSON.
+std::optional<Reply> take_reply(Session& session, const Options& options) {
+    auto line = session.take_line();
+    if (!line) return std::nullopt;
+    try {
+        return to_reply(json::parse(*line), 1, options.socket_path, *line);
+    } catch (const json::exception& error) {
+        throw Failure(kExitProtocol, fmt::format("{} answered with invalid JSON: {}",
+                                                 options.socket_path, error.what()));
+    }
+}
+
 // A long command (mvstor, exchange, expand, shrink, grow, make-room) with its progress from a
 // second, subscribed connection; without events (an older daemon) it just waits for the result.
 int run_with_progress(const std::string& command, const Options& options) {
     const auto scope = progress_scope(command, options);
     const auto timeout = timeout_for(options, command);
     std::optional<Session> events;
-    if (scope) {
-        json filter{{"events", scope->events}};
-        if (!scope->lpars.empty()) filter["lpars"] = scope->lpars;
-        try {
-            events.emplace(options.socket_path, timeout_for(options, "subscribe"));
-            if (!subscribe(*events, options, filter)) events.reset();
-        } catch (const Failure& failure) {
-            if (failure.exit_code() == kExitNoDaemon) throw;
-            events.reset();
-        }
-    }
+    if (scope) subscribe_progress(events, *scope, options);
     if (!events) return run_single(command, options);
 
     ProgressView view(*scope, ::isatty(STDERR_FILENO) == 1, options.json_output);
@@ -538,23 +581,12 @@ int run_with_progress(const std::string& command, const Options& options) {
     std::optional<Session::Clock::time_point> grace_end;
     bool finished = false;
     for (;;) {
-        while (auto line = events->take_line()) {
-            const json message = json::parse(*line, nullptr, false);
-            if (message.is_object() && message.contains("params") && !message.contains("id")) {
-                finished = view.on_event(message["params"]) || finished;
-            }
-        }
+        finished = show_events(*events, view) || finished;
         if (!reply) {
-            if (auto line = session.take_line()) {
-                try {
-                    reply = to_reply(json::parse(*line), 1, options.socket_path, *line);
-                } catch (const json::exception& error) {
-                    throw Failure(kExitProtocol, fmt::format("{} answered with invalid JSON: {}",
-                                                             options.socket_path, error.what()));
-                }
+            reply = take_reply(session, options);
+            if (reply)
                 grace_end = Session::Clock::now() +
                             (scope->finals.empty() || !reply->ok ? kEventDrain : kFinalEventWait);
-            }
         }
         const auto now = Session::Clock::now();
         if (reply && (finished || now >= *grace_end)) break;

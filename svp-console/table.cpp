@@ -118,7 +118,7 @@ std::string format_lpar_table(const nlohmann::json& list_result) {
 }
 
 std::string format_bytes(std::uint64_t bytes) {
-    constexpr std::uint64_t kMiB = 1024 * 1024;
+    constexpr std::uint64_t kMiB = std::uint64_t{1024} * 1024;
     if (bytes % kMiB == 0) return fmt::format("{} MiB", bytes / kMiB);
     if (bytes < kMiB) return fmt::format("{} bytes", bytes);
     return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / kMiB);
@@ -311,7 +311,7 @@ std::string format_stats(const nlohmann::json& result) {
         out += fmt::format("{:<10} {:<11} {:>9} {:>10} {:>9.1f} {:>10} {:>10.1f}\n",
                            lpar.at("name").get<std::string>(), lpar.at("state").get<std::string>(),
                            lpar.at("ipl").get<std::uint64_t>(), exits,
-                           lpar.at("vcpu_run_us").get<std::uint64_t>() / 1e6,
+                           static_cast<double>(lpar.at("vcpu_run_us").get<std::uint64_t>()) / 1e6,
                            lpar.at("disk_requests").get<std::uint64_t>(),
                            static_cast<double>(disk_bytes) / (1024.0 * 1024.0));
     }

@@ -146,7 +146,7 @@ std::vector<std::uint8_t> acpi_fadt(GuestPhysAddr dsdt) {
     t.u8(0);                                                          // 131 minor version
     t.u64(0);                                                         // 132 X_FIRMWARE_CTRL
     t.u64(dsdt.value);                                                // 140 X_DSDT
-    t.zeros(12 * 8);  // 148 X_PM1a_EVT .. X_GPE1_BLK: none
+    t.zeros(std::size_t{12} * 8);  // 148 X_PM1a_EVT .. X_GPE1_BLK: none
     io_byte_register(t, PowerPort::kBase + PowerPort::kSleepControlOffset);  // 244
     io_byte_register(t, PowerPort::kBase + PowerPort::kSleepStatusOffset);   // 256
     t.text("LPARVISR", 8);  // 268 hypervisor vendor identity

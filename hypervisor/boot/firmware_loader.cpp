@@ -19,6 +19,8 @@ constexpr std::uint64_t kPresent = 1, kWritable = 2, kUser = 4, kWriteThrough = 
                         kCacheDisable = 0x10, kAccessed = 0x20, kDirty = 0x40, kLargePage = 0x80;
 constexpr std::uint64_t kTssSize = 104;
 constexpr std::uint64_t kIoBitmapBytes = 8192;
+// The storage unit and the page-table page size: 2 MiB.
+constexpr std::uint64_t k2MiB = std::uint64_t{2} * 1024 * 1024;
 
 void write_or_throw(const GuestMemory& memory, std::uint64_t gpa, const void* data,
                     std::size_t length, const char* what) {
@@ -110,7 +112,7 @@ LoadedImage load_firmware_elf_bytes(const std::vector<std::uint8_t>& file, const
 
 void build_system_area(const GuestMemory& memory, const FirmwareParams& params) {
     const std::uint64_t storage = memory.size();
-    if (storage < kMinFirmwareStorage || storage % (2 * 1024 * 1024) != 0)
+    if (storage < kMinFirmwareStorage || storage % k2MiB != 0)
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: the firmware needs at least 4 MiB of storage in 2 MiB units",
                                 params.lpar_name));
@@ -118,7 +120,7 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: {} MiB of storage reaches the PCI window at {:#x}",
                                 params.lpar_name, storage >> 20, LPV_PCI_MMIO_GPA));
-    if (params.max_storage % (2 * 1024 * 1024) != 0)
+    if (params.max_storage % k2MiB != 0)
         throw Error(ErrorKind::InvalidArgument,
                     fmt::format("{}: maximum storage {:#x} is not a multiple of 2 MiB",
                                 params.lpar_name, params.max_storage));
@@ -166,7 +168,7 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
     // small LPAR. Everything ends at or below the window's end (LPV_MAX_STORAGE is its start),
     // so the tables always fit [LPV_PAGE_TABLE_GPA, LPV_PAGE_TABLE_END).
     const std::uint64_t gib = 1024ull * 1024 * 1024;
-    const std::uint64_t page_2m = 2 * 1024 * 1024;
+    const std::uint64_t page_2m = k2MiB;
     const std::uint64_t window_end = LPV_PCI_MMIO_GPA + LPV_PCI_MMIO_SIZE;
     const std::uint64_t directories =
         std::max((mapped + gib - 1) / gib, (window_end + gib - 1) / gib);

@@ -179,7 +179,7 @@ HttpCounters HttpHandler::counters() const {
     return counters;
 }
 
-HttpResponse HttpHandler::error(unsigned status, std::string reason, unsigned version,
+HttpResponse HttpHandler::error(unsigned status, std::string_view reason, unsigned version,
                                 bool keep_alive) {
     HttpResponse response{static_cast<http::status>(status), version};
     response.set(http::field::content_type, "text/plain; charset=utf-8");
@@ -389,7 +389,7 @@ class Session : public std::enable_shared_from_this<Session> {
     void start() { read_request(); }
     auto executor() { return stream_.get_executor(); }
     // Refuses the connection (too many) with one response, then closes.
-    void refuse(std::string reason) { write(shared_->handler.error(503, std::move(reason))); }
+    void refuse(std::string_view reason) { write(shared_->handler.error(503, reason)); }
 
     // From any thread: closes on the strand.
     void close() {

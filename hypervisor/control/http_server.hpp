@@ -50,7 +50,7 @@ struct HttpLimits {
     std::size_t max_connections = 32;
     std::size_t max_event_streams = 8;
     std::uint32_t max_header_bytes = 8 * 1024;
-    std::uint64_t max_body_bytes = 16 * 1024;
+    std::uint64_t max_body_bytes = std::uint64_t{16} * 1024;
     std::chrono::milliseconds io_timeout{30000};  // to send a request, or to take a response
     std::size_t max_queued_events = 256;          // per event stream; beyond, dropped and counted
     std::chrono::milliseconds keepalive{15000};   // an event stream's comment line when idle
@@ -86,8 +86,8 @@ class HttpHandler {
     // Everything but the stream itself. Does not throw.
     [[nodiscard]] HttpResponse handle(const HttpRequest& request);
     // A response with a one-line reason (text/plain), counted like the others.
-    [[nodiscard]] HttpResponse error(unsigned status, std::string reason, unsigned version = 11,
-                                     bool keep_alive = false);
+    [[nodiscard]] HttpResponse error(unsigned status, std::string_view reason,
+                                     unsigned version = 11, bool keep_alive = false);
 
     // For /metrics: the listener's own counters.
     void connection_opened() { ++connections_; }

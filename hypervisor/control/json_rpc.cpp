@@ -449,6 +449,51 @@ json parse_config_text(const std::string& text) {
     return config;
 }
 
+// The executors, one per Call: each runs its call on the Api and gives the result's JSON.
+// std::visit picks the one for the parsed call; a Call without one does not compile.
+struct Executor {
+    Api& api;
+
+    json operator()(const ListCall&) const { return to_json(api.list()); }
+    json operator()(const PingCall&) const { return json{{"version", daemon_version()}}; }
+    json operator()(const MvstorCall& call) const { return to_json(api.mvstor(call.request)); }
+    json operator()(const DefineCall& call) const { return to_json(api.define(call.definition)); }
+    json operator()(const LifecycleCall& call) const { return to_json(run_lifecycle(api, call)); }
+    json operator()(const RemoveCall& call) const {
+        api.remove(call.lpar);
+        return json{{"removed", call.lpar}};
+    }
+    json operator()(const ConfigCall&) const { return parse_config_text(api.system_config()); }
+    json operator()(const StatsCall&) const { return to_json(api.stats()); }
+    json operator()(const CancelCall& call) const {
+        api.cancel_mvstor(call.lpar);
+        return json{{"cancelled", call.lpar}};
+    }
+    json operator()(const SubscribeCall& call) const {
+        json answer{{"subscribed", call.subscribe}};
+        if (call.subscribe) answer["filter"] = to_json(call.filter);
+        return answer;
+    }
+    json operator()(const DescribeCall&) const { return describe_protocol(); }
+    json operator()(const ExchangeCall& call) const { return to_json(api.exchange(call.request)); }
+    json operator()(const GrowCall& call) const {
+        return to_json(call.carry_out ? api.make_room(call.lpar, call.extra_mib, call.mode)
+                                      : api.plan_grow(call.lpar, call.extra_mib));
+    }
+    json operator()(const ResizeCall& call) const { return run_resize(api, call); }
+    json operator()(const ConsoleCall& call) const { return console_result(api, call); }
+    json operator()(const ConsoleWriteCall& call) const {
+        const std::size_t written = api.console_write(call.lpar, call.data);
+        return json{{"lpar", call.lpar}, {"written", written}};
+    }
+    json operator()(const ConsoleInputCall&) const {
+        // The server answers these itself (console_input_response); a caller without a
+        // connection has no input to take.
+        throw Error(ErrorKind::Refused,
+                    "lpar.console_attach needs a connection to the control socket");
+    }
+};
+
 const MethodEntry* find_method(std::string_view name) {
     for (const auto& entry : kMethods) {
         if (entry.name == name) return &entry;
@@ -604,58 +649,7 @@ ParseOutcome parse_request(std::string_view line) {
 std::string execute(Api& api, const ParsedCall& parsed) {
     json result;
     try {
-        result = std::visit(
-            [&api](const auto& call) -> json {
-                using T = std::decay_t<decltype(call)>;
-                if constexpr (std::is_same_v<T, ListCall>) {
-                    return to_json(api.list());
-                } else if constexpr (std::is_same_v<T, PingCall>) {
-                    return json{{"version", daemon_version()}};
-                } else if constexpr (std::is_same_v<T, MvstorCall>) {
-                    return to_json(api.mvstor(call.request));
-                } else if constexpr (std::is_same_v<T, DefineCall>) {
-                    return to_json(api.define(call.definition));
-                } else if constexpr (std::is_same_v<T, LifecycleCall>) {
-                    return to_json(run_lifecycle(api, call));
-                } else if constexpr (std::is_same_v<T, RemoveCall>) {
-                    api.remove(call.lpar);
-                    return json{{"removed", call.lpar}};
-                } else if constexpr (std::is_same_v<T, ConfigCall>) {
-                    return parse_config_text(api.system_config());
-                } else if constexpr (std::is_same_v<T, StatsCall>) {
-                    return to_json(api.stats());
-                } else if constexpr (std::is_same_v<T, CancelCall>) {
-                    api.cancel_mvstor(call.lpar);
-                    return json{{"cancelled", call.lpar}};
-                } else if constexpr (std::is_same_v<T, SubscribeCall>) {
-                    json answer{{"subscribed", call.subscribe}};
-                    if (call.subscribe) answer["filter"] = to_json(call.filter);
-                    return answer;
-                } else if constexpr (std::is_same_v<T, DescribeCall>) {
-                    return describe_protocol();
-                } else if constexpr (std::is_same_v<T, ExchangeCall>) {
-                    return to_json(api.exchange(call.request));
-                } else if constexpr (std::is_same_v<T, GrowCall>) {
-                    return to_json(call.carry_out
-                                       ? api.make_room(call.lpar, call.extra_mib, call.mode)
-                                       : api.plan_grow(call.lpar, call.extra_mib));
-                } else if constexpr (std::is_same_v<T, ResizeCall>) {
-                    return run_resize(api, call);
-                } else if constexpr (std::is_same_v<T, ConsoleCall>) {
-                    return console_result(api, call);
-                } else if constexpr (std::is_same_v<T, ConsoleWriteCall>) {
-                    const std::size_t written = api.console_write(call.lpar, call.data);
-                    return json{{"lpar", call.lpar}, {"written", written}};
-                } else if constexpr (std::is_same_v<T, ConsoleInputCall>) {
-                    // The server answers these itself (console_input_response); a caller
-                    // without a connection has no input to take.
-                    throw Error(ErrorKind::Refused,
-                                "lpar.console_attach needs a connection to the control socket");
-                } else {
-                    static_assert(sizeof(T) == 0, "every Call needs an executor");
-                }
-            },
-            parsed.call);
+        result = std::visit(Executor{api}, parsed.call);
     } catch (const Error& error) {
         if (parsed.is_notification) return {};
         const RpcErrorCode code = rpc_code_for(error.kind());
@@ -1001,6 +995,49 @@ std::string events_dropped_notification(std::uint64_t count) {
         json{{"jsonrpc", "2.0"}, {"method", "event"}, {"params", events_dropped_json(count)}});
 }
 
+namespace {
+
+// What a byte allows to follow it as the lead of a UTF-8 sequence: the sequence's length (0 when
+// the byte leads none) and the range of the second byte. From RFC 3629's table, which excludes
+// overlong forms (C0, C1, E0 80..9F, F0 80..8F), surrogates (ED A0..BF) and > U+10FFFF.
+struct Utf8Lead {
+    std::size_t length = 0;
+    unsigned char second_min = 0x80, second_max = 0xBF;
+};
+
+Utf8Lead utf8_lead(unsigned char lead) {
+    Utf8Lead rule;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+        rule.length = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+        rule.length = 3;
+        if (lead == 0xE0) rule.second_min = 0xA0;
+        if (lead == 0xED) rule.second_max = 0x9F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+        rule.length = 4;
+        if (lead == 0xF0) rule.second_min = 0x90;
+        if (lead == 0xF4) rule.second_max = 0x8F;
+    }
+    return rule;
+}
+
+// How many bytes from `at` (a non-ASCII lead byte) form a well-formed prefix of the sequence it
+// leads, at most rule.length; 0 when the byte leads none. Stops at the first byte out of range
+// and at the end of `bytes`.
+std::size_t utf8_valid_prefix(std::string_view bytes, std::size_t at, const Utf8Lead& rule) {
+    std::size_t valid = rule.length == 0 ? 0 : 1;
+    while (valid > 0 && valid < rule.length && at + valid < bytes.size()) {
+        const auto next = static_cast<unsigned char>(bytes[at + valid]);
+        const unsigned char min = valid == 1 ? rule.second_min : 0x80;
+        const unsigned char max = valid == 1 ? rule.second_max : 0xBF;
+        if (next < min || next > max) break;
+        ++valid;
+    }
+    return valid;
+}
+
+}  // namespace
+
 std::string sanitize_utf8(std::string_view bytes) {
     static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
     std::string out;
@@ -1013,32 +1050,11 @@ std::string sanitize_utf8(std::string_view bytes) {
             ++i;
             continue;
         }
-        // Length and the allowed range of the second byte (RFC 3629 table): this excludes
-        // overlong forms (C0, C1, E0 80..9F, F0 80..8F), surrogates (ED A0..BF) and > U+10FFFF.
-        std::size_t length = 0;
-        unsigned char second_min = 0x80, second_max = 0xBF;
-        if (lead >= 0xC2 && lead <= 0xDF) {
-            length = 2;
-        } else if (lead >= 0xE0 && lead <= 0xEF) {
-            length = 3;
-            if (lead == 0xE0) second_min = 0xA0;
-            if (lead == 0xED) second_max = 0x9F;
-        } else if (lead >= 0xF0 && lead <= 0xF4) {
-            length = 4;
-            if (lead == 0xF0) second_min = 0x90;
-            if (lead == 0xF4) second_max = 0x8F;
-        }
-        std::size_t valid = length == 0 ? 0 : 1;  // bytes of a well-formed prefix seen so far
-        while (valid > 0 && valid < length && i + valid < bytes.size()) {
-            const auto next = static_cast<unsigned char>(bytes[i + valid]);
-            const unsigned char min = valid == 1 ? second_min : 0x80;
-            const unsigned char max = valid == 1 ? second_max : 0xBF;
-            if (next < min || next > max) break;
-            ++valid;
-        }
-        if (length != 0 && valid == length) {
-            out.append(bytes.substr(i, length));
-            i += length;
+        const Utf8Lead rule = utf8_lead(lead);
+        const std::size_t valid = utf8_valid_prefix(bytes, i, rule);
+        if (rule.length != 0 && valid == rule.length) {
+            out.append(bytes.substr(i, rule.length));
+            i += rule.length;
         } else {
             // One U+FFFD per maximal ill-formed subpart (Unicode's recommended practice).
             out.append(kReplacement);

@@ -8,7 +8,7 @@ namespace lparvisor::control {
 
 namespace {
 
-constexpr std::uint64_t kMiB = 1024 * 1024;
+constexpr std::uint64_t kMiB = std::uint64_t{1024} * 1024;
 
 // Every state lpar.list reports: each LPAR gets one series per state, 1 for the one it is in (a
 // state set, so that a query can sum over states without knowing them).

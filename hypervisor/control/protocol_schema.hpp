@@ -16,10 +16,11 @@
 namespace lparvisor::control {
 
 // Limits that are part of the protocol (see docs/control-protocol.md).
-inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;  // one request line, without '\n'
-inline constexpr std::size_t kMaxNestingDepth = 32;         // arrays/objects inside a request
+// One request line, without '\n'.
+inline constexpr std::size_t kMaxRequestBytes = std::size_t{64} * 1024;
+inline constexpr std::size_t kMaxNestingDepth = 32;  // arrays/objects inside a request
 inline constexpr std::size_t kDefaultConsoleBytes = 4096;
-inline constexpr std::size_t kMaxConsoleBytes = 1024 * 1024;
+inline constexpr std::size_t kMaxConsoleBytes = std::size_t{1024} * 1024;
 inline constexpr std::size_t kMaxConsoleWriteBytes = 4096;  // one lpar.console_write
 inline constexpr std::uint64_t kMaxConsoleOffset = (std::uint64_t{1} << 63) - 1;
 inline constexpr std::uint64_t kDefaultDrainTimeoutMs = 10000;

@@ -237,7 +237,7 @@ struct ControlServer::Shared : std::enable_shared_from_this<ControlServer::Share
         : io(io_context),
           path(std::move(socket_path)),
           api(api_ref),
-          limits(server_limits),
+          limits(std::move(server_limits)),
           acceptor(asio::make_strand(io_context)),
           retry_timer(acceptor.get_executor()),
           sweep_timer(acceptor.get_executor()),
@@ -1025,7 +1025,7 @@ void ControlServer::Shared::stop() {
 
 ControlServer::ControlServer(asio::io_context& io, std::filesystem::path socket_path, Api& api,
                              ServerLimits limits)
-    : shared_(std::make_shared<Shared>(io, std::move(socket_path), api, limits)) {
+    : shared_(std::make_shared<Shared>(io, std::move(socket_path), api, std::move(limits))) {
     try {
         shared_->listen();
     } catch (...) {

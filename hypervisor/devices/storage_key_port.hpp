@@ -7,6 +7,7 @@
 #include <lparvisor/abi.h>
 
 #include <functional>
+#include <utility>
 
 #include "devices/device.hpp"
 #include "storage/guest_memory.hpp"
@@ -21,7 +22,7 @@ class StorageKeyPort final : public PortDevice {
     // that changes only while the vCPUs are stopped.
     using Locator = std::function<ArenaOffset(GuestPhysAddr)>;
     StorageKeyPort(GuestMemory memory, StorageKeys& keys, Locator locate)
-        : memory_(memory), keys_(keys), locate_(std::move(locate)) {}
+        : memory_(std::move(memory)), keys_(keys), locate_(std::move(locate)) {}
 
     std::string name() const override { return "storage-key"; }
     void read(std::uint16_t, std::span<std::uint8_t> data) override;

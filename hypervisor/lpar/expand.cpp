@@ -171,7 +171,7 @@ control::ResizeResult Hypervisor::run_expand(const control::ResizeRequest& reque
     result.plugged_mib = device.plugged_size() / kMiB;
     result.total_us = microseconds_since(accepted);
     spdlog::info("{}: EXPAND done: {} -> {} MiB in {:.1f} ms", request.lpar, result.old_size_mib,
-                 result.new_size_mib, result.total_us / 1000.0);
+                 result.new_size_mib, as_milliseconds(result.total_us));
     events_.publish("storage.expanded", request.lpar, result);
     return result;
 }

@@ -27,7 +27,7 @@ namespace lparvisor {
 
 namespace {
 
-constexpr std::size_t kConsoleCapacity = 1024 * 1024;
+constexpr std::size_t kConsoleCapacity = std::size_t{1024} * 1024;
 
 // The signal that takes a vCPU thread out of KVM_RUN. Its handler does nothing: the point is
 // that the ioctl returns EINTR (installed without SA_RESTART).

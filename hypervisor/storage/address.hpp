@@ -13,7 +13,7 @@
 namespace lparvisor {
 
 inline constexpr std::uint64_t kPageSize = 4096;  // a storage-key frame
-inline constexpr std::uint64_t kMiB = 1024 * 1024;
+inline constexpr std::uint64_t kMiB = std::uint64_t{1024} * 1024;
 inline constexpr std::uint64_t kOriginAlignment = 2 * kMiB;  // origins, sizes, chunks
 
 // A half-open byte range of main storage.

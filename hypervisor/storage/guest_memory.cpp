@@ -23,16 +23,17 @@ GuestWindow::GuestWindow(const Arena& arena, ArenaRange range, std::uint64_t res
     void* raw =
         ::mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (raw == MAP_FAILED) throw_errno("reserve guest window of " + format_mib(window));
-    // SAFETY: the reservation's addresses as numbers, to align them; the pointers made back from
-    // them (the unaligned head and tail given back, the aligned window kept) lie inside the
-    // `reserve` bytes just mapped, since aligned + window <= start + reserve.
-    auto start = reinterpret_cast<std::uintptr_t>(raw);
-    auto aligned = (start + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment;
-    if (aligned > start) ::munmap(raw, aligned - start);
-    std::uint64_t tail = (start + reserve) - (aligned + window);
-    // SAFETY: both inside the reservation (see above): its tail past the window, and the window.
-    if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + window), tail);
-    mapping_ = Mapping(reinterpret_cast<void*>(aligned), window);
+    // SAFETY: the reservation's address as a number, only to align it; the pointers are made
+    // from `raw` itself. head + window + tail == reserve, so the unaligned head and the tail
+    // (given back) and the aligned window (kept) lie inside the `reserve` bytes just mapped.
+    const auto start = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uint64_t head =
+        (start + kOriginAlignment - 1) / kOriginAlignment * kOriginAlignment - start;
+    const std::uint64_t tail = reserve - head - window;
+    std::uint8_t* const aligned = static_cast<std::uint8_t*>(raw) + head;
+    if (head > 0) ::munmap(raw, head);
+    if (tail > 0) ::munmap(aligned + window, tail);
+    mapping_ = Mapping(aligned, window);
     remap_part(GuestPhysAddr{0}, range.size, range.start);
 }
 

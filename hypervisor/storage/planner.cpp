@@ -119,20 +119,50 @@ class Search {
         Cost cost;
     };
 
+    // The search's frontier: (f, node index), cheapest f first.
+    using Entry = std::pair<Cost, std::size_t>;
+    struct Later {
+        bool operator()(const Entry& a, const Entry& b) const { return a.first > b.first; }
+    };
+    using OpenList = std::priority_queue<Entry, std::vector<Entry>, Later>;
+
+    // Adds every layout one move away from node `index` (`layout`, reached at cost `g`) that
+    // can still beat `bound` and is new or reached more cheaply than before.
+    void expand(std::size_t index, const Layout& layout, const Cost& g, const Cost& bound,
+                OpenList& open) {
+        for (std::size_t mover = 0; mover < items_.size(); ++mover) {
+            if (mover == grower_) continue;
+            for (std::uint64_t origin : candidates(layout, mover)) {
+                Layout next = layout;
+                next[mover] = origin;
+                std::uint64_t distance =
+                    origin > layout[mover] ? origin - layout[mover] : layout[mover] - origin;
+                Cost cost = g + Cost{items_[mover].size, 1, distance};
+                Cost estimate = cost + heuristic(next);
+                if (estimate.bytes > bound.bytes) continue;
+                auto key = key_of(next);
+                auto seen = best_.find(key);
+                if (seen != best_.end() && seen->second <= cost) continue;
+                best_[key] = cost;
+                nodes_.push_back({std::move(next), index, mover, cost});
+                open.push({estimate, nodes_.size() - 1});
+            }
+        }
+    }
+
     // Returns the goal node's index, or nothing; `limit_hit` says whether it gave up.
     std::optional<std::size_t> run(const Cost& bound, bool& limit_hit) {
         Layout start(items_.size());
         for (std::size_t i = 0; i < items_.size(); ++i) start[i] = items_[i].origin;
         nodes_.push_back({start, 0, 0, {}});
         best_[key_of(start)] = {};
-        using Entry = std::pair<Cost, std::size_t>;  // f, node
-        auto later = [](const Entry& a, const Entry& b) { return a.first > b.first; };
-        std::priority_queue<Entry, std::vector<Entry>, decltype(later)> open(later);
+        OpenList open;
         open.push({heuristic(start), 0});
         limit_hit = false;
         while (!open.empty()) {
             auto [f, index] = open.top();
             open.pop();
+            // Copies: expand() adds nodes, which may move nodes_[index].
             Layout layout = nodes_[index].layout;
             Cost g = nodes_[index].cost;
             if (best_[key_of(layout)] < g) continue;  // a cheaper way here was found later
@@ -141,24 +171,7 @@ class Search {
                 limit_hit = true;
                 return std::nullopt;
             }
-            for (std::size_t mover = 0; mover < items_.size(); ++mover) {
-                if (mover == grower_) continue;
-                for (std::uint64_t origin : candidates(layout, mover)) {
-                    Layout next = layout;
-                    next[mover] = origin;
-                    std::uint64_t distance =
-                        origin > layout[mover] ? origin - layout[mover] : layout[mover] - origin;
-                    Cost cost = g + Cost{items_[mover].size, 1, distance};
-                    Cost estimate = cost + heuristic(next);
-                    if (estimate.bytes > bound.bytes) continue;
-                    auto key = key_of(next);
-                    auto seen = best_.find(key);
-                    if (seen != best_.end() && seen->second <= cost) continue;
-                    best_[key] = cost;
-                    nodes_.push_back({std::move(next), index, mover, cost});
-                    open.push({estimate, nodes_.size() - 1});
-                }
-            }
+            expand(index, layout, g, bound, open);
         }
         return std::nullopt;
     }
@@ -208,6 +221,118 @@ std::optional<std::vector<PlanStep>> push_up_plan(const std::vector<Item>& items
     return std::nullopt;
 }
 
+// The LPARs in 2 MiB units, in map order, and where the growing one needs its room.
+struct GrowSetting {
+    std::vector<Item> items;
+    std::size_t grower = 0;
+    std::uint64_t total = 0;       // main storage
+    std::uint64_t below = 0;       // room below the growing LPAR
+    std::uint64_t window_hi = 0;   // the end of the room it needs above it
+    std::uint64_t room_above = 0;  // from there to the end of main storage
+};
+
+GrowSetting grow_setting(const StorageMap& map, const std::string& lpar, std::uint64_t main_storage,
+                         std::uint64_t extra_bytes) {
+    GrowSetting g;
+    for (const auto& area : map.areas()) {
+        if (area.lpar == lpar) g.grower = g.items.size();
+        g.items.push_back({area.lpar, area.range.start.value / kUnit, area.range.size / kUnit});
+    }
+    g.total = main_storage / kUnit;
+    g.below = g.items[g.grower].origin;
+    g.window_hi = g.items[g.grower].origin + g.items[g.grower].size + extra_bytes / kUnit;
+    g.room_above = g.total - g.window_hi;
+    return g;
+}
+
+void check_extra(const std::string& lpar, std::uint64_t extra_bytes) {
+    if (extra_bytes == 0)
+        throw Error(ErrorKind::InvalidArgument, "grow " + lpar + ": extra storage must be > 0");
+    if (extra_bytes % kUnit != 0)
+        throw Error(ErrorKind::InvalidArgument, "grow " + lpar + ": extra storage " +
+                                                    format_mib(extra_bytes) +
+                                                    " is not a multiple of 2 MiB");
+}
+
+// Why there is no room at all, whatever moves: the room would end past main storage, or there
+// is less free storage than the room. `need` begins the message.
+std::optional<std::string> lack_of_room(const StorageMap& map, std::uint64_t main_storage,
+                                        std::uint64_t end, std::uint64_t extra_bytes,
+                                        const std::string& need) {
+    if (end + extra_bytes > main_storage)
+        return need + ", but main storage ends at " + format_mib(main_storage) + " (" +
+               format_mib(end + extra_bytes - main_storage) + " missing)";
+    if (map.free_bytes() < extra_bytes)
+        return need + ", but main storage has only " + format_mib(map.free_bytes()) + " free (" +
+               format_mib(extra_bytes - map.free_bytes()) + " missing)";
+    return std::nullopt;
+}
+
+// Exact feasibility: some subset of the other LPARs (sum t) must fit below, the rest above.
+// The units missing for the best split; 0 when one fits.
+std::uint64_t split_shortfall(const GrowSetting& g) {
+    std::uint64_t others = 0;
+    for (std::size_t i = 0; i < g.items.size(); ++i)
+        if (i != g.grower) others += g.items[i].size;
+    std::vector<bool> reachable(others + 1, false);
+    reachable[0] = true;
+    for (std::size_t i = 0; i < g.items.size(); ++i) {
+        if (i == g.grower) continue;
+        for (std::uint64_t t = others + 1; t-- > g.items[i].size;)
+            if (reachable[t - g.items[i].size]) reachable[t] = true;
+    }
+    std::uint64_t shortfall = UINT64_MAX;
+    for (std::uint64_t t = 0; t <= others; ++t) {
+        if (!reachable[t]) continue;
+        std::uint64_t missing = (t > g.below ? t - g.below : 0) +
+                                (others - t > g.room_above ? others - t - g.room_above : 0);
+        shortfall = std::min(shortfall, missing);
+    }
+    return shortfall;
+}
+
+std::string split_refusal(const GrowSetting& g, const std::string& need, const std::string& lpar,
+                          std::uint64_t free_bytes, std::uint64_t shortfall) {
+    std::string sizes;
+    for (std::size_t i = 0; i < g.items.size(); ++i)
+        if (i != g.grower)
+            sizes += (sizes.empty() ? "" : ", ") + g.items[i].name + " " + mib(g.items[i].size);
+    return need + ": " + format_mib(free_bytes) + " is free in total, but the other LPARs (" +
+           sizes + ") cannot be split between the " + mib(g.below) + " below " + lpar +
+           " and the " + mib(g.room_above) + " above " + mib(g.window_hi) + " (" + mib(shortfall) +
+           " missing)";
+}
+
+// When the search found nothing: the push-up plan if the search stopped at its limit, else
+// the reason.
+void plan_without_search(GrowPlan& plan, const std::optional<std::vector<PlanStep>>& push_up,
+                         bool limit_hit, const std::string& need) {
+    if (limit_hit && push_up) {
+        plan.possible = true;
+        plan.steps = *push_up;
+        plan.reason = "search limit of " + std::to_string(kMaxLayouts) +
+                      " layouts reached: this plan is valid but may not be the cheapest";
+    } else {
+        // Feasibility said yes, so this means the search gave up or missed (a bug).
+        plan.reason =
+            need + ": no plan found" +
+            (limit_hit ? " within the search limit of " + std::to_string(kMaxLayouts) + " layouts"
+                       : std::string(" (planner bug: a plan should exist)"));
+    }
+}
+
+// The moves from the start to the search's goal node, in order.
+std::vector<PlanStep> steps_to(const Search& search, std::size_t goal,
+                               const std::vector<Item>& items) {
+    std::vector<PlanStep> reversed;
+    for (std::size_t i = goal; i != 0; i = search.node(i).parent) {
+        const auto& n = search.node(i);
+        const auto& parent = search.node(n.parent);
+        reversed.push_back(step_of(items[n.mover], parent.layout[n.mover], n.layout[n.mover]));
+    }
+    return {reversed.rbegin(), reversed.rend()};
+}
+
 }  // namespace
 
 GrowPlan plan_grow(std::uint64_t main_storage, const std::vector<StorageArea>& areas,
@@ -215,103 +340,37 @@ GrowPlan plan_grow(std::uint64_t main_storage, const std::vector<StorageArea>& a
     StorageMap map(main_storage);
     for (const auto& area : areas) map.add(area.lpar, area.range);  // validates the layout
     const auto& grown = map.find(lpar);                             // NotFound
-    if (extra_bytes == 0)
-        throw Error(ErrorKind::InvalidArgument, "grow " + lpar + ": extra storage must be > 0");
-    if (extra_bytes % kUnit != 0)
-        throw Error(ErrorKind::InvalidArgument, "grow " + lpar + ": extra storage " +
-                                                    format_mib(extra_bytes) +
-                                                    " is not a multiple of 2 MiB");
+    check_extra(lpar, extra_bytes);
 
     GrowPlan plan;
     const std::uint64_t end = grown.range.end();
     const std::string need = "needs " + format_mib(extra_bytes) + " above " + lpar + " (" +
                              format_range_mib(end, extra_bytes) + ")";
-    if (end + extra_bytes > main_storage) {
-        plan.reason = need + ", but main storage ends at " + format_mib(main_storage) + " (" +
-                      format_mib(end + extra_bytes - main_storage) + " missing)";
-        return plan;
-    }
-    if (map.free_bytes() < extra_bytes) {
-        plan.reason = need + ", but main storage has only " + format_mib(map.free_bytes()) +
-                      " free (" + format_mib(extra_bytes - map.free_bytes()) + " missing)";
+    if (auto reason = lack_of_room(map, main_storage, end, extra_bytes, need)) {
+        plan.reason = std::move(*reason);
         return plan;
     }
 
-    std::vector<Item> items;
-    std::size_t grower = 0;
-    for (const auto& area : map.areas()) {
-        if (area.lpar == lpar) grower = items.size();
-        items.push_back({area.lpar, area.range.start.value / kUnit, area.range.size / kUnit});
-    }
-    const std::uint64_t total = main_storage / kUnit;
-    const std::uint64_t below = items[grower].origin;  // room below the growing LPAR
-    const std::uint64_t window_hi = items[grower].origin + items[grower].size + extra_bytes / kUnit;
-    const std::uint64_t room_above = total - window_hi;
-
-    // Exact feasibility: some subset of the other LPARs (sum t) must fit below, the rest above.
-    std::uint64_t others = 0;
-    for (std::size_t i = 0; i < items.size(); ++i)
-        if (i != grower) others += items[i].size;
-    std::vector<bool> reachable(others + 1, false);
-    reachable[0] = true;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-        if (i == grower) continue;
-        for (std::uint64_t t = others + 1; t-- > items[i].size;)
-            if (reachable[t - items[i].size]) reachable[t] = true;
-    }
-    std::uint64_t shortfall = UINT64_MAX;
-    for (std::uint64_t t = 0; t <= others; ++t) {
-        if (!reachable[t]) continue;
-        std::uint64_t missing =
-            (t > below ? t - below : 0) + (others - t > room_above ? others - t - room_above : 0);
-        shortfall = std::min(shortfall, missing);
-    }
-    if (shortfall != 0) {
-        std::string sizes;
-        for (std::size_t i = 0; i < items.size(); ++i)
-            if (i != grower)
-                sizes += (sizes.empty() ? "" : ", ") + items[i].name + " " + mib(items[i].size);
-        plan.reason = need + ": " + format_mib(map.free_bytes()) +
-                      " is free in total, but the other LPARs (" + sizes +
-                      ") cannot be split between the " + mib(below) + " below " + lpar +
-                      " and the " + mib(room_above) + " above " + mib(window_hi) + " (" +
-                      mib(shortfall) + " missing)";
+    const GrowSetting setting = grow_setting(map, lpar, main_storage, extra_bytes);
+    if (const std::uint64_t shortfall = split_shortfall(setting); shortfall != 0) {
+        plan.reason = split_refusal(setting, need, lpar, map.free_bytes(), shortfall);
         return plan;
     }
 
-    auto push_up = push_up_plan(items, grower, total, window_hi);
+    auto push_up = push_up_plan(setting.items, setting.grower, setting.total, setting.window_hi);
     Cost bound{UINT64_MAX, 0, 0};
     if (push_up) {
         bound.bytes = 0;
         for (const auto& step : *push_up) bound.bytes += step.bytes / kUnit;
     }
-    Search search(items, grower, total, extra_bytes / kUnit);
+    Search search(setting.items, setting.grower, setting.total, extra_bytes / kUnit);
     bool limit_hit = false;
-    auto goal = search.run(bound, limit_hit);
-    if (!goal) {
-        if (limit_hit && push_up) {
-            plan.possible = true;
-            plan.steps = *push_up;
-            plan.reason = "search limit of " + std::to_string(kMaxLayouts) +
-                          " layouts reached: this plan is valid but may not be the cheapest";
-        } else {
-            // Feasibility said yes, so this means the search gave up or missed (a bug).
-            plan.reason = need + ": no plan found" +
-                          (limit_hit ? " within the search limit of " +
-                                           std::to_string(kMaxLayouts) + " layouts"
-                                     : std::string(" (planner bug: a plan should exist)"));
-        }
-        for (const auto& step : plan.steps) plan.bytes_copied += step.bytes;
-        return plan;
+    if (auto goal = search.run(bound, limit_hit)) {
+        plan.possible = true;
+        plan.steps = steps_to(search, *goal, setting.items);
+    } else {
+        plan_without_search(plan, push_up, limit_hit, need);
     }
-    std::vector<PlanStep> reversed;
-    for (std::size_t i = *goal; i != 0; i = search.node(i).parent) {
-        const auto& n = search.node(i);
-        const auto& parent = search.node(n.parent);
-        reversed.push_back(step_of(items[n.mover], parent.layout[n.mover], n.layout[n.mover]));
-    }
-    plan.possible = true;
-    plan.steps.assign(reversed.rbegin(), reversed.rend());
     for (const auto& step : plan.steps) plan.bytes_copied += step.bytes;
     return plan;
 }

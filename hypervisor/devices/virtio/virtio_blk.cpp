@@ -54,6 +54,39 @@ std::string describe_user(const DiskUsers::User& user) {
     return user.lpar.empty() ? user.device : user.lpar;
 }
 
+// A request's data buffers: whatever lies between the 16-byte header and the status byte, in
+// any framing (VERSION_1 implies ANY_LAYOUT): the rest of the first descriptor, the middle
+// descriptors that are not empty, the last descriptor but its final (status) byte. The caller
+// has checked that the chain has a first descriptor of at least a header and a device-writable
+// last one of at least a byte, so there are at least two descriptors (one cannot be both).
+std::vector<Descriptor> data_segments(const std::vector<Descriptor>& descriptors) {
+    const Descriptor& first = descriptors.front();
+    const Descriptor& last = descriptors.back();
+    std::vector<Descriptor> segments;
+    segments.reserve(descriptors.size());
+    if (first.len > sizeof(VirtioBlkHeader))
+        segments.push_back({GuestPhysAddr{first.addr.value + sizeof(VirtioBlkHeader)},
+                            static_cast<std::uint32_t>(first.len - sizeof(VirtioBlkHeader)),
+                            false});
+    for (std::size_t i = 1; i + 1 < descriptors.size(); ++i)
+        if (descriptors[i].len > 0) segments.push_back(descriptors[i]);
+    if (last.len > 1) segments.push_back({last.addr, last.len - 1, true});
+    return segments;
+}
+
+// Whether every segment goes the one way: device-writable (the device fills them) or not.
+bool all_segments(const std::vector<Descriptor>& segments, bool device_writable) {
+    return std::all_of(segments.begin(), segments.end(), [&](const Descriptor& segment) {
+        return segment.device_writable == device_writable;
+    });
+}
+
+std::uint64_t data_length(const std::vector<Descriptor>& segments) {
+    std::uint64_t length = 0;
+    for (const Descriptor& segment : segments) length += segment.len;
+    return length;
+}
+
 }  // namespace
 
 // --- DiskUsers ---
@@ -212,91 +245,94 @@ std::uint32_t VirtioBlk::serve_request(const DescriptorChain& chain) {
         return 0;
     }
     const GuestPhysAddr status_addr{last.addr.value + last.len - 1};
-    auto finish = [&](std::uint8_t status, std::uint64_t data_written) -> std::uint32_t {
-        if (status != kBlkStatusOk) errors_.fetch_add(1);
-        // pop() proved the descriptor inside storage, so the write cannot fail.
-        if (!memory().write_object(status_addr, status))
-            return static_cast<std::uint32_t>(data_written);
-        return static_cast<std::uint32_t>(data_written + 1);
-    };
+    return complete(status_addr, execute(descriptors));
+}
 
+// Counts a failure, then writes the status byte: after the request's data, so that the driver
+// sees it only once the data is in place.
+std::uint32_t VirtioBlk::complete(GuestPhysAddr status_addr, Outcome outcome) {
+    if (outcome.status != kBlkStatusOk) errors_.fetch_add(1);
+    // pop() proved the descriptor inside storage, so the write cannot fail.
+    if (!memory().write_object(status_addr, outcome.status))
+        return static_cast<std::uint32_t>(outcome.data_written);
+    return static_cast<std::uint32_t>(outcome.data_written + 1);
+}
+
+// Reads the header from the first descriptor and serves the request it names.
+VirtioBlk::Outcome VirtioBlk::execute(const std::vector<Descriptor>& descriptors) {
     const Descriptor& first = descriptors.front();
-    if (first.device_writable || first.len < sizeof(VirtioBlkHeader))
-        return finish(kBlkStatusIoErr, 0);
+    if (first.device_writable || first.len < sizeof(VirtioBlkHeader)) return {kBlkStatusIoErr, 0};
     const auto header = memory().read_object<VirtioBlkHeader>(first.addr);
-    if (!header) return finish(kBlkStatusIoErr, 0);
+    if (!header) return {kBlkStatusIoErr, 0};
 
-    // Data: whatever lies between the header and the status byte, in any framing (VERSION_1
-    // implies ANY_LAYOUT). descriptors.size() >= 2 here: one descriptor cannot be both.
-    std::vector<Descriptor> segments;
-    segments.reserve(descriptors.size());
-    if (first.len > sizeof(VirtioBlkHeader))
-        segments.push_back({GuestPhysAddr{first.addr.value + sizeof(VirtioBlkHeader)},
-                            static_cast<std::uint32_t>(first.len - sizeof(VirtioBlkHeader)),
-                            false});
-    for (std::size_t i = 1; i + 1 < descriptors.size(); ++i)
-        if (descriptors[i].len > 0) segments.push_back(descriptors[i]);
-    if (last.len > 1) segments.push_back({last.addr, last.len - 1, true});
-    std::uint64_t data_len = 0;
-    for (const Descriptor& segment : segments) data_len += segment.len;
-    auto all_segments = [&](bool device_writable) {
-        return std::all_of(segments.begin(), segments.end(), [&](const Descriptor& segment) {
-            return segment.device_writable == device_writable;
-        });
-    };
-
+    const std::vector<Descriptor> segments = data_segments(descriptors);
     switch (header->type) {
         case kBlkTypeIn:
-        case kBlkTypeOut: {
-            const bool is_read = header->type == kBlkTypeIn;
-            if (!is_read && disk_.read_only) return finish(kBlkStatusIoErr, 0);
-            if (!all_segments(is_read) || data_len % kBlkSectorSize != 0)
-                return finish(kBlkStatusIoErr, 0);
-            if (header->sector > capacity_sectors_ ||
-                data_len / kBlkSectorSize > capacity_sectors_ - header->sector)
-                return finish(kBlkStatusIoErr, 0);
-            std::uint64_t position = header->sector * kBlkSectorSize;
-            std::uint64_t done = 0;
-            for (const Descriptor& segment : segments) {
-                bool ok = false;
-                if (is_read) {
-                    // The span marks the pages written when it goes, after pread has filled it.
-                    auto target = memory().write_span(segment.addr, segment.len);
-                    ok = target && pread_all(file_.get(), target->bytes(), position);
-                } else {
-                    auto source = memory().read_slice(segment.addr, segment.len);
-                    ok = source && pwrite_all(file_.get(), *source, position);
-                }
-                if (!ok) return finish(kBlkStatusIoErr, is_read ? done : 0);
-                position += segment.len;
-                done += segment.len;
-                (is_read ? bytes_read_ : bytes_written_).fetch_add(segment.len);
-            }
-            return finish(kBlkStatusOk, is_read ? done : 0);
-        }
+        case kBlkTypeOut:
+            return transfer(*header, segments);
         case kBlkTypeFlush:
-            return finish(::fdatasync(file_.get()) == 0 ? kBlkStatusOk : kBlkStatusIoErr, 0);
-        case kBlkTypeGetId: {
-            if (!all_segments(true)) return finish(kBlkStatusIoErr, 0);
-            std::uint64_t copied = 0;
-            for (const Descriptor& segment : segments) {
-                const std::uint64_t chunk =
-                    std::min<std::uint64_t>(segment.len, kBlkIdBytes - copied);
-                if (chunk == 0) break;
-                if (!memory().write(
-                        segment.addr,
-                        std::span<const std::uint8_t>(
-                            // SAFETY: id_ is kBlkIdBytes long and copied + chunk
-                            // never exceeds that.
-                            reinterpret_cast<const std::uint8_t*>(id_) + copied, chunk)))
-                    return finish(kBlkStatusIoErr, copied);
-                copied += chunk;
-            }
-            return finish(kBlkStatusOk, copied);
-        }
+            return {::fdatasync(file_.get()) == 0 ? kBlkStatusOk : kBlkStatusIoErr, 0};
+        case kBlkTypeGetId:
+            return get_id(segments);
         default:
-            return finish(kBlkStatusUnsupp, 0);
+            return {kBlkStatusUnsupp, 0};
     }
+}
+
+// IN (read) or OUT (write): whole sectors from header.sector on, all inside the image, into
+// buffers that all go the request's way; a write to a read-only disk fails. Segment by segment,
+// stopping at the first that fails; what a read filled up to then counts as written.
+VirtioBlk::Outcome VirtioBlk::transfer(const VirtioBlkHeader& header,
+                                       const std::vector<Descriptor>& segments) {
+    const bool is_read = header.type == kBlkTypeIn;
+    if (!is_read && disk_.read_only) return {kBlkStatusIoErr, 0};
+    const std::uint64_t data_len = data_length(segments);
+    if (!all_segments(segments, is_read) || data_len % kBlkSectorSize != 0)
+        return {kBlkStatusIoErr, 0};
+    if (header.sector > capacity_sectors_ ||
+        data_len / kBlkSectorSize > capacity_sectors_ - header.sector)
+        return {kBlkStatusIoErr, 0};
+    std::uint64_t position = header.sector * kBlkSectorSize;
+    std::uint64_t done = 0;
+    for (const Descriptor& segment : segments) {
+        if (!transfer_segment(segment, position, is_read))
+            return {kBlkStatusIoErr, is_read ? done : 0};
+        position += segment.len;
+        done += segment.len;
+        (is_read ? bytes_read_ : bytes_written_).fetch_add(segment.len);
+    }
+    return {kBlkStatusOk, is_read ? done : 0};
+}
+
+// One segment between guest memory and the image at byte `position`; false if the segment is
+// outside guest memory or the I/O fails.
+bool VirtioBlk::transfer_segment(const Descriptor& segment, std::uint64_t position, bool is_read) {
+    if (is_read) {
+        // The span marks the pages written when it goes, after pread has filled it.
+        auto target = memory().write_span(segment.addr, segment.len);
+        return target && pread_all(file_.get(), target->bytes(), position);
+    }
+    auto source = memory().read_slice(segment.addr, segment.len);
+    return source && pwrite_all(file_.get(), *source, position);
+}
+
+// GET_ID: the image's id (kBlkIdBytes, NUL-padded) into device-writable buffers, as much as
+// they hold.
+VirtioBlk::Outcome VirtioBlk::get_id(const std::vector<Descriptor>& segments) {
+    if (!all_segments(segments, true)) return {kBlkStatusIoErr, 0};
+    std::uint64_t copied = 0;
+    for (const Descriptor& segment : segments) {
+        const std::uint64_t chunk = std::min<std::uint64_t>(segment.len, kBlkIdBytes - copied);
+        if (chunk == 0) break;
+        if (!memory().write(segment.addr,
+                            std::span<const std::uint8_t>(
+                                // SAFETY: id_ is kBlkIdBytes long and copied + chunk
+                                // never exceeds that.
+                                reinterpret_cast<const std::uint8_t*>(id_) + copied, chunk)))
+            return {kBlkStatusIoErr, copied};
+        copied += chunk;
+    }
+    return {kBlkStatusOk, copied};
 }
 
 }  // namespace lparvisor::virtio

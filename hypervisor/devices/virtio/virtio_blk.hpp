@@ -148,6 +148,20 @@ class VirtioBlk final : public VirtioDeviceBase {
                              DescriptorChain& chain) override;
 
   private:
+    // What serving a request came to: the status byte for the driver and the bytes written
+    // into the chain's device-writable data buffers.
+    struct Outcome {
+        std::uint8_t status = kBlkStatusOk;
+        std::uint64_t data_written = 0;
+    };
+    // The steps of serve_request: the request the header names, an IN or OUT and its segments
+    // one by one, a GET_ID; then the status byte.
+    Outcome execute(const std::vector<Descriptor>& descriptors);
+    Outcome transfer(const VirtioBlkHeader& header, const std::vector<Descriptor>& segments);
+    bool transfer_segment(const Descriptor& segment, std::uint64_t position, bool is_read);
+    Outcome get_id(const std::vector<Descriptor>& segments);
+    std::uint32_t complete(GuestPhysAddr status_addr, Outcome outcome);
+
     const DiskSpec disk_;
     Fd file_;
     DiskUsers::Claim claim_;

@@ -43,6 +43,15 @@ bool drain_eventfd(int fd) {
     }
 }
 
+// After poll: marks pending each queue whose eventfd was signalled, and clears the control
+// eventfd (its wake-up has done its work by ending the poll).
+void collect_notifies(std::vector<pollfd>& fds, std::vector<bool>& pending) {
+    const std::size_t count = pending.size();
+    for (std::size_t i = 0; i < count; ++i)
+        if ((fds[i].revents & POLLIN) && drain_eventfd(fds[i].fd)) pending[i] = true;
+    if (fds[count].revents & POLLIN) drain_eventfd(fds[count].fd);
+}
+
 }  // namespace
 
 VirtioDeviceBase::VirtioDeviceBase(std::string name, GuestMemory memory, std::uint16_t queue_count,
@@ -210,6 +219,18 @@ bool VirtioDeviceBase::serve_queue(std::uint16_t queue_index) {
     }
 }
 
+// Serves each pending queue in turn, clearing its mark before serving it: a notify that comes
+// meanwhile marks it again at the next poll. A notify while not accepting (or after a driver
+// error) stays pending.
+void VirtioDeviceBase::serve_pending(std::vector<bool>& pending) {
+    if (!accepting_.load() || needs_reset_.load()) return;
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+        if (!pending[i] || !accepting_.load()) continue;
+        pending[i] = false;
+        if (!serve_queue(static_cast<std::uint16_t>(i))) return;
+    }
+}
+
 void VirtioDeviceBase::worker_loop() {
     const std::size_t count = queues_.size();
     // Check every queue once on start: the driver may have made buffers available before
@@ -222,23 +243,14 @@ void VirtioDeviceBase::worker_loop() {
     for (;;) {
         if (stopping_.load()) return;
         if (recheck_all_.exchange(false)) pending.assign(count, true);
-        // A notify while not accepting (or after a driver error) stays pending.
-        if (accepting_.load() && !needs_reset_.load()) {
-            for (std::size_t i = 0; i < count; ++i) {
-                if (!pending[i] || !accepting_.load()) continue;
-                pending[i] = false;
-                if (!serve_queue(static_cast<std::uint16_t>(i))) break;
-            }
-        }
+        serve_pending(pending);
         if (::poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR) continue;
             // Only a bad fd set can make poll fail; nothing sensible is left to do.
             enter_needs_reset(fmt::format("worker poll failed: {}", std::strerror(errno)));
             return;
         }
-        for (std::size_t i = 0; i < count; ++i)
-            if ((fds[i].revents & POLLIN) && drain_eventfd(fds[i].fd)) pending[i] = true;
-        if (fds[count].revents & POLLIN) drain_eventfd(fds[count].fd);
+        collect_notifies(fds, pending);
         // The sandbox's test (tests/kvm/sandbox.sh): a device thread that turns hostile.
         if (fault::triggered("device.forbidden_syscall")) sandbox::make_forbidden_syscall();
     }

@@ -83,6 +83,8 @@ class VirtioDeviceBase : public VirtioDevice {
 
   private:
     void worker_loop();
+    // The worker's turn at the queues a notify (or a start or resume) marked pending.
+    void serve_pending(std::vector<bool>& pending);
     void wake_worker();
     // Pops and serves chains from one queue while accepting; false once the device needs reset.
     bool serve_queue(std::uint16_t queue_index);

@@ -19,7 +19,8 @@ static_assert(std::endian::native == std::endian::little,
               "virtio 1.x structures are little-endian; this host code copies them as they are");
 
 std::string bytes_text(std::uint64_t bytes) {
-    if (bytes != 0 && bytes % (1024 * 1024) == 0) return fmt::format("{} MiB", bytes >> 20);
+    if (bytes != 0 && bytes % (std::uint64_t{1024} * 1024) == 0)
+        return fmt::format("{} MiB", bytes >> 20);
     return fmt::format("{:#x} bytes", bytes);
 }
 

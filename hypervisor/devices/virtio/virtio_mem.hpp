@@ -91,7 +91,7 @@ inline constexpr std::uint32_t kMemConfigBytes = 56;
 struct VirtioMemRegion {
     GuestPhysAddr addr;
     std::uint64_t region_size = 0;
-    std::uint64_t block_size = 2 * 1024 * 1024;
+    std::uint64_t block_size = std::uint64_t{2} * 1024 * 1024;
     std::uint16_t node_id = 0;
 };
 
