@@ -141,7 +141,7 @@ std::size_t utf8_length(unsigned char lead) {
                                    : 0;
 }
 
-// Whether every byte is a UTF-8 continuation byte (10xxxxxx); true for none.
+// Whether every byte is a UTF-8 continuation byte (10xxxxxx); an empty string counts as all.
 bool all_continuations(std::string_view bytes) {
     return std::all_of(bytes.begin(), bytes.end(),
                        [](char byte) { return (static_cast<unsigned char>(byte) & 0xc0) == 0x80; });
