@@ -81,7 +81,7 @@ def draw(cases, title, subtitle):
             out.append(f'<rect x="{x + 1}" y="{yy:.1f}" width="{bar_w - 2}" height="{top + plot_h - yy:.1f}" '
                        f'fill="{color}" fill-opacity="{0.35 if weak else 0.85}">'
                        f'<title>{esc(key)} {size} MiB rate={esc(rate)}: max {mx:.3f} ms, p50 {p50:.3f} ms, '
-                       f'{c["stops"]} stops</title></rect>')
+                       f'{c["stops"]} stops{", shmem backing" if c.get("backing") == "shmem" else ""}</title></rect>')
             yp = y(max(p50, lo))
             out.append(f'<line x1="{x + 1}" x2="{x + bar_w - 1}" y1="{yp:.1f}" y2="{yp:.1f}" '
                        f'stroke="black" stroke-width="2"/>')
@@ -125,7 +125,14 @@ def main():
            "cases": lpv.get("cases", []) + qemu.get("cases", [])}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)
-    sub = (f"lparvisor: {lpv.get('host', '?')} ({'nested KVM under QEMU TCG' if 'cloud' in lpv.get('host', '') else 'KVM'}); "
+    kinds = {"nested-tcg": "nested KVM under QEMU TCG", "pvm": "PVM", "hardware": "hardware KVM",
+             "nested": "KVM in a VM"}
+    kind = lpv.get("environment", {}).get("kvm_kind")
+    if kind is None:  # results from before the bench reported its environment
+        kind = "nested-tcg" if "cloud" in lpv.get("host", "") else "KVM"
+    shmem = sum(1 for c in lpv.get("cases", []) if c.get("backing") == "shmem")
+    sub = (f"lparvisor: {lpv.get('host', '?')} ({kinds.get(kind, kind)}"
+           f"{f'; {shmem} case(s) on 4 KiB shmem, not hugetlb' if shmem else ''}); "
            f"QEMU: {qemu.get('qemu', 'not run')} {qemu.get('accel', '')}")
     with open(args.svg, "w") as f:
         f.write(draw(doc["cases"], "Pause per stop: lparvisor MVSTOR vs QEMU local live migration", sub))

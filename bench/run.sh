@@ -72,6 +72,7 @@ if [ $skip_lpv = 0 ]; then
         scripts/nested-kvm/run.sh --timeout "$timeout" --mem "$mem" \
             --file "$bench_bin" --file "$firmware" -- \
             sh -c "echo $hp_pages > /proc/sys/vm/nr_hugepages; \
+                   LPARVISOR_BENCH_KVM_KIND=nested-tcg BENCH_SOURCE='$BENCH_SOURCE' \
                    LPARVISOR_FIRMWARE=/work/lparvisor-firmware ./lparvisor-bench $quick --sizes $sizes \
                    --json - ${extra[*]:-}" 2>&1 | tee "$log"
         # The harness writes nothing back: the JSON comes out on the serial console.

@@ -54,6 +54,48 @@ struct ctx {
     bool keys;
 };
 
+/* ---------------------------------------------------------------- progress (benchmarks) */
+
+/* LPV_BOOT_FLAG_REPORT_PROGRESS: each vCPU notes a checkpoint every PROGRESS_CHUNK bytes verified,
+ * every rewrite batch and every spin of the pacing wait, and about every 100 ms of TSC time prints
+ * "progress bytes=B max_gap_us=G cpu=C": B = bytes verified + rewritten since boot, G = the
+ * longest time between two consecutive checkpoints since its previous line (a stop of the vCPU
+ * shows there). docs/paravirt-interface.md, "Progress lines". */
+#define PROGRESS_CHUNK (64u * 1024u)
+struct progress {
+    uint64_t bytes;
+    uint64_t last_tsc; /* the previous checkpoint */
+    uint64_t line_tsc; /* the previous line */
+    uint64_t max_gap; /* TSC ticks, since the previous line */
+} __attribute__((aligned(64)));
+static struct progress progress_of[LPV_MAX_VCPUS];
+static uint64_t progress_period; /* TSC ticks between two lines; 0: no progress lines */
+
+static void progress_start(const struct ctx *c)
+{
+    struct progress *p = &progress_of[c->cpu];
+    p->last_tsc = p->line_tsc = rdtsc();
+}
+
+static void checkpoint(const struct ctx *c, uint64_t bytes)
+{
+    if (!progress_period)
+        return;
+    struct progress *p = &progress_of[c->cpu];
+    const uint64_t now = rdtsc();
+    const uint64_t gap = now - p->last_tsc;
+    if (gap > p->max_gap)
+        p->max_gap = gap;
+    p->last_tsc = now;
+    p->bytes += bytes;
+    if (now - p->line_tsc < progress_period)
+        return;
+    fw_println("progress bytes=%lu max_gap_us=%lu cpu=%u", p->bytes, p->max_gap * 1000 / c->tsc_khz,
+               c->cpu);
+    p->line_tsc = now;
+    p->max_gap = 0;
+}
+
 /* ---------------------------------------------------------------- helpers */
 
 void fw_exit(uint8_t code)
@@ -133,7 +175,18 @@ static void fill(uint64_t lo, uint64_t hi, uint64_t gen, uint64_t seed)
 static void rewrite(const struct ctx *c, uint64_t gen)
 {
     if (!c->rate || !c->tsc_khz) {
-        fill(c->lo, c->ws_hi, gen, c->seed);
+        if (!progress_period) {
+            fill(c->lo, c->ws_hi, gen, c->seed);
+            return;
+        }
+        for (uint64_t a = c->lo; a < c->ws_hi;) {
+            const uint64_t b = a + PACE_BATCH_PAGES * PAGE_SIZE < c->ws_hi
+                                   ? a + PACE_BATCH_PAGES * PAGE_SIZE
+                                   : c->ws_hi;
+            fill(a, b, gen, c->seed);
+            checkpoint(c, b - a);
+            a = b;
+        }
         return;
     }
     const uint64_t ticks_per_sec = c->tsc_khz * 1000;
@@ -144,10 +197,13 @@ static void rewrite(const struct ctx *c, uint64_t gen)
         if (b > c->ws_hi)
             b = c->ws_hi;
         fill(a, b, gen, c->seed);
+        checkpoint(c, b - a);
         pages += (b - a) / PAGE_SIZE;
         const uint64_t due = t0 + pages * ticks_per_sec / c->rate;
-        while ((int64_t)(rdtsc() - due) < 0)
+        while ((int64_t)(rdtsc() - due) < 0) {
             cpu_relax();
+            checkpoint(c, 0);
+        }
         a = b;
     }
 }
@@ -183,6 +239,22 @@ static void verify(const struct ctx *c, uint64_t lo, uint64_t hi, uint64_t gen, 
             for (uint64_t w = 0; w < 4; w++)
                 report_word(c, a + 8 * w, gen, round, bad);
         }
+    }
+}
+
+/* verify() in PROGRESS_CHUNK pieces with a checkpoint after each, when progress lines are on. */
+static void verify_range(const struct ctx *c, uint64_t lo, uint64_t hi, uint64_t gen,
+                         uint64_t round, uint64_t *bad)
+{
+    if (!progress_period) {
+        verify(c, lo, hi, gen, round, bad);
+        return;
+    }
+    for (uint64_t a = lo; a < hi;) {
+        const uint64_t b = a + PROGRESS_CHUNK < hi ? a + PROGRESS_CHUNK : hi;
+        verify(c, a, b, gen, round, bad);
+        checkpoint(c, b - a);
+        a = b;
     }
 }
 
@@ -292,13 +364,14 @@ static __attribute__((noreturn)) void run(struct ctx *c)
     }
 
     fill(c->lo, c->hi, 0, c->seed); /* round 0: the first full fill, not paced */
+    progress_start(c);
     if (c->keys)
         set_keys(c, 0, 0);
 
     for (uint64_t round = 1;; round++) {
         uint64_t bad = 0;
-        verify(c, c->lo, c->ws_hi, round - 1, round, &bad);
-        verify(c, c->ws_hi, c->hi, 0, round, &bad);
+        verify_range(c, c->lo, c->ws_hi, round - 1, round, &bad);
+        verify_range(c, c->ws_hi, c->hi, 0, round, &bad);
         if (bad) {
             fw_println("FAIL data mismatches=%lu round=%lu cpu=%u", bad, round, c->cpu);
             note_failure();
@@ -360,6 +433,8 @@ void fw_main(const struct lpv_boot_info *bi, uint64_t cpu)
     }
 
     end_flags = bi->flags & (LPV_BOOT_FLAG_REBOOT_AT_END | LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END);
+    if ((bi->flags & LPV_BOOT_FLAG_REPORT_PROGRESS) && bi->tsc_khz)
+        progress_period = bi->tsc_khz * 100; /* 100 ms; every vCPU writes the same value */
     struct ctx c = {
         .cpu = (uint32_t)cpu,
         .ncpu = ncpu,

@@ -4,7 +4,8 @@
  * command line, find the TSC frequency, and run the same fw_main as under lparvisor.
  *
  * Command line (after QEMU's leading kernel file name), all optional:
- *   name=NAME  pages_per_sec=N  working_set_mib=N  rounds=N  cpl3=1
+ *   name=NAME  pages_per_sec=N  working_set_mib=N  rounds=N  cpl3=1  report_progress=1
+ * report_progress=1 sets LPV_BOOT_FLAG_REPORT_PROGRESS (progress lines, docs/paravirt-interface.md).
  * cpl3=1 is a self-test of lparvisor's entry conditions: the firmware builds the ABI's GDT
  * layout, a TSS whose I/O bitmap opens only the ABI's ports, copies the boot info to
  * LPV_BOOT_INFO_GPA and enters lpv_entry64 at CPL3 by iretq, as lparvisor starts vCPU 0.
@@ -285,6 +286,11 @@ static void parse_cmdline(const char *cmd, struct lpv_boot_info *bi)
             bi->working_set_bytes = parse_u64(tok + 16) << 20;
         } else if (prefix(tok, "rounds=")) {
             bi->round_limit = parse_u64(tok + 7);
+        } else if (prefix(tok, "report_progress=")) {
+            if (parse_u64(tok + 16) != 0)
+                bi->flags |= LPV_BOOT_FLAG_REPORT_PROGRESS;
+            else
+                bi->flags &= ~LPV_BOOT_FLAG_REPORT_PROGRESS;
         } else if (prefix(tok, "cpl3=")) {
             want_cpl3 = parse_u64(tok + 5) != 0;
         }

@@ -208,7 +208,8 @@ void build_system_area(const GuestMemory& memory, const FirmwareParams& params) 
                  (params.pci_bus ? LPV_BOOT_FLAG_PCI : 0) |
                  (params.console_flood ? LPV_BOOT_FLAG_CONSOLE_FLOOD : 0) |
                  (params.reboot_at_end ? LPV_BOOT_FLAG_REBOOT_AT_END : 0) |
-                 (params.triple_fault_at_end ? LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END : 0);
+                 (params.triple_fault_at_end ? LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END : 0) |
+                 (params.report_progress ? LPV_BOOT_FLAG_REPORT_PROGRESS : 0);
     info.round_limit = params.round_limit;
     info.max_storage_bytes = mapped > storage ? mapped : 0;
     std::snprintf(info.name, sizeof info.name, "%s", params.lpar_name.c_str());

@@ -42,6 +42,8 @@ struct FirmwareParams {
     // line) or triple-faults instead of the debug exit (LPV_BOOT_FLAG_*_AT_END).
     bool reboot_at_end = false;
     bool triple_fault_at_end = false;
+    // Benchmarks: the firmware prints progress lines (LPV_BOOT_FLAG_REPORT_PROGRESS).
+    bool report_progress = false;
 };
 
 // The smallest LPAR the firmware can run in: system area and image below 2 MiB, one 2 MiB page

@@ -60,6 +60,24 @@ struct PhaseTiming {
     std::uint64_t microseconds = 0;
 };
 
+// One stop of a move, phase by phase, in microseconds on the monotonic clock. Nothing is
+// allocated and no event published between stop_vcpus and resume. pause_us runs from the request
+// to stop the vCPUs until every vCPU thread has left its park again, about to re-enter KVM_RUN
+// (what resume_us ends at). harvest_us is a live stop's last dirty-log read (0 for a chunk
+// without pre-copy); stop-and-copy moves each page with its key, so its keys are in copy_us.
+struct StopTiming {
+    std::uint64_t stop_vcpus_us = 0;
+    std::uint64_t drain_us = 0;
+    std::uint64_t harvest_us = 0;
+    std::uint64_t copy_us = 0;
+    std::uint64_t keys_us = 0;
+    std::uint64_t remap_us = 0;
+    std::uint64_t resume_us = 0;
+    std::uint64_t pause_us = 0;
+    std::uint64_t bytes = 0;   // copied inside this stop
+    std::uint64_t chunks = 1;  // live: the chunks this stop moved (a batch of small ones)
+};
+
 struct MvstorResult {
     std::string lpar;
     std::uint64_t old_origin_mib = 0;
@@ -74,7 +92,10 @@ struct MvstorResult {
     std::vector<std::uint64_t> stops_us;
     unsigned rounds = 0;
     std::uint64_t bytes_recopied = 0;
-    std::string policy_branch;  // "stop-and-copy", "converged", "fallback: ..."
+    std::string policy_branch;      // "stop-and-copy", "converged", "fallback: ..."
+    std::vector<StopTiming> stops;  // each stop's phases, in order (stops_us are their pauses)
+    // Live: the dirty log used (Lpar::dirty_log_method); empty for stop-and-copy.
+    std::string dirty_log;
 };
 
 // EXCHANGE (claim 7): two LPARs trade their storage areas, equal sizes in place, or two
@@ -240,7 +261,8 @@ struct ConsoleText {
 // {"jsonrpc":"2.0","method":"event","params":{"event": type, "lpar": ..., ...data}}.
 //   "lpar.state"       data: {"state", "reason"}          any state change (incl. guest exit/fault)
 //   "mvstor.phase"     data: {"phase", "us"}              each finished MVSTOR phase
-//   "mvstor.progress"  data: {"copied", "total"} (bytes)  during the copy, at most every 2 MiB
+//   "mvstor.progress"  data: {"copied", "total"} (bytes)  live: before each chunk's stop;
+//                                                        stop-and-copy: after its stop
 //   "mvstor.done"      data: the MvstorResult as in storage.mvstor's result
 //   "mvstor.failed"    data: {"message"}                  refused late, timed out or cancelled
 // Microseconds on the wall clock (since the Unix epoch) and on the monotonic clock

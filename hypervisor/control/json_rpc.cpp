@@ -762,11 +762,30 @@ json to_json(const SystemStatus& status) {
                 {"lpars", std::move(lpars)}};
 }
 
+namespace {
+
+json stop_json(const StopTiming& stop) {
+    return json{{"stop_vcpus_us", stop.stop_vcpus_us},
+                {"drain_us", stop.drain_us},
+                {"harvest_us", stop.harvest_us},
+                {"copy_us", stop.copy_us},
+                {"keys_us", stop.keys_us},
+                {"remap_us", stop.remap_us},
+                {"resume_us", stop.resume_us},
+                {"pause_us", stop.pause_us},
+                {"bytes", stop.bytes},
+                {"chunks", stop.chunks}};
+}
+
+}  // namespace
+
 json to_json(const MvstorResult& result) {
     json phases = json::array();
     for (const auto& phase : result.phases) {
         phases.push_back(json{{"phase", phase.phase}, {"us", phase.microseconds}});
     }
+    json stops = json::array();
+    for (const auto& stop : result.stops) stops.push_back(stop_json(stop));
     return json{{"lpar", result.lpar},
                 {"old_origin_mib", result.old_origin_mib},
                 {"new_origin_mib", result.new_origin_mib},
@@ -778,7 +797,9 @@ json to_json(const MvstorResult& result) {
                 {"stops_us", result.stops_us},
                 {"rounds", result.rounds},
                 {"bytes_recopied", result.bytes_recopied},
-                {"policy_branch", result.policy_branch}};
+                {"policy_branch", result.policy_branch},
+                {"stops", std::move(stops)},
+                {"dirty_log", result.dirty_log}};
 }
 
 json to_json(const ExchangeResult& result) {

@@ -373,6 +373,11 @@ inline constexpr FieldSchema kMvstorDoneFields[] = {
     {"pause_us", FieldType::Integer, "the longest stop, microseconds"},
     {"total_us", FieldType::Integer, "the whole operation, microseconds"},
     {"phases", FieldType::Array, "[{phase, us}] in order"},
+    {"stops", FieldType::Array,
+     "each stop's phases: {stop_vcpus_us, drain_us, harvest_us, copy_us, keys_us, remap_us, "
+     "resume_us, pause_us, bytes, chunks}"},
+    {"dirty_log", FieldType::String,
+     "live: manual-protect-initially-set, manual-protect or legacy; empty for stop-and-copy"},
 };
 inline constexpr FieldSchema kFailedFields[] = {
     {"message", FieldType::String, "why, and where the LPAR is now"},
@@ -477,7 +482,7 @@ inline constexpr EventSchema kEventSchemas[] = {
      "an MVSTOR passed its target check and begins to copy"},
     {"mvstor.phase", true, schema_detail::kPhaseFields, "an MVSTOR phase finished"},
     {"mvstor.progress", true, schema_detail::kProgressFields,
-     "an MVSTOR's copy advanced (at most every 2 MiB)"},
+     "an MVSTOR's copy advanced (live: before each chunk's stop; stop-and-copy: after it)"},
     {"mvstor.done", true, schema_detail::kMvstorDoneFields, "an MVSTOR finished"},
     {"mvstor.failed", true, schema_detail::kFailedFields,
      "an MVSTOR was refused late, timed out or was cancelled"},

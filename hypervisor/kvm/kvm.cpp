@@ -12,6 +12,8 @@
 #include <fstream>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "util/error.hpp"
 
 namespace lparvisor::kvm {
@@ -324,6 +326,51 @@ void Vm::get_dirty_log(std::uint32_t slot, std::span<std::uint64_t> bitmap) {
         throw_errno("KVM_GET_DIRTY_LOG slot " + std::to_string(slot));
 }
 
+Vm::DirtyLogMode Vm::enable_manual_dirty_log() {
+    // KVM_CHECK_EXTENSION on the VM answers with the flags this KVM accepts.
+    const int offered = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2);
+    if (offered <= 0 || (offered & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) == 0)
+        return DirtyLogMode::Legacy;
+    const bool initially_set = (offered & KVM_DIRTY_LOG_INITIALLY_SET) != 0;
+    kvm_enable_cap cap{};
+    cap.cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2;
+    cap.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE |
+                  (initially_set ? std::uint64_t{KVM_DIRTY_LOG_INITIALLY_SET} : 0);
+    if (::ioctl(fd_.get(), KVM_ENABLE_CAP, &cap) < 0)
+        throw_errno("KVM_ENABLE_CAP KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2");
+    return initially_set ? DirtyLogMode::ManualProtectInitiallySet : DirtyLogMode::ManualProtect;
+}
+
+const char* Vm::name_of(DirtyLogMode mode) noexcept {
+    switch (mode) {
+        case DirtyLogMode::ManualProtectInitiallySet:
+            return "manual-protect-initially-set";
+        case DirtyLogMode::ManualProtect:
+            return "manual-protect";
+        case DirtyLogMode::Legacy:
+            break;
+    }
+    return "legacy";
+}
+
+void Vm::clear_dirty_log(std::uint32_t slot, std::uint64_t first_page, std::uint64_t pages,
+                         std::span<const std::uint64_t> bitmap) {
+    if (pages == 0) return;
+    if (first_page % 64 != 0 || pages > std::uint64_t{UINT32_MAX} || bitmap.size() * 64 < pages)
+        throw Error(ErrorKind::InvalidArgument,
+                    fmt::format("KVM_CLEAR_DIRTY_LOG slot {}: pages {}+{} with {} bitmap words",
+                                slot, first_page, pages, bitmap.size()));
+    kvm_clear_dirty_log clear{};
+    clear.slot = slot;
+    clear.first_page = first_page;
+    clear.num_pages = static_cast<std::uint32_t>(pages);
+    // KVM only reads it (the struct's pointer is not const).
+    clear.dirty_bitmap = const_cast<std::uint64_t*>(bitmap.data());
+    if (::ioctl(fd_.get(), KVM_CLEAR_DIRTY_LOG, &clear) < 0)
+        throw_errno(
+            fmt::format("KVM_CLEAR_DIRTY_LOG slot {} pages {}+{}", slot, first_page, pages));
+}
+
 std::unique_ptr<Vcpu> Vm::create_vcpu(unsigned index) {
     Fd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(index)));
     if (!fd.valid()) throw_errno("KVM_CREATE_VCPU " + std::to_string(index));
@@ -419,6 +466,21 @@ void Vm::deassign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd
     kvm_ioeventfd io = make_ioeventfd(gpa, length, eventfd, KVM_IOEVENTFD_FLAG_DEASSIGN);
     if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0)
         throw_errno(ioeventfd_what("deassign", gpa, length, eventfd));
+}
+
+// --- Binary statistics ---
+BinaryStats Vcpu::open_stats() const {
+    const int fd = ::ioctl(fd_.get(), KVM_GET_STATS_FD, 0);
+    if (fd < 0) throw_errno("KVM_GET_STATS_FD on vCPU " + std::to_string(index_));
+    return BinaryStats(Fd(fd), "vCPU " + std::to_string(index_) + " stats");
+}
+
+BinaryStats Vm::open_stats() const {
+    if (system_.check_extension(KVM_CAP_BINARY_STATS_FD) <= 0)
+        throw Error(ErrorKind::System, "KVM_GET_STATS_FD: this KVM lacks KVM_CAP_BINARY_STATS_FD");
+    const int fd = ::ioctl(fd_.get(), KVM_GET_STATS_FD, 0);
+    if (fd < 0) throw_errno("KVM_GET_STATS_FD on the VM");
+    return BinaryStats(Fd(fd), "VM stats");
 }
 
 }  // namespace lparvisor::kvm

@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "kvm/binary_stats.hpp"
 #include "util/address.hpp"
 #include "util/fd.hpp"
 #include "util/mapping.hpp"
@@ -114,6 +115,9 @@ class Vcpu {
     std::uint64_t tsc_khz() const;  // 0 if KVM cannot tell
     // Guest-virtual to guest-physical through the vCPU's current page tables (KVM_TRANSLATE).
     std::optional<GuestPhysAddr> translate(std::uint64_t guest_virtual) const noexcept;
+    // KVM_GET_STATS_FD: this vCPU's binary statistics (exits, page faults, ...). Waits for the
+    // vCPU to leave KVM_RUN; reading the result does not.
+    BinaryStats open_stats() const;
 
   private:
     Fd fd_;
@@ -135,6 +139,21 @@ class Vm {
     // words) with the pages the guest wrote since the last call and re-arms tracking. The slot
     // needs KVM_MEM_LOG_DIRTY_PAGES.
     void get_dirty_log(std::uint32_t slot, std::span<std::uint64_t> bitmap);
+    // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: from now on get_dirty_log() only reads the log, and
+    // clear_dirty_log() clears and re-protects just the pages asked for, so a live move
+    // write-protects the chunk it moves rather than the whole slot on every harvest. With
+    // KVM_DIRTY_LOG_INITIALLY_SET (where offered) turning logging on sets every bit and protects
+    // nothing. Call before any slot logs. Returns what is in force: Legacy where KVM lacks the
+    // capability (get_dirty_log then clears and re-protects the whole slot, as before).
+    enum class DirtyLogMode { Legacy, ManualProtect, ManualProtectInitiallySet };
+    DirtyLogMode enable_manual_dirty_log();
+    // "manual-protect-initially-set", "manual-protect" or "legacy" (MvstorResult::dirty_log).
+    static const char* name_of(DirtyLogMode mode) noexcept;
+    // KVM_CLEAR_DIRTY_LOG: clears (and re-protects) the pages of [first_page, +pages) of `slot`
+    // whose bit is set in `bitmap`, whose bit 0 is first_page. first_page must be a multiple of
+    // 64 and pages too, unless the range ends at the end of the slot.
+    void clear_dirty_log(std::uint32_t slot, std::uint64_t first_page, std::uint64_t pages,
+                         std::span<const std::uint64_t> bitmap);
 
     // --- Interrupts: the in-kernel PIC/IOAPIC/PIT, routing, irqfd and ioeventfd ---
     // KVM_CREATE_IRQCHIP: the in-kernel PIC, IOAPIC and local APICs. Call before any vCPU is
@@ -158,6 +177,10 @@ class Vm {
     // `gpa` signals `eventfd` and completes in the kernel, with no MMIO exit.
     void assign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd);
     void deassign_ioeventfd(GuestPhysAddr gpa, std::uint32_t length, int eventfd);
+
+    // KVM_GET_STATS_FD: the VM's binary statistics (MMU, remote TLB flushes); throws where KVM
+    // lacks KVM_CAP_BINARY_STATS_FD.
+    BinaryStats open_stats() const;
 
   private:
     const System& system_;

@@ -18,6 +18,8 @@ namespace lparvisor {
 // activate it at start.
 struct LparConfig : control::LparDefinition {
     bool active = true;  // false: defined only (lpar.activate starts it)
+    // The test firmware prints progress lines (benchmarks; set in code, not in the file).
+    bool report_progress = false;
 };
 
 struct SystemConfig {

@@ -278,6 +278,7 @@ void Hypervisor::activate_locked(Record& r, const std::string& reason, bool rest
         spec.rewrite_pages_per_sec = d.rewrite_pages_per_sec;
         spec.working_set_bytes = d.working_set_mib * kMiB;
         spec.round_limit = d.round_limit;
+        spec.report_progress = d.report_progress;
         spec.kernel = d.kernel;
         spec.initrd = d.initrd;
         spec.cmdline = d.cmdline;

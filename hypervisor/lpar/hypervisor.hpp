@@ -64,6 +64,10 @@ class Hypervisor final : public control::Api {
     void remove(const std::string& lpar) override;
     std::string system_config() override;
     void cancel_mvstor(const std::string& lpar) override;
+    // The floor of any stop, for the benchmark: stop the LPAR's vCPUs, drain its devices,
+    // re-map its window onto the place it already is, resume; nothing copied.
+    control::StopTiming empty_stop(const std::string& lpar,
+                                   std::chrono::milliseconds drain_timeout);
     std::unique_ptr<control::Subscription> subscribe(control::EventSink sink) override;
     control::ExchangeResult exchange(const control::ExchangeRequest& request) override;
     control::GrowPlanResult plan_grow(const std::string& lpar, std::uint64_t extra_mib) override;
@@ -148,7 +152,8 @@ class Hypervisor final : public control::Api {
     // (returns how many); the stop that copies the rest of it and re-maps it.
     static std::vector<Chunk> plan_chunks(const Move& move);
     unsigned precopy_chunk(LiveMove& live, std::size_t index);
-    void move_chunk_in_stop(LiveMove& live, std::size_t index, bool precopied);
+    void move_chunk_in_stop(LiveMove& live, std::size_t index, std::size_t count, bool precopied);
+    static std::size_t chunks_per_stop(const LiveMove& live, std::size_t index);
     void populate_target(Move& move);
     // The first stop of a move: from here on it cannot be cancelled. Throws if it was.
     void begin_final_stop(Move& move);

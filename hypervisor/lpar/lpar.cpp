@@ -84,7 +84,9 @@ Lpar::Lpar(const kvm::System& system, const Arena& arena, StorageKeys& keys, con
       log_limiter_(std::make_shared<LogRateLimiter>(spec.name)),
       console_(std::make_shared<ConsoleLog>(spec.name, kConsoleCapacity, spec.console_file,
                                             spec.console_max_bytes, log_limiter_)),
-      vm_(system) {
+      vm_(system),
+      dirty_log_mode_(fault::triggered("kvm.manual_dirty_log") ? kvm::Vm::DirtyLogMode::Legacy
+                                                               : vm_.enable_manual_dirty_log()) {
     install_kick_handler();
     if (platform_->has_interrupt_controllers()) {
         // Linux wants its interrupt controllers and timer where a PC has them; the polling
@@ -217,11 +219,20 @@ void Lpar::set_dirty_tracking(bool on) {
     if (!on) window_.device_dirty_log().set_tracking(false);
 }
 
-DirtyBitmap Lpar::harvest_dirty() {
-    DirtyBitmap bitmap(window_.size());
-    vm_.get_dirty_log(0, bitmap.words());
-    window_.device_dirty_log().harvest_into(bitmap);
-    return bitmap;
+void Lpar::harvest_dirty(DirtyBitmap& into, std::uint64_t first_page, std::uint64_t pages,
+                         bool reprotect) {
+    // Read, then re-protect, then (the caller) copy: a write after the read lands in a page that
+    // is copied anyway; a write after the re-protect sets its bit again for the next harvest.
+    vm_.get_dirty_log(0, into.words());
+    if (reprotect && dirty_log_mode_ != kvm::Vm::DirtyLogMode::Legacy) {
+        const auto words = std::span<const std::uint64_t>(into.words()).subspan(first_page / 64);
+        vm_.clear_dirty_log(0, first_page, pages, words);
+    }
+    window_.device_dirty_log().harvest_into(into);
+}
+
+const char* Lpar::dirty_log_method() const noexcept {
+    return kvm::Vm::name_of(dirty_log_mode_);
 }
 
 void Lpar::kick_all() {
@@ -266,6 +277,13 @@ void Lpar::resume() {
         pause_requested_ = false;
     }
     changed_.notify_all();
+}
+
+bool Lpar::wait_until_unparked(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] {
+        return parked_ == 0 || pause_requested_ || exit_requested_ || state_ != LparState::Running;
+    });
 }
 
 LparState Lpar::state() const {
@@ -324,6 +342,13 @@ void Lpar::restart() {
     changed_.notify_all();
     spdlog::info("{}: started by the operator", spec_.name);
     if (listener_) listener_(LparState::Running, "", GuestEvent::None);
+}
+
+kvm::KvmStats Lpar::open_kvm_stats() const {
+    std::vector<kvm::BinaryStats> vcpus;
+    vcpus.reserve(vcpus_.size());
+    for (const auto& vcpu : vcpus_) vcpus.push_back(vcpu->open_stats());
+    return kvm::KvmStats(vm_.open_stats(), std::move(vcpus));
 }
 
 }  // namespace lparvisor

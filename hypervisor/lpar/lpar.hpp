@@ -56,6 +56,7 @@ struct LparSpec {
     std::uint64_t rewrite_pages_per_sec = 0;
     std::uint64_t working_set_bytes = 0;
     std::uint64_t round_limit = 0;  // firmware ends with debug-exit after N rounds (0: never)
+    bool report_progress = false;   // firmware progress lines (LPV_BOOT_FLAG_REPORT_PROGRESS)
     // Linux instead of the firmware when `kernel` is set (boot/linux_loader.hpp).
     std::string kernel, initrd, cmdline;
     std::vector<control::DiskDefinition> disks;     // one virtio-blk each
@@ -117,6 +118,10 @@ class Lpar {
     // False, with every vCPU running again, if they were not all parked within `timeout`.
     [[nodiscard]] bool pause(std::chrono::milliseconds timeout);
     void resume();
+    // After resume(): waits, at most `timeout`, until every vCPU thread has left its park and is
+    // about to re-enter KVM_RUN (where a stop's pause ends). True at once when the LPAR is not
+    // running: a stopped or fenced LPAR's vCPUs stay parked. False on timeout.
+    bool wait_until_unparked(std::chrono::milliseconds timeout);
 
     LparState state() const;
     std::string stop_reason() const;
@@ -128,10 +133,21 @@ class Lpar {
     void fence(const std::string& reason);
 
     // Dirty-page tracking for a live relocation: KVM's log for the guest's own writes plus the
-    // window's device log for the hypervisor's. harvest_dirty() returns one bit per 4 KiB page
-    // written since the previous harvest (or since tracking started).
+    // window's device log for the hypervisor's (docs/ARCHITECTURE.md, "Dirty logging").
     void set_dirty_tracking(bool on);
-    DirtyBitmap harvest_dirty();
+    // Overwrites `into` (sized for the whole window, allocated by the caller outside any stop)
+    // with the pages written since they were last re-protected, then re-protects the pages of
+    // [first_page, +pages) found dirty, so that the next harvest sees every later write to them.
+    // With KVM's manual protection only that range is re-protected and the rest of the slot
+    // keeps running unprotected (pages outside it must not be relied on); with the legacy log
+    // KVM re-protects the whole slot. `reprotect` false (a stop's last harvest, after which the
+    // range moves) reads without re-protecting anything manual protection lets it skip.
+    void harvest_dirty(DirtyBitmap& into, std::uint64_t first_page, std::uint64_t pages,
+                       bool reprotect = true);
+    // Which of KVM's dirty logs this LPAR's VM uses: "manual-protect-initially-set",
+    // "manual-protect" or "legacy" (KVM_GET_DIRTY_LOG only; the fault point
+    // "kvm.manual_dirty_log" forces it).
+    const char* dirty_log_method() const noexcept;
 
     GuestWindow& window() noexcept { return window_; }
     // The virtio-mem device EXPAND and shrink drive; null when the LPAR cannot grow.
@@ -155,6 +171,9 @@ class Lpar {
         std::uint64_t disk_written_bytes = 0;
     };
     RunStats run_stats() const;
+    // KVM's own statistics of this LPAR's VM and vCPUs (KVM_GET_STATS_FD), opened now and read
+    // at will by the caller (tools and benchmarks); throws where KVM cannot give them.
+    kvm::KvmStats open_kvm_stats() const;
 
   private:
     void add_port_devices(StorageKeys& keys);
@@ -194,6 +213,7 @@ class Lpar {
     std::shared_ptr<ConsoleLog> console_;
     std::shared_ptr<Uart8250> uart_;  // COM1, for console_input
     kvm::Vm vm_;
+    kvm::Vm::DirtyLogMode dirty_log_mode_;
     std::vector<std::unique_ptr<kvm::Vcpu>> vcpus_;
     IoBus bus_;
     // Destroyed before the VM and the window (members go in reverse): the device threads stop

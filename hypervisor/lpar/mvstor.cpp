@@ -7,9 +7,11 @@
 // the chunks a failed live move had moved are moved back), or, where even that fails, fences the
 // LPAR, which then holds both its old and its new range until it is deactivated.
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -31,12 +33,22 @@ struct Hypervisor::Move {
     control::MvstorResult result;
     EventHub& events;
 
+    std::size_t phases_published = 0;
+    bool in_stop = false;  // phases are recorded, and published after the resume
+
     void phase(const char* name, Clock::time_point since) {
         record(name, microseconds_since(since));
     }
     void record(const char* name, std::uint64_t us) {
-        result.phases.push_back({name, us});
-        events.publish("mvstor.phase", request.lpar, control::PhaseDone{name, us});
+        result.phases.push_back({name, us});  // reserved: no allocation inside a stop
+        if (!in_stop) publish_phases();
+    }
+    void publish_phases() {
+        for (; phases_published < result.phases.size(); ++phases_published) {
+            const auto& done = result.phases[phases_published];
+            events.publish("mvstor.phase", request.lpar,
+                           control::PhaseDone{done.phase, done.microseconds});
+        }
     }
     std::string busy_message(const std::string& names) const {
         return fmt::format("{}: MVSTOR abandoned: device(s) still busy after {} ms: {}",
@@ -46,6 +58,15 @@ struct Hypervisor::Move {
 };
 
 namespace {
+
+// One stop's phases, for the debug log.
+std::string describe(const control::StopTiming& t) {
+    return fmt::format(
+        "pause {} us = stop vCPUs {} + drain {} + harvest {} + copy {} ({}) + keys {} + re-map {} "
+        "+ resume {}",
+        t.pause_us, t.stop_vcpus_us, t.drain_us, t.harvest_us, t.copy_us, format_mib(t.bytes),
+        t.keys_us, t.remap_us, t.resume_us);
+}
 
 // Marks an LPAR as "relocating" in lpar.list for the lifetime of the operation, and resets the
 // cancel bookkeeping that cancel_mvstor() reads.
@@ -107,6 +128,7 @@ control::MvstorResult Hypervisor::run_mvstor(const control::MvstorRequest& reque
     const auto accepted = Clock::now();
     auto operation = begin_storage_operation(request.lpar, "MVSTOR");
     Move move{request, operable_lpar(request.lpar, "MVSTOR"), {}, {}, {}, events_};
+    move.result.phases.reserve(16);  // more than any move records
     move.result.lpar = request.lpar;
     move.result.mode = request.mode == control::MvstorMode::Live ? "live" : "stop-and-copy";
 
@@ -163,10 +185,42 @@ control::MvstorResult Hypervisor::run_mvstor(const control::MvstorRequest& reque
     return result;
 }
 
+control::StopTiming Hypervisor::empty_stop(const std::string& lpar,
+                                           std::chrono::milliseconds drain_timeout) {
+    auto operation = begin_storage_operation(lpar, "an empty stop");
+    auto target = operable_lpar(lpar, "an empty stop");
+    ArenaRange range;
+    {
+        std::lock_guard lock(map_mutex_);
+        range = map_.find(lpar).range;
+    }
+    control::StopTiming timing;
+    timing.chunks = 0;
+    const auto paused_at = Clock::now();
+    Quiesce stop(*target, drain_timeout);
+    if (!stop.drained())
+        throw Error(ErrorKind::Busy,
+                    fmt::format("{}: empty stop: still busy: {}", lpar, stop.busy_names()));
+    const auto remap_from = Clock::now();
+    // The same place: if this failed, the window would be where it was, or the guard fences.
+    stop.at_risk(fmt::format("{}: re-mapping its window in place failed", lpar));
+    target->window().remap_part(GuestPhysAddr{0}, range.size, range.start);
+    stop.safe();
+    timing.remap_us = microseconds_since(remap_from);
+    stop.release();
+    timing.pause_us = microseconds_since(paused_at);
+    timing.stop_vcpus_us = stop.stop_vcpus_us();
+    timing.drain_us = stop.drain_us();
+    timing.resume_us = stop.resume_us();
+    return timing;
+}
+
 // Every way a move can fail ends here, with the LPAR either whole at its old origin (the
 // procedures undo what they did) or fenced. The message says which.
 Error Hypervisor::failed_move(Move& move, const std::exception& cause) {
     const std::string& name = move.request.lpar;
+    move.in_stop = false;
+    move.publish_phases();  // what a stop recorded before it failed
     std::string outcome;
     if (move.lpar->state() == LparState::Failed) {
         // Its storage may be at either place: it keeps both until it is deactivated.
@@ -217,15 +271,23 @@ void Hypervisor::stop_and_copy(Move& move) {
     result.policy_branch = "stop-and-copy";
     populate_target(move);
     begin_final_stop(move);
+    // What the stop needs is made before it: nothing is allocated or published inside.
+    std::string risk =
+        fmt::format("MVSTOR to {} failed during its stop and could not be undone", move.target());
+    result.stops_us.reserve(1);
+    result.stops.reserve(1);
+    control::StopTiming timing;
 
     // Steps 201-202.
     const auto paused_at = Clock::now();
     Quiesce stop(*move.lpar, move.request.drain_timeout);
-    move.record("stop_vcpus", stop.stop_vcpus_us());
     if (!stop.drained()) throw Error(ErrorKind::Busy, move.busy_message(stop.busy_names()));
-    move.record("drain_io", stop.drain_us());
-    stop.at_risk(
-        fmt::format("MVSTOR to {} failed during its stop and could not be undone", move.target()));
+    move.in_stop = true;
+    timing.stop_vcpus_us = stop.stop_vcpus_us();
+    timing.drain_us = stop.drain_us();
+    move.record("stop_vcpus", timing.stop_vcpus_us);
+    move.record("drain_io", timing.drain_us);
+    stop.at_risk(std::move(risk));
 
     // Steps 204-209: transfer page by page with the storage keys, in the overlap-safe order;
     // then SALE / SIE with the new MSO: the window, which the memslot and every device use,
@@ -234,13 +296,12 @@ void Hypervisor::stop_and_copy(Move& move) {
     std::uint64_t copied = 0;
     try {
         result.bytes_copied = move_pages(arena_, keys_, move.from, move.to.start,
-                                         [&](std::uint64_t done, std::uint64_t total) {
+                                         [&](std::uint64_t done, std::uint64_t /*total*/) {
                                              copied = done;
                                              fault::point("mvstor.copy");
-                                             events_.publish("mvstor.progress", move.request.lpar,
-                                                             control::CopyAdvanced{done, total});
                                          });
-        move.phase("copy", t);
+        timing.copy_us = microseconds_since(t);
+        move.record("copy", timing.copy_us);
         t = Clock::now();
         fault::point("mvstor.remap");
         move.lpar->window().remap_part(GuestPhysAddr{0}, move.from.size, move.to.start);
@@ -248,7 +309,8 @@ void Hypervisor::stop_and_copy(Move& move) {
         // Undo inside the same stop: the pages copied so far go back (what the copy had not
         // reached is intact at the old origin), and the window points at the old origin again
         // (a failed re-map may have left part of it anywhere). If that fails too, the guard
-        // fences the LPAR.
+        // fences the LPAR. A failure may allocate: the stop is no longer the fast path.
+        move.in_stop = false;
         const std::string failure =
             fmt::format("{}: MVSTOR failed during its stop ({})", move.request.lpar, e.what());
         try {
@@ -264,13 +326,23 @@ void Hypervisor::stop_and_copy(Move& move) {
         throw Error(kind_of(e), failure + "; the copy was undone");
     }
     stop.safe();
-    move.phase("remap", t);
+    timing.remap_us = microseconds_since(t);
+    move.record("remap", timing.remap_us);
 
     // Step 210: restart the logical processors.
-    t = Clock::now();
     stop.release();
-    move.phase("resume", t);
-    result.pause_us = microseconds_since(paused_at);
+    timing.resume_us = stop.resume_us();
+    timing.pause_us = microseconds_since(paused_at);
+    timing.bytes = result.bytes_copied;
+    move.record("resume", timing.resume_us);
+    result.pause_us = timing.pause_us;
+    result.stops_us.push_back(timing.pause_us);
+    result.stops.push_back(timing);
+    // After the resume: what the stop recorded, and where the copy got to.
+    move.in_stop = false;
+    move.publish_phases();
+    events_.publish("mvstor.progress", move.request.lpar,
+                    control::CopyAdvanced{move.from.size, move.from.size});
 }
 
 // One chunk of a live move (guest offsets, and where it is in the arena before and after).
@@ -308,9 +380,17 @@ void Hypervisor::stop_for_chunk(Move& move, std::optional<Quiesce>& stop, std::s
 }
 
 struct Hypervisor::LiveMove {
+    LiveMove(Move& move_, std::vector<Chunk> chunks_)
+        : move(move_), chunks(std::move(chunks_)), dirty(move_.lpar->window().size()) {
+        // Everything a stop appends to is reserved here: nothing is allocated inside a stop.
+        moved.reserve(chunks.size());
+        move.result.stops_us.reserve(chunks.size());
+        move.result.stops.reserve(chunks.size());
+    }
     Move& move;
     const std::vector<Chunk> chunks;
     const Clock::time_point started = Clock::now();
+    DirtyBitmap dirty;             // the whole slot's, reused by every harvest
     double bytes_per_us = 5000.0;  // first guess (5 GB/s); measured on the first chunk
     std::string fallback;          // the first time the policy gave up, and why
     std::uint64_t copied_total = 0;
@@ -361,7 +441,8 @@ unsigned Hypervisor::precopy_chunk(LiveMove& live, std::size_t index) {
     fault::point("mvstor.precopy");
     check_cancel();
     fault::point("mvstor.harvest");
-    (void)move.lpar->harvest_dirty();  // from now on, every write is seen
+    // From now on every write to the chunk is seen.
+    move.lpar->harvest_dirty(live.dirty, first_page, pages);
     std::uint64_t copied = 0;
     for (std::uint64_t done = 0; done < c.length; done += kCancelSlice) {
         check_cancel();
@@ -370,7 +451,7 @@ unsigned Hypervisor::precopy_chunk(LiveMove& live, std::size_t index) {
                                  ArenaOffset{c.dst.value + done}, slice);
     }
     auto elapsed = std::max<std::uint64_t>(1, microseconds_since(t));
-    if (copied >= 4 * kMiB)
+    if (copied >= kMiB)
         live.bytes_per_us = static_cast<double>(copied) / static_cast<double>(elapsed);
     result.bytes_copied += copied;
 
@@ -382,11 +463,11 @@ unsigned Hypervisor::precopy_chunk(LiveMove& live, std::size_t index) {
         check_cancel();
         if (index > 0 && move_cancelled()) break;
         fault::point("mvstor.harvest");
-        auto dirty = move.lpar->harvest_dirty();
-        const std::uint64_t dirty_bytes = dirty.count(first_page, pages) * kPageSize;
+        move.lpar->harvest_dirty(live.dirty, first_page, pages);
+        const std::uint64_t dirty_bytes = live.dirty.count(first_page, pages) * kPageSize;
         // Copied now, still running: the stop then only sees what is written later.
         result.bytes_recopied +=
-            copy_dirty_pages(arena_, dirty, first_page, c.src, c.dst, c.length);
+            copy_dirty_pages(arena_, live.dirty, first_page, c.src, c.dst, c.length);
         if (static_cast<double>(dirty_bytes) <= budget_bytes) break;
         if (rounds >= policy.max_rounds || Clock::now() - live.started >= policy.max_total) {
             live.note_fallback([&] {
@@ -402,34 +483,90 @@ unsigned Hypervisor::precopy_chunk(LiveMove& live, std::size_t index) {
     return rounds;
 }
 
-// The stop for chunk `index`: copies what the pre-copy left (or, without one, everything), then
-// the chunk's storage keys, with whatever the guest set during the pre-copy, and re-maps just
-// that chunk of the guest window. On a throw, live.in_stop names the chunk the stop held.
-void Hypervisor::move_chunk_in_stop(LiveMove& live, std::size_t index, bool precopied) {
+// The stop for chunks [index, +count): copies what the pre-copy left of chunk `index` (or,
+// without one, all of it), then its storage keys, with whatever the guest set during the
+// pre-copy, and re-maps just that chunk of the guest window; then each further chunk of the
+// batch whole (its destination is the source the chunk before it just left). On a throw,
+// live.in_stop names the chunk the stop held. What the stop needs is made before it (the bitmap
+// and the vectors are LiveMove's, reserved), and its timings are recorded after the resume.
+void Hypervisor::move_chunk_in_stop(LiveMove& live, std::size_t index, std::size_t count,
+                                    bool precopied) {
     Move& move = live.move;
     auto& result = move.result;
-    const Chunk& c = live.chunks[index];
+    const Chunk& first = live.chunks[index];
     if (index == 0) begin_final_stop(move);
+    std::string risk = fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be undone",
+                                   move.target(), index + 1, live.chunks.size());
+    control::StopTiming timing;
     const auto paused_at = Clock::now();
     stop_for_chunk(move, live.stop, index, live.chunks.size());
-    live.in_stop = c;
-    live.stop->at_risk(fmt::format("MVSTOR to {} failed at chunk {} of {} and could not be undone",
-                                   move.target(), index + 1, live.chunks.size()));
+    live.in_stop = first;
+    live.stop->at_risk(std::move(risk));
+    const auto harvest_from = Clock::now();
     fault::point("mvstor.harvest");
-    auto dirty = move.lpar->harvest_dirty();
-    fault::point("mvstor.copy");
-    (precopied ? result.bytes_recopied : result.bytes_copied) += copy_chunk_with_keys(
-        arena_, keys_, c.src, c.dst, c.length, precopied ? &dirty : nullptr, c.offset / kPageSize);
-    fault::point("mvstor.remap");
-    move.lpar->window().remap_part(GuestPhysAddr{c.offset}, c.length, c.dst);
-    live.moved.push_back(c);
-    live.in_stop.reset();
+    // The last read of the chunk's log: it moves next, so nothing needs re-protecting.
+    if (precopied)
+        move.lpar->harvest_dirty(live.dirty, first.offset / kPageSize, first.length / kPageSize,
+                                 false);
+    const auto copy_from = Clock::now();
+    Clock::time_point keys_from, remap_from;
+    std::uint64_t keys_us = 0, remap_us = 0, whole_bytes = 0;
+    for (std::size_t i = index; i < index + count; ++i) {
+        const Chunk& c = live.chunks[i];
+        const bool dirty_only = precopied && i == index;
+        live.in_stop = c;
+        fault::point("mvstor.copy");
+        const std::uint64_t bytes = copy_chunk_with_keys(arena_, keys_, c.src, c.dst, c.length,
+                                                         dirty_only ? &live.dirty : nullptr,
+                                                         c.offset / kPageSize, &keys_from);
+        (dirty_only ? timing.bytes : whole_bytes) += bytes;
+        remap_from = Clock::now();
+        keys_us += microseconds_between(keys_from, remap_from);
+        fault::point("mvstor.remap");
+        move.lpar->window().remap_part(GuestPhysAddr{c.offset}, c.length, c.dst);
+        remap_us += microseconds_since(remap_from);
+        live.moved.push_back(c);
+        live.in_stop.reset();
+    }
+    const auto resume_from = Clock::now();
     live.stop->safe();
     live.stop->release();
+    timing.resume_us = live.stop->resume_us();
+    timing.stop_vcpus_us = live.stop->stop_vcpus_us();
+    timing.drain_us = live.stop->drain_us();
     live.stop.reset();
-    auto stop_us = microseconds_since(paused_at);
-    result.stops_us.push_back(stop_us);
-    result.pause_us += stop_us;
+    timing.pause_us = microseconds_since(paused_at);
+    timing.harvest_us = precopied ? microseconds_between(harvest_from, copy_from) : 0;
+    timing.keys_us = keys_us;
+    timing.chunks = count;
+    timing.remap_us = remap_us;
+    const std::uint64_t in_stop_us = microseconds_between(copy_from, resume_from);
+    timing.copy_us = in_stop_us > keys_us + remap_us ? in_stop_us - keys_us - remap_us : 0;
+    (precopied ? result.bytes_recopied : result.bytes_copied) += timing.bytes;
+    result.bytes_copied += whole_bytes;
+    timing.bytes += whole_bytes;
+    result.stops_us.push_back(timing.pause_us);
+    result.stops.push_back(timing);
+    result.pause_us += timing.pause_us;
+    if (whole_bytes >= kMiB && timing.copy_us > 0)  // the bandwidth the next batch is sized by
+        live.bytes_per_us = static_cast<double>(timing.bytes) / static_cast<double>(timing.copy_us);
+    spdlog::debug("MVSTOR {}: stop for chunk(s) {}-{} of {}: {}", move.request.lpar, index + 1,
+                  index + count, live.chunks.size(), describe(timing));
+}
+
+// How many chunks the stop after chunk `index`'s pre-copy moves: that chunk, and as many whole
+// chunks after it as half the target pause copies at the measured bandwidth (the other half is
+// for the first chunk's dirty pages, the re-maps and the resume). A small slide of a large
+// LPAR so takes tens of stops, not hundreds; a chunk larger than that budget goes alone.
+std::size_t Hypervisor::chunks_per_stop(const LiveMove& live, std::size_t index) {
+    const auto& policy = live.move.request.policy;
+    const double budget =
+        live.bytes_per_us * static_cast<double>(policy.target_pause.count()) / 2.0;
+    const std::size_t left = live.chunks.size() - index;
+    const std::uint64_t chunk = live.chunks[index].length;
+    const double whole = std::floor(budget / static_cast<double>(chunk));
+    const auto extra = static_cast<std::size_t>(std::min(whole, static_cast<double>(left - 1)));
+    return 1 + extra;
 }
 
 // Live: the LPAR is moved chunk by chunk (plan_chunks). Each chunk is pre-copied while the guest
@@ -445,20 +582,26 @@ void Hypervisor::live_move(Move& move) {
 
     auto t = Clock::now();
     move.lpar->set_dirty_tracking(true);
+    // Off on every way out; on success before the whole re-map, so that KVM maps the moved
+    // window with large pages again rather than logging it 4 KiB at a time.
     struct TrackingOff {
         Lpar& lpar;
-        ~TrackingOff() {
+        bool on = true;
+        void off() noexcept {
+            if (!std::exchange(on, false)) return;
             try {
                 lpar.set_dirty_tracking(false);
             } catch (const Error& e) {
                 spdlog::error("{}: turning dirty logging off: {}", lpar.name(), e.what());
             }
         }
+        ~TrackingOff() { off(); }
     } tracking_off{*move.lpar};
+    move.result.dirty_log = move.lpar->dirty_log_method();
     move.phase("dirty_log_on", t);
 
     try {
-        for (std::size_t index = 0; index < live.chunks.size(); ++index) {
+        for (std::size_t index = 0; index < live.chunks.size();) {
             const bool precopy =
                 Clock::now() - live.started < policy.max_total && !move_cancelled();
             unsigned rounds = 0;
@@ -475,10 +618,13 @@ void Hypervisor::live_move(Move& move) {
                 });
             }
             move.result.rounds += rounds;
-            live.copied_total += live.chunks[index].length;
+            const std::size_t count = precopy ? chunks_per_stop(live, index) : 1;
+            for (std::size_t i = index; i < index + count; ++i)
+                live.copied_total += live.chunks[i].length;
             events_.publish("mvstor.progress", move.request.lpar,
                             control::CopyAdvanced{live.copied_total, move.from.size});
-            move_chunk_in_stop(live, index, precopy);
+            move_chunk_in_stop(live, index, count, precopy);
+            index += count;
         }
     } catch (const std::exception& e) {
         // Nothing has changed but the free target range: the caller scrubs it.
@@ -486,6 +632,9 @@ void Hypervisor::live_move(Move& move) {
         roll_back(move, live.moved, live.in_stop, live.stop, e);
     }
     move.phase("live_copy", live.started);
+    t = Clock::now();
+    tracking_off.off();
+    move.phase("dirty_log_off", t);
 
     // Hugetlb mappings never merge: one whole re-map gives the window back a single mapping. It
     // is the same content, so it needs no stop.

@@ -82,6 +82,7 @@ class FirmwarePlatform final : public GuestPlatform {
         params.console_flood = fault::triggered("firmware.console_flood");
         params.reboot_at_end = fault::triggered("firmware.reboot");
         params.triple_fault_at_end = fault::triggered("firmware.triple_fault");
+        params.report_progress = spec.report_progress;
         boot::build_system_area(context.memory, params);
         spdlog::info("{}: {} vCPU(s), storage {} at origin {}, firmware {} (entry {:#x})",
                      spec.name, spec.vcpus, format_mib(spec.storage.size),

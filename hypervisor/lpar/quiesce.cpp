@@ -61,6 +61,7 @@ void Quiesce::at_risk(std::string reason) {
 void Quiesce::release() noexcept {
     if (released_) return;
     released_ = true;
+    const auto started = Clock::now();
     try {
         if (!risk_.empty()) {
             // The devices stay stopped: nothing may write into storage that is half-moved.
@@ -73,6 +74,13 @@ void Quiesce::release() noexcept {
     }
     // A fenced LPAR's vCPUs stay parked (it is not running); the others go on (step 210).
     lpar_.resume();
+    try {
+        if (!lpar_.wait_until_unparked(std::chrono::seconds(1)))
+            spdlog::warn("{}: vCPU(s) still parked 1 s after a resume", lpar_.name());
+    } catch (const std::exception& e) {
+        spdlog::error("{}: waiting for the vCPUs to run again: {}", lpar_.name(), e.what());
+    }
+    resume_us_ = microseconds_since(started);
 }
 
 }  // namespace lparvisor

@@ -40,6 +40,8 @@ class Quiesce {
     std::string busy_names() const;
     std::uint64_t stop_vcpus_us() const noexcept { return stop_vcpus_us_; }
     std::uint64_t drain_us() const noexcept { return drain_us_; }
+    // release(): resuming the devices and vCPUs until every vCPU has left its park.
+    std::uint64_t resume_us() const noexcept { return resume_us_; }
 
     // From here until safe(), leaving the scope fences the LPAR with `reason`: the operation has
     // begun to change the LPAR's storage or window and has not (yet) made them agree again.
@@ -58,6 +60,7 @@ class Quiesce {
     bool released_ = false;
     std::uint64_t stop_vcpus_us_ = 0;
     std::uint64_t drain_us_ = 0;
+    std::uint64_t resume_us_ = 0;
 };
 
 }  // namespace lparvisor

@@ -39,7 +39,8 @@ bool Lpar::wait_until_may_run(kvm::Vcpu& vcpu) {
         ++parked_;
         changed_.notify_all();
         changed_.wait(lock, may_run);
-        --parked_;
+        // The last one out tells wait_until_unparked() that the stop is over.
+        if (--parked_ == 0) changed_.notify_all();
     }
     if (exit_requested_) return false;
     vcpu.set_immediate_exit(false);

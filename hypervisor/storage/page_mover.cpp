@@ -119,13 +119,15 @@ std::uint64_t copy_dirty_pages(Arena& arena, const DirtyBitmap& dirty, std::uint
 
 std::uint64_t copy_chunk_with_keys(Arena& arena, StorageKeys& keys, ArenaOffset src,
                                    ArenaOffset dst, std::uint64_t bytes, const DirtyBitmap* dirty,
-                                   std::uint64_t first_page) {
+                                   std::uint64_t first_page,
+                                   std::chrono::steady_clock::time_point* copied_at) {
     // Both key ranges are checked before a byte moves.
     auto src_keys = keys.frames({src, bytes});
     auto dst_keys = keys.frames({dst, bytes});
     const std::uint64_t copied = dirty
                                      ? copy_dirty_pages(arena, *dirty, first_page, src, dst, bytes)
                                      : copy_populated(arena, src, dst, bytes);
+    if (copied_at) *copied_at = std::chrono::steady_clock::now();
     std::memcpy(dst_keys.data(), src_keys.data(), src_keys.size());  // the ranges are disjoint
     return copied;
 }

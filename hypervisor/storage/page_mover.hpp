@@ -3,6 +3,7 @@
 // up, bottom up when moving down). Works inside one arena; the caller has stopped the LPAR.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 
@@ -43,11 +44,12 @@ std::uint64_t copy_dirty_pages(Arena& arena, const DirtyBitmap& dirty, std::uint
 // pages, then the storage key of every page, so a page never arrives without its key. `dirty`
 // given (bit `first_page` is the page at src): only the pages written since the pre-copy's last
 // harvest, the rest being there already; null: every populated page (copy_populated). The
-// ranges must not overlap. Returns the bytes of pages copied.
+// ranges must not overlap. Returns the bytes of pages copied; `copied_at` given, it receives the
+// moment the pages were done and the keys began (a stop's phase timings).
 std::uint64_t copy_chunk_with_keys(Arena& arena, StorageKeys& keys, ArenaOffset src,
                                    ArenaOffset dst, std::uint64_t bytes,
-                                   const DirtyBitmap* dirty = nullptr,
-                                   std::uint64_t first_page = 0);
+                                   const DirtyBitmap* dirty = nullptr, std::uint64_t first_page = 0,
+                                   std::chrono::steady_clock::time_point* copied_at = nullptr);
 
 // The part of `from` that the LPAR no longer occupies once it starts at `to` (one range, since
 // both have the same size); empty when nothing is vacated.

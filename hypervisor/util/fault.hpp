@@ -41,6 +41,9 @@ inline constexpr PointInfo kFaultPoints[] = {
     {"drain", "quiescing an LPAR's devices (step 202): reported as still busy"},
     {"expand.plug", "EXPAND waiting for the guest to plug: reported as not plugged"},
     {"shrink.unmap", "SHRINK unmapping the top of the window"},
+    {"kvm.manual_dirty_log",
+     "creating an LPAR's VM: KVM's manual dirty-log protection is taken as missing, so the LPAR "
+     "uses the legacy KVM_GET_DIRTY_LOG (the fallback's test)"},
     {"vcpu.exit", "serving a vCPU exit (an exception thrown on the vCPU thread)"},
     {"firmware.console_flood",
      "booting a firmware LPAR: the firmware writes its console without end (a guest that "

@@ -7,9 +7,15 @@ namespace lparvisor {
 
 using Clock = std::chrono::steady_clock;
 
-inline std::uint64_t microseconds_since(Clock::time_point start) {
+// From `start` to `end` (0 if end is earlier).
+inline std::uint64_t microseconds_between(Clock::time_point start, Clock::time_point end) {
+    if (end <= start) return 0;
     return static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
+        std::chrono::duration_cast<std::chrono::microseconds>(end - start).count());
+}
+
+inline std::uint64_t microseconds_since(Clock::time_point start) {
+    return microseconds_between(start, Clock::now());
 }
 
 // Microseconds as milliseconds, for messages ("pause 1.234 ms").

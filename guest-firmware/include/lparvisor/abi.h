@@ -70,6 +70,9 @@
  * with no IDT is a triple fault (KVM_EXIT_SHUTDOWN). */
 #define LPV_BOOT_FLAG_REBOOT_AT_END (1u << 3)
 #define LPV_BOOT_FLAG_TRIPLE_FAULT_AT_END (1u << 4)
+/* Benchmarks: every vCPU prints "progress bytes=B max_gap_us=G cpu=C" about every 100 ms of TSC
+ * time (docs/paravirt-interface.md, "Progress lines"). Needs tsc_khz. */
+#define LPV_BOOT_FLAG_REPORT_PROGRESS (1u << 5)
 #define LPV_NAME_MAX 32
 
 struct lpv_boot_info {
